@@ -1,0 +1,17 @@
+/*
+ * ember.h: the umbrella header. Include this one.
+ *
+ *   ember/common.h   version, status codes, the sticky error slot
+ *   ember/tensor.h   tensors, operations, autograd, scopes
+ *   ember/nn.h       layers and parameter lists
+ *   ember/optim.h    optimizers and gradient clipping
+ */
+#ifndef EMBER_H
+#define EMBER_H
+
+#include "ember/common.h"
+#include "ember/tensor.h"
+#include "ember/nn.h"
+#include "ember/optim.h"
+
+#endif /* EMBER_H */

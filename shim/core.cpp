@@ -1,0 +1,754 @@
+// shim/core.cpp: tensor handles, scopes, generators, factories, inspection, autograd, parameter lists.
+//
+// One C function wraps one libtorch concept. Every extern "C" function catches everything (EM_TRY /
+// EM_CATCH): no C++ exception crosses into C.
+#include "internal.hpp"
+
+#include <ATen/core/grad_mode.h>
+#include <c10/core/GradMode.h>
+
+#include <cmath>
+#include <cstdarg>
+#include <cstring>
+#include <sstream>
+
+// ---- scopes -------------------------------------------------------------------------------------------
+// A thread-local stack of frames; each frame lists the handles it owns. Handles are usually kept or
+// freed in LIFO order, so removals search from the end.
+
+namespace {
+
+struct scope_stack {
+    std::vector<std::vector<em_tensor *>> frames;
+    ~scope_stack()
+    {
+        // A thread that exits with scopes open: release what they hold.
+        for (auto &f : frames)
+            for (em_tensor *h : f)
+                delete h;
+    }
+};
+
+thread_local scope_stack scopes;
+thread_local std::vector<bool> no_grad_stack;
+
+void frame_remove(std::vector<em_tensor *> &frame, em_tensor *h)
+{
+    for (size_t i = frame.size(); i-- > 0;) {
+        if (frame[i] == h) {
+            frame.erase(frame.begin() + static_cast<std::ptrdiff_t>(i));
+            return;
+        }
+    }
+}
+
+} // namespace
+
+em_tensor *emi_wrap(at::Tensor t)
+{
+    auto *h = new em_tensor{std::move(t), EMI_OWNER_CALLER, 0};
+    if (!scopes.frames.empty()) {
+        scopes.frames.back().push_back(h);
+        h->owner = EMI_OWNER_SCOPE;
+        h->depth = static_cast<int>(scopes.frames.size());
+    }
+    return h;
+}
+
+em_tensor *emi_borrowed(at::Tensor t)
+{
+    return new em_tensor{std::move(t), EMI_OWNER_BORROWED, 0};
+}
+
+void emi_borrowed_free(em_tensor *h)
+{
+    delete h;
+}
+
+extern "C" void em_scope_begin(void)
+{
+    scopes.frames.emplace_back();
+}
+
+extern "C" em_status em_scope_end(void)
+{
+    if (scopes.frames.empty())
+        return emi_fail(EM_ESTATE, "em_scope_end: no scope is open (unbalanced em_scope_begin/em_scope_end)");
+    std::vector<em_tensor *> frame = std::move(scopes.frames.back());
+    scopes.frames.pop_back();
+    for (em_tensor *h : frame)
+        delete h;
+    return EM_OK;
+}
+
+extern "C" int em_scope_depth(void)
+{
+    return static_cast<int>(scopes.frames.size());
+}
+
+extern "C" em_tensor *em_keep(em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    int depth = static_cast<int>(scopes.frames.size());
+    if (t->owner != EMI_OWNER_SCOPE || t->depth != depth)
+        return t;
+    frame_remove(scopes.frames.back(), t);
+    if (depth >= 2) {
+        scopes.frames[static_cast<size_t>(depth - 2)].push_back(t);
+        t->depth = depth - 1;
+    } else {
+        t->owner = EMI_OWNER_CALLER;
+        t->depth = 0;
+    }
+    return t;
+}
+
+extern "C" void em_tensor_free(em_tensor *t)
+{
+    if (t == nullptr)
+        return;
+    if (t->owner == EMI_OWNER_BORROWED) {
+        emi_fail(EM_EINVAL, "em_tensor_free: this handle is borrowed from a layer, a parameter list or "
+                            "an optimizer; it is freed with its owner");
+        return;
+    }
+    if (t->owner == EMI_OWNER_SCOPE && t->depth >= 1 && static_cast<size_t>(t->depth) <= scopes.frames.size())
+        frame_remove(scopes.frames[static_cast<size_t>(t->depth - 1)], t);
+    delete t;
+}
+
+extern "C" em_tensor *em_tensor_ref(const em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(t->t);
+    EM_CATCH(nullptr)
+}
+
+// ---- conversions --------------------------------------------------------------------------------------
+
+at::ScalarType emi_scalar_type(em_dtype d)
+{
+    switch (d) {
+    case EM_F32: return at::kFloat;
+    case EM_F64: return at::kDouble;
+    case EM_F16: return at::kHalf;
+    case EM_BF16: return at::kBFloat16;
+    case EM_I64: return at::kLong;
+    case EM_I32: return at::kInt;
+    case EM_U8: return at::kByte;
+    case EM_BOOL: return at::kBool;
+    }
+    throw std::invalid_argument("unknown em_dtype " + std::to_string(static_cast<int>(d)));
+}
+
+em_dtype emi_dtype_of(at::ScalarType s, bool *ok)
+{
+    if (ok != nullptr)
+        *ok = true;
+    switch (s) {
+    case at::kFloat: return EM_F32;
+    case at::kDouble: return EM_F64;
+    case at::kHalf: return EM_F16;
+    case at::kBFloat16: return EM_BF16;
+    case at::kLong: return EM_I64;
+    case at::kInt: return EM_I32;
+    case at::kByte: return EM_U8;
+    case at::kBool: return EM_BOOL;
+    default: break;
+    }
+    if (ok != nullptr)
+        *ok = false;
+    return EM_F32;
+}
+
+at::Device emi_device(em_device d)
+{
+    switch (d.type) {
+    case EM_CPU: return at::Device(at::kCPU);
+    case EM_CUDA: return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(d.index));
+    }
+    throw std::invalid_argument("unknown em_device_type " + std::to_string(static_cast<int>(d.type)));
+}
+
+em_device emi_device_of(const at::Device &d)
+{
+    if (d.is_cuda())
+        return em_device{EM_CUDA, d.has_index() ? d.index() : 0};
+    return em_device{EM_CPU, 0};
+}
+
+at::TensorOptions emi_options(const em_tensor_opts *o)
+{
+    em_tensor_opts def{};
+    if (o == nullptr)
+        o = &def;
+    return at::TensorOptions().dtype(emi_scalar_type(o->dtype)).device(emi_device(o->device));
+}
+
+std::string emi_shape_str(const at::Tensor &t)
+{
+    std::ostringstream s;
+    s << t.sizes();
+    return s.str();
+}
+
+bool emi_check_shape(const char *func, const int64_t *shape, int ndim)
+{
+    if (ndim < 0 || ndim > EM_MAX_DIMS) {
+        emi_fail(EM_EINVAL, "%s: ndim must be in 0..%d (got %d)", func, EM_MAX_DIMS, ndim);
+        return false;
+    }
+    if (ndim > 0 && shape == nullptr) {
+        emi_fail(EM_EINVAL, "%s: shape is NULL with ndim %d", func, ndim);
+        return false;
+    }
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) {
+            emi_fail(EM_EINVAL, "%s: dimension %d is negative (%lld)", func, i, static_cast<long long>(shape[i]));
+            return false;
+        }
+    }
+    return true;
+}
+
+static at::IntArrayRef shape_ref(const int64_t *shape, int ndim)
+{
+    return at::IntArrayRef(shape, static_cast<size_t>(ndim));
+}
+
+static at::Tensor finish(at::Tensor t, const em_tensor_opts *o)
+{
+    if (o != nullptr && o->requires_grad)
+        t.requires_grad_(true);
+    return t;
+}
+
+static c10::optional<at::Generator> generator_of(const em_tensor_opts *o)
+{
+    if (o != nullptr && o->generator != nullptr)
+        return o->generator->gen;
+    return c10::nullopt;
+}
+
+// ---- version --------------------------------------------------------------------------------------------
+
+extern "C" const char *em_torch_version(void)
+{
+    return TORCH_VERSION;
+}
+
+// ---- random numbers -------------------------------------------------------------------------------------
+
+extern "C" void em_manual_seed(uint64_t seed)
+{
+    try {
+        at::manual_seed(seed);
+    } catch (...) {
+        // manual_seed only fails when CUDA generators cannot be reached: the CPU one is seeded.
+    }
+}
+
+extern "C" em_generator *em_generator_new(uint64_t seed)
+{
+    EM_TRY
+        auto gen = at::detail::createCPUGenerator(seed);
+        return new em_generator{gen};
+    EM_CATCH(nullptr)
+}
+
+extern "C" void em_generator_free(em_generator *g)
+{
+    delete g;
+}
+
+// ---- factories ------------------------------------------------------------------------------------------
+
+extern "C" size_t em_dtype_size(em_dtype dtype)
+{
+    switch (dtype) {
+    case EM_F32: return 4;
+    case EM_F64: return 8;
+    case EM_F16: return 2;
+    case EM_BF16: return 2;
+    case EM_I64: return 8;
+    case EM_I32: return 4;
+    case EM_U8: return 1;
+    case EM_BOOL: return 1;
+    }
+    return 0;
+}
+
+extern "C" const char *em_dtype_name(em_dtype dtype)
+{
+    switch (dtype) {
+    case EM_F32: return "float32";
+    case EM_F64: return "float64";
+    case EM_F16: return "float16";
+    case EM_BF16: return "bfloat16";
+    case EM_I64: return "int64";
+    case EM_I32: return "int32";
+    case EM_U8: return "uint8";
+    case EM_BOOL: return "bool";
+    }
+    return "unknown";
+}
+
+extern "C" em_tensor *em_tensor_from(const void *data, em_dtype dtype, const int64_t *shape, int ndim,
+                                     const em_tensor_opts *opts)
+{
+    if (!emi_check_shape(__func__, shape, ndim))
+        return nullptr;
+    EM_TRY
+        auto st = emi_scalar_type(dtype);
+        int64_t numel = 1;
+        for (int i = 0; i < ndim; i++)
+            numel *= shape[i];
+        if (numel > 0 && data == nullptr) {
+            emi_fail(EM_EINVAL, "em_tensor_from: data is NULL for %lld elements", static_cast<long long>(numel));
+            return nullptr;
+        }
+        at::Tensor t = at::empty(shape_ref(shape, ndim), at::TensorOptions().dtype(st));
+        if (numel > 0)
+            std::memcpy(t.data_ptr(), data, static_cast<size_t>(numel) * em_dtype_size(dtype));
+        if (opts != nullptr && opts->device.type != EM_CPU)
+            t = t.to(emi_device(opts->device));
+        return emi_wrap(finish(std::move(t), opts));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_tensor_from_f32(const float *data, const int64_t *shape, int ndim)
+{
+    return em_tensor_from(data, EM_F32, shape, ndim, nullptr);
+}
+
+extern "C" em_tensor *em_scalar_tensor(double value, const em_tensor_opts *opts)
+{
+    EM_TRY
+        return emi_wrap(finish(at::scalar_tensor(value, emi_options(opts)), opts));
+    EM_CATCH(nullptr)
+}
+
+#define EMI_FACTORY(fname, expr)                                                               \
+    extern "C" em_tensor *fname(const int64_t *shape, int ndim, const em_tensor_opts *opts)    \
+    {                                                                                          \
+        if (!emi_check_shape(__func__, shape, ndim))                                           \
+            return nullptr;                                                                    \
+        EM_TRY                                                                                 \
+            auto sz = shape_ref(shape, ndim);                                                  \
+            return emi_wrap(finish(expr, opts));                                               \
+        EM_CATCH(nullptr)                                                                      \
+    }
+
+EMI_FACTORY(em_zeros, at::zeros(sz, emi_options(opts)))
+EMI_FACTORY(em_ones, at::ones(sz, emi_options(opts)))
+EMI_FACTORY(em_randn, at::randn(sz, generator_of(opts), emi_options(opts)))
+EMI_FACTORY(em_rand, at::rand(sz, generator_of(opts), emi_options(opts)))
+
+extern "C" em_tensor *em_full(const int64_t *shape, int ndim, double value, const em_tensor_opts *opts)
+{
+    if (!emi_check_shape(__func__, shape, ndim))
+        return nullptr;
+    EM_TRY
+        return emi_wrap(finish(at::full(shape_ref(shape, ndim), value, emi_options(opts)), opts));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_zeros_like(const em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::zeros_like(t->t));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_ones_like(const em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::ones_like(t->t));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_arange(double start, double end, double step, const em_tensor_opts *opts)
+{
+    if (step == 0 || (end - start) * step < 0) {
+        emi_fail(EM_EINVAL, "em_arange: step %g cannot go from %g to %g", step, start, end);
+        return nullptr;
+    }
+    EM_TRY
+        return emi_wrap(finish(at::arange(start, end, step, emi_options(opts)), opts));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_linspace(double start, double end, int64_t steps, const em_tensor_opts *opts)
+{
+    if (steps < 0) {
+        emi_fail(EM_EINVAL, "em_linspace: steps must be >= 0 (got %lld)", static_cast<long long>(steps));
+        return nullptr;
+    }
+    EM_TRY
+        return emi_wrap(finish(at::linspace(start, end, steps, emi_options(opts)), opts));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_randint(int64_t low, int64_t high, const int64_t *shape, int ndim,
+                                 const em_tensor_opts *opts)
+{
+    if (high <= low) {
+        emi_fail(EM_EINVAL, "em_randint: high (%lld) must be greater than low (%lld)",
+                 static_cast<long long>(high), static_cast<long long>(low));
+        return nullptr;
+    }
+    if (!emi_check_shape(__func__, shape, ndim))
+        return nullptr;
+    EM_TRY
+        auto o = emi_options(opts).dtype(at::kLong);
+        return emi_wrap(at::randint(low, high, shape_ref(shape, ndim), generator_of(opts), o));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_randperm(int64_t n, const em_tensor_opts *opts)
+{
+    if (n < 0) {
+        emi_fail(EM_EINVAL, "em_randperm: n must be >= 0 (got %lld)", static_cast<long long>(n));
+        return nullptr;
+    }
+    EM_TRY
+        auto o = emi_options(opts).dtype(at::kLong);
+        return emi_wrap(at::randperm(n, generator_of(opts), o));
+    EM_CATCH(nullptr)
+}
+
+// ---- inspection ----------------------------------------------------------------------------------------
+
+extern "C" int em_tensor_dim(const em_tensor *t)
+{
+    return t == nullptr ? -1 : static_cast<int>(t->t.dim());
+}
+
+extern "C" int64_t em_tensor_size(const em_tensor *t, int dim)
+{
+    if (t == nullptr)
+        return -1;
+    int64_t nd = t->t.dim();
+    int64_t d = dim < 0 ? dim + nd : dim;
+    if (d < 0 || d >= nd) {
+        emi_fail(EM_EINVAL, "em_tensor_size: dimension %d out of range for a %lld-dim tensor", dim,
+                 static_cast<long long>(nd));
+        return -1;
+    }
+    return t->t.size(d);
+}
+
+extern "C" int em_tensor_shape(const em_tensor *t, int64_t *shape, int max)
+{
+    if (t == nullptr)
+        return -1;
+    int nd = static_cast<int>(t->t.dim());
+    for (int i = 0; i < nd && i < max && shape != nullptr; i++)
+        shape[i] = t->t.size(i);
+    return nd;
+}
+
+extern "C" int64_t em_tensor_numel(const em_tensor *t)
+{
+    return t == nullptr ? -1 : t->t.numel();
+}
+
+extern "C" em_dtype em_tensor_dtype(const em_tensor *t)
+{
+    return t == nullptr ? EM_F32 : emi_dtype_of(t->t.scalar_type(), nullptr);
+}
+
+extern "C" em_device em_tensor_device(const em_tensor *t)
+{
+    return t == nullptr ? em_device{EM_CPU, 0} : emi_device_of(t->t.device());
+}
+
+extern "C" double em_tensor_item(const em_tensor *t)
+{
+    if (t == nullptr)
+        return NAN;
+    if (t->t.numel() != 1) {
+        emi_fail(EM_EINVAL, "em_tensor_item: the tensor has %lld elements %s, item() needs exactly one",
+                 static_cast<long long>(t->t.numel()), emi_shape_str(t->t).c_str());
+        return NAN;
+    }
+    EM_TRY
+        return t->t.item<double>();
+    EM_CATCH(NAN)
+}
+
+extern "C" em_status em_tensor_copy_to(const em_tensor *t, void *out, size_t capacity, em_dtype dtype)
+{
+    if (t == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        size_t need = static_cast<size_t>(t->t.numel()) * em_dtype_size(dtype);
+        if (capacity < need)
+            return emi_fail(EM_EINVAL, "em_tensor_copy_to: the buffer holds %zu bytes, %s of %s needs %zu",
+                            capacity, emi_shape_str(t->t).c_str(), em_dtype_name(dtype), need);
+        if (need > 0 && out == nullptr)
+            return emi_fail(EM_EINVAL, "em_tensor_copy_to: out is NULL");
+        at::Tensor c = t->t.detach().to(at::kCPU, emi_scalar_type(dtype)).contiguous();
+        if (need > 0)
+            std::memcpy(out, c.data_ptr(), need);
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" size_t em_tensor_describe(const em_tensor *t, char *buf, size_t len)
+{
+    std::string s;
+    try {
+        if (t == nullptr) {
+            s = "tensor(NULL)";
+        } else {
+            bool ok = false;
+            em_dtype d = emi_dtype_of(t->t.scalar_type(), &ok);
+            std::ostringstream o;
+            o << "tensor(" << (ok ? em_dtype_name(d) : c10::toString(t->t.scalar_type())) << emi_shape_str(t->t)
+              << ", " << t->t.device();
+            if (t->t.requires_grad())
+                o << ", requires_grad";
+            o << ")";
+            s = o.str();
+        }
+    } catch (...) {
+        s = "tensor(?)";
+    }
+    if (buf != nullptr && len > 0) {
+        size_t n = s.size() < len - 1 ? s.size() : len - 1;
+        std::memcpy(buf, s.data(), n);
+        buf[n] = '\0';
+    }
+    return s.size();
+}
+
+extern "C" em_status em_tensor_print(const em_tensor *t, FILE *f)
+{
+    if (t == nullptr || f == nullptr)
+        return emi_fail(EM_EINVAL, "em_tensor_print: NULL argument");
+    EM_TRY
+        std::ostringstream o;
+        o << t->t << "\n";
+        std::string s = o.str();
+        fwrite(s.data(), 1, s.size(), f);
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+// ---- conversion -----------------------------------------------------------------------------------------
+
+extern "C" em_tensor *em_to_device(const em_tensor *t, em_device device)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(t->t.to(emi_device(device)));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_to_dtype(const em_tensor *t, em_dtype dtype)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(t->t.to(emi_scalar_type(dtype)));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_clone(const em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(t->t.clone());
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_contiguous(const em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(t->t.contiguous());
+    EM_CATCH(nullptr)
+}
+
+extern "C" bool em_cuda_is_available(void)
+{
+    try {
+        return at::hasCUDA() && em_cuda_device_count() > 0;
+    } catch (...) {
+        return false;
+    }
+}
+
+extern "C" int64_t em_cuda_device_count(void)
+{
+    try {
+        if (!at::hasCUDA())
+            return 0;
+        return emi::compat::device_count_as_int(at::detail::getCUDAHooks().getNumGPUs());
+    } catch (...) {
+        return 0;
+    }
+}
+
+// ---- autograd -------------------------------------------------------------------------------------------
+
+extern "C" em_status em_tensor_set_requires_grad(em_tensor *t, bool flag)
+{
+    if (t == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        t->t.requires_grad_(flag);
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" bool em_tensor_requires_grad(const em_tensor *t)
+{
+    return t != nullptr && t->t.requires_grad();
+}
+
+extern "C" em_tensor *em_tensor_grad(const em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        const at::Tensor &g = t->t.grad();
+        if (!g.defined())
+            return nullptr;
+        return emi_wrap(g);
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_status em_tensor_set_grad(em_tensor *t, const em_tensor *grad)
+{
+    if (t == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        t->t.mutable_grad() = grad != nullptr ? grad->t : at::Tensor();
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_tensor *em_detach(const em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(t->t.detach());
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_status em_backward(const em_tensor *t)
+{
+    if (t == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        t->t.backward();
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_backward_ex(const em_tensor *t, const em_tensor *grad, bool retain_graph)
+{
+    if (t == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        t->t.backward(grad != nullptr ? grad->t : at::Tensor(), retain_graph);
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" void em_no_grad_begin(void)
+{
+    no_grad_stack.push_back(c10::GradMode::is_enabled());
+    c10::GradMode::set_enabled(false);
+}
+
+extern "C" em_status em_no_grad_end(void)
+{
+    if (no_grad_stack.empty())
+        return emi_fail(EM_ESTATE, "em_no_grad_end: no em_no_grad_begin() is open");
+    c10::GradMode::set_enabled(no_grad_stack.back());
+    no_grad_stack.pop_back();
+    return EM_OK;
+}
+
+extern "C" bool em_is_grad_enabled(void)
+{
+    return c10::GradMode::is_enabled();
+}
+
+// ---- parameter lists ----------------------------------------------------------------------------------
+
+em_params *emi_params_from(const std::vector<at::Tensor> &ts)
+{
+    auto *p = new em_params;
+    p->items.reserve(ts.size());
+    for (const auto &t : ts)
+        p->items.push_back(emi_borrowed(t));
+    return p;
+}
+
+std::vector<at::Tensor> emi_params_tensors(const em_params *p)
+{
+    std::vector<at::Tensor> out;
+    if (p == nullptr)
+        return out;
+    out.reserve(p->items.size());
+    for (em_tensor *h : p->items)
+        out.push_back(h->t);
+    return out;
+}
+
+extern "C" em_params *em_params_new(void)
+{
+    EM_TRY
+        return new em_params;
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_status em_params_add(em_params *p, const em_tensor *t)
+{
+    if (p == nullptr || t == nullptr)
+        return emi_fail(EM_EINVAL, "em_params_add: NULL argument");
+    EM_TRY
+        p->items.push_back(emi_borrowed(t->t));
+        return EM_OK;
+    EM_CATCH(EM_ENOMEM)
+}
+
+extern "C" size_t em_params_size(const em_params *p)
+{
+    return p == nullptr ? 0 : p->items.size();
+}
+
+extern "C" em_tensor *em_params_get(const em_params *p, size_t i)
+{
+    if (p == nullptr)
+        return nullptr;
+    if (i >= p->items.size()) {
+        emi_fail(EM_EINVAL, "em_params_get: index %zu out of range (the list holds %zu)", i, p->items.size());
+        return nullptr;
+    }
+    return p->items[i];
+}
+
+extern "C" void em_params_free(em_params *p)
+{
+    if (p == nullptr)
+        return;
+    for (em_tensor *h : p->items)
+        emi_borrowed_free(h);
+    delete p;
+}
