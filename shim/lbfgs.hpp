@@ -1,0 +1,50 @@
+// shim/lbfgs.hpp: ember's LBFGS, a port of torch/optim/lbfgs.py (torch 1.13) operation for operation,
+// with the line-search scalars kept as float32 0-dim tensors as Python does (libtorch's C++ LBFGS
+// computes them in double and drifts from Python's runs: LIBTORCH_NOTES.md).
+// Used by shim/optim.cpp, which wraps it into an em_optimizer.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <vector>
+
+struct emi_lbfgs_options {
+    double lr = 1.0;
+    int64_t max_iter = 20;
+    int64_t max_eval = 0; // 0 = max_iter * 5 / 4 (Python's None)
+    double tolerance_grad = 1e-7;
+    double tolerance_change = 1e-9;
+    int64_t history_size = 100;
+    bool strong_wolfe = false;
+};
+
+// The closure: runs forward and backward with grad enabled and returns the loss (a one-element
+// tensor). It may throw; the exception propagates out of step().
+using emi_lbfgs_closure = std::function<at::Tensor()>;
+
+class emi_lbfgs {
+public:
+    emi_lbfgs(std::vector<at::Tensor> params, emi_lbfgs_options options);
+
+    // One call of torch's LBFGS.step(closure): returns the loss of the FIRST closure evaluation
+    // (orig_loss), as Python does. Updates the parameters in place (under no_grad).
+    at::Tensor step(const emi_lbfgs_closure &closure);
+
+    emi_lbfgs_options &options() { return options_; }
+    const std::vector<at::Tensor> &params() const { return params_; }
+    // state['func_evals'] and state['n_iter'] after the last step (for tests and traces)
+    int64_t func_evals() const { return func_evals_; }
+    int64_t n_iter() const { return n_iter_; }
+
+private:
+    std::vector<at::Tensor> params_;
+    emi_lbfgs_options options_;
+    // Python keeps these in self.state[params[0]]; names follow lbfgs.py.
+    at::Tensor d_, t_, H_diag_, prev_flat_grad_, prev_loss_;
+    std::vector<at::Tensor> old_dirs_, old_stps_, ro_;
+    std::vector<at::Tensor> al_;
+    int64_t func_evals_ = 0;
+    int64_t n_iter_ = 0;
+    bool has_state_ = false;
+};
