@@ -1,0 +1,58 @@
+/* layout.c: the ABI of ember's versioned structs, pinned at compile time (C11, -Wpedantic -Werror).
+ *
+ * A struct that carries a `version` may only grow at its end (DESIGN.md §2): `version` stays at
+ * offset 0 and every field of an earlier version keeps its offset. Moving or inserting a field
+ * breaks programs compiled against an older header; SQLite's sqlite3_vfs once changed without its
+ * version changing. If an assertion here fails, append the new field instead, or bump the version
+ * and say so in the header. When a version grows, add its new fields below; never edit a line.
+ *
+ * The file also expands the convenience macros (EM_*_INIT, EM_SHAPE, EM_NN_SEQUENTIAL, EM_DEVICE_*)
+ * once, so a macro that -Wextra or -Wpedantic rejects in user code fails here first.
+ */
+#include <ember.h>
+
+#include <stddef.h>
+
+#define PTR sizeof(void *)   /* on LP64 and ILP32 alike, an int followed by a pointer pads to PTR */
+
+/* ---- ops tables: version 1 --------------------------------------------------------------------- */
+
+_Static_assert(offsetof(em_nn_ops, version) == 0, "em_nn_ops.version must stay first");
+_Static_assert(offsetof(em_nn_ops, forward) == 1 * PTR, "em_nn_ops v1 layout: forward moved");
+_Static_assert(offsetof(em_nn_ops, destroy) == 2 * PTR, "em_nn_ops v1 layout: destroy moved");
+_Static_assert(EM_NN_OPS_VERSION >= 1, "em_nn_ops: version numbers only grow");
+
+_Static_assert(offsetof(em_optimizer_ops, version) == 0, "em_optimizer_ops.version must stay first");
+_Static_assert(offsetof(em_optimizer_ops, name) == 1 * PTR, "em_optimizer_ops v1 layout: name moved");
+_Static_assert(offsetof(em_optimizer_ops, step) == 2 * PTR, "em_optimizer_ops v1 layout: step moved");
+_Static_assert(offsetof(em_optimizer_ops, destroy) == 3 * PTR, "em_optimizer_ops v1 layout: destroy moved");
+_Static_assert(EM_OPTIMIZER_OPS_VERSION >= 1, "em_optimizer_ops: version numbers only grow");
+
+/* ---- options structs with an EM_*_INIT: version first -------------------------------------------- */
+
+_Static_assert(offsetof(em_norm_opts, version) == 0, "em_norm_opts.version must stay first");
+_Static_assert(offsetof(em_adam_opts, version) == 0, "em_adam_opts.version must stay first");
+_Static_assert(offsetof(em_rmsprop_opts, version) == 0, "em_rmsprop_opts.version must stay first");
+_Static_assert(offsetof(em_adagrad_opts, version) == 0, "em_adagrad_opts.version must stay first");
+_Static_assert(offsetof(em_lbfgs_opts, version) == 0, "em_lbfgs_opts.version must stay first");
+
+/* ---- the macros, expanded as a user writes them ------------------------------------------------- */
+
+void header_test_macros(void);
+void header_test_macros(void)
+{
+    em_norm_opts norm = EM_NORM_OPTS_INIT;
+    em_adam_opts adam = EM_ADAM_OPTS_INIT;
+    em_adam_opts adamw = EM_ADAMW_OPTS_INIT;
+    em_rmsprop_opts rms = EM_RMSPROP_OPTS_INIT;
+    em_adagrad_opts ada = EM_ADAGRAD_OPTS_INIT;
+    em_lbfgs_opts lbfgs = EM_LBFGS_OPTS_INIT;
+    em_device cpu = EM_DEVICE_CPU, gpu = EM_DEVICE_CUDA(0);
+    (void)norm, (void)adam, (void)adamw, (void)rms, (void)ada, (void)lbfgs, (void)cpu, (void)gpu;
+
+    /* Never called: only compiled (the library is not linked into this object). */
+    em_tensor *t = em_zeros(EM_SHAPE(2, 3), &(em_tensor_opts){.dtype = EM_F64});
+    em_nn *net = EM_NN_SEQUENTIAL(em_nn_linear(2, 4, true), em_nn_relu());
+    em_optimizer *opt = em_sgd(NULL, &(em_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    (void)t, (void)net, (void)opt;
+}
