@@ -25,6 +25,21 @@ void emi_fail_torch(const char *func, const char *what);
 /** Whether an error is recorded on this thread (cheap). */
 bool emi_has_error(void);
 
+/* ---- optimizer wrappers (shim/optim.cpp) ------------------------------------------------------------ */
+
+/**
+ * An optimizer that wraps `inner` (Lightning: LightningOptimizer). em_optimizer_step(wrapper, c)
+ * calls ops->step(wrapper, c); every other em_optimizer_* call (groups, get/set, lr, zero_grad, name,
+ * step_count, state) forwards to `inner`, and em_optimizer_inner(wrapper) returns `inner`.
+ * `state` is the wrapper's own (emi_optimizer_wrapper_state); ops->destroy frees it with the wrapper.
+ * em_optimizer_free(wrapper) does not free `inner`, which must outlive the wrapper; `ops` too.
+ * Takes ownership of `state`, also when it fails. Errors: NULL for NULL inner (not recorded), NULL
+ * ops or ops->step (recorded).
+ */
+em_optimizer *emi_optimizer_wrap(em_optimizer *inner, const em_optimizer_ops *ops, void *state);
+/** The `state` given to emi_optimizer_wrap(); NULL for an optimizer that is not a wrapper. */
+void *emi_optimizer_wrapper_state(const em_optimizer *wrapper);
+
 EM_END_DECLS
 
 #endif /* EMBER_BACKEND_H */

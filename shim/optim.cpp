@@ -1,0 +1,926 @@
+// shim/optim.cpp: optimizers (torch.optim), optimizers written in C, wrappers, gradient clipping.
+//
+// SGD, Adam, AdamW, RMSprop and Adagrad are libtorch's C++ optimizers, which reproduce Python's
+// torch.optim 1.13 bit for bit (LIBTORCH_NOTES.md); LBFGS is ember's port (shim/lbfgs.hpp). What
+// libtorch 1.13 lacks is written here after Python's code: zero_grad(set_to_none)
+// (torch/optim/optimizer.py), the duplicate-parameter check of add_param_group, clip_grad_norm_ and
+// clip_grad_value_ (torch/nn/utils/clip_grad.py), op for op.
+//
+// The only TU that includes libtorch's C++ optimizer headers (torch/torch.h costs 15 s per TU).
+#include "optim_internal.hpp"
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter" // torch/nn/module.h under -Wextra
+#include <torch/optim/adagrad.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/rmsprop.h>
+#include <torch/optim/sgd.h>
+#pragma GCC diagnostic pop
+
+#include <cmath>
+#include <sstream>
+#include <type_traits>
+#include <unordered_set>
+
+// ---- the handle -----------------------------------------------------------------------------------
+
+em_optimizer::em_optimizer() = default;
+
+em_optimizer::~em_optimizer()
+{
+    for (em_params *p : groups)
+        em_params_free(p);
+    if (ops != nullptr && ops->destroy != nullptr)
+        ops->destroy(state);
+}
+
+em_optimizer *emi_optimizer_base(em_optimizer *opt)
+{
+    while (opt != nullptr && opt->kind == EMI_OPT_WRAPPER && opt->inner != nullptr)
+        opt = opt->inner;
+    return opt;
+}
+
+const em_optimizer *emi_optimizer_base(const em_optimizer *opt)
+{
+    return emi_optimizer_base(const_cast<em_optimizer *>(opt));
+}
+
+std::vector<at::Tensor> emi_optimizer_params(const em_optimizer *opt)
+{
+    std::vector<at::Tensor> out;
+    const em_optimizer *base = emi_optimizer_base(opt);
+    if (base == nullptr)
+        return out;
+    for (const em_params *g : base->groups)
+        for (const em_tensor *h : g->items)
+            out.push_back(h->t);
+    return out;
+}
+
+namespace {
+
+// Thrown by run_closure when the user's closure returns NULL; em_optimizer_step and em_closure_call
+// turn it into a status. Not a std::exception, so nothing on the way mistakes it for a torch error.
+struct closure_failed {};
+
+// The key libtorch's optimizers use for a parameter's state: the printed TensorImpl* in 1.13
+// (c10::guts::to_string), the pointer itself from 2.2 (LIBTORCH_NOTES.md, "optimizer state key").
+template <typename Map> typename Map::key_type state_key(const Map &, const at::Tensor &p)
+{
+    using key = typename Map::key_type;
+    if constexpr (std::is_same_v<key, std::string>) {
+        std::ostringstream s;
+        s << static_cast<const void *>(p.unsafeGetTensorImpl());
+        return s.str();
+    } else {
+        return static_cast<key>(p.unsafeGetTensorImpl());
+    }
+}
+
+// ---- closures --------------------------------------------------------------------------------------
+
+// torch: `with torch.enable_grad(): loss = closure()` (optimizer.step runs under no_grad, the
+// closure always with grad, even from a no_grad step). The closure's temporaries live in a scope of
+// their own; the loss survives as an at::Tensor.
+at::Tensor run_closure(const em_closure *c)
+{
+    at::AutoGradMode enable_grad(true);
+    struct scope_guard {
+        int depth;
+        ~scope_guard()
+        {
+            // also closes scopes the closure left open, so the caller's stay balanced
+            while (em_scope_depth() > depth)
+                em_scope_end();
+        }
+    } guard{em_scope_depth()};
+    em_scope_begin();
+    em_tensor *loss = c->fn(c->ctx);
+    if (loss == nullptr)
+        throw closure_failed{};
+    return loss->t;
+}
+
+// The status of a closure that returned NULL: the error it recorded, or EM_EUSER with a message.
+em_status closure_failure(const char *func, bool had_error)
+{
+    if (!had_error && emi_has_error())
+        return em_last_status();
+    return emi_fail(EM_EUSER, "%s: the closure returned NULL", func);
+}
+
+// ---- argument checks -----------------------------------------------------------------------------
+
+// torch.optim.Optimizer.__init__ / add_param_group: a non-empty list of leaf tensors.
+bool take_params(const char *func, const em_params *params, std::vector<at::Tensor> *out)
+{
+    if (params == nullptr) {
+        emi_fail(EM_EINVAL, "%s: params is NULL", func);
+        return false;
+    }
+    if (params->items.empty()) {
+        emi_fail(EM_EINVAL, "%s: optimizer got an empty parameter list", func);
+        return false;
+    }
+    for (size_t i = 0; i < params->items.size(); i++) {
+        if (!params->items[i]->t.defined() || !params->items[i]->t.is_leaf()) {
+            emi_fail(EM_EINVAL, "%s: can't optimize a non-leaf Tensor (parameter %zu)", func, i);
+            return false;
+        }
+    }
+    *out = emi_params_tensors(params);
+    return true;
+}
+
+bool whole_at_least_1(double v)
+{
+    return v >= 1 && v == std::floor(v) && v < 9.2e18;
+}
+
+// The checks torch's constructors make (same texts), applied to em_optimizer_set too.
+bool check_hparam(const char *func, const std::string &n, double v)
+{
+    const char *what = nullptr;
+    if (n == "lr" && !(v >= 0))
+        what = "Invalid learning rate";
+    else if (n == "momentum" && !(v >= 0))
+        what = "Invalid momentum value";
+    else if (n == "weight_decay" && !(v >= 0))
+        what = "Invalid weight_decay value";
+    else if (n == "eps" && !(v >= 0))
+        what = "Invalid epsilon value";
+    else if (n == "beta1" && !(v >= 0 && v < 1))
+        what = "Invalid beta parameter at index 0";
+    else if (n == "beta2" && !(v >= 0 && v < 1))
+        what = "Invalid beta parameter at index 1";
+    else if (n == "alpha" && !(v >= 0))
+        what = "Invalid alpha value";
+    else if (n == "lr_decay" && !(v >= 0))
+        what = "Invalid lr_decay value";
+    else if (n == "initial_accumulator_value" && !(v >= 0))
+        what = "Invalid initial_accumulator_value value";
+    if (what != nullptr) {
+        emi_fail(EM_EINVAL, "%s: %s: %g", func, what, v);
+        return false;
+    }
+    if ((n == "max_iter" || n == "max_eval" || n == "history_size") && !whole_at_least_1(v)) {
+        emi_fail(EM_EINVAL, "%s: %s must be a whole number >= 1 (got %g)", func, n.c_str(), v);
+        return false;
+    }
+    return true;
+}
+
+bool check_nesterov(const char *func, double momentum, double dampening, bool nesterov)
+{
+    if (nesterov && !(momentum > 0 && dampening == 0)) {
+        emi_fail(EM_EINVAL, "%s: Nesterov momentum requires a momentum and zero dampening", func);
+        return false;
+    }
+    return true;
+}
+
+// An options struct's version: 0 means the INIT was forgotten (libgit2's git_error__check_version).
+bool check_version(const char *func, int version, int current, const char *init)
+{
+    if (version == 0) {
+        emi_fail(EM_EINVAL, "%s: opts->version is 0: start from %s", func, init);
+        return false;
+    }
+    if (version < 0 || version > current) {
+        emi_fail(EM_EINVAL, "%s: opts->version is %d, this library knows versions 1..%d (start from %s)", func,
+                 version, current, init);
+        return false;
+    }
+    return true;
+}
+
+em_optimizer *finish_torch(emi_torch_optim which, const char *name, std::unique_ptr<torch::optim::Optimizer> t,
+                           const std::vector<at::Tensor> &ts)
+{
+    auto o = std::make_unique<em_optimizer>();
+    o->kind = EMI_OPT_TORCH;
+    o->builtin = which;
+    o->name = name;
+    o->torch_opt = std::move(t);
+    o->groups.push_back(emi_params_from(ts));
+    return o.release();
+}
+
+// ---- hyper-parameters by name ------------------------------------------------------------------------
+
+// Where hyper-parameter `n` of a group lives in a built-in optimizer's options; all NULL if it has none.
+struct hp_slot {
+    double *d = nullptr;
+    bool *b = nullptr;
+    int64_t *i = nullptr;
+    bool found() const { return d != nullptr || b != nullptr || i != nullptr; }
+    double get() const { return d != nullptr ? *d : b != nullptr ? (*b ? 1.0 : 0.0) : static_cast<double>(*i); }
+    void set(double v) const
+    {
+        if (d != nullptr)
+            *d = v;
+        else if (b != nullptr)
+            *b = v != 0;
+        else
+            *i = static_cast<int64_t>(v);
+    }
+};
+
+#define EMI_HP(field_name, kind, ref) \
+    if (n == field_name) {            \
+        s.kind = &(ref);              \
+        return s;                     \
+    }
+
+hp_slot find_slot(em_optimizer *o, size_t group, const std::string &n)
+{
+    hp_slot s;
+    if (o->kind == EMI_OPT_LBFGS) {
+        emi_lbfgs_options &x = o->lbfgs->options();
+        EMI_HP("lr", d, x.lr)
+        EMI_HP("max_iter", i, x.max_iter)
+        EMI_HP("max_eval", i, x.max_eval)
+        EMI_HP("tolerance_grad", d, x.tolerance_grad)
+        EMI_HP("tolerance_change", d, x.tolerance_change)
+        EMI_HP("history_size", i, x.history_size)
+        return s;
+    }
+    torch::optim::OptimizerOptions &opts = o->torch_opt->param_groups()[group].options();
+    switch (o->builtin) {
+    case EMI_TORCH_SGD: {
+        auto &x = static_cast<torch::optim::SGDOptions &>(opts);
+        EMI_HP("lr", d, x.lr())
+        EMI_HP("momentum", d, x.momentum())
+        EMI_HP("dampening", d, x.dampening())
+        EMI_HP("weight_decay", d, x.weight_decay())
+        EMI_HP("nesterov", b, x.nesterov())
+        break;
+    }
+    case EMI_TORCH_ADAM: {
+        auto &x = static_cast<torch::optim::AdamOptions &>(opts);
+        EMI_HP("lr", d, x.lr())
+        EMI_HP("beta1", d, std::get<0>(x.betas()))
+        EMI_HP("beta2", d, std::get<1>(x.betas()))
+        EMI_HP("eps", d, x.eps())
+        EMI_HP("weight_decay", d, x.weight_decay())
+        EMI_HP("amsgrad", b, x.amsgrad())
+        break;
+    }
+    case EMI_TORCH_ADAMW: {
+        auto &x = static_cast<torch::optim::AdamWOptions &>(opts);
+        EMI_HP("lr", d, x.lr())
+        EMI_HP("beta1", d, std::get<0>(x.betas()))
+        EMI_HP("beta2", d, std::get<1>(x.betas()))
+        EMI_HP("eps", d, x.eps())
+        EMI_HP("weight_decay", d, x.weight_decay())
+        EMI_HP("amsgrad", b, x.amsgrad())
+        break;
+    }
+    case EMI_TORCH_RMSPROP: {
+        auto &x = static_cast<torch::optim::RMSpropOptions &>(opts);
+        EMI_HP("lr", d, x.lr())
+        EMI_HP("alpha", d, x.alpha())
+        EMI_HP("eps", d, x.eps())
+        EMI_HP("weight_decay", d, x.weight_decay())
+        EMI_HP("momentum", d, x.momentum())
+        EMI_HP("centered", b, x.centered())
+        break;
+    }
+    case EMI_TORCH_ADAGRAD: {
+        auto &x = static_cast<torch::optim::AdagradOptions &>(opts);
+        EMI_HP("lr", d, x.lr())
+        EMI_HP("lr_decay", d, x.lr_decay())
+        EMI_HP("weight_decay", d, x.weight_decay())
+        EMI_HP("initial_accumulator_value", d, x.initial_accumulator_value())
+        EMI_HP("eps", d, x.eps())
+        break;
+    }
+    }
+    return s;
+}
+
+#undef EMI_HP
+
+// Common checks of em_optimizer_get/set; returns the optimizer holding the groups, NULL on error.
+em_optimizer *hp_target(const char *func, const em_optimizer *opt, size_t group, const char *name)
+{
+    em_optimizer *base = emi_optimizer_base(const_cast<em_optimizer *>(opt));
+    if (name == nullptr) {
+        emi_fail(EM_EINVAL, "%s: name is NULL", func);
+        return nullptr;
+    }
+    if (group >= base->groups.size()) {
+        emi_fail(EM_EINVAL, "%s: group %zu out of range (%s has %zu parameter group%s)", func, group,
+                 base->name.c_str(), base->groups.size(), base->groups.size() == 1 ? "" : "s");
+        return nullptr;
+    }
+    return base;
+}
+
+em_status no_such_hparam(const char *func, const em_optimizer *base, const char *name)
+{
+    return emi_fail(EM_EINVAL, "%s: %s has no hyper-parameter \"%s\"", func, base->name.c_str(), name);
+}
+
+// torch.optim.Optimizer.step for each kind; throws closure_failed when the closure returns NULL.
+em_status step_impl(em_optimizer *opt, const em_closure *closure)
+{
+    switch (opt->kind) {
+    case EMI_OPT_C:
+    case EMI_OPT_WRAPPER: {
+        em_status s = opt->ops->step(opt, closure);
+        if (s != EM_OK) {
+            if (!emi_has_error())
+                emi_fail(s, "em_optimizer_step: the step of %s failed (%s) without recording an error",
+                         emi_optimizer_base(opt)->name.c_str(), em_status_name(s));
+            return s;
+        }
+        if (opt->kind == EMI_OPT_C)
+            opt->step_count++;
+        return EM_OK;
+    }
+    case EMI_OPT_TORCH:
+        if (closure != nullptr)
+            opt->torch_opt->step([closure]() { return run_closure(closure); });
+        else
+            opt->torch_opt->step();
+        break;
+    case EMI_OPT_LBFGS: {
+        if (closure == nullptr)
+            return emi_fail(EM_EINVAL, "em_optimizer_step: LBFGS requires a closure (torch.optim.LBFGS.step(closure) "
+                                       "re-evaluates the model)");
+        at::NoGradGuard no_grad; // lbfgs.py's step is decorated with @torch.no_grad()
+        opt->lbfgs->step([closure]() { return run_closure(closure); });
+        break;
+    }
+    }
+    opt->step_count++;
+    return EM_OK;
+}
+
+} // namespace
+
+// ---- built-in optimizers -----------------------------------------------------------------------------
+
+extern "C" em_optimizer *em_sgd(const em_params *params, const em_sgd_opts *opts)
+{
+    std::vector<at::Tensor> ts;
+    if (!take_params(__func__, params, &ts))
+        return nullptr;
+    if (opts == nullptr) {
+        emi_fail(EM_EINVAL, "em_sgd: opts is NULL: torch.optim.SGD needs a learning rate (em_sgd_opts.lr > 0)");
+        return nullptr;
+    }
+    if (!check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "momentum", opts->momentum) ||
+        !check_hparam(__func__, "weight_decay", opts->weight_decay) ||
+        !check_nesterov(__func__, opts->momentum, opts->dampening, opts->nesterov))
+        return nullptr;
+    if (opts->lr == 0) {
+        emi_fail(EM_EINVAL, "em_sgd: opts->lr is required (torch.optim.SGD has no default learning rate); got 0");
+        return nullptr;
+    }
+    EM_TRY
+        torch::optim::SGDOptions o(opts->lr);
+        o.momentum(opts->momentum).dampening(opts->dampening).weight_decay(opts->weight_decay).nesterov(opts->nesterov);
+        return finish_torch(EMI_TORCH_SGD, "SGD", std::make_unique<torch::optim::SGD>(ts, o), ts);
+    EM_CATCH(nullptr)
+}
+
+static bool check_adam(const char *func, const em_adam_opts *o, const char *init)
+{
+    return check_version(func, o->version, EM_ADAM_OPTS_VERSION, init) && check_hparam(func, "lr", o->lr) &&
+           check_hparam(func, "eps", o->eps) && check_hparam(func, "beta1", o->beta1) &&
+           check_hparam(func, "beta2", o->beta2) && check_hparam(func, "weight_decay", o->weight_decay);
+}
+
+extern "C" em_optimizer *em_adam(const em_params *params, const em_adam_opts *opts)
+{
+    std::vector<at::Tensor> ts;
+    if (!take_params(__func__, params, &ts))
+        return nullptr;
+    em_adam_opts def = {};
+    if (opts == nullptr) {
+        def.version = EM_ADAM_OPTS_VERSION;
+        def.lr = 1e-3;
+        def.beta1 = 0.9;
+        def.beta2 = 0.999;
+        def.eps = 1e-8;
+        opts = &def;
+    }
+    if (!check_adam(__func__, opts, "EM_ADAM_OPTS_INIT"))
+        return nullptr;
+    EM_TRY
+        torch::optim::AdamOptions o(opts->lr);
+        o.betas(std::make_tuple(opts->beta1, opts->beta2)).eps(opts->eps).weight_decay(opts->weight_decay);
+        o.amsgrad(opts->amsgrad);
+        return finish_torch(EMI_TORCH_ADAM, "Adam", std::make_unique<torch::optim::Adam>(ts, o), ts);
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_optimizer *em_adamw(const em_params *params, const em_adam_opts *opts)
+{
+    std::vector<at::Tensor> ts;
+    if (!take_params(__func__, params, &ts))
+        return nullptr;
+    em_adam_opts def = {};
+    if (opts == nullptr) {
+        def.version = EM_ADAM_OPTS_VERSION;
+        def.lr = 1e-3;
+        def.beta1 = 0.9;
+        def.beta2 = 0.999;
+        def.eps = 1e-8;
+        def.weight_decay = 1e-2;
+        opts = &def;
+    }
+    if (!check_adam(__func__, opts, "EM_ADAMW_OPTS_INIT"))
+        return nullptr;
+    EM_TRY
+        torch::optim::AdamWOptions o(opts->lr);
+        // weight_decay always explicit: AdamWOptions' own default (1e-2) must not stand in for ours
+        o.betas(std::make_tuple(opts->beta1, opts->beta2)).eps(opts->eps).weight_decay(opts->weight_decay);
+        o.amsgrad(opts->amsgrad);
+        return finish_torch(EMI_TORCH_ADAMW, "AdamW", std::make_unique<torch::optim::AdamW>(ts, o), ts);
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_optimizer *em_rmsprop(const em_params *params, const em_rmsprop_opts *opts)
+{
+    std::vector<at::Tensor> ts;
+    if (!take_params(__func__, params, &ts))
+        return nullptr;
+    em_rmsprop_opts def = {};
+    if (opts == nullptr) {
+        def.version = EM_RMSPROP_OPTS_VERSION;
+        def.lr = 1e-2;
+        def.alpha = 0.99;
+        def.eps = 1e-8;
+        opts = &def;
+    }
+    if (!check_version(__func__, opts->version, EM_RMSPROP_OPTS_VERSION, "EM_RMSPROP_OPTS_INIT") ||
+        !check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "eps", opts->eps) ||
+        !check_hparam(__func__, "momentum", opts->momentum) ||
+        !check_hparam(__func__, "weight_decay", opts->weight_decay) || !check_hparam(__func__, "alpha", opts->alpha))
+        return nullptr;
+    EM_TRY
+        torch::optim::RMSpropOptions o(opts->lr);
+        o.alpha(opts->alpha).eps(opts->eps).weight_decay(opts->weight_decay).momentum(opts->momentum);
+        o.centered(opts->centered);
+        return finish_torch(EMI_TORCH_RMSPROP, "RMSprop", std::make_unique<torch::optim::RMSprop>(ts, o), ts);
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_optimizer *em_adagrad(const em_params *params, const em_adagrad_opts *opts)
+{
+    std::vector<at::Tensor> ts;
+    if (!take_params(__func__, params, &ts))
+        return nullptr;
+    em_adagrad_opts def = {};
+    if (opts == nullptr) {
+        def.version = EM_ADAGRAD_OPTS_VERSION;
+        def.lr = 1e-2;
+        def.eps = 1e-10;
+        opts = &def;
+    }
+    if (!check_version(__func__, opts->version, EM_ADAGRAD_OPTS_VERSION, "EM_ADAGRAD_OPTS_INIT") ||
+        !check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "lr_decay", opts->lr_decay) ||
+        !check_hparam(__func__, "weight_decay", opts->weight_decay) ||
+        !check_hparam(__func__, "initial_accumulator_value", opts->initial_accumulator_value) ||
+        !check_hparam(__func__, "eps", opts->eps))
+        return nullptr;
+    EM_TRY
+        torch::optim::AdagradOptions o(opts->lr);
+        o.lr_decay(opts->lr_decay).weight_decay(opts->weight_decay);
+        o.initial_accumulator_value(opts->initial_accumulator_value).eps(opts->eps);
+        return finish_torch(EMI_TORCH_ADAGRAD, "Adagrad", std::make_unique<torch::optim::Adagrad>(ts, o), ts);
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_optimizer *em_lbfgs(const em_params *params, const em_lbfgs_opts *opts)
+{
+    std::vector<at::Tensor> ts;
+    if (!take_params(__func__, params, &ts))
+        return nullptr;
+    emi_lbfgs_options o; // torch's defaults, as EM_LBFGS_OPTS_INIT
+    if (opts != nullptr) {
+        if (!check_version(__func__, opts->version, EM_LBFGS_OPTS_VERSION, "EM_LBFGS_OPTS_INIT") ||
+            !check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "max_iter", (double)opts->max_iter) ||
+            !check_hparam(__func__, "history_size", (double)opts->history_size))
+            return nullptr;
+        if (opts->max_eval < 0) {
+            emi_fail(EM_EINVAL, "em_lbfgs: max_eval must be >= 0, 0 meaning max_iter * 5 / 4 (got %lld)",
+                     static_cast<long long>(opts->max_eval));
+            return nullptr;
+        }
+        o.lr = opts->lr;
+        o.max_iter = opts->max_iter;
+        o.max_eval = opts->max_eval;
+        o.tolerance_grad = opts->tolerance_grad;
+        o.tolerance_change = opts->tolerance_change;
+        o.history_size = opts->history_size;
+        o.strong_wolfe = opts->strong_wolfe;
+    }
+    // lbfgs.py resolves max_eval=None in __init__, so param_groups[0]['max_eval'] reads the number
+    if (o.max_eval == 0)
+        o.max_eval = o.max_iter * 5 / 4;
+    EM_TRY
+        auto opt = std::make_unique<em_optimizer>();
+        opt->kind = EMI_OPT_LBFGS;
+        opt->name = "LBFGS";
+        opt->lbfgs = std::make_unique<emi_lbfgs>(ts, o);
+        opt->groups.push_back(emi_params_from(ts));
+        return opt.release();
+    EM_CATCH(nullptr)
+}
+
+// ---- optimizers written in C, and wrappers -----------------------------------------------------------------
+
+extern "C" em_optimizer *em_optimizer_new(const em_optimizer_ops *ops, const em_params *params, double lr,
+                                          void *state)
+{
+    if (ops == nullptr) {
+        emi_fail(EM_EINVAL, "em_optimizer_new: ops is NULL");
+        return nullptr;
+    }
+    // from here on `state` is ours: every failure releases it
+    auto fail_free = [&]() -> em_optimizer * {
+        if (ops->destroy != nullptr)
+            ops->destroy(state);
+        return nullptr;
+    };
+    if (ops->version == 0) {
+        emi_fail(EM_EINVAL, "em_optimizer_new: ops->version is 0: set it to EM_OPTIMIZER_OPS_VERSION");
+        return fail_free();
+    }
+    if (ops->version < 0 || ops->version > EM_OPTIMIZER_OPS_VERSION) {
+        emi_fail(EM_EINVAL, "em_optimizer_new: ops->version is %d, this library knows versions 1..%d", ops->version,
+                 EM_OPTIMIZER_OPS_VERSION);
+        return fail_free();
+    }
+    if (ops->step == nullptr) {
+        emi_fail(EM_EINVAL, "em_optimizer_new: ops->step is NULL");
+        return fail_free();
+    }
+    std::vector<at::Tensor> ts;
+    if (!take_params(__func__, params, &ts) || !check_hparam(__func__, "lr", lr))
+        return fail_free();
+    std::unique_ptr<em_optimizer> opt;
+    try {
+        opt = std::make_unique<em_optimizer>();
+    } catch (...) {
+        emi_fail(EM_ENOMEM, "em_optimizer_new: out of memory");
+        return fail_free();
+    }
+    // the optimizer owns `state` now: its destructor releases it if anything below throws
+    opt->kind = EMI_OPT_C;
+    opt->ops = ops;
+    opt->state = state;
+    EM_TRY
+        opt->name = ops->name != nullptr ? ops->name : "Optimizer";
+        opt->c_defaults["lr"] = lr;
+        opt->hparams.push_back(opt->c_defaults);
+        opt->groups.push_back(emi_params_from(ts));
+        return opt.release();
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_optimizer *emi_optimizer_wrap(em_optimizer *inner, const em_optimizer_ops *ops, void *state)
+{
+    auto fail_free = [&]() -> em_optimizer * {
+        if (ops != nullptr && ops->destroy != nullptr)
+            ops->destroy(state);
+        return nullptr;
+    };
+    if (inner == nullptr)
+        return fail_free();
+    if (ops == nullptr || ops->step == nullptr) {
+        emi_fail(EM_EINVAL, "emi_optimizer_wrap: ops or ops->step is NULL");
+        return fail_free();
+    }
+    em_optimizer *w = nullptr;
+    try {
+        w = new em_optimizer;
+    } catch (...) {
+        emi_fail(EM_ENOMEM, "emi_optimizer_wrap: out of memory");
+        return fail_free();
+    }
+    w->kind = EMI_OPT_WRAPPER;
+    w->ops = ops;
+    w->state = state;
+    w->inner = inner;
+    return w;
+}
+
+extern "C" void *emi_optimizer_wrapper_state(const em_optimizer *wrapper)
+{
+    return wrapper != nullptr && wrapper->kind == EMI_OPT_WRAPPER ? wrapper->state : nullptr;
+}
+
+extern "C" void *em_optimizer_state(const em_optimizer *opt)
+{
+    const em_optimizer *base = emi_optimizer_base(opt);
+    return base != nullptr && base->kind == EMI_OPT_C ? base->state : nullptr;
+}
+
+// ---- using optimizers ----------------------------------------------------------------------------------
+
+extern "C" em_status em_optimizer_step(em_optimizer *opt, const em_closure *closure)
+{
+    if (opt == nullptr)
+        return EM_EINVAL;
+    if (closure != nullptr && closure->fn == nullptr)
+        return emi_fail(EM_EINVAL, "em_optimizer_step: closure->fn is NULL");
+    bool had_error = emi_has_error();
+    EM_TRY
+        try {
+            return step_impl(opt, closure);
+        } catch (const closure_failed &) {
+            return closure_failure(__func__, had_error);
+        }
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_closure_call(const em_closure *closure, double *loss_out)
+{
+    if (closure == nullptr)
+        return EM_EINVAL;
+    if (closure->fn == nullptr)
+        return emi_fail(EM_EINVAL, "em_closure_call: closure->fn is NULL");
+    bool had_error = emi_has_error();
+    EM_TRY
+        try {
+            at::Tensor loss = run_closure(closure);
+            if (loss_out != nullptr)
+                *loss_out = loss.numel() == 1 ? loss.item<double>() : NAN;
+            return EM_OK;
+        } catch (const closure_failed &) {
+            return closure_failure(__func__, had_error);
+        }
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_optimizer_zero_grad_ex(em_optimizer *opt, bool set_to_none)
+{
+    if (opt == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        // torch/optim/optimizer.py Optimizer.zero_grad (1.13), foreach=False
+        for (const em_params *g : emi_optimizer_base(opt)->groups) {
+            for (em_tensor *h : g->items) {
+                at::Tensor &p = h->t;
+                if (!p.grad().defined())
+                    continue;
+                at::Tensor &grad = p.mutable_grad();
+                if (set_to_none) {
+                    grad = at::Tensor();
+                } else {
+                    if (grad.grad_fn() != nullptr)
+                        grad.detach_();
+                    else
+                        grad.requires_grad_(false);
+                    grad.zero_();
+                }
+            }
+        }
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_optimizer_zero_grad(em_optimizer *opt)
+{
+    return em_optimizer_zero_grad_ex(opt, emi::compat::zero_grad_sets_to_none);
+}
+
+extern "C" bool em_zero_grad_sets_to_none(void)
+{
+    return emi::compat::zero_grad_sets_to_none;
+}
+
+extern "C" em_status em_optimizer_add_param_group(em_optimizer *opt, const em_params *params)
+{
+    if (opt == nullptr)
+        return EM_EINVAL;
+    em_optimizer *base = emi_optimizer_base(opt);
+    std::vector<at::Tensor> ts;
+    if (!take_params(__func__, params, &ts))
+        return EM_EINVAL;
+    if (base->kind == EMI_OPT_LBFGS)
+        return emi_fail(EM_EINVAL, "%s: LBFGS doesn't support per-parameter options (parameter groups)", __func__);
+    EM_TRY
+        std::unordered_set<const void *> seen;
+        for (const em_params *g : base->groups)
+            for (const em_tensor *h : g->items)
+                seen.insert(h->t.unsafeGetTensorImpl());
+        for (const at::Tensor &p : ts)
+            if (seen.count(p.unsafeGetTensorImpl()) != 0)
+                return emi_fail(EM_EINVAL, "%s: some parameters appear in more than one parameter group", __func__);
+        if (base->kind == EMI_OPT_TORCH) {
+            base->torch_opt->add_param_group(torch::optim::OptimizerParamGroup(ts)); // options: defaults().clone()
+            if (base->builtin == EMI_TORCH_ADAGRAD) {
+                // libtorch's Adagrad (as Python's) fills its state in the constructor only; its step
+                // would dereference a missing entry for a later group. Fill it as the constructor does.
+                auto &defaults = static_cast<torch::optim::AdagradOptions &>(base->torch_opt->defaults());
+                auto &state = base->torch_opt->state();
+                for (const at::Tensor &p : ts) {
+                    auto st = std::make_unique<torch::optim::AdagradParamState>();
+                    st->step(0);
+                    st->sum(at::full_like(p.data(), defaults.initial_accumulator_value(), at::MemoryFormat::Preserve));
+                    state[state_key(state, p)] = std::move(st);
+                }
+            }
+        } else {
+            base->hparams.push_back(base->c_defaults);
+        }
+        base->groups.push_back(emi_params_from(ts));
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" size_t em_optimizer_num_groups(const em_optimizer *opt)
+{
+    const em_optimizer *base = emi_optimizer_base(opt);
+    return base == nullptr ? 0 : base->groups.size();
+}
+
+extern "C" const em_params *em_optimizer_group_params(const em_optimizer *opt, size_t group)
+{
+    if (opt == nullptr)
+        return nullptr;
+    const em_optimizer *base = emi_optimizer_base(opt);
+    if (group >= base->groups.size()) {
+        emi_fail(EM_EINVAL, "em_optimizer_group_params: group %zu out of range (%s has %zu parameter group%s)", group,
+                 base->name.c_str(), base->groups.size(), base->groups.size() == 1 ? "" : "s");
+        return nullptr;
+    }
+    return base->groups[group];
+}
+
+extern "C" em_status em_optimizer_get(const em_optimizer *opt, size_t group, const char *name, double *out)
+{
+    if (opt == nullptr)
+        return EM_EINVAL;
+    if (out == nullptr)
+        return emi_fail(EM_EINVAL, "%s: out is NULL", __func__);
+    EM_TRY
+        em_optimizer *base = hp_target(__func__, opt, group, name);
+        if (base == nullptr)
+            return EM_EINVAL;
+        if (base->kind == EMI_OPT_C) {
+            const auto &hp = base->hparams[group];
+            auto it = hp.find(name);
+            if (it == hp.end())
+                return no_such_hparam(__func__, base, name);
+            *out = it->second;
+            return EM_OK;
+        }
+        hp_slot s = find_slot(base, group, name);
+        if (!s.found())
+            return no_such_hparam(__func__, base, name);
+        *out = s.get();
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_optimizer_set(em_optimizer *opt, size_t group, const char *name, double value)
+{
+    if (opt == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        em_optimizer *base = hp_target(__func__, opt, group, name);
+        if (base == nullptr)
+            return EM_EINVAL;
+        if (base->kind == EMI_OPT_C) {
+            if (std::string(name) == "lr" && !check_hparam(__func__, "lr", value))
+                return EM_EINVAL;
+            base->hparams[group][name] = value;
+            base->c_defaults.emplace(name, value); // a new name joins the defaults of later groups
+            return EM_OK;
+        }
+        hp_slot s = find_slot(base, group, name);
+        if (!s.found())
+            return no_such_hparam(__func__, base, name);
+        if (!check_hparam(__func__, name, value))
+            return EM_EINVAL;
+        double old = s.get();
+        s.set(value);
+        if (base->kind == EMI_OPT_TORCH && base->builtin == EMI_TORCH_SGD) {
+            auto &x = static_cast<torch::optim::SGDOptions &>(base->torch_opt->param_groups()[group].options());
+            if (!check_nesterov(__func__, x.momentum(), x.dampening(), x.nesterov())) {
+                s.set(old);
+                return EM_EINVAL;
+            }
+        }
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" double em_optimizer_lr(const em_optimizer *opt, size_t group)
+{
+    double lr = NAN;
+    if (em_optimizer_get(opt, group, "lr", &lr) != EM_OK)
+        return NAN;
+    return lr;
+}
+
+extern "C" em_status em_optimizer_set_lr(em_optimizer *opt, size_t group, double lr)
+{
+    return em_optimizer_set(opt, group, "lr", lr);
+}
+
+extern "C" int64_t em_optimizer_step_count(const em_optimizer *opt)
+{
+    const em_optimizer *base = emi_optimizer_base(opt);
+    return base == nullptr ? 0 : base->step_count;
+}
+
+extern "C" const char *em_optimizer_name(const em_optimizer *opt)
+{
+    const em_optimizer *base = emi_optimizer_base(opt);
+    return base == nullptr ? nullptr : base->name.c_str();
+}
+
+extern "C" em_optimizer *em_optimizer_inner(em_optimizer *opt)
+{
+    if (opt == nullptr)
+        return nullptr;
+    return opt->kind == EMI_OPT_WRAPPER && opt->inner != nullptr ? opt->inner : opt;
+}
+
+extern "C" void em_optimizer_free(em_optimizer *opt)
+{
+    delete opt; // a wrapper's destructor leaves `inner` alone
+}
+
+// ---- gradient clipping -------------------------------------------------------------------------------
+
+namespace {
+
+// torch.norm(t, p) for a number p in 1.13 (torch/functional.py): _VF.norm(t, p, dim=all dims).
+at::Tensor py_norm(const at::Tensor &t, double p)
+{
+    std::vector<int64_t> dims(static_cast<size_t>(t.dim()));
+    for (size_t i = 0; i < dims.size(); i++)
+        dims[i] = static_cast<int64_t>(i);
+    return at::norm(t, at::Scalar(p), dims, false);
+}
+
+} // namespace
+
+extern "C" em_status em_clip_grad_norm(const em_params *params, double max_norm, double norm_type, double *total_norm)
+{
+    if (params == nullptr)
+        return EM_EINVAL;
+    if (!(norm_type > 0))
+        return emi_fail(EM_EINVAL, "em_clip_grad_norm: norm_type must be > 0 (got %g)", norm_type);
+    EM_TRY
+        // torch/nn/utils/clip_grad.py clip_grad_norm_ (1.13), op for op
+        std::vector<at::Tensor> grads;
+        for (const em_tensor *h : params->items) {
+            const at::Tensor &g = h->t.grad();
+            if (g.defined())
+                grads.push_back(g);
+        }
+        if (grads.empty()) {
+            if (total_norm != nullptr)
+                *total_norm = 0.0;
+            return EM_OK;
+        }
+        at::Device device = grads[0].device();
+        std::vector<at::Tensor> norms;
+        norms.reserve(grads.size());
+        at::Tensor total;
+        if (std::isinf(norm_type)) {
+            for (const at::Tensor &g : grads)
+                norms.push_back(g.detach().abs().max().to(device));
+            total = norms.size() == 1 ? norms[0] : at::max(at::stack(norms));
+        } else {
+            for (const at::Tensor &g : grads)
+                norms.push_back(py_norm(g.detach(), norm_type).to(device));
+            total = py_norm(at::stack(norms), norm_type);
+        }
+        // Python's `max_norm / (total_norm + 1e-6)` is Tensor.__rdiv__: reciprocal() * max_norm
+        at::Tensor clip_coef = (total + 1e-6).reciprocal() * max_norm;
+        at::Tensor clip_coef_clamped = at::clamp(clip_coef, c10::nullopt, at::Scalar(1.0));
+        for (const at::Tensor &g : grads)
+            g.detach().mul_(clip_coef_clamped.to(g.device()));
+        if (total_norm != nullptr)
+            *total_norm = total.item<double>();
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_clip_grad_value(const em_params *params, double clip_value)
+{
+    if (params == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        // torch/nn/utils/clip_grad.py clip_grad_value_ (1.13): p.grad.data.clamp_(min=-v, max=v)
+        for (const em_tensor *h : params->items) {
+            const at::Tensor &g = h->t.grad();
+            if (g.defined())
+                g.data().clamp_(at::Scalar(-clip_value), at::Scalar(clip_value));
+        }
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
