@@ -5,6 +5,7 @@
  *   ember/tensor.h   tensors, operations, autograd, scopes
  *   ember/nn.h       layers and parameter lists
  *   ember/optim.h    optimizers and gradient clipping
+ *   ember/scheduler.h learning-rate schedulers
  */
 #ifndef EMBER_H
 #define EMBER_H
@@ -13,5 +14,6 @@
 #include "ember/tensor.h"
 #include "ember/nn.h"
 #include "ember/optim.h"
+#include "ember/scheduler.h"
 
 #endif /* EMBER_H */
