@@ -6,6 +6,7 @@
  *   ember/nn.h       layers and parameter lists
  *   ember/optim.h    optimizers and gradient clipping
  *   ember/scheduler.h learning-rate schedulers
+ *   ember/trainer.h  the training loop: modules, loaders, callbacks, the trainer
  */
 #ifndef EMBER_H
 #define EMBER_H
@@ -15,5 +16,6 @@
 #include "ember/nn.h"
 #include "ember/optim.h"
 #include "ember/scheduler.h"
+#include "ember/trainer.h"
 
 #endif /* EMBER_H */

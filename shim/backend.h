@@ -7,6 +7,7 @@
 #define EMBER_BACKEND_H
 
 #include "ember.h"
+#include "ember/trainer.h"
 
 EM_BEGIN_DECLS
 
@@ -24,6 +25,28 @@ void emi_fail_torch(const char *func, const char *what);
 
 /** Whether an error is recorded on this thread (cheap). */
 bool emi_has_error(void);
+
+
+/* ---- handles (shim/core.cpp) --------------------------------------------------------------------- */
+
+/** Take `t` out of whatever scope owns it: the caller owns it from now on. Returns t. */
+em_tensor *emi_own(em_tensor *t);
+/** The identity of the tensor behind a handle (its TensorImpl): equal for two handles of one tensor. */
+const void *emi_tensor_id(const em_tensor *t);
+
+/* ---- runtime (shim/runtime.cpp): autocast and RNG state --------------------------------------------- */
+
+/** Enter autocast for `precision` on `device` (bf16-mixed: bfloat16; 16-mixed: float16). Nests. */
+em_status emi_autocast_begin(em_precision precision, em_device device);
+/** Leave the innermost emi_autocast_begin(). */
+void emi_autocast_end(void);
+
+/** An opaque copy of the global generator's state (CPU, and CUDA when present). */
+typedef struct emi_rng_state emi_rng_state;
+/** Save the global RNG state. NULL on failure (recorded). */
+emi_rng_state *emi_rng_save(void);
+/** Restore a saved state and free it. NULL is ignored. */
+void emi_rng_restore(emi_rng_state *s);
 
 /* ---- optimizer wrappers (shim/optim.cpp) ------------------------------------------------------------ */
 

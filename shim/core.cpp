@@ -104,6 +104,24 @@ extern "C" em_tensor *em_keep(em_tensor *t)
     return t;
 }
 
+extern "C" em_tensor *emi_own(em_tensor *t)
+{
+    if (t == nullptr)
+        return nullptr;
+    if (t->owner == EMI_OWNER_SCOPE && t->depth >= 1 && static_cast<size_t>(t->depth) <= scopes.frames.size())
+        frame_remove(scopes.frames[static_cast<size_t>(t->depth - 1)], t);
+    if (t->owner == EMI_OWNER_SCOPE) {
+        t->owner = EMI_OWNER_CALLER;
+        t->depth = 0;
+    }
+    return t;
+}
+
+extern "C" const void *emi_tensor_id(const em_tensor *t)
+{
+    return t == nullptr ? nullptr : static_cast<const void *>(t->t.unsafeGetTensorImpl());
+}
+
 extern "C" void em_tensor_free(em_tensor *t)
 {
     if (t == nullptr)

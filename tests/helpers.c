@@ -8,7 +8,7 @@ void helper_assert_close(double got, double want, double rtol, double atol, cons
 {
     double diff = fabs(got - want);
     if (!(diff <= atol + rtol * fabs(want))) {
-        cm_print_error("%s = %.9g, expected %.9g (diff %.3g, rtol %.3g, atol %.3g)\n", expr, got, want,
+        print_error("%s = %.9g, expected %.9g (diff %.3g, rtol %.3g, atol %.3g)\n", expr, got, want,
                        diff, rtol, atol);
         _fail(file, line);
     }
@@ -17,7 +17,7 @@ void helper_assert_close(double got, double want, double rtol, double atol, cons
 void helper_assert_ok(em_status s, const char *expr, const char *file, int line)
 {
     if (s != EM_OK) {
-        cm_print_error("%s returned %s: %s\n", expr, em_status_name(s), em_last_error());
+        print_error("%s returned %s: %s\n", expr, em_status_name(s), em_last_error());
         _fail(file, line);
     }
 }
@@ -25,7 +25,7 @@ void helper_assert_ok(em_status s, const char *expr, const char *file, int line)
 void helper_assert_nonnull(int ok, const char *expr, const char *file, int line)
 {
     if (!ok) {
-        cm_print_error("%s is NULL: %s\n", expr, em_last_error());
+        print_error("%s is NULL: %s\n", expr, em_last_error());
         _fail(file, line);
     }
 }
@@ -33,7 +33,7 @@ void helper_assert_nonnull(int ok, const char *expr, const char *file, int line)
 void helper_assert_error_contains(const char *needle, const char *file, int line)
 {
     if (strstr(em_last_error(), needle) == NULL) {
-        cm_print_error("error message \"%s\" does not contain \"%s\"\n", em_last_error(), needle);
+        print_error("error message \"%s\" does not contain \"%s\"\n", em_last_error(), needle);
         _fail(file, line);
     }
 }

@@ -291,7 +291,9 @@ EM_API bool em_is_grad_enabled(void);
 
 /* ---- elementwise arithmetic ------------------------------------------------------------------- *
  * All return a new tensor owned by the open scope (the caller frees it with em_tensor_free() when
- * no scope is open), broadcast as torch does, and fail with a message naming both shapes. */
+ * no scope is open), broadcast as torch does, and fail with a message naming both shapes.
+ * A double `s` acts as Python's number would: on an integer tensor an integral `s` is a Python int
+ * (the result stays integer), otherwise a Python float (the result is floating point). */
 
 EM_API em_tensor *em_add(const em_tensor *a, const em_tensor *b);      /* a + b */
 EM_API em_tensor *em_sub(const em_tensor *a, const em_tensor *b);      /* a - b */
@@ -308,7 +310,7 @@ EM_API em_tensor *em_div_scalar(const em_tensor *a, double s);         /* a / s 
 EM_API em_tensor *em_pow_scalar(const em_tensor *a, double s);         /* a ** s */
 EM_API em_tensor *em_neg(const em_tensor *a);                          /* -a */
 EM_API em_tensor *em_exp(const em_tensor *a);
-EM_API em_tensor *em_log(const em_tensor *a);
+EM_API em_tensor *em_ln(const em_tensor *a); /* torch.log (natural logarithm); em_log() is self.log */
 EM_API em_tensor *em_sqrt(const em_tensor *a);
 EM_API em_tensor *em_abs(const em_tensor *a);
 EM_API em_tensor *em_square(const em_tensor *a);

@@ -1,0 +1,511 @@
+/*
+ * ember/trainer.h: the training loop - PyTorch Lightning's Trainer and LightningModule, in C.
+ *
+ * How to use this header
+ * ----------------------
+ * 1. Embed an em_module first in a struct of your own and give it an ops table (the
+ *    LightningModule's methods). training_step and configure_optimizers are required; every other
+ *    entry may be NULL, which means Lightning's default.
+ *
+ *        struct regressor { em_module base; em_nn *net; };
+ *
+ *        static em_tensor *training_step(em_module *m, const em_batch *b, int64_t batch_idx) {
+ *            struct regressor *r = (struct regressor *)m;
+ *            em_tensor *loss = em_mse_loss(em_nn_forward(r->net, b->t[0]), b->t[1], EM_REDUCTION_MEAN);
+ *            em_log(m, "train_loss", em_tensor_item(loss), EM_LOG_PROG_BAR);
+ *            return loss;                      // owned by the batch's scope: do not free
+ *        }
+ *        static em_status configure_optimizers(em_module *m, em_optim_setup *setup) {
+ *            struct regressor *r = (struct regressor *)m;
+ *            em_params *ps = em_nn_parameters(r->net);
+ *            em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1});
+ *            em_params_free(ps);
+ *            return em_optim_setup_add(setup, opt);  // the trainer owns it from here
+ *        }
+ *        static const em_module_ops regressor_ops = {
+ *            .version = EM_MODULE_OPS_VERSION,
+ *            .training_step = training_step,
+ *            .configure_optimizers = configure_optimizers,
+ *        };
+ *        struct regressor model = {.base = {.ops = &regressor_ops, .automatic_optimization = true}};
+ *
+ * 2. Configure a trainer from EM_TRAINER_CONFIG_INIT (Lightning's defaults) and fit:
+ *
+ *        em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
+ *        cfg.max_epochs = 10;
+ *        cfg.accumulate_grad_batches = 4;
+ *        cfg.gradient_clip_val = 0.5;
+ *        em_trainer *t = em_trainer_new(&cfg);            // NULL + em_last_error() on bad config
+ *        em_loader *train = em_tensor_loader((em_tensor *[]){x, y}, 2, &(em_loader_opts){.batch_size = 32, .shuffle = true});
+ *        if (em_trainer_fit(t, &model.base, train, NULL) != EM_OK)
+ *            fprintf(stderr, "%s\n", em_trainer_error(t));   // "epoch 0, batch 3, training_step: ..."
+ *        em_loader_free(train);
+ *        em_trainer_free(t);
+ *
+ * Inside any callback, tensors are owned by the scope the trainer opened for the batch, so user code
+ * never frees them. A callback fails by returning a non-OK status, by returning NULL from
+ * training_step with an error recorded (em_error_set, or an ember call that failed), or by recording
+ * an error at all: the trainer clears the error slot before each callback and checks it after. A
+ * failure stops em_trainer_fit, which returns the status and keeps the message with the place it
+ * happened (em_trainer_error). A training_step that returns NULL with no error recorded means
+ * Lightning's `return None`: no backward for that batch.
+ *
+ * The exact order of operations (closure, accumulation, clipping, schedulers, validation, step
+ * counting) is Lightning 2.2.5's; LIGHTNING_SEMANTICS.md in the project's design notes is the
+ * reference, and the conformance cases check it against runs recorded from Lightning itself.
+ */
+#ifndef EMBER_TRAINER_H
+#define EMBER_TRAINER_H
+
+#include <math.h>
+
+#include "optim.h"
+#include "scheduler.h"
+
+EM_BEGIN_DECLS
+
+typedef struct em_trainer em_trainer;
+typedef struct em_module em_module;
+typedef struct em_loader em_loader;
+typedef struct em_callback em_callback;
+typedef struct em_optim_setup em_optim_setup;
+
+/** "Not set" for the integer options Lightning lets be None (max_epochs, check_val_every_n_epoch, ...). */
+#define EM_NONE INT64_MIN
+
+/* ---- batches and loaders ----------------------------------------------------------------------- */
+
+/** The most tensors one batch may hold. */
+#define EM_BATCH_MAX_TENSORS 8
+
+/**
+ * One batch: `n` tensors (inputs, targets, ...), in the order the loader produced them.
+ * Borrowed: the tensors belong to the batch's scope; they stay valid during the batch's callbacks.
+ */
+typedef struct em_batch {
+    size_t n;
+    em_tensor *t[EM_BATCH_MAX_TENSORS];
+    int64_t size; /* rows in the batch (dim 0 of the first tensor): the default log batch_size */
+} em_batch;
+
+/** The operations of a data loader written in C (torch's DataLoader protocol, map-style). */
+typedef struct em_loader_ops {
+    int version; /* EM_LOADER_OPS_VERSION */
+    /** Required. Number of batches one epoch yields (len(dataloader)). */
+    int64_t (*num_batches)(void *state);
+    /**
+     * Required. Fill `out` with batch `index` (0-based, < num_batches) of the current epoch: set
+     * out->n and out->t[0..n-1] (new tensors, owned by the scope the trainer opened; out->size is
+     * filled in by the trainer when left 0). Return EM_OK or a failure (with em_error_set).
+     */
+    em_status (*get_batch)(void *state, int64_t index, em_batch *out);
+    /** Optional: called at the start of every training epoch (a sampler's set_epoch). */
+    void (*set_epoch)(void *state, int64_t epoch);
+    /** Optional: releases `state` when the loader is freed. */
+    void (*destroy)(void *state);
+    /* ---- version 1 ends here ---- */
+} em_loader_ops;
+#define EM_LOADER_OPS_VERSION 1
+
+/**
+ * A loader driven by `ops`; `state` is yours. Takes ownership of `state` (ops->destroy frees it),
+ * also when it fails. The caller frees the loader with em_loader_free().
+ * Errors: NULL for NULL ops or a missing required entry, or a bad version.
+ */
+EM_API em_loader *em_loader_new(const em_loader_ops *ops, void *state);
+
+/** Options of the built-in in-memory loader. All-zero = batch size 1, in order, keep the last batch. */
+typedef struct em_loader_opts {
+    int64_t batch_size; /* 0 = 1 */
+    bool shuffle;       /* false; true = a new permutation every epoch from `seed` and the epoch */
+    uint64_t seed;      /* 0 */
+    bool drop_last;     /* false */
+} em_loader_opts;
+
+/**
+ * torch's DataLoader(TensorDataset(tensors...)): batches are consecutive rows (dim 0) of every
+ * tensor, as zero-copy views when not shuffled. The loader keeps its own references to the tensors.
+ * The caller frees it with em_loader_free().
+ * Errors: NULL when n is 0 or above EM_BATCH_MAX_TENSORS, a tensor is NULL or 0-dim, or the tensors
+ * differ in their first dimension.
+ */
+EM_API em_loader *em_tensor_loader(em_tensor *const *tensors, size_t n, const em_loader_opts *opts);
+
+/** Number of batches per epoch; -1 for NULL. */
+EM_API int64_t em_loader_num_batches(const em_loader *l);
+/**
+ * Batch `index` of epoch `epoch` (the epoch matters to a shuffling loader), outside a trainer.
+ * The tensors are owned by the open scope (by the caller when none is open).
+ */
+EM_API em_status em_loader_get(em_loader *l, int64_t epoch, int64_t index, em_batch *out);
+/** Free a loader. NULL is ignored. */
+EM_API void em_loader_free(em_loader *l);
+
+/* ---- configure_optimizers ---------------------------------------------------------------------- */
+
+/** When a scheduler steps (Lightning: LRSchedulerConfig.interval). */
+typedef enum em_interval { EM_INTERVAL_EPOCH = 0, EM_INTERVAL_STEP = 1 } em_interval;
+
+/**
+ * How the trainer steps a scheduler (Lightning's LRSchedulerConfig). All-zero (or NULL) = Lightning's
+ * defaults: every epoch, frequency 1, no monitor, strict.
+ */
+typedef struct em_scheduler_config {
+    em_interval interval; /* EM_INTERVAL_EPOCH */
+    int64_t frequency;    /* 0 = 1; negative is rejected */
+    const char *monitor;  /* metric in callback_metrics fed to a plateau scheduler (copied); NULL */
+    bool not_strict;      /* false = Lightning's strict=True: a missing monitor stops fit with an
+                             error; true = warn and skip that step */
+    const char *name;     /* for the LR monitor (copied); NULL */
+} em_scheduler_config;
+
+/**
+ * Add an optimizer (in configure_optimizers). Takes ownership of `opt`, also when it fails: the
+ * trainer frees it when fit ends.
+ * Errors: EM_EINVAL for NULL (a failed constructor: its message is kept).
+ */
+EM_API em_status em_optim_setup_add(em_optim_setup *setup, em_optimizer *opt);
+
+/**
+ * Add a scheduler of an optimizer added before, with its config (NULL = defaults). Takes
+ * ownership of `sched`, also when it fails. In manual optimization the config's interval,
+ * frequency and monitor are ignored (the user steps schedulers), as Lightning does.
+ * Errors: EM_EINVAL for NULL, a scheduler whose optimizer was not added ("attached to an optimizer
+ * that wasn't returned"), frequency < 0, or a plateau scheduler without a monitor (automatic mode).
+ */
+EM_API em_status em_optim_setup_add_scheduler(em_optim_setup *setup, em_scheduler *sched,
+                                              const em_scheduler_config *config);
+
+/* ---- the module (LightningModule) ----------------------------------------------------------------- */
+
+/** Clipping algorithms (Lightning's gradient_clip_algorithm). EM_CLIP_DEFAULT is None ("norm"). */
+typedef enum em_clip_algorithm { EM_CLIP_DEFAULT = 0, EM_CLIP_NORM, EM_CLIP_VALUE } em_clip_algorithm;
+
+/** Return value of on_train_batch_start that skips the rest of the epoch (Lightning's -1). */
+#define EM_SKIP_REST_OF_EPOCH (-1)
+
+/**
+ * The LightningModule's methods. Every entry but training_step and configure_optimizers may be
+ * NULL (= Lightning's default). Entries that return em_status fail with a non-EM_OK value.
+ */
+typedef struct em_module_ops {
+    int version; /* EM_MODULE_OPS_VERSION of the header you compiled with */
+    /* required */
+    /** The loss of one batch (automatic), or anything (manual: its value only reaches
+     *  on_train_batch_end). NULL without an error recorded = Lightning's `return None`. */
+    em_tensor *(*training_step)(em_module *m, const em_batch *b, int64_t batch_idx);
+    /** Add the optimizers and schedulers (em_optim_setup_add*). Adding none = Lightning's `None`. */
+    em_status (*configure_optimizers)(em_module *m, em_optim_setup *setup);
+    /* optional: the validation loop runs only when this is set and a val loader is given */
+    em_status (*validation_step)(em_module *m, const em_batch *b, int64_t batch_idx);
+    /* optional overrides of Lightning's hooks (default behaviour in the comment) */
+    /** Default: em_optimizer_step(opt, closure). Must run the closure (directly or through step). */
+    em_status (*optimizer_step)(em_module *m, int64_t epoch, int64_t batch_idx, em_optimizer *opt,
+                                const em_closure *closure);
+    /** Default: em_optimizer_zero_grad(opt). `opt` is the raw optimizer. */
+    em_status (*optimizer_zero_grad)(em_module *m, int64_t epoch, int64_t batch_idx, em_optimizer *opt);
+    /** Default: em_scheduler_step(s), or em_scheduler_step_metric(s, metric) for a plateau one. */
+    em_status (*lr_scheduler_step)(em_module *m, em_scheduler *s, bool has_metric, double metric);
+    /** Default: em_clip_gradients(m, opt, clip_val, algo). clip_val is NAN when the Trainer has none. */
+    em_status (*configure_gradient_clipping)(em_module *m, em_optimizer *opt, double clip_val,
+                                             em_clip_algorithm algo);
+    /** Default: em_backward(loss). */
+    em_status (*backward)(em_module *m, em_tensor *loss);
+    /* hooks: default no-op */
+    em_status (*on_fit_start)(em_module *m);
+    em_status (*on_fit_end)(em_module *m);
+    em_status (*on_train_start)(em_module *m);
+    em_status (*on_train_end)(em_module *m);
+    em_status (*on_train_epoch_start)(em_module *m);
+    em_status (*on_train_epoch_end)(em_module *m);
+    /** Return 0, or EM_SKIP_REST_OF_EPOCH to end the epoch before this batch. Fail by recording an error. */
+    int (*on_train_batch_start)(em_module *m, const em_batch *b, int64_t batch_idx);
+    /** `loss`: the detached (normalised) loss, NULL when training_step returned none. */
+    em_status (*on_train_batch_end)(em_module *m, const em_tensor *loss, const em_batch *b, int64_t batch_idx);
+    em_status (*on_before_backward)(em_module *m, em_tensor *loss);
+    em_status (*on_after_backward)(em_module *m);
+    em_status (*on_before_optimizer_step)(em_module *m, em_optimizer *opt);
+    em_status (*on_before_zero_grad)(em_module *m, em_optimizer *opt);
+    em_status (*on_validation_start)(em_module *m);
+    em_status (*on_validation_end)(em_module *m);
+    em_status (*on_validation_epoch_start)(em_module *m);
+    em_status (*on_validation_epoch_end)(em_module *m);
+    /** Default: zero every parameter's gradient (set to None) of every optimizer. */
+    em_status (*on_validation_model_zero_grad)(em_module *m);
+    /* ---- version 1 ends here; new entries are appended below, never inserted ---- */
+} em_module_ops;
+#define EM_MODULE_OPS_VERSION 1
+
+/**
+ * The LightningModule. Embed it FIRST in your own struct, set `ops` and `automatic_optimization`.
+ * The remaining fields belong to ember.
+ */
+struct em_module {
+    const em_module_ops *ops;
+    bool automatic_optimization; /* Lightning's default is True: set it explicitly */
+    em_nn *layers;               /* optional: the module's layers (a container for several nets); the
+                                    trainer switches them to eval() during validation and back */
+    /* ---- private: set by em_trainer_fit ---- */
+    em_trainer *trainer_;
+};
+
+/** The trainer fitting this module, or NULL outside em_trainer_fit(). Borrowed. */
+EM_API em_trainer *em_module_trainer(const em_module *m);
+
+/**
+ * The optimizers from configure_optimizers, wrapped for precision and strategy (LightningOptimizer).
+ * Lightning: LightningModule.optimizers()
+ * Borrowed: the array and the wrappers belong to the trainer and stay valid until em_trainer_fit()
+ * returns; do not free them. `*n` (may be NULL) receives the count.
+ * Stepping a wrapper counts in global_step; stepping em_optimizer_inner(wrapper) does not.
+ * Errors: NULL when called outside em_trainer_fit().
+ */
+EM_API em_optimizer **em_optimizers(em_module *m, size_t *n);
+
+/**
+ * The schedulers from configure_optimizers, in the order they were added. Lightning: lr_schedulers()
+ * Borrowed, as em_optimizers. NULL with *n = 0 when there are none (not an error).
+ */
+EM_API em_scheduler **em_lr_schedulers(em_module *m, size_t *n);
+
+/**
+ * Back-propagate in manual optimization. Lightning: manual_backward(loss)
+ * Runs on_before_backward, the backward hook (default em_backward), on_after_backward; scales the
+ * loss under 16-mixed and synchronises gradients under DDP. No normalisation.
+ * Errors: EM_ESTATE in automatic optimization ("to use manual_backward, disable automatic
+ * optimization") or outside fit; the backward's own failure.
+ */
+EM_API em_status em_manual_backward(em_module *m, em_tensor *loss);
+/** As em_manual_backward, keeping the graph (torch: retain_graph=True). */
+EM_API em_status em_manual_backward_retain(em_module *m, em_tensor *loss);
+
+/**
+ * Make only `opt`'s parameters require grad. Lightning: toggle_optimizer(opt)
+ * Every parameter of every other optimizer gets requires_grad = false; `opt`'s keep their original
+ * flag. Undone by em_untoggle_optimizer. Errors: EM_EINVAL for an optimizer not from em_optimizers.
+ */
+EM_API em_status em_toggle_optimizer(em_module *m, em_optimizer *opt);
+/** Restore the flags changed by em_toggle_optimizer. Lightning: untoggle_optimizer(opt) */
+EM_API em_status em_untoggle_optimizer(em_module *m, em_optimizer *opt);
+
+/**
+ * Clip the gradients of `opt`'s parameters. Lightning: clip_gradients(opt, val, algo)
+ * `clip_val` NAN = the Trainer's value (or 0: no clipping); `algo` EM_CLIP_DEFAULT = the Trainer's
+ * (or norm). clip_val <= 0 does nothing.
+ * Errors: EM_EINVAL when a value differs from one set in the Trainer config ("set it in the Trainer
+ * or pass it here, not both").
+ */
+EM_API em_status em_clip_gradients(em_module *m, em_optimizer *opt, double clip_val, em_clip_algorithm algo);
+
+/* ---- logging (self.log) ------------------------------------------------------------------------------ */
+
+/** Flags of em_log(). on_step / on_epoch unset = the hook's default (Lightning's None). */
+enum {
+    EM_LOG_PROG_BAR = 1 << 0,    /* show on the progress bar */
+    EM_LOG_ON_STEP = 1 << 1,     /* on_step=True */
+    EM_LOG_NOT_ON_STEP = 1 << 2, /* on_step=False */
+    EM_LOG_ON_EPOCH = 1 << 3,    /* on_epoch=True */
+    EM_LOG_NOT_ON_EPOCH = 1 << 4,/* on_epoch=False */
+    EM_LOG_NO_LOGGER = 1 << 5,   /* logger=False */
+    EM_LOG_SYNC_DIST = 1 << 6,   /* sync_dist=True (reduce across ranks) */
+    EM_LOG_RANK_ZERO_ONLY = 1 << 7
+};
+
+/** Epoch reductions (Lightning's reduce_fx). */
+typedef enum em_reduce_fx { EM_REDUCE_MEAN = 0, EM_REDUCE_SUM, EM_REDUCE_MAX, EM_REDUCE_MIN } em_reduce_fx;
+
+/** Every option of self.log. All-zero = Lightning's defaults. */
+typedef struct em_log_opts {
+    unsigned flags;         /* EM_LOG_* */
+    em_reduce_fx reduce_fx; /* mean */
+    int64_t batch_size;     /* 0 = the batch's size (dim 0 of its first tensor) */
+} em_log_opts;
+
+/**
+ * Log a scalar. Lightning: self.log(name, value, ...)
+ * Errors: EM_ESTATE outside fit or in a hook where Lightning forbids logging; EM_EINVAL for both
+ * on_step and on_epoch false, an empty name, or the same name logged twice in one hook with other
+ * options. A NaN value is logged as NaN.
+ */
+EM_API em_status em_log(em_module *m, const char *name, double value, unsigned flags);
+/** em_log with every option. */
+EM_API em_status em_log_ex(em_module *m, const char *name, double value, const em_log_opts *opts);
+/** Log a one-element tensor's value (detached). Errors as em_log, and for a NULL/non-scalar tensor. */
+EM_API em_status em_log_tensor(em_module *m, const char *name, const em_tensor *value, unsigned flags);
+/** Lightning: log_dict. Logs names[i] = values[i] for i < n with the same flags. */
+EM_API em_status em_log_dict(em_module *m, const char *const *names, const double *values, size_t n,
+                             unsigned flags);
+
+/* ---- callbacks ----------------------------------------------------------------------------------------- */
+
+/** The operations of a callback (Lightning's Callback). Every entry may be NULL. */
+typedef struct em_callback_ops {
+    int version; /* EM_CALLBACK_OPS_VERSION */
+    const char *name;
+    em_status (*on_fit_start)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_fit_end)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_train_start)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_train_end)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_train_epoch_start)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_train_epoch_end)(em_callback *cb, em_trainer *t, em_module *m);
+    /** The return value is ignored, as Lightning ignores a callback's. */
+    em_status (*on_train_batch_start)(em_callback *cb, em_trainer *t, em_module *m, const em_batch *b,
+                                      int64_t batch_idx);
+    em_status (*on_train_batch_end)(em_callback *cb, em_trainer *t, em_module *m, const em_tensor *loss,
+                                    const em_batch *b, int64_t batch_idx);
+    em_status (*on_before_backward)(em_callback *cb, em_trainer *t, em_module *m, em_tensor *loss);
+    em_status (*on_after_backward)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_before_optimizer_step)(em_callback *cb, em_trainer *t, em_module *m, em_optimizer *opt);
+    em_status (*on_before_zero_grad)(em_callback *cb, em_trainer *t, em_module *m, em_optimizer *opt);
+    em_status (*on_validation_start)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_validation_end)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_validation_epoch_start)(em_callback *cb, em_trainer *t, em_module *m);
+    em_status (*on_validation_epoch_end)(em_callback *cb, em_trainer *t, em_module *m);
+    /** Optional: releases the state when the callback is freed. */
+    void (*destroy)(void *state);
+    /* ---- version 1 ends here ---- */
+} em_callback_ops;
+#define EM_CALLBACK_OPS_VERSION 1
+
+/**
+ * A callback driven by `ops`; `state` is yours (em_callback_state). Takes ownership of `state`,
+ * also when it fails. Hand it to em_trainer_add_callback (which takes ownership of the callback).
+ * Errors: NULL for NULL ops or a bad version.
+ */
+EM_API em_callback *em_callback_new(const em_callback_ops *ops, void *state);
+/** The state pointer given to em_callback_new(). */
+EM_API void *em_callback_state(const em_callback *cb);
+/** Free a callback that was not handed to a trainer. NULL is ignored. */
+EM_API void em_callback_free(em_callback *cb);
+
+/**
+ * Lightning's GradientAccumulationScheduler({epoch: factor, ...}): `schedule[i][0]` is a zero-indexed
+ * epoch, `schedule[i][1]` the accumulation factor from that epoch on. {0: 1} is added when the
+ * smallest epoch is not 0. The caller frees it with em_callback_free() unless it is handed to a trainer.
+ * Errors: NULL for n == 0 ("empty dict cannot be interpreted correctly"), an epoch < 0
+ * ("Epoch should be an int greater than or equal to 0") or a factor < 1 ("Accumulation factor should be
+ * an int greater than 0"). At fit start it rejects manual optimization and a Trainer
+ * accumulate_grad_batches != 1.
+ */
+EM_API em_callback *em_grad_accum_scheduler(const int64_t (*schedule)[2], size_t n);
+
+/* ---- the trainer ---------------------------------------------------------------------------------------- */
+
+/** Precision (Lightning's `precision=`). */
+typedef enum em_precision {
+    EM_PRECISION_32_TRUE = 0, /* "32-true" */
+    EM_PRECISION_16_MIXED,    /* "16-mixed": autocast float16 + grad scaler (CUDA; bf16-mixed on CPU) */
+    EM_PRECISION_BF16_MIXED   /* "bf16-mixed": autocast bfloat16 */
+} em_precision;
+
+/** A batch limit or an interval: a count of batches or a fraction of the epoch (Lightning's int vs float). */
+typedef struct em_amount {
+    bool is_fraction;
+    double value;
+} em_amount;
+#define EM_BATCHES(k) ((em_amount){.is_fraction = false, .value = (double)(k)})
+#define EM_FRACTION(f) ((em_amount){.is_fraction = true, .value = (f)})
+
+/** Trainer arguments. Start from EM_TRAINER_CONFIG_INIT (Lightning 2.2.5's defaults). */
+typedef struct em_trainer_config {
+    int version;                    /* EM_TRAINER_CONFIG_VERSION, set by the INIT */
+    int64_t max_epochs;             /* EM_NONE: 1000 when max_steps is -1 (with a warning), else -1 */
+    int64_t min_epochs;             /* EM_NONE */
+    int64_t max_steps;              /* -1 = no limit */
+    int64_t min_steps;              /* EM_NONE */
+    em_amount limit_train_batches;  /* EM_FRACTION(1.0) */
+    em_amount limit_val_batches;    /* EM_FRACTION(1.0) */
+    em_amount val_check_interval;   /* EM_FRACTION(1.0) */
+    int64_t check_val_every_n_epoch;/* 1; EM_NONE = count batches across epochs */
+    int64_t num_sanity_val_steps;   /* 2; -1 = all */
+    int64_t accumulate_grad_batches;/* 1 */
+    double gradient_clip_val;       /* NAN = None; <= 0 = no clipping */
+    em_clip_algorithm gradient_clip_algorithm; /* EM_CLIP_DEFAULT = None (norm) */
+    em_precision precision;         /* 32-true */
+    bool enable_progress_bar;       /* true (stderr; in place on a TTY, periodic lines otherwise) */
+    bool enable_csv_logger;         /* true: default_root_dir/lightning_logs/version_N/metrics.csv */
+    int64_t log_every_n_steps;      /* 50 */
+    const char *default_root_dir;   /* NULL = the current directory */
+    int64_t seed;                   /* -1 = do not seed; else em_manual_seed(seed) at fit start */
+    const char *trace_path;         /* NULL; a file: one JSON line per training_step call / optimizer step */
+} em_trainer_config;
+#define EM_TRAINER_CONFIG_VERSION 1
+#define EM_TRAINER_CONFIG_INIT                                                                          \
+    {.version = EM_TRAINER_CONFIG_VERSION, .max_epochs = EM_NONE, .min_epochs = EM_NONE, .max_steps = -1,  \
+     .min_steps = EM_NONE, .limit_train_batches = {true, 1.0}, .limit_val_batches = {true, 1.0},          \
+     .val_check_interval = {true, 1.0}, .check_val_every_n_epoch = 1, .num_sanity_val_steps = 2,          \
+     .accumulate_grad_batches = 1, .gradient_clip_val = NAN, .gradient_clip_algorithm = EM_CLIP_DEFAULT,   \
+     .precision = EM_PRECISION_32_TRUE, .enable_progress_bar = true, .enable_csv_logger = true,           \
+     .log_every_n_steps = 50, .default_root_dir = NULL, .seed = -1, .trace_path = NULL}
+
+/**
+ * A trainer with configuration `cfg` (copied, strings included). Lightning: Trainer(...)
+ * The caller frees it with em_trainer_free().
+ * Errors: NULL with a message that says what to change for every invalid value Lightning rejects at
+ * construction (max_epochs < -1, a limit outside [0, 1] that is not a count, an unknown clip
+ * algorithm, ...) and for those it lets through and crashes on later (accumulate_grad_batches < 1,
+ * negative min_epochs or min_steps), and for a version of 0 (the INIT was forgotten).
+ */
+EM_API em_trainer *em_trainer_new(const em_trainer_config *cfg);
+
+/**
+ * Add a callback. Takes ownership of `cb`, also when it fails. Callbacks run in the order added,
+ * before the module's hook of the same name (as Lightning's).
+ * Errors: EM_EINVAL for NULL; EM_ESTATE during fit.
+ */
+EM_API em_status em_trainer_add_callback(em_trainer *t, em_callback *cb);
+
+/**
+ * Train `m` on `train` (required) and validate on `val` (may be NULL). Lightning: trainer.fit(...)
+ * The loaders stay the caller's. A trainer can fit more than once; counters restart each time.
+ * Returns EM_OK, or the failure: EM_EINVAL for a configuration rejected before training (message
+ * says what to change), a callback's status (EM_EUSER, ...) or EM_ETORCH. em_trainer_error(t)
+ * says what and where ("epoch 0, batch 3, training_step: em_mse_loss: ...").
+ */
+EM_API em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val);
+
+/** The message of the last failed em_trainer_fit (or ""). Borrowed: valid until the next fit or free. */
+EM_API const char *em_trainer_error(const em_trainer *t);
+
+/** Free a trainer (and the callbacks it owns). NULL is ignored. */
+EM_API void em_trainer_free(em_trainer *t);
+
+/* ---- trainer state (Lightning's trainer properties) ------------------------------------------------------ */
+
+/** Completed epochs; inside epoch e it reads e. Lightning: trainer.current_epoch */
+EM_API int64_t em_trainer_current_epoch(const em_trainer *t);
+/** Lightning: trainer.global_step (optimizer steps; manual: wrapped step() calls of all optimizers). */
+EM_API int64_t em_trainer_global_step(const em_trainer *t);
+/** Index of the current batch within the epoch. */
+EM_API int64_t em_trainer_batch_idx(const em_trainer *t);
+/** Lightning: trainer.is_last_batch */
+EM_API bool em_trainer_is_last_batch(const em_trainer *t);
+/** Lightning: trainer.num_training_batches for the current fit (after limit_train_batches). */
+EM_API int64_t em_trainer_num_training_batches(const em_trainer *t);
+/** The accumulation factor in force (the GradientAccumulationScheduler changes it per epoch). */
+EM_API int64_t em_trainer_accumulate_grad_batches(const em_trainer *t);
+/** Set it (for callbacks written in C; Lightning: trainer.accumulate_grad_batches = k). Errors: EM_EINVAL for k < 1. */
+EM_API em_status em_trainer_set_accumulate_grad_batches(em_trainer *t, int64_t k);
+/**
+ * Lightning: trainer.estimated_stepping_batches (ceil(N / A) * max_epochs, capped by max_steps; INFINITY
+ * when unbounded). Available from configure_optimizers on.
+ */
+EM_API double em_trainer_estimated_stepping_batches(const em_trainer *t);
+/** Lightning: trainer.should_stop */
+EM_API bool em_trainer_should_stop(const em_trainer *t);
+/** Ask the loop to stop (honoured once min_epochs / min_steps are met). */
+EM_API void em_trainer_set_should_stop(em_trainer *t, bool stop);
+/** Lightning: trainer.sanity_checking */
+EM_API bool em_trainer_sanity_checking(const em_trainer *t);
+/**
+ * Look up trainer.callback_metrics[name]. Returns true and sets *value when present.
+ */
+EM_API bool em_trainer_callback_metric(const em_trainer *t, const char *name, double *value);
+/** Number of callback metrics; with em_trainer_callback_metric_at to list them. */
+EM_API size_t em_trainer_num_callback_metrics(const em_trainer *t);
+/** The i-th callback metric's name (borrowed, valid until the metrics change) and value. NULL when out of range. */
+EM_API const char *em_trainer_callback_metric_at(const em_trainer *t, size_t i, double *value);
+
+EM_END_DECLS
+
+#endif /* EMBER_TRAINER_H */

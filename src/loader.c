@@ -1,0 +1,244 @@
+/* loader.c: data loaders - the em_loader_ops protocol and the built-in in-memory tensor loader.
+ *
+ * torch: DataLoader(TensorDataset(*tensors), batch_size, shuffle, drop_last) with the default
+ * sequential / random samplers. Written on the public tensor API only.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "loop.h" /* emi_fail */
+
+struct em_loader {
+    const em_loader_ops *ops;
+    void *state;
+};
+
+/* ---- the protocol --------------------------------------------------------------------------------- */
+
+em_loader *em_loader_new(const em_loader_ops *ops, void *state)
+{
+    if (ops == NULL || ops->num_batches == NULL || ops->get_batch == NULL) {
+        emi_fail(EM_EINVAL, "em_loader_new: ops, ops->num_batches and ops->get_batch are required");
+        goto fail;
+    }
+    if (ops->version < 1 || ops->version > EM_LOADER_OPS_VERSION) {
+        emi_fail(EM_EINVAL, "em_loader_new: ops->version is %d; set it to EM_LOADER_OPS_VERSION (%d)",
+                 ops->version, EM_LOADER_OPS_VERSION);
+        goto fail;
+    }
+    em_loader *l = calloc(1, sizeof *l);
+    if (l == NULL) {
+        emi_fail(EM_ENOMEM, "em_loader_new: out of memory");
+        goto fail;
+    }
+    l->ops = ops;
+    l->state = state;
+    return l;
+fail:
+    if (ops != NULL && ops->destroy != NULL && state != NULL)
+        ops->destroy(state);
+    return NULL;
+}
+
+int64_t em_loader_num_batches(const em_loader *l)
+{
+    return l == NULL ? -1 : l->ops->num_batches(l->state);
+}
+
+void em_loader_free(em_loader *l)
+{
+    if (l == NULL)
+        return;
+    if (l->ops->destroy != NULL)
+        l->ops->destroy(l->state);
+    free(l);
+}
+
+/* Fill in the batch size (dim 0 of the first tensor) when the loader left it 0. */
+static void batch_fill_size(em_batch *b)
+{
+    if (b->size == 0 && b->n > 0 && em_tensor_dim(b->t[0]) > 0)
+        b->size = em_tensor_size(b->t[0], 0);
+}
+
+em_status em_loader_get(em_loader *l, int64_t epoch, int64_t index, em_batch *out)
+{
+    if (l == NULL || out == NULL)
+        return emi_fail(EM_EINVAL, "em_loader_get: NULL argument");
+    int64_t n = l->ops->num_batches(l->state);
+    if (index < 0 || index >= n)
+        return emi_fail(EM_EINVAL, "em_loader_get: batch %lld out of range (the loader has %lld)",
+                        (long long)index, (long long)n);
+    if (l->ops->set_epoch != NULL)
+        l->ops->set_epoch(l->state, epoch);
+    memset(out, 0, sizeof *out);
+    em_status s = l->ops->get_batch(l->state, index, out);
+    if (s != EM_OK)
+        return emi_has_error() ? s : emi_fail(s, "em_loader_get: the loader failed on batch %lld", (long long)index);
+    batch_fill_size(out);
+    return EM_OK;
+}
+
+/* Used by the trainer: the loader's set_epoch, then batches of that epoch. */
+void loader_set_epoch(em_loader *l, int64_t epoch);
+em_status loader_fetch(em_loader *l, int64_t index, em_batch *out);
+
+void loader_set_epoch(em_loader *l, int64_t epoch)
+{
+    if (l->ops->set_epoch != NULL)
+        l->ops->set_epoch(l->state, epoch);
+}
+
+em_status loader_fetch(em_loader *l, int64_t index, em_batch *out)
+{
+    memset(out, 0, sizeof *out);
+    em_status s = l->ops->get_batch(l->state, index, out);
+    if (s == EM_OK && !emi_has_error() && out->n == 0)
+        s = emi_fail(EM_EINVAL, "the loader returned a batch without tensors (batch %lld)", (long long)index);
+    if (s == EM_OK && emi_has_error())
+        s = em_last_status();
+    if (s == EM_OK)
+        batch_fill_size(out);
+    return s;
+}
+
+/* ---- the in-memory tensor loader ------------------------------------------------------------------- */
+
+typedef struct tensor_loader {
+    em_tensor *t[EM_BATCH_MAX_TENSORS]; /* caller-owned references (no scope) */
+    size_t n;
+    int64_t rows;
+    em_loader_opts opts;
+    int64_t epoch;
+    em_tensor *perm;      /* int64 permutation of the current epoch (shuffle) */
+    int64_t perm_epoch;
+} tensor_loader;
+
+static int64_t tl_num_batches(void *state)
+{
+    tensor_loader *tl = state;
+    int64_t bs = tl->opts.batch_size;
+    return tl->opts.drop_last ? tl->rows / bs : (tl->rows + bs - 1) / bs;
+}
+
+static void tl_set_epoch(void *state, int64_t epoch)
+{
+    ((tensor_loader *)state)->epoch = epoch;
+}
+
+/* A new permutation per epoch, from a generator seeded with (seed, epoch): reproducible and independent
+ * of the global generator, like DistributedSampler's seed + epoch. */
+static em_status tl_permutation(tensor_loader *tl)
+{
+    if (tl->perm != NULL && tl->perm_epoch == tl->epoch)
+        return EM_OK;
+    em_tensor_free(tl->perm);
+    tl->perm = NULL;
+    em_generator *g = em_generator_new(tl->opts.seed + (uint64_t)tl->epoch);
+    if (g == NULL)
+        return em_last_status();
+    em_tensor *p = em_randperm(tl->rows, &(em_tensor_opts){.generator = g});
+    em_generator_free(g);
+    if (p == NULL)
+        return em_last_status();
+    tl->perm = emi_own(p); /* the loader owns it, not the scope that happens to be open */
+    tl->perm_epoch = tl->epoch;
+    return EM_OK;
+}
+
+static em_status tl_get_batch(void *state, int64_t index, em_batch *out)
+{
+    tensor_loader *tl = state;
+    int64_t bs = tl->opts.batch_size;
+    int64_t start = index * bs;
+    int64_t len = tl->rows - start < bs ? tl->rows - start : bs;
+    em_tensor *idx = NULL;
+    if (tl->opts.shuffle) {
+        em_status s = tl_permutation(tl);
+        if (s != EM_OK)
+            return s;
+        idx = em_narrow(tl->perm, 0, start, len);
+    }
+    out->n = tl->n;
+    for (size_t i = 0; i < tl->n; i++) {
+        out->t[i] = idx != NULL ? em_index_select(tl->t[i], 0, idx) : em_narrow(tl->t[i], 0, start, len);
+        if (out->t[i] == NULL)
+            return em_last_status() != EM_OK ? em_last_status() : EM_ERROR;
+    }
+    out->size = len;
+    return EM_OK;
+}
+
+static void tl_destroy(void *state)
+{
+    tensor_loader *tl = state;
+    for (size_t i = 0; i < tl->n; i++)
+        em_tensor_free(tl->t[i]);
+    em_tensor_free(tl->perm);
+    free(tl);
+}
+
+static const em_loader_ops tensor_loader_ops = {
+    .version = EM_LOADER_OPS_VERSION,
+    .num_batches = tl_num_batches,
+    .get_batch = tl_get_batch,
+    .set_epoch = tl_set_epoch,
+    .destroy = tl_destroy,
+};
+
+/* A handle owned by the caller (not by any open scope). */
+static em_tensor *owned_ref(const em_tensor *t)
+{
+    return emi_own(em_tensor_ref(t));
+}
+
+em_loader *em_tensor_loader(em_tensor *const *tensors, size_t n, const em_loader_opts *opts)
+{
+    if (tensors == NULL || n == 0 || n > EM_BATCH_MAX_TENSORS) {
+        emi_fail(EM_EINVAL, "em_tensor_loader: give 1 to %d tensors (got %zu)", EM_BATCH_MAX_TENSORS, n);
+        return NULL;
+    }
+    em_loader_opts o = opts != NULL ? *opts : (em_loader_opts){0};
+    if (o.batch_size == 0)
+        o.batch_size = 1;
+    if (o.batch_size < 0) {
+        emi_fail(EM_EINVAL, "em_tensor_loader: batch_size must be positive (got %lld)", (long long)o.batch_size);
+        return NULL;
+    }
+    int64_t rows = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (tensors[i] == NULL) {
+            if (!emi_has_error())
+                emi_fail(EM_EINVAL, "em_tensor_loader: tensor %zu is NULL", i);
+            return NULL;
+        }
+        if (em_tensor_dim(tensors[i]) < 1) {
+            emi_fail(EM_EINVAL, "em_tensor_loader: tensor %zu is 0-dim; batches are slices of dim 0", i);
+            return NULL;
+        }
+        int64_t r = em_tensor_size(tensors[i], 0);
+        if (rows >= 0 && r != rows) {
+            emi_fail(EM_EINVAL, "em_tensor_loader: size mismatch between tensors: tensor 0 has %lld rows, "
+                                "tensor %zu has %lld", (long long)rows, i, (long long)r);
+            return NULL;
+        }
+        rows = r;
+    }
+    tensor_loader *tl = calloc(1, sizeof *tl);
+    if (tl == NULL) {
+        emi_fail(EM_ENOMEM, "em_tensor_loader: out of memory");
+        return NULL;
+    }
+    tl->n = n;
+    tl->rows = rows;
+    tl->opts = o;
+    tl->perm_epoch = -1;
+    for (size_t i = 0; i < n; i++) {
+        tl->t[i] = owned_ref(tensors[i]);
+        if (tl->t[i] == NULL) {
+            tl_destroy(tl);
+            return NULL;
+        }
+    }
+    return em_loader_new(&tensor_loader_ops, tl);
+}
