@@ -12,7 +12,7 @@
 struct emi_lbfgs_options {
     double lr = 1.0;
     int64_t max_iter = 20;
-    int64_t max_eval = 0; // 0 = max_iter * 5 / 4 (Python's None)
+    int64_t max_eval = 0; // 0 = max_iter * 5 / 4 (Python's None), resolved by the constructor
     double tolerance_grad = 1e-7;
     double tolerance_change = 1e-9;
     int64_t history_size = 100;
@@ -22,6 +22,19 @@ struct emi_lbfgs_options {
 // The closure: runs forward and backward with grad enabled and returns the loss (a one-element
 // tensor). It may throw; the exception propagates out of step().
 using emi_lbfgs_closure = std::function<at::Tensor()>;
+
+// A scalar of lbfgs.py: depending on where it came from it is a Python number (a double here) or a
+// 0-dim tensor (float32 for float32 parameters), and the arithmetic differs between the two (a
+// tensor op casts the Python number to the tensor's dtype first). Python's int values (0, 1, 10)
+// are exact in a double and behave the same in every op lbfgs.py applies to them.
+struct emi_lbfgs_scalar {
+    at::Tensor tensor; // defined: a 0-dim tensor
+    double number = 0; // otherwise: the Python number
+    emi_lbfgs_scalar() = default;
+    emi_lbfgs_scalar(double v) : number(v) {}            // NOLINT: implicit on purpose
+    emi_lbfgs_scalar(at::Tensor t) : tensor(std::move(t)) {} // NOLINT: implicit on purpose
+    bool is_tensor() const { return tensor.defined(); }
+};
 
 class emi_lbfgs {
 public:
@@ -38,13 +51,22 @@ public:
     int64_t n_iter() const { return n_iter_; }
 
 private:
+    at::Tensor gather_flat_grad() const;
+    void add_grad(const emi_lbfgs_scalar &step_size, const at::Tensor &update);
+    std::vector<at::Tensor> clone_param() const;
+    void set_param(const std::vector<at::Tensor> &data);
+    double directional_evaluate(const emi_lbfgs_closure &closure, const std::vector<at::Tensor> &x,
+                                const emi_lbfgs_scalar &t, const at::Tensor &d, at::Tensor *flat_grad);
+
     std::vector<at::Tensor> params_;
     emi_lbfgs_options options_;
-    // Python keeps these in self.state[params[0]]; names follow lbfgs.py.
-    at::Tensor d_, t_, H_diag_, prev_flat_grad_, prev_loss_;
+    // Python keeps these in self.state[params[0]]; names follow lbfgs.py. Written at the end of a
+    // step only (as Python does), so a closure that throws leaves the previous step's state.
+    at::Tensor d_, prev_flat_grad_;
+    emi_lbfgs_scalar t_, H_diag_;
+    double prev_loss_ = 0;
     std::vector<at::Tensor> old_dirs_, old_stps_, ro_;
-    std::vector<at::Tensor> al_;
+    std::vector<at::Tensor> al_; // state['al'], created on the first L-BFGS update
     int64_t func_evals_ = 0;
     int64_t n_iter_ = 0;
-    bool has_state_ = false;
 };
