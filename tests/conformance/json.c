@@ -1,0 +1,340 @@
+/* json.c: reading a case file and checked accessors. Every accessor names the JSON path in its
+ * failure message, so a malformed or unsupported case says exactly what the runner could not use. */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conformance.h"
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf != NULL) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (n < cap)
+            break;
+        cap *= 2;
+        char *nb = realloc(buf, cap + 1);
+        if (nb == NULL)
+            free(buf);
+        buf = nb;
+    }
+    fclose(f);
+    if (buf != NULL) {
+        buf[n] = '\0';
+        *len = n;
+    }
+    return buf;
+}
+
+bool conf_load(conf_run *r, const char *path)
+{
+    r->path = path;
+    /* the case name defaults to the file name without .json, until `name` is read */
+    const char *base = strrchr(path, '/');
+    base = base != NULL ? base + 1 : path;
+    snprintf(r->name, sizeof r->name, "%s", base);
+    char *dot = strstr(r->name, ".json");
+    if (dot != NULL)
+        *dot = '\0';
+
+    size_t len = 0;
+    r->text = read_file(path, &len);
+    if (r->text == NULL)
+        return conf_fail(r, "cannot read %s: %s", path, strerror(errno));
+    r->doc = cJSON_ParseWithLength(r->text, len);
+    if (r->doc == NULL || !cJSON_IsObject(r->doc))
+        return conf_fail(r, "%s is not a JSON object (parse error near \"%.40s\")", path,
+                         cJSON_GetErrorPtr() != NULL ? cJSON_GetErrorPtr() : "?");
+
+    static const char *const top[] = {"name", "description", "reference", "automatic_optimization",
+                                      "behaviour", "model", "loss", "trainer", "optimizers",
+                                      "lr_schedulers", "data", "initial_weights", "expected",
+                                      "tolerance", "python_source", "notes", NULL};
+    if (!cj_keys(r, r->doc, "case", top))
+        return false;
+    const char *name = NULL;
+    if (!cj_req_string(r, r->doc, "name", "case", &name))
+        return false;
+    snprintf(r->name, sizeof r->name, "%s", name);
+
+    /* reference: only CPU float32 runs are meaningful for the numbers */
+    const cJSON *ref = NULL;
+    if (!cj_req_object(r, r->doc, "reference", "case", &ref))
+        return false;
+    static const char *const ref_keys[] = {"lightning", "torch", "device", "dtype", "precision", "distributed",
+                                          NULL};
+    if (!cj_keys(r, ref, "reference", ref_keys))
+        return false;
+    const char *device = NULL;
+    if (cj_get(ref, "device") != NULL) {
+        if (!cj_req_string(r, ref, "device", "reference", &device))
+            return false;
+        if (strcmp(device, "cpu") != 0)
+            return conf_fail(r, "reference.device \"%s\" is not supported (cpu only)", device);
+    }
+
+    if (!cj_req_bool(r, r->doc, "automatic_optimization", "case", &r->automatic))
+        return false;
+    if (!cj_req_object(r, r->doc, "expected", "case", &r->expected))
+        return false;
+
+    const cJSON *tol = NULL;
+    r->rtol = 1e-5;
+    r->atol = 1e-6;
+    if (cj_get(r->doc, "tolerance") != NULL) {
+        if (!cj_req_object(r, r->doc, "tolerance", "case", &tol))
+            return false;
+        static const char *const tol_keys[] = {"rtol", "atol", "reason", NULL};
+        if (!cj_keys(r, tol, "tolerance", tol_keys) || !cj_opt_number(r, tol, "rtol", "tolerance", &r->rtol) ||
+            !cj_opt_number(r, tol, "atol", "tolerance", &r->atol))
+            return false;
+    }
+
+    const char *loss = NULL;
+    if (!cj_req_string(r, r->doc, "loss", "case", &loss))
+        return false;
+    if (strcmp(loss, "mse_loss") == 0)
+        r->loss = LOSS_MSE;
+    else if (strcmp(loss, "binary_cross_entropy_with_logits") == 0)
+        r->loss = LOSS_BCE_LOGITS;
+    else if (strcmp(loss, "cross_entropy") == 0)
+        r->loss = LOSS_CROSS_ENTROPY;
+    else
+        return conf_fail(r, "loss \"%s\" is not supported (mse_loss, binary_cross_entropy_with_logits, "
+                            "cross_entropy)", loss);
+    return true;
+}
+
+/* ---- accessors ------------------------------------------------------------------------------------ */
+
+const cJSON *cj_get(const cJSON *obj, const char *key)
+{
+    return obj != NULL ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+}
+
+bool cj_is_null_or_absent(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cj_get(obj, key);
+    return v == NULL || cJSON_IsNull(v);
+}
+
+bool cj_keys(conf_run *r, const cJSON *obj, const char *where, const char *const *allowed)
+{
+    if (!cJSON_IsObject(obj))
+        return conf_fail(r, "%s is not an object", where);
+    for (const cJSON *it = obj->child; it != NULL; it = it->next) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a != NULL && !ok; a++)
+            ok = strcmp(*a, it->string) == 0;
+        if (!ok)
+            return conf_fail(r, "%s has the key \"%s\", which this runner does not support", where,
+                             it->string);
+    }
+    return true;
+}
+
+static const cJSON *req(conf_run *r, const cJSON *obj, const char *key, const char *where)
+{
+    const cJSON *v = cj_get(obj, key);
+    if (v == NULL)
+        conf_fail(r, "%s.%s is missing", where, key);
+    return v;
+}
+
+bool cj_req_object(conf_run *r, const cJSON *obj, const char *key, const char *where, const cJSON **out)
+{
+    const cJSON *v = req(r, obj, key, where);
+    if (v == NULL)
+        return false;
+    if (!cJSON_IsObject(v))
+        return conf_fail(r, "%s.%s must be an object", where, key);
+    *out = v;
+    return true;
+}
+
+bool cj_req_array(conf_run *r, const cJSON *obj, const char *key, const char *where, const cJSON **out)
+{
+    const cJSON *v = req(r, obj, key, where);
+    if (v == NULL)
+        return false;
+    if (!cJSON_IsArray(v))
+        return conf_fail(r, "%s.%s must be a list", where, key);
+    *out = v;
+    return true;
+}
+
+bool cj_req_number(conf_run *r, const cJSON *obj, const char *key, const char *where, double *out)
+{
+    const cJSON *v = req(r, obj, key, where);
+    if (v == NULL)
+        return false;
+    if (!cJSON_IsNumber(v))
+        return conf_fail(r, "%s.%s must be a number", where, key);
+    *out = v->valuedouble;
+    return true;
+}
+
+bool cj_is_integral(const cJSON *v)
+{
+    return cJSON_IsNumber(v) && isfinite(v->valuedouble) && floor(v->valuedouble) == v->valuedouble &&
+           fabs(v->valuedouble) < 9007199254740992.0;
+}
+
+bool cj_req_int(conf_run *r, const cJSON *obj, const char *key, const char *where, int64_t *out)
+{
+    const cJSON *v = req(r, obj, key, where);
+    if (v == NULL)
+        return false;
+    if (!cj_is_integral(v))
+        return conf_fail(r, "%s.%s must be an integer", where, key);
+    *out = (int64_t)v->valuedouble;
+    return true;
+}
+
+bool cj_req_bool(conf_run *r, const cJSON *obj, const char *key, const char *where, bool *out)
+{
+    const cJSON *v = req(r, obj, key, where);
+    if (v == NULL)
+        return false;
+    if (!cJSON_IsBool(v))
+        return conf_fail(r, "%s.%s must be true or false", where, key);
+    *out = cJSON_IsTrue(v);
+    return true;
+}
+
+bool cj_req_string(conf_run *r, const cJSON *obj, const char *key, const char *where, const char **out)
+{
+    const cJSON *v = req(r, obj, key, where);
+    if (v == NULL)
+        return false;
+    if (!cJSON_IsString(v))
+        return conf_fail(r, "%s.%s must be a string", where, key);
+    *out = v->valuestring;
+    return true;
+}
+
+bool cj_req_string_or_null(conf_run *r, const cJSON *obj, const char *key, const char *where,
+                           const char **out)
+{
+    const cJSON *v = req(r, obj, key, where);
+    if (v == NULL)
+        return false;
+    if (cJSON_IsNull(v)) {
+        *out = NULL;
+        return true;
+    }
+    if (!cJSON_IsString(v))
+        return conf_fail(r, "%s.%s must be a string or null", where, key);
+    *out = v->valuestring;
+    return true;
+}
+
+bool cj_opt_number(conf_run *r, const cJSON *obj, const char *key, const char *where, double *out)
+{
+    return cj_is_null_or_absent(obj, key) || cj_req_number(r, obj, key, where, out);
+}
+
+bool cj_opt_int(conf_run *r, const cJSON *obj, const char *key, const char *where, int64_t *out)
+{
+    return cj_is_null_or_absent(obj, key) || cj_req_int(r, obj, key, where, out);
+}
+
+bool cj_opt_bool(conf_run *r, const cJSON *obj, const char *key, const char *where, bool *out)
+{
+    return cj_is_null_or_absent(obj, key) || cj_req_bool(r, obj, key, where, out);
+}
+
+bool cj_written_as_float(const conf_run *r, const char *key)
+{
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(r->text, pat);
+    if (p == NULL)
+        return false;
+    p += strlen(pat);
+    while (isspace((unsigned char)*p))
+        p++;
+    for (; *p != '\0' && *p != ',' && *p != '}' && *p != ']' && !isspace((unsigned char)*p); p++)
+        if (*p == '.' || *p == 'e' || *p == 'E')
+            return true;
+    return false;
+}
+
+/* ---- batch rules ------------------------------------------------------------------------------------- */
+
+bool cj_rule(conf_run *r, const cJSON *obj, const char *where, conf_rule *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!cJSON_IsObject(obj))
+        return conf_fail(r, "%s must be a batch rule object", where);
+    const char *rule = NULL;
+    if (!cj_req_string(r, obj, "rule", where, &rule))
+        return false;
+    if (strcmp(rule, "always") == 0 || strcmp(rule, "never") == 0) {
+        static const char *const keys[] = {"rule", NULL};
+        out->type = rule[0] == 'a' ? RULE_ALWAYS : RULE_NEVER;
+        return cj_keys(r, obj, where, keys);
+    }
+    if (strcmp(rule, "mod") == 0) {
+        static const char *const keys[] = {"rule", "modulus", "remainder", NULL};
+        out->type = RULE_MOD;
+        if (!cj_keys(r, obj, where, keys) || !cj_req_int(r, obj, "modulus", where, &out->modulus) ||
+            !cj_req_int(r, obj, "remainder", where, &out->remainder))
+            return false;
+        if (out->modulus < 1)
+            return conf_fail(r, "%s.modulus must be >= 1 (got %lld)", where, (long long)out->modulus);
+        return true;
+    }
+    if (strcmp(rule, "indices") == 0) {
+        static const char *const keys[] = {"rule", "batch_idx", NULL};
+        const cJSON *list = NULL;
+        out->type = RULE_INDICES;
+        if (!cj_keys(r, obj, where, keys) || !cj_req_array(r, obj, "batch_idx", where, &list))
+            return false;
+        size_t n = (size_t)cJSON_GetArraySize(list);
+        out->indices = calloc(n + 1, sizeof *out->indices);
+        if (out->indices == NULL)
+            return conf_fail(r, "out of memory");
+        const cJSON *it;
+        cJSON_ArrayForEach(it, list)
+        {
+            if (!cj_is_integral(it))
+                return conf_fail(r, "%s.batch_idx must hold integers", where);
+            out->indices[out->n_indices++] = (int64_t)it->valuedouble;
+        }
+        return true;
+    }
+    return conf_fail(r, "%s.rule \"%s\" is unknown (always, never, mod, indices)", where, rule);
+}
+
+bool conf_rule_match(const conf_rule *rule, int64_t batch_idx)
+{
+    switch (rule->type) {
+    case RULE_ALWAYS:
+        return true;
+    case RULE_NEVER:
+        return false;
+    case RULE_MOD: {
+        /* Python's % (the result has the divisor's sign) */
+        int64_t m = batch_idx % rule->modulus;
+        if (m < 0)
+            m += rule->modulus;
+        return m == rule->remainder;
+    }
+    case RULE_INDICES:
+        for (size_t i = 0; i < rule->n_indices; i++)
+            if (rule->indices[i] == batch_idx)
+                return true;
+        return false;
+    }
+    return false;
+}
