@@ -1,0 +1,386 @@
+/*
+ * record.c: what a run records, in the JSON shape of the case's `expected`.
+ *
+ * How real optimizer steps are observed without distorting the run
+ * -----------------------------------------------------------------
+ * The trainer drives the built-in optimizers the case asks for (no wrapping optimizer written in
+ * C: that would change what the trainer, the schedulers and the precision plugin see, e.g. the
+ * optimizer's name, its hyper-parameters and its param groups). Instead every step call the
+ * module can see is bracketed by rec_step_begin / rec_step_end:
+ *   - automatic kinds override the optimizer_step hook with Lightning's default body,
+ *     em_optimizer_step(opt, closure) (or the kind's own body), bracketed;
+ *   - manual kinds bracket each step()/raw step() call they make themselves.
+ * A step is "real" when the inner torch optimizer's step counter moved (em_optimizer_step_count of
+ * em_optimizer_inner), which also catches raw steps that Lightning does not count in global_step.
+ * Gradients are measured where Lightning exposes them:
+ *   - before clipping: in on_before_optimizer_step (both modes; its first call within a step, for
+ *     LBFGS that is after the first closure evaluation), or explicitly by a manual kind right
+ *     before its own clip_gradients call (that record wins);
+ *   - what the update used: automatic mode overrides configure_gradient_clipping with its default
+ *     body (em_clip_gradients with the Trainer's values, or the kind's own clipping) and measures
+ *     right after clipping (first call within a step: LBFGS after the first closure evaluation);
+ *     manual mode measures right before a closure-less step() (nothing touches the gradients in
+ *     between) or after the first evaluation of its own closure (LBFGS).
+ * The overridden hooks run exactly Lightning's default bodies, so the trajectory is unchanged.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "conformance.h"
+
+static em_trainer *trainer_of(conf_run *r)
+{
+    em_trainer *t = em_module_trainer(&r->base);
+    return t != NULL ? t : r->trainer;
+}
+
+void rec_init(conf_run *r)
+{
+    conf_recorder *rec = &r->rec;
+    memset(rec, 0, sizeof *rec);
+    rec->root = cJSON_CreateObject();
+    rec->calls = cJSON_AddArrayToObject(rec->root, "training_step_calls");
+    rec->steps = cJSON_AddArrayToObject(rec->root, "optimizer_steps");
+    rec->epochs = cJSON_AddArrayToObject(rec->root, "epochs");
+    rec->epoch_ends = cJSON_AddArrayToObject(rec->root, "epoch_ends");
+    if (r->p.val_metric != NULL)
+        rec->val_calls = cJSON_AddArrayToObject(rec->root, "validation_step_calls");
+    rec->final = cJSON_AddObjectToObject(rec->root, "final");
+    /* momentum is recorded when the case has it (OneCycleLR cases) */
+    const cJSON *calls = cj_get(r->expected, "training_step_calls");
+    const cJSON *c;
+    cJSON_ArrayForEach(c, calls)
+    {
+        if (cj_get(c, "momentum") != NULL)
+            rec->want_momentum = true;
+    }
+}
+
+void rec_free(conf_run *r)
+{
+    for (int k = 0; k < CONF_MAX_OPTS; k++)
+        cJSON_Delete(r->rec.st[k].lr);
+    cJSON_Delete(r->rec.root);
+    memset(&r->rec, 0, sizeof r->rec);
+}
+
+static em_optimizer **wrappers(conf_run *r, size_t *n)
+{
+    *n = 0;
+    em_optimizer **w = em_optimizers(&r->base, n);
+    if (w == NULL)
+        *n = 0;
+    if (*n > CONF_MAX_OPTS)
+        *n = CONF_MAX_OPTS;
+    return w;
+}
+
+int rec_opt_index(conf_run *r, em_optimizer *opt)
+{
+    size_t n = 0;
+    em_optimizer **w = wrappers(r, &n);
+    for (size_t i = 0; i < n; i++)
+        if (opt == w[i] || opt == em_optimizer_inner(w[i]))
+            return (int)i;
+    return -1;
+}
+
+static em_optimizer *inner(conf_run *r, int k)
+{
+    size_t n = 0;
+    em_optimizer **w = wrappers(r, &n);
+    return k >= 0 && (size_t)k < n ? em_optimizer_inner(w[k]) : NULL;
+}
+
+static cJSON *lr_groups(em_optimizer *opt)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (size_t g = 0; g < em_optimizer_num_groups(opt); g++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(em_optimizer_lr(opt, g)));
+    return a;
+}
+
+cJSON *rec_lr_all(conf_run *r)
+{
+    cJSON *all = cJSON_CreateArray();
+    size_t n = 0;
+    em_optimizer **w = wrappers(r, &n);
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(all, lr_groups(em_optimizer_inner(w[i])));
+    return all;
+}
+
+/* SGD / RMSprop: "momentum"; Adam / AdamW: [beta1, beta2] (what OneCycleLR cycles). */
+static cJSON *momentum_all(conf_run *r)
+{
+    cJSON *all = cJSON_CreateArray();
+    size_t n = 0;
+    em_optimizer **w = wrappers(r, &n);
+    for (size_t i = 0; i < n; i++) {
+        em_optimizer *o = em_optimizer_inner(w[i]);
+        cJSON *groups = cJSON_CreateArray();
+        bool betas = strncmp(em_optimizer_name(o), "Adam", 4) == 0;
+        for (size_t g = 0; g < em_optimizer_num_groups(o); g++) {
+            double b1 = NAN, b2 = NAN;
+            if (betas) {
+                em_optimizer_get(o, g, "beta1", &b1);
+                em_optimizer_get(o, g, "beta2", &b2);
+                cJSON *pair = cJSON_CreateArray();
+                cJSON_AddItemToArray(pair, cJSON_CreateNumber(b1));
+                cJSON_AddItemToArray(pair, cJSON_CreateNumber(b2));
+                cJSON_AddItemToArray(groups, pair);
+            } else {
+                em_optimizer_get(o, g, "momentum", &b1);
+                cJSON_AddItemToArray(groups, cJSON_CreateNumber(b1));
+            }
+        }
+        cJSON_AddItemToArray(all, groups);
+    }
+    em_clear_error(); /* an optimizer without momentum just records NaN */
+    return all;
+}
+
+static cJSON *callback_metrics(conf_run *r)
+{
+    em_trainer *t = trainer_of(r);
+    cJSON *o = cJSON_CreateObject();
+    size_t n = em_trainer_num_callback_metrics(t);
+    for (size_t i = 0; i < n; i++) {
+        double v = NAN;
+        const char *name = em_trainer_callback_metric_at(t, i, &v);
+        if (name != NULL)
+            cJSON_AddNumberToObject(o, name, v);
+    }
+    return o;
+}
+
+void rec_training_step(conf_run *r, int64_t batch_idx, double loss, const char *const *loss_names,
+                       const double *losses, size_t n_losses)
+{
+    em_trainer *t = trainer_of(r);
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "epoch", (double)em_trainer_current_epoch(t));
+    cJSON_AddNumberToObject(e, "batch_idx", (double)batch_idx);
+    cJSON_AddNumberToObject(e, "global_step", (double)em_trainer_global_step(t));
+    cJSON_AddNumberToObject(e, "loss", loss);
+    if (n_losses > 0) {
+        cJSON *l = cJSON_AddObjectToObject(e, "losses");
+        for (size_t i = 0; i < n_losses; i++)
+            cJSON_AddNumberToObject(l, loss_names[i], losses[i]);
+    }
+    cJSON_AddItemToObject(e, "lr", rec_lr_all(r));
+    if (r->rec.want_momentum)
+        cJSON_AddItemToObject(e, "momentum", momentum_all(r));
+    cJSON_AddItemToArray(r->rec.calls, e);
+}
+
+void rec_validation_step(conf_run *r, int64_t batch_idx, double loss)
+{
+    em_trainer *t = trainer_of(r);
+    if (r->rec.val_calls == NULL)
+        r->rec.val_calls = cJSON_AddArrayToObject(r->rec.root, "validation_step_calls");
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "epoch", (double)em_trainer_current_epoch(t));
+    cJSON_AddNumberToObject(e, "batch_idx", (double)batch_idx);
+    cJSON_AddNumberToObject(e, "global_step", (double)em_trainer_global_step(t));
+    cJSON_AddNumberToObject(e, "loss", loss);
+    cJSON_AddItemToArray(r->rec.val_calls, e);
+}
+
+void rec_epoch_start(conf_run *r)
+{
+    em_trainer *t = trainer_of(r);
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "epoch", (double)em_trainer_current_epoch(t));
+    cJSON_AddNumberToObject(e, "global_step", (double)em_trainer_global_step(t));
+    cJSON_AddNumberToObject(e, "accumulate_grad_batches", (double)em_trainer_accumulate_grad_batches(t));
+    cJSON_AddItemToObject(e, "lr", rec_lr_all(r));
+    cJSON_AddItemToArray(r->rec.epochs, e);
+}
+
+void rec_epoch_end(conf_run *r)
+{
+    em_trainer *t = trainer_of(r);
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "epoch", (double)em_trainer_current_epoch(t));
+    cJSON_AddNumberToObject(e, "global_step", (double)em_trainer_global_step(t));
+    cJSON_AddItemToObject(e, "lr", rec_lr_all(r));
+    cJSON_AddItemToObject(e, "callback_metrics", callback_metrics(r));
+    cJSON_AddItemToArray(r->rec.epoch_ends, e);
+}
+
+static void set_final(conf_run *r, const char *key, cJSON *v)
+{
+    if (cj_get(r->rec.final, key) != NULL)
+        cJSON_ReplaceItemInObjectCaseSensitive(r->rec.final, key, v);
+    else
+        cJSON_AddItemToObject(r->rec.final, key, v);
+}
+
+void rec_train_start(conf_run *r)
+{
+    if (r->automatic) /* Lightning: trainer.estimated_stepping_batches read at on_train_start */
+        set_final(r, "estimated_stepping_batches",
+                  cJSON_CreateNumber(em_trainer_estimated_stepping_batches(trainer_of(r))));
+}
+
+void rec_train_or_fit_end(conf_run *r)
+{
+    size_t n = 0;
+    em_optimizer **w = wrappers(r, &n);
+    if (w == NULL || n == 0)
+        return; /* the optimizers are gone: keep what on_train_end recorded */
+    cJSON *counts = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(counts, cJSON_CreateNumber((double)em_optimizer_step_count(em_optimizer_inner(w[i]))));
+    set_final(r, "optimizer_step_counts", counts);
+    set_final(r, "lr", rec_lr_all(r));
+}
+
+void rec_after_fit(conf_run *r)
+{
+    em_trainer *t = r->trainer;
+    set_final(r, "global_step", cJSON_CreateNumber((double)em_trainer_global_step(t)));
+    set_final(r, "current_epoch", cJSON_CreateNumber((double)em_trainer_current_epoch(t)));
+    cJSON *weights = cJSON_CreateObject();
+    for (size_t i = 0; i < em_nn_num_parameters(r->root); i++) {
+        em_tensor *p = em_nn_parameter(r->root, i);
+        int64_t shape[EM_MAX_DIMS];
+        int nd = em_tensor_shape(p, shape, EM_MAX_DIMS);
+        int64_t numel = em_tensor_numel(p);
+        cJSON *w = cJSON_CreateObject();
+        cJSON *s = cJSON_AddArrayToObject(w, "shape");
+        for (int d = 0; d < nd; d++)
+            cJSON_AddItemToArray(s, cJSON_CreateNumber((double)shape[d]));
+        cJSON *vals = cJSON_AddArrayToObject(w, "values");
+        float buf[4096];
+        if (numel > 0 && numel <= 4096 && em_tensor_copy_to(p, buf, sizeof buf, EM_F32) == EM_OK)
+            for (int64_t k = 0; k < numel; k++)
+                cJSON_AddItemToArray(vals, cJSON_CreateNumber((double)buf[k]));
+        cJSON_AddItemToObject(weights, em_nn_parameter_name(r->root, i), w);
+    }
+    set_final(r, "weights", weights);
+    cJSON *cm = callback_metrics(r);
+    if (cm->child != NULL)
+        set_final(r, "callback_metrics", cm);
+    else
+        cJSON_Delete(cm);
+}
+
+/* ---- gradients and steps --------------------------------------------------------------------------------- */
+
+/* 2-norm of the per-parameter 2-norms (torch.nn.utils.clip_grad_norm_'s total norm), max |g|, and how
+ * many parameters have a gradient, over optimizer k's parameters. */
+static conf_grads grad_stats(conf_run *r, int k)
+{
+    conf_grads g = {.have = true, .norm = 0, .max_abs = 0, .with_grad = 0};
+    em_optimizer *o = inner(r, k);
+    if (o == NULL)
+        return (conf_grads){0};
+    em_scope_begin();
+    em_no_grad_begin();
+    em_tensor *norms[1024];
+    size_t n = 0;
+    for (size_t gi = 0; gi < em_optimizer_num_groups(o); gi++) {
+        const em_params *ps = em_optimizer_group_params(o, gi);
+        for (size_t i = 0; i < em_params_size(ps); i++) {
+            em_tensor *grad = em_tensor_grad(em_params_get(ps, i));
+            if (grad == NULL)
+                continue;
+            g.with_grad++;
+            if (n < 1024)
+                norms[n++] = em_norm(grad, 2.0);
+            double m = em_tensor_item(em_norm(grad, INFINITY));
+            if (m > g.max_abs || isnan(m))
+                g.max_abs = m;
+        }
+    }
+    if (n > 0)
+        g.norm = em_tensor_item(em_norm(em_stack(norms, n, 0), 2.0));
+    em_no_grad_end();
+    em_scope_end();
+    return g;
+}
+
+void rec_pre_clip(conf_run *r, int k, bool explicit_record)
+{
+    if (k < 0 || k >= CONF_MAX_OPTS)
+        return;
+    conf_step_state *st = &r->rec.st[k];
+    if (explicit_record) {
+        r->rec.pending_pre[k] = grad_stats(r, k);
+        return;
+    }
+    if (st->active) {
+        if (!st->pre.have)
+            st->pre = grad_stats(r, k);
+    } else if (!r->rec.pending_pre[k].have) {
+        r->rec.pending_pre[k] = grad_stats(r, k);
+    }
+}
+
+void rec_post_clip(conf_run *r, int k)
+{
+    if (k < 0 || k >= CONF_MAX_OPTS)
+        return;
+    conf_step_state *st = &r->rec.st[k];
+    if (st->active && !st->post.have)
+        st->post = grad_stats(r, k);
+}
+
+void rec_step_begin(conf_run *r, int k)
+{
+    if (k < 0 || k >= CONF_MAX_OPTS)
+        return;
+    em_trainer *t = trainer_of(r);
+    conf_step_state *st = &r->rec.st[k];
+    cJSON_Delete(st->lr);
+    em_optimizer *o = inner(r, k);
+    *st = (conf_step_state){
+        .active = true,
+        .count_before = em_optimizer_step_count(o),
+        .global_step_before = em_trainer_global_step(t),
+        .epoch = em_trainer_current_epoch(t),
+        .batch_idx = em_trainer_batch_idx(t),
+        .lr = lr_groups(o),
+    };
+    /* a pre-clip record made before the step call (manual clipping) belongs to this step */
+    if (r->rec.pending_pre[k].have) {
+        st->pre = r->rec.pending_pre[k];
+        st->pre_explicit = true;
+        r->rec.pending_pre[k] = (conf_grads){0};
+    }
+}
+
+void rec_step_end(conf_run *r, int k)
+{
+    if (k < 0 || k >= CONF_MAX_OPTS)
+        return;
+    conf_step_state *st = &r->rec.st[k];
+    if (!st->active)
+        return;
+    int64_t count = em_optimizer_step_count(inner(r, k));
+    if (count > st->count_before) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "optimizer", k);
+        cJSON_AddNumberToObject(e, "epoch", (double)st->epoch);
+        cJSON_AddNumberToObject(e, "batch_idx", (double)st->batch_idx);
+        cJSON_AddNumberToObject(e, "global_step_before", (double)st->global_step_before);
+        cJSON_AddNumberToObject(e, "step_count", (double)count);
+        cJSON_AddItemToObject(e, "lr", st->lr);
+        st->lr = NULL;
+        if (st->pre.have) {
+            cJSON_AddNumberToObject(e, "grad_norm_before_clip", st->pre.norm);
+            cJSON_AddNumberToObject(e, "grad_max_abs_before_clip", st->pre.max_abs);
+        }
+        if (st->post.have) {
+            cJSON_AddNumberToObject(e, "grad_norm", st->post.norm);
+            cJSON_AddNumberToObject(e, "grad_max_abs", st->post.max_abs);
+            cJSON_AddNumberToObject(e, "params_with_grad", (double)st->post.with_grad);
+        }
+        cJSON_AddItemToArray(r->rec.steps, e);
+    }
+    cJSON_Delete(st->lr);
+    *st = (conf_step_state){0};
+}
