@@ -263,6 +263,8 @@ void rec_post_clip(conf_run *r, int k);
 /** Around a step call of optimizer k: remember the state before, emit an entry if it really stepped. */
 void rec_step_begin(conf_run *r, int k);
 void rec_step_end(conf_run *r, int k);
+/** End every step in progress (automatic mode: at on_train_batch_end). */
+void rec_flush_steps(conf_run *r);
 /** The recorded lr of every group of every optimizer: [[...], ...]. New cJSON. */
 cJSON *rec_lr_all(conf_run *r);
 

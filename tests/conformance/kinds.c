@@ -3,9 +3,9 @@
  * the case's `behaviour` object: training_step, validation_step and the hooks the kind overrides.
  *
  * Every kind also gets the recording hooks (record.c explains why they leave the run unchanged):
- * on_train_start / on_train_epoch_start / on_train_epoch_end / on_train_end / on_fit_end (no-ops by
- * default), on_before_optimizer_step (no-op by default) and, in automatic mode, optimizer_step and
- * configure_gradient_clipping with Lightning's default bodies bracketed by the recorder.
+ * on_train_start / on_train_epoch_start / on_train_epoch_end / on_train_end / on_fit_end /
+ * on_train_batch_end / on_before_optimizer_step (all no-ops by default) and, in automatic mode,
+ * configure_gradient_clipping with Lightning's default body followed by a measurement.
  */
 #include <math.h>
 #include <stdio.h>
@@ -72,7 +72,18 @@ static em_status on_train_epoch_start(em_module *m)
 
 static em_status on_train_end(em_module *m)
 {
+    rec_flush_steps(run_of(m));
     rec_train_or_fit_end(run_of(m));
+    return EM_OK;
+}
+
+/* automatic mode: the batch's optimizer step (if any) and its schedulers are done */
+static em_status on_train_batch_end(em_module *m, const em_tensor *loss, const em_batch *b, int64_t batch_idx)
+{
+    (void)loss;
+    (void)b;
+    (void)batch_idx;
+    rec_flush_steps(run_of(m));
     return EM_OK;
 }
 
@@ -107,26 +118,9 @@ static em_status epoch_end_rules(conf_run *r)
 static em_status on_train_epoch_end(em_module *m)
 {
     conf_run *r = run_of(m);
+    rec_flush_steps(r);
     rec_epoch_end(r);
     return r->automatic ? EM_OK : epoch_end_rules(r);
-}
-
-/* Lightning's default optimizer_step body (optimizer.step(closure=optimizer_closure)), observed */
-static em_status recorded_step(conf_run *r, em_optimizer *opt, const em_closure *closure)
-{
-    int k = rec_opt_index(r, opt);
-    rec_step_begin(r, k);
-    em_status s = em_optimizer_step(opt, closure);
-    rec_step_end(r, k);
-    return s;
-}
-
-static em_status default_optimizer_step(em_module *m, int64_t epoch, int64_t batch_idx, em_optimizer *opt,
-                                        const em_closure *closure)
-{
-    (void)epoch;
-    (void)batch_idx;
-    return recorded_step(run_of(m), opt, closure);
 }
 
 /* Lightning's default configure_gradient_clipping body (clip_gradients with the Trainer's values), observed */
@@ -148,7 +142,7 @@ static void install_common(conf_run *r, em_module_ops *ops)
     ops->on_fit_end = on_train_end;
     ops->on_before_optimizer_step = on_before_optimizer_step;
     if (r->automatic) {
-        ops->optimizer_step = default_optimizer_step;
+        ops->on_train_batch_end = on_train_batch_end;
         ops->configure_gradient_clipping = default_configure_gradient_clipping;
     }
 }
@@ -380,7 +374,8 @@ static em_status hook_optimizer_step(em_module *m, int64_t epoch, int64_t batch_
 {
     (void)epoch;
     conf_run *r = run_of(m);
-    em_status s = conf_rule_match(&r->p.step_when, batch_idx) ? recorded_step(r, opt, closure)
+    /* a real step, or the closure alone (training_step, zero_grad hook, backward; no update) */
+    em_status s = conf_rule_match(&r->p.step_when, batch_idx) ? em_optimizer_step(opt, closure)
                                                               : em_closure_call(closure, NULL);
     if (s != EM_OK)
         return s;

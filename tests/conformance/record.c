@@ -5,11 +5,16 @@
  * -----------------------------------------------------------------
  * The trainer drives the built-in optimizers the case asks for (no wrapping optimizer written in
  * C: that would change what the trainer, the schedulers and the precision plugin see, e.g. the
- * optimizer's name, its hyper-parameters and its param groups). Instead every step call the
- * module can see is bracketed by rec_step_begin / rec_step_end:
- *   - automatic kinds override the optimizer_step hook with Lightning's default body,
- *     em_optimizer_step(opt, closure) (or the kind's own body), bracketed;
- *   - manual kinds bracket each step()/raw step() call they make themselves.
+ * optimizer's name, its hyper-parameters and its param groups), and the module overrides only
+ * the hooks the case's LightningModule overrides, plus hooks whose default is a no-op, plus
+ * configure_gradient_clipping with its exact default body (see below). A step is bracketed by
+ * rec_step_begin / rec_step_end:
+ *   - automatic mode: Lightning calls on_before_optimizer_step inside every optimizer step, after
+ *     the closure and before clipping and the update; its first call for an optimizer begins the
+ *     step, on_train_batch_end (after the step and the step-interval schedulers) ends it. Not
+ *     overriding optimizer_step matters: Lightning (and ember) warn when GradientAccumulationScheduler
+ *     meets an overridden optimizer_step.
+ *   - manual mode: the kinds bracket each step() / raw step() call they make themselves.
  * A step is "real" when the inner torch optimizer's step counter moved (em_optimizer_step_count of
  * em_optimizer_inner), which also catches raw steps that Lightning does not count in global_step.
  * Gradients are measured where Lightning exposes them:
@@ -21,7 +26,6 @@
  *     right after clipping (first call within a step: LBFGS after the first closure evaluation);
  *     manual mode measures right before a closure-less step() (nothing touches the gradients in
  *     between) or after the first evaluation of its own closure (LBFGS).
- * The overridden hooks run exactly Lightning's default bodies, so the trajectory is unchanged.
  */
 #include <math.h>
 #include <stdio.h>
@@ -312,6 +316,8 @@ void rec_pre_clip(conf_run *r, int k, bool explicit_record)
         r->rec.pending_pre[k] = grad_stats(r, k);
         return;
     }
+    if (!st->active && r->automatic)
+        rec_step_begin(r, k); /* automatic mode: the step's first on_before_optimizer_step */
     if (st->active) {
         if (!st->pre.have)
             st->pre = grad_stats(r, k);
@@ -383,4 +389,10 @@ void rec_step_end(conf_run *r, int k)
     }
     cJSON_Delete(st->lr);
     *st = (conf_step_state){0};
+}
+
+void rec_flush_steps(conf_run *r)
+{
+    for (int k = 0; k < CONF_MAX_OPTS; k++)
+        rec_step_end(r, k);
 }
