@@ -1281,7 +1281,7 @@ static bool seen_before(em_scheduler *const *children, size_t i)
 static em_scheduler *drop_children(em_scheduler *const *children, size_t n)
 {
     for (size_t i = 0; children != NULL && i < n; i++)
-        if (children[i] != NULL && children[i]->owner == NULL && !seen_before(children, i))
+        if (children[i] != NULL && !seen_before(children, i) && children[i]->owner == NULL)
             sched_destroy(children[i]);
     return NULL;
 }
