@@ -1,0 +1,720 @@
+// shim/ops.cpp: tensor operations: arithmetic, in-place updates, reductions, shapes, comparisons,
+// activations, losses and the functional layers (include/ember/tensor.h, from "elementwise
+// arithmetic" on).
+//
+// One C function calls the one ATen op that torch's Python function calls, with the same arguments
+// (F.mse_loss -> broadcast_tensors + at::mse_loss, F.cross_entropy -> at::cross_entropy_loss, ...),
+// so results are bit-identical to PyTorch 1.13. Where Python does work before the ATen call (a size
+// check, broadcast_tensors, an expand), it is done here too, in the same order.
+// Every extern "C" function: NULL handles first (return NULL / EM_EINVAL, nothing recorded), then
+// argument checks (emi_fail), then the work inside EM_TRY / EM_CATCH.
+#include "internal.hpp"
+
+#include <ATen/ExpandUtils.h>
+#include <ATen/core/Reduction.h>
+
+#include <cmath>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// ---- helpers ----------------------------------------------------------------------------------------
+
+namespace {
+
+// "shapes [8, 1] and [3, 2]" (or "[a], [b] and [c]" for three).
+std::string shapes_of(std::initializer_list<const at::Tensor *> ts)
+{
+    std::string s = "shapes ";
+    size_t i = 0, n = ts.size();
+    for (const at::Tensor *t : ts) {
+        if (i > 0)
+            s += i + 1 == n ? " and " : ", ";
+        s += emi_shape_str(*t);
+        i++;
+    }
+    return s;
+}
+
+// Runs `f`; a libtorch error comes back as "shapes [..] and [..]: <libtorch's one-line message>", so
+// the barrier's message names the ember function, every operand's shape and what torch said.
+template <class F>
+auto with_shapes(std::initializer_list<const at::Tensor *> ts, F &&f) -> decltype(f())
+{
+    try {
+        return f();
+    } catch (const c10::Error &e) {
+        throw std::runtime_error(shapes_of(ts) + ": " + e.what_without_backtrace());
+    }
+}
+
+c10::optional<at::Generator> generator_of(em_generator *g)
+{
+    if (g != nullptr)
+        return g->gen;
+    return c10::nullopt;
+}
+
+// The Python number a C double stands for. On an integer tensor an integral value acts as a Python
+// int (a + 1, a.clamp(max=2): the result stays integer); any other value, and every value on a
+// floating tensor, as a Python float (a + 1.0), so float results are those of Python's float scalar.
+at::Scalar scalar_for(const at::Tensor &t, double s)
+{
+    if (at::isIntegralType(t.scalar_type(), /*includeBool=*/false) && std::isfinite(s) && s == std::trunc(s) &&
+        std::fabs(s) < 9.2e18)
+        return at::Scalar(static_cast<int64_t>(s));
+    return at::Scalar(s);
+}
+
+// em_reduction -> at::Reduction; false (recorded) for a value outside the enum.
+bool reduction_of(const char *func, em_reduction r, int64_t *out)
+{
+    switch (r) {
+    case EM_REDUCTION_MEAN: *out = at::Reduction::Mean; return true;
+    case EM_REDUCTION_SUM: *out = at::Reduction::Sum; return true;
+    case EM_REDUCTION_NONE: *out = at::Reduction::None; return true;
+    }
+    emi_fail(EM_EINVAL, "%s: unknown em_reduction %d (expected EM_REDUCTION_MEAN, _SUM or _NONE)", func,
+             static_cast<int>(r));
+    return false;
+}
+
+// A shape argument that may hold -1 (reshape, view) or any dim index (permute).
+bool check_dims_arg(const char *func, const char *what, const int64_t *dims, int ndim)
+{
+    if (ndim < 0 || ndim > EM_MAX_DIMS) {
+        emi_fail(EM_EINVAL, "%s: %s must have 0..%d entries (got %d)", func, what, EM_MAX_DIMS, ndim);
+        return false;
+    }
+    if (ndim > 0 && dims == nullptr) {
+        emi_fail(EM_EINVAL, "%s: %s is NULL with ndim %d", func, what, ndim);
+        return false;
+    }
+    return true;
+}
+
+at::IntArrayRef ref_of(const int64_t *dims, int ndim)
+{
+    return at::IntArrayRef(dims, static_cast<size_t>(ndim));
+}
+
+// The tensors of a cat/stack argument. 1: ok; 0: a NULL element (propagated, nothing recorded);
+// -1: a NULL array or n == 0 (recorded).
+int gather(const char *func, em_tensor *const *ts, size_t n, std::vector<at::Tensor> &out)
+{
+    if (ts == nullptr || n == 0) {
+        emi_fail(EM_EINVAL, "%s: expected a non-empty list of tensors (got %s, n = %zu)", func,
+                 ts == nullptr ? "NULL" : "an array", n);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ts[i] == nullptr)
+            return 0;
+    out.reserve(n);
+    for (size_t i = 0; i < n; i++)
+        out.push_back(ts[i]->t);
+    return 1;
+}
+
+// Python's torch.Size repr, for the messages torch.nn.functional raises before calling ATen.
+std::string torch_size(const at::Tensor &t)
+{
+    return "torch.Size(" + emi_shape_str(t) + ")";
+}
+
+} // namespace
+
+// ---- elementwise arithmetic ---------------------------------------------------------------------------
+
+#define EMI_BINARY(fname, expr)                                                              \
+    extern "C" em_tensor *fname(const em_tensor *a, const em_tensor *b)                      \
+    {                                                                                        \
+        if (a == nullptr || b == nullptr)                                                    \
+            return nullptr;                                                                  \
+        EM_TRY                                                                               \
+            const at::Tensor &x = a->t;                                                      \
+            const at::Tensor &y = b->t;                                                      \
+            return emi_wrap(with_shapes({&x, &y}, [&] { return expr; }));                    \
+        EM_CATCH(nullptr)                                                                    \
+    }
+
+#define EMI_SCALAR(fname, expr)                                                              \
+    extern "C" em_tensor *fname(const em_tensor *a, double s)                                \
+    {                                                                                        \
+        if (a == nullptr)                                                                    \
+            return nullptr;                                                                  \
+        EM_TRY                                                                               \
+            const at::Tensor &x = a->t;                                                      \
+            return emi_wrap(expr);                                                           \
+        EM_CATCH(nullptr)                                                                    \
+    }
+
+#define EMI_UNARY(fname, expr)                                                               \
+    extern "C" em_tensor *fname(const em_tensor *a)                                          \
+    {                                                                                        \
+        if (a == nullptr)                                                                    \
+            return nullptr;                                                                  \
+        EM_TRY                                                                               \
+            const at::Tensor &x = a->t;                                                      \
+            return emi_wrap(expr);                                                           \
+        EM_CATCH(nullptr)                                                                    \
+    }
+
+// Python: a + b, a - b, a * b, a / b, a ** b, torch.maximum, torch.minimum
+EMI_BINARY(em_add, at::add(x, y))
+EMI_BINARY(em_sub, at::sub(x, y))
+EMI_BINARY(em_mul, at::mul(x, y))
+EMI_BINARY(em_div, at::div(x, y))
+EMI_BINARY(em_pow, at::pow(x, y))
+EMI_BINARY(em_maximum, at::maximum(x, y))
+EMI_BINARY(em_minimum, at::minimum(x, y))
+
+// Python: a + s, a - s, s - a (Tensor.__rsub__ -> torch.rsub), a * s, a / s, a ** s. Python's number
+// becomes a wrapped 0-dim tensor, as at::add(Tensor, Scalar) makes one (see scalar_for).
+EMI_SCALAR(em_add_scalar, at::add(x, scalar_for(x, s)))
+EMI_SCALAR(em_sub_scalar, at::sub(x, scalar_for(x, s)))
+EMI_SCALAR(em_rsub_scalar, at::rsub(x, scalar_for(x, s)))
+EMI_SCALAR(em_mul_scalar, at::mul(x, scalar_for(x, s)))
+EMI_SCALAR(em_div_scalar, at::div(x, scalar_for(x, s)))
+EMI_SCALAR(em_pow_scalar, at::pow(x, scalar_for(x, s)))
+
+EMI_UNARY(em_neg, at::neg(x))
+EMI_UNARY(em_exp, at::exp(x))
+EMI_UNARY(em_ln, at::log(x)) // torch.log (em_log is Lightning's self.log)
+EMI_UNARY(em_sqrt, at::sqrt(x))
+EMI_UNARY(em_abs, at::abs(x))
+EMI_UNARY(em_square, at::square(x))
+EMI_UNARY(em_sin, at::sin(x))
+EMI_UNARY(em_cos, at::cos(x))
+
+// torch.clamp(a, min=lo, max=hi). An infinite bound on its own side is a missing bound (None), so an
+// integer tensor clamped by integral bounds keeps its dtype; with both missing torch refuses
+// (torch.clamp(a)), and ember returns a copy, which is what torch.clamp(a, -inf, inf) gives.
+extern "C" em_tensor *em_clamp(const em_tensor *a, double lo, double hi)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        c10::optional<at::Scalar> mn, mx;
+        if (!(std::isinf(lo) && lo < 0))
+            mn = scalar_for(a->t, lo);
+        if (!(std::isinf(hi) && hi > 0))
+            mx = scalar_for(a->t, hi);
+        if (!mn.has_value() && !mx.has_value())
+            return emi_wrap(a->t.clone());
+        return emi_wrap(at::clamp(a->t, mn, mx));
+    EM_CATCH(nullptr)
+}
+
+// ---- in-place updates -----------------------------------------------------------------------------------
+// torch raises for a leaf that requires grad while grad mode is on: that comes back as EM_ETORCH.
+
+extern "C" em_status em_copy_(em_tensor *dst, const em_tensor *src)
+{
+    if (dst == nullptr || src == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        with_shapes({&dst->t, &src->t}, [&] { return dst->t.copy_(src->t); });
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_zero_(em_tensor *dst)
+{
+    if (dst == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        dst->t.zero_();
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_fill_(em_tensor *dst, double value)
+{
+    if (dst == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        dst->t.fill_(scalar_for(dst->t, value));
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_add_(em_tensor *dst, const em_tensor *src, double alpha)
+{
+    if (dst == nullptr || src == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        with_shapes({&dst->t, &src->t}, [&] { return dst->t.add_(src->t, alpha); });
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_mul_scalar_(em_tensor *dst, double s)
+{
+    if (dst == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        dst->t.mul_(scalar_for(dst->t, s));
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_uniform_(em_tensor *dst, double lo, double hi, em_generator *g)
+{
+    if (dst == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        dst->t.uniform_(lo, hi, generator_of(g));
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_normal_(em_tensor *dst, double mean, double std, em_generator *g)
+{
+    if (dst == nullptr)
+        return EM_EINVAL;
+    EM_TRY
+        dst->t.normal_(mean, std, generator_of(g));
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+// ---- linear algebra and reductions ------------------------------------------------------------------
+
+EMI_BINARY(em_matmul, at::matmul(x, y))
+
+EMI_UNARY(em_sum, at::sum(x))
+EMI_UNARY(em_mean, at::mean(x))
+EMI_UNARY(em_max, at::max(x))
+EMI_UNARY(em_min, at::min(x))
+
+// torch.sum(a, dim, keepdim) is sum.dim_IntList with a one-element dim list; mean likewise.
+extern "C" em_tensor *em_sum_dim(const em_tensor *a, int dim, bool keepdim)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        int64_t d = dim;
+        return emi_wrap(at::sum(a->t, at::IntArrayRef(&d, 1), keepdim));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_mean_dim(const em_tensor *a, int dim, bool keepdim)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        int64_t d = dim;
+        return emi_wrap(at::mean(a->t, at::IntArrayRef(&d, 1), keepdim));
+    EM_CATCH(nullptr)
+}
+
+// torch.max(a, dim, keepdim) / torch.min: (values, indices). Both handles are owned alike.
+static em_tensor *max_min_dim(const em_tensor *a, int dim, bool keepdim, em_tensor **indices, bool is_max)
+{
+    std::tuple<at::Tensor, at::Tensor> r =
+        is_max ? at::max(a->t, dim, keepdim) : at::min(a->t, dim, keepdim);
+    em_tensor *values = emi_wrap(std::get<0>(r));
+    if (indices != nullptr)
+        *indices = emi_wrap(std::get<1>(r));
+    return values;
+}
+
+extern "C" em_tensor *em_max_dim(const em_tensor *a, int dim, bool keepdim, em_tensor **indices)
+{
+    if (indices != nullptr)
+        *indices = nullptr;
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return max_min_dim(a, dim, keepdim, indices, true);
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_min_dim(const em_tensor *a, int dim, bool keepdim, em_tensor **indices)
+{
+    if (indices != nullptr)
+        *indices = nullptr;
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return max_min_dim(a, dim, keepdim, indices, false);
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_argmax(const em_tensor *a, int dim, bool keepdim)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::argmax(a->t, static_cast<int64_t>(dim), keepdim));
+    EM_CATCH(nullptr)
+}
+
+// torch.linalg.vector_norm(a, ord): dim=None (all elements), keepdim=False, dtype=None.
+extern "C" em_tensor *em_norm(const em_tensor *a, double ord)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::linalg_vector_norm(a->t, at::Scalar(ord)));
+    EM_CATCH(nullptr)
+}
+
+// ---- shape -------------------------------------------------------------------------------------------
+
+extern "C" em_tensor *em_reshape(const em_tensor *a, const int64_t *shape, int ndim)
+{
+    if (a == nullptr)
+        return nullptr;
+    if (!check_dims_arg(__func__, "shape", shape, ndim))
+        return nullptr;
+    EM_TRY
+        return emi_wrap(a->t.reshape(ref_of(shape, ndim)));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_view(const em_tensor *a, const int64_t *shape, int ndim)
+{
+    if (a == nullptr)
+        return nullptr;
+    if (!check_dims_arg(__func__, "shape", shape, ndim))
+        return nullptr;
+    EM_TRY
+        return emi_wrap(a->t.view(ref_of(shape, ndim)));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_flatten(const em_tensor *a, int start_dim, int end_dim)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::flatten(a->t, start_dim, end_dim));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_transpose(const em_tensor *a, int d0, int d1)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::transpose(a->t, d0, d1));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_permute(const em_tensor *a, const int64_t *dims, int ndim)
+{
+    if (a == nullptr)
+        return nullptr;
+    if (!check_dims_arg(__func__, "dims", dims, ndim))
+        return nullptr;
+    EM_TRY
+        return emi_wrap(a->t.permute(ref_of(dims, ndim)));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_unsqueeze(const em_tensor *a, int dim)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::unsqueeze(a->t, dim));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_squeeze(const em_tensor *a, int dim)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::squeeze(a->t, static_cast<int64_t>(dim)));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_cat(em_tensor *const *ts, size_t n, int dim)
+{
+    EM_TRY
+        std::vector<at::Tensor> v;
+        int ok = gather(__func__, ts, n, v);
+        if (ok <= 0)
+            return nullptr;
+        return emi_wrap(at::cat(v, dim));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_stack(em_tensor *const *ts, size_t n, int dim)
+{
+    EM_TRY
+        std::vector<at::Tensor> v;
+        int ok = gather(__func__, ts, n, v);
+        if (ok <= 0)
+            return nullptr;
+        return emi_wrap(at::stack(v, dim));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_narrow(const em_tensor *a, int dim, int64_t start, int64_t length)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::narrow(a->t, dim, start, length));
+    EM_CATCH(nullptr)
+}
+
+// a[..., start:end:step, ...]: Python indexing calls at::slice, which wraps a negative start/end by
+// adding the size and clamps both into [0, size] (so INT64_MAX means "to the end").
+extern "C" em_tensor *em_slice(const em_tensor *a, int dim, int64_t start, int64_t end, int64_t step)
+{
+    if (a == nullptr)
+        return nullptr;
+    if (step <= 0) {
+        emi_fail(EM_EINVAL, "em_slice: slice step must be positive (got %lld)", static_cast<long long>(step));
+        return nullptr;
+    }
+    EM_TRY
+        return emi_wrap(at::slice(a->t, dim, start, end, step));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_select(const em_tensor *a, int dim, int64_t index)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::select(a->t, dim, index));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_index_select(const em_tensor *a, int dim, const em_tensor *index)
+{
+    if (a == nullptr || index == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::index_select(a->t, dim, index->t));
+    EM_CATCH(nullptr)
+}
+
+// ---- comparisons and selection ----------------------------------------------------------------------
+
+EMI_BINARY(em_eq, at::eq(x, y))
+EMI_BINARY(em_ne, at::ne(x, y))
+EMI_BINARY(em_lt, at::lt(x, y))
+EMI_BINARY(em_le, at::le(x, y))
+EMI_BINARY(em_gt, at::gt(x, y))
+EMI_BINARY(em_ge, at::ge(x, y))
+EMI_SCALAR(em_eq_scalar, at::eq(x, scalar_for(x, s)))
+EMI_SCALAR(em_lt_scalar, at::lt(x, scalar_for(x, s)))
+EMI_SCALAR(em_gt_scalar, at::gt(x, scalar_for(x, s)))
+
+extern "C" em_tensor *em_where(const em_tensor *cond, const em_tensor *a, const em_tensor *b)
+{
+    if (cond == nullptr || a == nullptr || b == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(with_shapes({&cond->t, &a->t, &b->t}, [&] { return at::where(cond->t, a->t, b->t); }));
+    EM_CATCH(nullptr)
+}
+
+// ---- activations --------------------------------------------------------------------------------------
+
+EMI_UNARY(em_relu, at::relu(x))
+EMI_UNARY(em_tanh, at::tanh(x))
+EMI_UNARY(em_sigmoid, at::sigmoid(x))
+EMI_UNARY(em_gelu, at::gelu(x, "none")) // F.gelu(x), approximate="none"
+
+extern "C" em_tensor *em_leaky_relu(const em_tensor *a, double negative_slope)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::leaky_relu(a->t, negative_slope));
+    EM_CATCH(nullptr)
+}
+
+// F.softmax(x, dim) with dtype=None is x.softmax(dim).
+extern "C" em_tensor *em_softmax(const em_tensor *a, int dim)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::softmax(a->t, dim));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_log_softmax(const em_tensor *a, int dim)
+{
+    if (a == nullptr)
+        return nullptr;
+    EM_TRY
+        return emi_wrap(at::log_softmax(a->t, dim));
+    EM_CATCH(nullptr)
+}
+
+// ---- losses -----------------------------------------------------------------------------------------
+// torch/nn/functional.py (1.13): mse_loss, l1_loss and smooth_l1_loss broadcast input and target
+// with torch.broadcast_tensors before the ATen call; the bce losses refuse different sizes.
+
+extern "C" em_tensor *em_mse_loss(const em_tensor *input, const em_tensor *target, em_reduction r)
+{
+    if (input == nullptr || target == nullptr)
+        return nullptr;
+    int64_t red;
+    if (!reduction_of(__func__, r, &red))
+        return nullptr;
+    EM_TRY
+        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
+            std::vector<at::Tensor> e = at::broadcast_tensors({input->t, target->t});
+            return at::mse_loss(e[0], e[1], red);
+        }));
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_tensor *em_l1_loss(const em_tensor *input, const em_tensor *target, em_reduction r)
+{
+    if (input == nullptr || target == nullptr)
+        return nullptr;
+    int64_t red;
+    if (!reduction_of(__func__, r, &red))
+        return nullptr;
+    EM_TRY
+        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
+            std::vector<at::Tensor> e = at::broadcast_tensors({input->t, target->t});
+            return at::l1_loss(e[0], e[1], red);
+        }));
+    EM_CATCH(nullptr)
+}
+
+// F.smooth_l1_loss(input, target, beta=beta): broadcast, then one ATen call (beta == 0 included).
+extern "C" em_tensor *em_smooth_l1_loss(const em_tensor *input, const em_tensor *target, em_reduction r,
+                                        double beta)
+{
+    if (input == nullptr || target == nullptr)
+        return nullptr;
+    int64_t red;
+    if (!reduction_of(__func__, r, &red))
+        return nullptr;
+    if (beta < 0) {
+        emi_fail(EM_EINVAL, "em_smooth_l1_loss: smooth_l1_loss does not support negative values for beta (got %g)",
+                 beta);
+        return nullptr;
+    }
+    EM_TRY
+        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
+            std::vector<at::Tensor> e = at::broadcast_tensors({input->t, target->t});
+            return at::smooth_l1_loss(e[0], e[1], red, beta);
+        }));
+    EM_CATCH(nullptr)
+}
+
+// F.cross_entropy(input, target): weight=None, ignore_index=-100, label_smoothing=0.0.
+extern "C" em_tensor *em_cross_entropy(const em_tensor *input, const em_tensor *target, em_reduction r)
+{
+    if (input == nullptr || target == nullptr)
+        return nullptr;
+    int64_t red;
+    if (!reduction_of(__func__, r, &red))
+        return nullptr;
+    EM_TRY
+        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
+            return at::cross_entropy_loss(input->t, target->t, c10::nullopt, red, -100, 0.0);
+        }));
+    EM_CATCH(nullptr)
+}
+
+// F.nll_loss calls torch._C._nn.nll_loss_nd (weight=None, ignore_index=-100).
+extern "C" em_tensor *em_nll_loss(const em_tensor *input, const em_tensor *target, em_reduction r)
+{
+    if (input == nullptr || target == nullptr)
+        return nullptr;
+    int64_t red;
+    if (!reduction_of(__func__, r, &red))
+        return nullptr;
+    EM_TRY
+        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
+            return at::nll_loss_nd(input->t, target->t, c10::nullopt, red, -100);
+        }));
+    EM_CATCH(nullptr)
+}
+
+// F.binary_cross_entropy: target and input must have the same size; a weight is expanded to
+// _infer_size(target.size(), weight.size()) first.
+extern "C" em_tensor *em_bce_loss(const em_tensor *input, const em_tensor *target, const em_tensor *weight,
+                                  em_reduction r)
+{
+    if (input == nullptr || target == nullptr)
+        return nullptr;
+    int64_t red;
+    if (!reduction_of(__func__, r, &red))
+        return nullptr;
+    EM_TRY
+        if (!target->t.sizes().equals(input->t.sizes())) {
+            emi_fail(EM_ETORCH,
+                     "em_bce_loss: Using a target size (%s) that is different to the input size (%s) is "
+                     "deprecated. Please ensure they have the same size.",
+                     torch_size(target->t).c_str(), torch_size(input->t).c_str());
+            return nullptr;
+        }
+        c10::optional<at::Tensor> w;
+        if (weight != nullptr)
+            w = with_shapes({&target->t, &weight->t}, [&] {
+                return weight->t.expand(at::infer_size(target->t.sizes(), weight->t.sizes()));
+            });
+        return emi_wrap(at::binary_cross_entropy(input->t, target->t, w, red));
+    EM_CATCH(nullptr)
+}
+
+// F.binary_cross_entropy_with_logits: same sizes required, then one ATen call.
+extern "C" em_tensor *em_bce_with_logits(const em_tensor *input, const em_tensor *target,
+                                         const em_tensor *weight, const em_tensor *pos_weight, em_reduction r)
+{
+    if (input == nullptr || target == nullptr)
+        return nullptr;
+    int64_t red;
+    if (!reduction_of(__func__, r, &red))
+        return nullptr;
+    EM_TRY
+        if (!target->t.sizes().equals(input->t.sizes())) {
+            emi_fail(EM_ETORCH, "em_bce_with_logits: Target size (%s) must be the same as input size (%s)",
+                     torch_size(target->t).c_str(), torch_size(input->t).c_str());
+            return nullptr;
+        }
+        c10::optional<at::Tensor> w, pw;
+        if (weight != nullptr)
+            w = weight->t;
+        if (pos_weight != nullptr)
+            pw = pos_weight->t;
+        return emi_wrap(at::binary_cross_entropy_with_logits(input->t, target->t, w, pw, red));
+    EM_CATCH(nullptr)
+}
+
+// ---- functional layers ------------------------------------------------------------------------------
+
+// F.linear(x, weight, bias) -> torch._C._nn.linear.
+extern "C" em_tensor *em_linear(const em_tensor *x, const em_tensor *weight, const em_tensor *bias)
+{
+    if (x == nullptr || weight == nullptr)
+        return nullptr;
+    EM_TRY
+        c10::optional<at::Tensor> b;
+        if (bias != nullptr)
+            b = bias->t;
+        return emi_wrap(with_shapes({&x->t, &weight->t}, [&] { return at::linear(x->t, weight->t, b); }));
+    EM_CATCH(nullptr)
+}
+
+// F.dropout(x, p, training) -> _VF.dropout, after Python's range check on p.
+extern "C" em_tensor *em_dropout(const em_tensor *x, double p, bool training)
+{
+    if (x == nullptr)
+        return nullptr;
+    if (!(p >= 0.0 && p <= 1.0)) {
+        emi_fail(EM_EINVAL, "em_dropout: dropout probability has to be between 0 and 1, but got %g", p);
+        return nullptr;
+    }
+    EM_TRY
+        return emi_wrap(at::dropout(x->t, p, training));
+    EM_CATCH(nullptr)
+}
