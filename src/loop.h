@@ -94,7 +94,7 @@ typedef enum emi_stage { EMI_STAGE_NONE = 0, EMI_STAGE_TRAIN, EMI_STAGE_VAL, EMI
 
 struct em_trainer {
     em_trainer_config cfg;
-    char *root_dir, *trace_path; /* owned copies of the config strings */
+    char *root_dir, *trace_path, *log_dir; /* owned copies of the config strings */
     em_callback **callbacks;
     size_t n_callbacks, cap_callbacks;
     char error[1024];

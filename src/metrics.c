@@ -375,9 +375,14 @@ em_status metrics_open(em_trainer *t)
     if (!t->cfg.enable_csv_logger)
         return EM_OK;
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/lightning_logs", t->root_dir);
-    long v = next_version(dir);
-    int w = snprintf(dir, sizeof dir, "%s/lightning_logs/version_%ld", t->root_dir, v);
+    int w;
+    if (t->log_dir != NULL) {
+        w = snprintf(dir, sizeof dir, "%s", t->log_dir);
+    } else {
+        snprintf(dir, sizeof dir, "%s/lightning_logs", t->root_dir);
+        long v = next_version(dir);
+        w = snprintf(dir, sizeof dir, "%s/lightning_logs/version_%ld", t->root_dir, v);
+    }
     if (w < 0 || (size_t)w >= sizeof dir - 16 || mkdir_p(dir) != 0)
         return emi_fail(EM_EIO, "cannot create the log directory %s: %s", dir, strerror(errno));
     strcat(dir, "/metrics.csv");

@@ -183,13 +183,16 @@ em_trainer *em_trainer_new(const em_trainer_config *cfg)
     t->cfg = *cfg;
     t->root_dir = dup_str(cfg->default_root_dir != NULL ? cfg->default_root_dir : ".");
     t->trace_path = dup_str(cfg->trace_path);
-    if (t->root_dir == NULL || (cfg->trace_path != NULL && t->trace_path == NULL)) {
+    t->log_dir = dup_str(cfg->log_dir);
+    if (t->root_dir == NULL || (cfg->trace_path != NULL && t->trace_path == NULL) ||
+        (cfg->log_dir != NULL && t->log_dir == NULL)) {
         em_trainer_free(t);
         emi_fail(EM_ENOMEM, "em_trainer_new: out of memory");
         return NULL;
     }
     t->cfg.default_root_dir = t->root_dir;
     t->cfg.trace_path = t->trace_path;
+    t->cfg.log_dir = t->log_dir;
     t->accumulate = cfg->accumulate_grad_batches;
     return t;
 }
@@ -227,6 +230,7 @@ void em_trainer_free(em_trainer *t)
     free(t->callbacks);
     free(t->root_dir);
     free(t->trace_path);
+    free(t->log_dir);
     kvlist_free(&t->metrics.callback);
     kvlist_free(&t->metrics.progbar);
     free(t);

@@ -426,6 +426,8 @@ typedef struct em_trainer_config {
     bool enable_csv_logger;         /* true: default_root_dir/lightning_logs/version_N/metrics.csv */
     int64_t log_every_n_steps;      /* 50 */
     const char *default_root_dir;   /* NULL = the current directory */
+    const char *log_dir;            /* NULL = default_root_dir/lightning_logs/version_N (the next free N):
+                                       the directory of metrics.csv (Lightning: CSVLogger's log_dir) */
     int64_t seed;                   /* -1 = do not seed; else em_manual_seed(seed) at fit start */
     const char *trace_path;         /* NULL; a file: one JSON line per training_step call / optimizer step */
 } em_trainer_config;
@@ -436,7 +438,8 @@ typedef struct em_trainer_config {
      .val_check_interval = {true, 1.0}, .check_val_every_n_epoch = 1, .num_sanity_val_steps = 2,          \
      .accumulate_grad_batches = 1, .gradient_clip_val = NAN, .gradient_clip_algorithm = EM_CLIP_DEFAULT,   \
      .precision = EM_PRECISION_32_TRUE, .enable_progress_bar = true, .enable_csv_logger = true,           \
-     .log_every_n_steps = 50, .default_root_dir = NULL, .seed = -1, .trace_path = NULL}
+     .log_every_n_steps = 50, .default_root_dir = NULL, .log_dir = NULL, .seed = -1,               \
+     .trace_path = NULL}
 
 /**
  * A trainer with configuration `cfg` (copied, strings included). Lightning: Trainer(...)
