@@ -96,10 +96,16 @@ at::Tensor run_closure(const em_closure *c)
                 em_scope_end();
         }
     } guard{em_scope_depth()};
+    bool had_error = emi_has_error();
     em_scope_begin();
     em_tensor *loss = c->fn(c->ctx);
-    if (loss == nullptr)
-        throw closure_failed{};
+    if (loss == nullptr) {
+        // NULL with nothing recorded is a closure that returns no loss (Python's None): Lightning's
+        // automatic closure does that when training_step returns None, and the step still runs.
+        if (had_error || emi_has_error())
+            throw closure_failed{};
+        return at::Tensor();
+    }
     return loss->t;
 }
 
@@ -352,7 +358,15 @@ em_status step_impl(em_optimizer *opt, const em_closure *closure)
             return emi_fail(EM_EINVAL, "em_optimizer_step: LBFGS requires a closure (torch.optim.LBFGS.step(closure) "
                                        "re-evaluates the model)");
         at::NoGradGuard no_grad; // lbfgs.py's step is decorated with @torch.no_grad()
-        opt->lbfgs->step([closure]() { return run_closure(closure); });
+        opt->lbfgs->step([closure]() {
+            at::Tensor loss = run_closure(closure);
+            if (!loss.defined()) {
+                emi_fail(EM_EINVAL, "em_optimizer_step: LBFGS needs the closure to return the loss; it returned "
+                                    "NULL without an error");
+                throw closure_failed{};
+            }
+            return loss;
+        });
         break;
     }
     }
@@ -652,7 +666,7 @@ extern "C" em_status em_closure_call(const em_closure *closure, double *loss_out
         try {
             at::Tensor loss = run_closure(closure);
             if (loss_out != nullptr)
-                *loss_out = loss.numel() == 1 ? loss.item<double>() : NAN;
+                *loss_out = loss.defined() && loss.numel() == 1 ? loss.item<double>() : NAN;
             return EM_OK;
         } catch (const closure_failed &) {
             return closure_failure(__func__, had_error);
@@ -791,8 +805,6 @@ extern "C" em_status em_optimizer_set(em_optimizer *opt, size_t group, const cha
         if (base == nullptr)
             return EM_EINVAL;
         if (base->kind == EMI_OPT_C) {
-            if (std::string(name) == "lr" && !check_hparam(__func__, "lr", value))
-                return EM_EINVAL;
             base->hparams[group][name] = value;
             base->c_defaults.emplace(name, value); // a new name joins the defaults of later groups
             return EM_OK;
@@ -800,7 +812,9 @@ extern "C" em_status em_optimizer_set(em_optimizer *opt, size_t group, const cha
         hp_slot s = find_slot(base, group, name);
         if (!s.found())
             return no_such_hparam(__func__, base, name);
-        if (!check_hparam(__func__, name, value))
+        // torch checks the constructor's arguments, not assignments to a param group: a scheduler may
+        // set any lr (OneCycleLR's linear anneal ends slightly below zero), so lr is not checked here.
+        if (std::string(name) != "lr" && !check_hparam(__func__, name, value))
             return EM_EINVAL;
         double old = s.get();
         s.set(value);

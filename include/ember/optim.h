@@ -38,7 +38,9 @@ typedef struct em_optimizer em_optimizer;
 /**
  * A closure that re-evaluates the model and returns the loss (torch: the `closure` of
  * optimizer.step). The returned tensor is owned by the scope the optimizer opens around the call,
- * so `fn` neither frees nor keeps it. Returning NULL with an error recorded makes step fail.
+ * so `fn` neither frees nor keeps it. Returning NULL with an error recorded makes step fail;
+ * returning NULL with no error recorded means "no loss" (Python's None), which every optimizer but
+ * LBFGS accepts.
  */
 typedef struct em_closure {
     em_tensor *(*fn)(void *ctx);
@@ -212,7 +214,9 @@ EM_API em_status em_optimizer_get(const em_optimizer *opt, size_t group, const c
 /**
  * Write hyper-parameter `name` of group `group`; it takes effect at the next step.
  * For optimizers written in C any name may be set (and is then created).
- * Errors: as em_optimizer_get, and EM_EINVAL for a value torch would reject (negative lr, ...).
+ * "lr" takes any value, as an assignment to torch's param_group['lr'] does (schedulers may produce
+ * a slightly negative one); other names are checked as the constructor checks them.
+ * Errors: as em_optimizer_get, and EM_EINVAL for a value the constructor would reject.
  */
 EM_API em_status em_optimizer_set(em_optimizer *opt, size_t group, const char *name, double value);
 /** The learning rate of group `group`; NaN (recorded) on error. */
