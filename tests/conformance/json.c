@@ -257,7 +257,18 @@ bool cj_written_as_float(const conf_run *r, const char *key)
 {
     char pat[128];
     snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(r->text, pat);
+    /* search inside the trainer object (python_source has a "trainer" string too) */
+    const char *tr = r->text;
+    for (const char *q = strstr(r->text, "\"trainer\":"); q != NULL; q = strstr(q + 1, "\"trainer\":")) {
+        const char *v = q + strlen("\"trainer\":");
+        while (isspace((unsigned char)*v))
+            v++;
+        if (*v == '{') {
+            tr = v;
+            break;
+        }
+    }
+    const char *p = strstr(tr, pat);
     if (p == NULL)
         return false;
     p += strlen(pat);

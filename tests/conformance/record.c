@@ -29,6 +29,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "conformance.h"
@@ -258,10 +259,11 @@ void rec_after_fit(conf_run *r)
         for (int d = 0; d < nd; d++)
             cJSON_AddItemToArray(s, cJSON_CreateNumber((double)shape[d]));
         cJSON *vals = cJSON_AddArrayToObject(w, "values");
-        float buf[4096];
-        if (numel > 0 && numel <= 4096 && em_tensor_copy_to(p, buf, sizeof buf, EM_F32) == EM_OK)
+        float *buf = numel > 0 ? malloc((size_t)numel * sizeof *buf) : NULL;
+        if (buf != NULL && em_tensor_copy_to(p, buf, (size_t)numel * sizeof *buf, EM_F32) == EM_OK)
             for (int64_t k = 0; k < numel; k++)
                 cJSON_AddItemToArray(vals, cJSON_CreateNumber((double)buf[k]));
+        free(buf);
         cJSON_AddItemToObject(weights, em_nn_parameter_name(r->root, i), w);
     }
     set_final(r, "weights", weights);
@@ -282,9 +284,14 @@ static conf_grads grad_stats(conf_run *r, int k)
     em_optimizer *o = inner(r, k);
     if (o == NULL)
         return (conf_grads){0};
+    size_t total = 0;
+    for (size_t gi = 0; gi < em_optimizer_num_groups(o); gi++)
+        total += em_params_size(em_optimizer_group_params(o, gi));
+    em_tensor **norms = calloc(total + 1, sizeof *norms);
+    if (norms == NULL)
+        return (conf_grads){0};
     em_scope_begin();
     em_no_grad_begin();
-    em_tensor *norms[1024];
     size_t n = 0;
     for (size_t gi = 0; gi < em_optimizer_num_groups(o); gi++) {
         const em_params *ps = em_optimizer_group_params(o, gi);
@@ -293,8 +300,7 @@ static conf_grads grad_stats(conf_run *r, int k)
             if (grad == NULL)
                 continue;
             g.with_grad++;
-            if (n < 1024)
-                norms[n++] = em_norm(grad, 2.0);
+            norms[n++] = em_norm(grad, 2.0);
             double m = em_tensor_item(em_norm(grad, INFINITY));
             if (m > g.max_abs || isnan(m))
                 g.max_abs = m;
@@ -304,6 +310,7 @@ static conf_grads grad_stats(conf_run *r, int k)
         g.norm = em_tensor_item(em_norm(em_stack(norms, n, 0), 2.0));
     em_no_grad_end();
     em_scope_end();
+    free(norms);
     return g;
 }
 
