@@ -127,7 +127,7 @@ static emi_results *stage_results(em_trainer *t)
 static double metric_compute(const emi_metric *m)
 {
     if (m->reduce == EM_REDUCE_MEAN)
-        return m->weight > 0 ? m->acc / m->weight : NAN;
+        return m->weight > 0 ? (double)((float)m->acc / (float)m->weight) : NAN;
     return m->acc;
 }
 
@@ -198,16 +198,19 @@ em_status em_log_ex(em_module *m, const char *name, double value, const em_log_o
             mt->acc = INFINITY;
     }
     double bs = o.batch_size > 0 ? (double)o.batch_size : (t->batch != NULL && t->batch->size > 0 ? (double)t->batch->size : 1.0);
-    mt->last = value;
+    /* Lightning turns a logged number into a float32 tensor and reduces in float32
+     * (_ResultMetric.update: value += value.mean() * batch_size; compute: value / cumulated_batch_size) */
+    float v32 = (float)value;
+    mt->last = (double)v32;
     mt->has_value = true;
     switch (mt->reduce) {
     case EM_REDUCE_MEAN:
-        mt->acc += value * bs;
+        mt->acc = (double)((float)mt->acc + v32 * (float)bs);
         mt->weight += bs;
         break;
-    case EM_REDUCE_SUM: mt->acc += value; break;
-    case EM_REDUCE_MAX: mt->acc = value > mt->acc ? value : mt->acc; break;
-    case EM_REDUCE_MIN: mt->acc = value < mt->acc ? value : mt->acc; break;
+    case EM_REDUCE_SUM: mt->acc = (double)((float)mt->acc + v32); break;
+    case EM_REDUCE_MAX: mt->acc = (double)v32 > mt->acc ? (double)v32 : mt->acc; break;
+    case EM_REDUCE_MIN: mt->acc = (double)v32 < mt->acc ? (double)v32 : mt->acc; break;
     }
     return EM_OK;
 }
