@@ -1138,13 +1138,10 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
     return remove(path);
 }
 
-/* Lightning's CSVLogger (fabric/loggers/csv_logs.py) with log_every_n_steps=2, N = 4, one epoch:
- * metrics.csv has the sorted union of the keys as its header, "acc,epoch,loss,step", a row per step log
- * (steps 1 and 3: loss = batch_idx 1 and 3, epoch 0) and the epoch-end row (acc = mean(1..4) = 2.5,
- * step = batches_that_stepped - 1 = 3), empty cells for the keys a row does not have. */
-static void test_trainer_loop__csv_logger_writes_metrics_csv(void **state)
+/* One epoch of N = 4 with the CSV logger under a fresh temporary directory; checks metrics.csv against
+ * `want` (columns acc, epoch, loss, step; NAN = an empty cell). */
+static void check_csv(int64_t accumulate, int64_t every, const double (*want)[4], int want_rows)
 {
-    (void)state;
     char dir[] = "/tmp/ember_trainer_loop_XXXXXX";
     assert_non_null(mkdtemp(dir));
     lm *m = lm_new();
@@ -1152,7 +1149,8 @@ static void test_trainer_loop__csv_logger_writes_metrics_csv(void **state)
     em_trainer_config cfg = config(1);
     cfg.enable_csv_logger = true;
     cfg.default_root_dir = dir;
-    cfg.log_every_n_steps = 2;
+    cfg.log_every_n_steps = every;
+    cfg.accumulate_grad_batches = accumulate;
     em_trainer *t = fit_rows(m, cfg, 4, 0, NULL);
     em_trainer_free(t);
     lm_free(m);
@@ -1165,19 +1163,21 @@ static void test_trainer_loop__csv_logger_writes_metrics_csv(void **state)
     char line[256];
     assert_non_null(fgets(line, sizeof line, f));
     assert_string_equal(line, "acc,epoch,loss,step\n");
-    const double want[3][4] = {{NAN, 0, 1, 1}, {NAN, 0, 3, 3}, {2.5, 0, NAN, 3}};
     int rows = 0;
     while (fgets(line, sizeof line, f) != NULL) {
-        assert_true(rows < 3);
+        if (rows >= want_rows)
+            fail_msg("an extra row: %s", line);
         char *p = line;
         for (int c = 0; c < 4; c++) {
             char *end = p + strcspn(p, ",\n");
             if (isnan(want[rows][c])) {
-                assert_true(end == p); /* an empty cell */
+                if (end != p)
+                    fail_msg("row %d column %d should be empty: %s", rows, c, line);
             } else {
                 char *num_end;
                 double v = strtod(p, &num_end);
-                assert_true(num_end == end);
+                if (num_end != end)
+                    fail_msg("row %d column %d is not a number: %s", rows, c, line);
                 assert_close_rel(v, want[rows][c], 1e-6);
             }
             p = *end != '\0' ? end + 1 : end;
@@ -1185,8 +1185,24 @@ static void test_trainer_loop__csv_logger_writes_metrics_csv(void **state)
         rows++;
     }
     fclose(f);
-    assert_int_equal(rows, 3);
+    assert_int_equal(rows, want_rows);
     assert_int_equal(nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS), 0);
+}
+
+/* Lightning's CSVLogger (fabric/loggers/csv_logs.py): metrics.csv has the sorted union of the keys as its
+ * header, "acc,epoch,loss,step", one row per log_metrics call, empty cells for the keys a row lacks.
+ * training_step logs loss = batch_idx (on_step) and acc = 1 + batch_idx (on_epoch), N = 4, one epoch.
+ *   log_every_n_steps=2: step rows when (batches_that_stepped + 1) % 2 == 0: batches 1 and 3 (step 1, 3),
+ *     then the epoch row: acc = mean(1..4) = 2.5 at step = batches_that_stepped - 1 = 3.
+ *   A = 2, log_every_n_steps=1 (§9.4): only stepping batches log, with the logger step counting optimizer
+ *     steps: batch 1 at step 0, batch 3 at step 1, the epoch row at step 1. */
+static void test_trainer_loop__csv_logger_writes_metrics_csv(void **state)
+{
+    (void)state;
+    const double every2[3][4] = {{NAN, 0, 1, 1}, {NAN, 0, 3, 3}, {2.5, 0, NAN, 3}};
+    check_csv(1, 2, every2, 3);
+    const double accumulating[3][4] = {{NAN, 0, 1, 0}, {NAN, 0, 3, 1}, {2.5, 0, NAN, 1}};
+    check_csv(2, 1, accumulating, 3);
 }
 
 /* ---- GradientAccumulationScheduler (§5) ------------------------------------------------------------------------ */
