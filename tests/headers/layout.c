@@ -35,6 +35,17 @@ _Static_assert(offsetof(em_adam_opts, version) == 0, "em_adam_opts.version must 
 _Static_assert(offsetof(em_rmsprop_opts, version) == 0, "em_rmsprop_opts.version must stay first");
 _Static_assert(offsetof(em_adagrad_opts, version) == 0, "em_adagrad_opts.version must stay first");
 _Static_assert(offsetof(em_lbfgs_opts, version) == 0, "em_lbfgs_opts.version must stay first");
+_Static_assert(offsetof(em_onecycle_opts, version) == 0, "em_onecycle_opts.version must stay first");
+_Static_assert(offsetof(em_plateau_opts, version) == 0, "em_plateau_opts.version must stay first");
+_Static_assert(offsetof(em_trainer_config, version) == 0, "em_trainer_config.version must stay first");
+
+/* ---- the trainer's and schedulers' ops tables: version first (their field layouts are pinned by
+ * their owners once settled) ----------------------------------------------------------------------- */
+
+_Static_assert(offsetof(em_scheduler_ops, version) == 0, "em_scheduler_ops.version must stay first");
+_Static_assert(offsetof(em_module_ops, version) == 0, "em_module_ops.version must stay first");
+_Static_assert(offsetof(em_callback_ops, version) == 0, "em_callback_ops.version must stay first");
+_Static_assert(offsetof(em_loader_ops, version) == 0, "em_loader_ops.version must stay first");
 
 /* ---- the macros, expanded as a user writes them ------------------------------------------------- */
 
@@ -47,8 +58,12 @@ void header_test_macros(void)
     em_rmsprop_opts rms = EM_RMSPROP_OPTS_INIT;
     em_adagrad_opts ada = EM_ADAGRAD_OPTS_INIT;
     em_lbfgs_opts lbfgs = EM_LBFGS_OPTS_INIT;
+    em_onecycle_opts onecycle = EM_ONECYCLE_OPTS_INIT;
+    em_plateau_opts plateau = EM_PLATEAU_OPTS_INIT;
+    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
     em_device cpu = EM_DEVICE_CPU, gpu = EM_DEVICE_CUDA(0);
     (void)norm, (void)adam, (void)adamw, (void)rms, (void)ada, (void)lbfgs, (void)cpu, (void)gpu;
+    (void)onecycle, (void)plateau, (void)cfg;
 
     /* Never called: only compiled (the library is not linked into this object). */
     em_tensor *t = em_zeros(EM_SHAPE(2, 3), &(em_tensor_opts){.dtype = EM_F64});
