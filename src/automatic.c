@@ -51,13 +51,14 @@ static em_status training_step(em_trainer *t, em_batch *b, int64_t batch_idx, em
 
 static em_status before_backward_hooks(em_trainer *t, em_tensor *loss)
 {
+    const char *prev_hook = t->hook;
     CALL_CB_HOOKS(t, on_before_backward, loss);
     const em_module_ops *ops = t->module->ops;
     if (ops->on_before_backward != NULL) {
         t->hook = "on_before_backward";
         em_clear_error();
         em_status s = ops->on_before_backward(t->module, loss);
-        t->hook = NULL;
+        t->hook = prev_hook;
         return trainer_check(t, "on_before_backward", s);
     }
     return EM_OK;
@@ -65,13 +66,14 @@ static em_status before_backward_hooks(em_trainer *t, em_tensor *loss)
 
 static em_status after_backward_hooks(em_trainer *t)
 {
+    const char *prev_hook = t->hook;
     CALL_CB_HOOKS(t, on_after_backward);
     const em_module_ops *ops = t->module->ops;
     if (ops->on_after_backward != NULL) {
         t->hook = "on_after_backward";
         em_clear_error();
         em_status s = ops->on_after_backward(t->module);
-        t->hook = NULL;
+        t->hook = prev_hook;
         return trainer_check(t, "on_after_backward", s);
     }
     return EM_OK;
@@ -88,7 +90,7 @@ em_status run_backward(em_trainer *t, em_tensor *loss, bool retain_graph)
     t->hook = "backward";
     em_clear_error();
     if (ops->backward != NULL)
-        s = ops->backward(t->module, loss);
+        s = ops->backward(t->module, loss, retain_graph);
     else
         s = retain_graph ? em_backward_ex(loss, NULL, true) : em_backward(loss);
     t->hook = prev;
@@ -110,6 +112,7 @@ typedef struct closure_state {
 
 static em_status zero_grad_hooks(em_trainer *t, em_optimizer *raw, int64_t batch_idx)
 {
+    const char *prev_hook = t->hook;
     CALL_CB_HOOKS(t, on_before_zero_grad, raw);
     const em_module_ops *ops = t->module->ops;
     em_status s;
@@ -117,7 +120,7 @@ static em_status zero_grad_hooks(em_trainer *t, em_optimizer *raw, int64_t batch
         t->hook = "on_before_zero_grad";
         em_clear_error();
         s = ops->on_before_zero_grad(t->module, raw);
-        t->hook = NULL;
+        t->hook = prev_hook;
         if ((s = trainer_check(t, "on_before_zero_grad", s)) != EM_OK)
             return s;
     }
@@ -127,7 +130,7 @@ static em_status zero_grad_hooks(em_trainer *t, em_optimizer *raw, int64_t batch
         s = ops->optimizer_zero_grad(t->module, t->current_epoch, batch_idx, raw);
     else
         s = raw != NULL ? em_optimizer_zero_grad(raw) : EM_OK;
-    t->hook = NULL;
+    t->hook = prev_hook;
     return trainer_check(t, "optimizer_zero_grad", s);
 }
 
@@ -171,6 +174,7 @@ static em_tensor *closure_call(void *ctx)
 /* Lightning: LightningModule.optimizer_step, called on stepping batches only */
 static em_status optimizer_step_hook(em_trainer *t, em_optimizer *wrapper, const em_closure *closure)
 {
+    const char *prev_hook = t->hook;
     const em_module_ops *ops = t->module->ops;
     em_status s;
     t->hook = "optimizer_step";
@@ -181,7 +185,7 @@ static em_status optimizer_step_hook(em_trainer *t, em_optimizer *wrapper, const
         s = em_optimizer_step(wrapper, closure);
     else
         s = closure->fn(closure->ctx) != NULL || !emi_has_error() ? EM_OK : em_last_status(); /* _MockOptimizer */
-    t->hook = NULL;
+    t->hook = prev_hook;
     return trainer_check(t, "optimizer_step", s);
 }
 
@@ -229,6 +233,7 @@ done:
 
 static em_status lr_scheduler_step(em_trainer *t, em_scheduler *s, bool has_metric, double metric)
 {
+    const char *prev_hook = t->hook;
     const em_module_ops *ops = t->module->ops;
     t->hook = "lr_scheduler_step";
     em_clear_error();
@@ -237,7 +242,7 @@ static em_status lr_scheduler_step(em_trainer *t, em_scheduler *s, bool has_metr
         rc = ops->lr_scheduler_step(t->module, s, has_metric, metric);
     else
         rc = has_metric ? em_scheduler_step_metric(s, metric) : em_scheduler_step(s);
-    t->hook = NULL;
+    t->hook = prev_hook;
     return trainer_check(t, "lr_scheduler_step", rc);
 }
 

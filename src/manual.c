@@ -14,6 +14,7 @@
  * handed to on_train_batch_end (ManualResult: the detached tensor). */
 em_status manual_run(em_trainer *t, em_batch *batch, int64_t batch_idx, em_tensor **out)
 {
+    const char *prev_hook = t->hook;
     *out = NULL;
     bool autocast = t->precision != EM_PRECISION_32_TRUE;
     if (autocast && emi_autocast_begin(t->precision, em_tensor_device(batch->t[0])) != EM_OK)
@@ -22,7 +23,7 @@ em_status manual_run(em_trainer *t, em_batch *batch, int64_t batch_idx, em_tenso
     t->hook = "training_step";
     em_clear_error();
     em_tensor *r = t->module->ops->training_step(t->module, batch, batch_idx);
-    t->hook = NULL;
+    t->hook = prev_hook;
     t->in_training_step = false;
     if (autocast)
         emi_autocast_end();

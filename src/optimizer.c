@@ -29,13 +29,14 @@ typedef struct wrapped_closure {
 
 static em_status before_optimizer_step_hooks(em_trainer *t, em_optimizer *raw)
 {
+    const char *prev_hook = t->hook;
     CALL_CB_HOOKS(t, on_before_optimizer_step, raw);
     const em_module_ops *ops = t->module->ops;
     if (ops->on_before_optimizer_step != NULL) {
         t->hook = "on_before_optimizer_step";
         em_clear_error();
         em_status s = ops->on_before_optimizer_step(t->module, raw);
-        t->hook = NULL;
+        t->hook = prev_hook;
         return trainer_check(t, "on_before_optimizer_step", s);
     }
     return EM_OK;

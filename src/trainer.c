@@ -361,6 +361,7 @@ static em_status hooks_validation_end(em_trainer *t)
 /* Lightning: _EvaluationLoop.run for one val dataloader: eval mode, no grad, hooks around the batches. */
 static em_status run_validation(em_trainer *t, int64_t max_batches, emi_stage stage)
 {
+    const char *prev_hook = t->hook;
     emi_stage prev_stage = t->stage;
     em_batch *prev_batch = t->batch;
     t->stage = stage;
@@ -398,7 +399,7 @@ static em_status run_validation(em_trainer *t, int64_t max_batches, emi_stage st
         t->hook = "validation_step";
         em_clear_error();
         s = t->module->ops->validation_step(t->module, &batch, i);
-        t->hook = NULL;
+        t->hook = prev_hook;
         if (t->precision != EM_PRECISION_32_TRUE)
             emi_autocast_end();
         rc = trainer_check(t, "validation_step", s);
@@ -445,13 +446,14 @@ static bool should_check_val_fx(const em_trainer *t)
 
 static em_status hooks_train_batch_start(em_trainer *t, em_batch *b, int *response)
 {
+    const char *prev_hook = t->hook;
     CALL_CB_HOOKS(t, on_train_batch_start, b, t->batch_idx);
     *response = 0;
     if (t->module->ops->on_train_batch_start != NULL) {
         t->hook = "on_train_batch_start";
         em_clear_error();
         *response = t->module->ops->on_train_batch_start(t->module, b, t->batch_idx);
-        t->hook = NULL;
+        t->hook = prev_hook;
         if (trainer_check(t, "on_train_batch_start", EM_OK) != EM_OK)
             return t->fail_status;
     }
@@ -715,6 +717,7 @@ static em_status setup_data(em_trainer *t)
 
 static void reset_fit_state(em_trainer *t, em_module *m, em_loader *train, em_loader *val)
 {
+    const char *prev_hook = t->hook;
     t->error[0] = '\0';
     t->fail_status = EM_OK;
     t->module = m;
@@ -732,7 +735,7 @@ static void reset_fit_state(em_trainer *t, em_module *m, em_loader *train, em_lo
     t->min_info_printed = false;
     t->accumulate = t->cfg.accumulate_grad_batches;
     t->stage = EMI_STAGE_NONE;
-    t->hook = NULL;
+    t->hook = prev_hook;
     t->batch = NULL;
     t->in_training_step = false;
 }
@@ -740,6 +743,7 @@ static void reset_fit_state(em_trainer *t, em_module *m, em_loader *train, em_lo
 /* Everything between configure_optimizers and teardown; the caller cleans up. */
 static em_status fit_body(em_trainer *t)
 {
+    const char *prev_hook = t->hook;
     em_module *m = t->module;
     em_status s;
 
@@ -748,7 +752,7 @@ static em_status fit_body(em_trainer *t)
     t->hook = "configure_optimizers";
     em_clear_error();
     s = m->ops->configure_optimizers(m, &t->setup);
-    t->hook = NULL;
+    t->hook = prev_hook;
     if (trainer_check(t, "configure_optimizers", s) != EM_OK)
         return t->fail_status;
     em_clear_error();
@@ -783,9 +787,9 @@ static em_status fit_body(em_trainer *t)
             return s;
     }
 
-    /* _FitLoop.run */
+    /* _FitLoop.run: skipped when there is nothing to train; on_fit_end runs all the same (Trainer._run) */
     if (fit_done(t) || (t->num_training_batches == 0))
-        return EM_OK;
+        return hooks_fit_end(t);
     t->stage = EMI_STAGE_TRAIN;
     if ((s = hooks_train_start(t)) != EM_OK)
         return s;

@@ -209,8 +209,9 @@ typedef struct em_module_ops {
     /** Default: em_clip_gradients(m, opt, clip_val, algo). clip_val is NAN when the Trainer has none. */
     em_status (*configure_gradient_clipping)(em_module *m, em_optimizer *opt, double clip_val,
                                              em_clip_algorithm algo);
-    /** Default: em_backward(loss). */
-    em_status (*backward)(em_module *m, em_tensor *loss);
+    /** Default: em_backward_ex(loss, NULL, retain_graph); retain_graph is true only for
+     *  em_manual_backward_retain (Lightning forwards manual_backward's arguments to backward). */
+    em_status (*backward)(em_module *m, em_tensor *loss, bool retain_graph);
     /* hooks: default no-op */
     em_status (*on_fit_start)(em_module *m);
     em_status (*on_fit_end)(em_module *m);

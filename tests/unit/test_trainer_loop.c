@@ -568,8 +568,6 @@ static void test_trainer_loop__zero_limits_train_nothing(void **state)
 static void test_trainer_loop__on_fit_end_runs_without_training(void **state)
 {
     (void)state;
-    KNOWN_BUG("em_trainer_fit skips on_fit_end when the fit loop trains nothing (trainer.c fit_body returns "
-              "early after `if (fit_done(t) ...)`)");
     for (int i = 0; i < 4; i++) {
         lm *m = lm_new();
         em_trainer *t = fit_rows(m, zero_limit_config(i), 4, 0, NULL);

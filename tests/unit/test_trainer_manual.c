@@ -373,10 +373,10 @@ static em_status mm_on_before_backward(em_module *mb, em_tensor *loss)
     return EM_OK;
 }
 
-static em_status mm_backward(em_module *mb, em_tensor *loss)
+static em_status mm_backward(em_module *mb, em_tensor *loss, bool retain_graph)
 {
     rec(MM(mb), "backward", item_of(loss));
-    return em_backward(loss);
+    return em_backward_ex(loss, NULL, retain_graph);
 }
 
 static em_status mm_on_after_backward(em_module *mb)
@@ -544,9 +544,6 @@ static void test_trainer_manual__two_optimizers_count_two_steps_per_batch(void *
 static void test_trainer_manual__log_on_epoch_forks_step_and_epoch(void **state)
 {
     (void)state;
-    KNOWN_BUG("em_log in a manual training_step after em_optimizer_step fails with \"You can't `self.log()` "
-              "inside `this context`\": optimizer.c before_optimizer_step_hooks sets t->hook = NULL instead of "
-              "restoring the enclosing hook (training_step)");
     mm *m = mm_new(MODE_TWO_OPTIMIZERS, 2);
     m->log_a = true;
     em_loader *train = rows_loader(2, 1);
@@ -710,7 +707,7 @@ static void test_trainer_manual__hook_order(void **state)
     (void)state;
     mm *m = mm_new(MODE_HOOKED, 1);
     em_module_ops ops = mm_ops;
-    ops.backward = mm_backward; /* (one backward pass per loss: the hook cannot see retain_graph) */
+    ops.backward = mm_backward;
     m->base.ops = &ops;
     em_loader *train = rows_loader(2, 1);
     em_trainer *t = quiet_trainer(1, NAN, 1);
