@@ -3,7 +3,12 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <torch/version.h>
+
+#include <sstream>
+#include <string>
+#include <type_traits>
 
 #define EMI_TORCH_AT_LEAST(major, minor) \
     (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -15,5 +20,59 @@ constexpr bool zero_grad_sets_to_none = EMI_TORCH_AT_LEAST(2, 0);
 
 // at::cuda::device_count() / c10::cuda::device_count(): size_t in 1.13, DeviceIndex (int8) later.
 template <typename T> inline int64_t device_count_as_int(T n) { return static_cast<int64_t>(n); }
+
+// ---- autocast: 2.4 replaced set_cpu_enabled / set_enabled / set_autocast_cpu_dtype (whose old
+// names warn) by device-generic set_autocast_enabled(device, on) / set_autocast_dtype(device, dt).
+
+struct autocast_frame {
+    bool cpu_enabled;
+    at::ScalarType cpu_dtype;
+    bool cuda_enabled;
+    at::ScalarType cuda_dtype;
+};
+
+#if EMI_TORCH_AT_LEAST(2, 4)
+inline void set_autocast(bool cuda, bool on, at::ScalarType dt)
+{
+    auto dev = cuda ? at::kCUDA : at::kCPU;
+    at::autocast::set_autocast_enabled(dev, on);
+    at::autocast::set_autocast_dtype(dev, dt);
+}
+inline autocast_frame autocast_state()
+{
+    return {at::autocast::is_autocast_enabled(at::kCPU), at::autocast::get_autocast_dtype(at::kCPU),
+            at::autocast::is_autocast_enabled(at::kCUDA), at::autocast::get_autocast_dtype(at::kCUDA)};
+}
+#else
+inline void set_autocast(bool cuda, bool on, at::ScalarType dt)
+{
+    if (cuda) {
+        at::autocast::set_enabled(on);
+        at::autocast::set_autocast_gpu_dtype(dt);
+    } else {
+        at::autocast::set_cpu_enabled(on);
+        at::autocast::set_autocast_cpu_dtype(dt);
+    }
+}
+inline autocast_frame autocast_state()
+{
+    return {at::autocast::is_cpu_enabled(), at::autocast::get_autocast_cpu_dtype(), at::autocast::is_enabled(),
+            at::autocast::get_autocast_gpu_dtype()};
+}
+#endif
+
+// ---- optimizer state keys: the printed TensorImpl* (std::string) in 1.13, the pointer itself
+// (void*) from 2.2. Detected from the map's key type rather than the version number.
+template <typename Map> typename Map::key_type optimizer_state_key(const Map &, const at::Tensor &p)
+{
+    using key = typename Map::key_type;
+    if constexpr (std::is_same_v<key, std::string>) {
+        std::ostringstream s;
+        s << static_cast<const void *>(p.unsafeGetTensorImpl());
+        return s.str();
+    } else {
+        return static_cast<key>(p.unsafeGetTensorImpl());
+    }
+}
 
 } // namespace emi::compat

@@ -65,20 +65,6 @@ namespace {
 // turn it into a status. Not a std::exception, so nothing on the way mistakes it for a torch error.
 struct closure_failed {};
 
-// The key libtorch's optimizers use for a parameter's state: the printed TensorImpl* in 1.13
-// (c10::guts::to_string), the pointer itself from 2.2 (LIBTORCH_NOTES.md, "optimizer state key").
-template <typename Map> typename Map::key_type state_key(const Map &, const at::Tensor &p)
-{
-    using key = typename Map::key_type;
-    if constexpr (std::is_same_v<key, std::string>) {
-        std::ostringstream s;
-        s << static_cast<const void *>(p.unsafeGetTensorImpl());
-        return s.str();
-    } else {
-        return static_cast<key>(p.unsafeGetTensorImpl());
-    }
-}
-
 // ---- closures --------------------------------------------------------------------------------------
 
 // torch: `with torch.enable_grad(): loss = closure()` (optimizer.step runs under no_grad, the
@@ -740,7 +726,7 @@ extern "C" em_status em_optimizer_add_param_group(em_optimizer *opt, const em_pa
                     auto st = std::make_unique<torch::optim::AdagradParamState>();
                     st->step(0);
                     st->sum(at::full_like(p.data(), defaults.initial_accumulator_value(), at::MemoryFormat::Preserve));
-                    state[state_key(state, p)] = std::move(st);
+                    state[emi::compat::optimizer_state_key(state, p)] = std::move(st);
                 }
             }
         } else {
