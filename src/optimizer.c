@@ -25,7 +25,19 @@ typedef struct wrapped_closure {
     em_trainer *t;
     lightning_optimizer *lo;
     const em_closure *user; /* NULL = Lightning's do_nothing_closure */
+    /* for cfg.trace_path: gradient norms after the first closure evaluation, before and after clipping */
+    bool measured;
+    double norm_before, norm_after;
 } wrapped_closure;
+
+/* The total 2-norm of the gradients (clip_grad_norm_ with an infinite max_norm multiplies by 1.0). */
+static double grad_norm(const em_params *all)
+{
+    double norm = NAN;
+    if (em_clip_grad_norm(all, INFINITY, 2.0, &norm) != EM_OK)
+        return NAN;
+    return norm;
+}
 
 static em_status before_optimizer_step_hooks(em_trainer *t, em_optimizer *raw)
 {
@@ -69,10 +81,17 @@ static em_tensor *wrapped_closure_call(void *ctx)
         if (loss == NULL && emi_has_error())
             return NULL;
     }
+    bool measure = t->trace != NULL && !w->measured;
+    if (measure)
+        w->norm_before = grad_norm(w->lo->all);
     if (before_optimizer_step_hooks(t, w->lo->raw) != EM_OK)
         return NULL;
     if (configure_gradient_clipping(t, w->lo->raw) != EM_OK)
         return NULL;
+    if (measure) {
+        w->norm_after = grad_norm(w->lo->all);
+        w->measured = true;
+    }
     return loss;
 }
 
@@ -86,11 +105,13 @@ static em_status lightning_step(em_optimizer *self, const em_closure *closure)
         return emi_fail(EM_ESTATE, "em_optimizer_step: this optimizer belongs to a fit that has ended");
     /* manual optimization counts wrapped steps made during training_step (_ManualOptimization._on_after_step) */
     bool counting = !t->module->automatic_optimization && t->in_training_step;
-    wrapped_closure w = {.t = t, .lo = lo, .user = closure};
+    wrapped_closure w = {.t = t, .lo = lo, .user = closure, .norm_before = NAN, .norm_after = NAN};
     em_closure wc = {.fn = wrapped_closure_call, .ctx = &w};
     em_status s = em_optimizer_step(lo->raw, &wc);
     if (s != EM_OK)
         return s;
+    if (t->trace != NULL)
+        trace_optimizer_step(t, (int)lo->index, w.norm_before, w.norm_after);
     if (counting)
         t->global_step++;
     return EM_OK;
