@@ -4,6 +4,7 @@
 // EM_CATCH): no C++ exception crosses into C.
 #include "internal.hpp"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/GradMode.h>
 
@@ -597,6 +598,25 @@ extern "C" em_tensor *em_contiguous(const em_tensor *t)
     EM_TRY
         return emi_wrap(t->t.contiguous());
     EM_CATCH(nullptr)
+}
+
+extern "C" em_status em_set_num_threads(int n)
+{
+    if (n < 1)
+        return emi_fail(EM_EINVAL, "em_set_num_threads: n must be >= 1 (got %d)", n);
+    EM_TRY
+        at::set_num_threads(n);
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" int em_get_num_threads(void)
+{
+    try {
+        return at::get_num_threads();
+    } catch (...) {
+        return 1;
+    }
 }
 
 extern "C" bool em_cuda_is_available(void)

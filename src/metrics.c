@@ -424,31 +424,40 @@ static int key_cmp(const void *a, const void *b)
     return strcmp(((const emi_kv *)a)->name, ((const emi_kv *)b)->name);
 }
 
-/* Lightning: _ExperimentWriter.save: the whole file, columns sorted, empty cells for absent keys. */
-static void csv_save(emi_metrics *mx)
+static void csv_write_row(FILE *f, const emi_metrics *mx, const emi_kvlist *row)
+{
+    for (size_t k = 0; k < mx->csv_keys.n; k++) {
+        double v;
+        if (k)
+            fputc(',', f);
+        const char *key = mx->csv_keys.items[k].name;
+        if (kvlist_get(row, key, &v)) {
+            if (strcmp(key, "epoch") == 0 || strcmp(key, "step") == 0)
+                fprintf(f, "%lld", (long long)v);
+            else
+                write_number(f, v);
+        }
+    }
+    fputc('\n', f);
+}
+
+/* Lightning: _ExperimentWriter.save: rows are appended; when a row brings a new column the file is
+ * rewritten with the new (sorted) header, empty cells for absent keys. */
+static void csv_save(emi_metrics *mx, bool rewrite)
 {
     if (mx->csv_path == NULL || mx->n_rows == 0)
         return;
-    FILE *f = fopen(mx->csv_path, "w");
+    FILE *f = fopen(mx->csv_path, rewrite ? "w" : "a");
     if (f == NULL)
         return;
-    for (size_t k = 0; k < mx->csv_keys.n; k++)
-        fprintf(f, "%s%s", k ? "," : "", mx->csv_keys.items[k].name);
-    fputc('\n', f);
-    for (size_t r = 0; r < mx->n_rows; r++) {
-        for (size_t k = 0; k < mx->csv_keys.n; k++) {
-            double v;
-            if (k)
-                fputc(',', f);
-            const char *key = mx->csv_keys.items[k].name;
-            if (kvlist_get(&mx->csv_rows[r], key, &v)) {
-                if (strcmp(key, "epoch") == 0 || strcmp(key, "step") == 0)
-                    fprintf(f, "%lld", (long long)v);
-                else
-                    write_number(f, v);
-            }
-        }
+    if (rewrite) {
+        for (size_t k = 0; k < mx->csv_keys.n; k++)
+            fprintf(f, "%s%s", k ? "," : "", mx->csv_keys.items[k].name);
         fputc('\n', f);
+        for (size_t r = 0; r < mx->n_rows; r++)
+            csv_write_row(f, mx, &mx->csv_rows[r]);
+    } else {
+        csv_write_row(f, mx, &mx->csv_rows[mx->n_rows - 1]);
     }
     fclose(f);
 }
@@ -479,9 +488,10 @@ static void log_row(em_trainer *t, emi_kvlist *row, int64_t step)
     for (size_t i = 0; i < row->n; i++)
         if (!kvlist_get(&mx->csv_keys, row->items[i].name, NULL))
             kvlist_set(&mx->csv_keys, row->items[i].name, 0);
-    if (mx->csv_keys.n != before)
+    bool new_keys = mx->csv_keys.n != before;
+    if (new_keys)
         qsort(mx->csv_keys.items, mx->csv_keys.n, sizeof *mx->csv_keys.items, key_cmp);
-    csv_save(mx);
+    csv_save(mx, new_keys || mx->n_rows == 1);
 }
 
 void metrics_log_step(em_trainer *t)
@@ -517,7 +527,6 @@ void metrics_train_epoch_log(em_trainer *t)
 void metrics_close(em_trainer *t)
 {
     emi_metrics *mx = &t->metrics;
-    csv_save(mx);
     for (size_t r = 0; r < mx->n_rows; r++)
         kvlist_free(&mx->csv_rows[r]);
     free(mx->csv_rows);

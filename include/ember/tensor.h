@@ -248,6 +248,16 @@ EM_API em_tensor *em_clone(const em_tensor *t);
 /** torch: t.contiguous(). */
 EM_API em_tensor *em_contiguous(const em_tensor *t);
 
+/**
+ * Number of threads libtorch uses for intra-op parallelism on the CPU. torch: torch.set_num_threads(n)
+ * Small models train fastest on one thread (threads spin-waiting on tiny matrices cost more than they
+ * save). OpenBLAS has its own pool: set OPENBLAS_NUM_THREADS in the environment before the program
+ * starts. Errors: EM_EINVAL for n < 1.
+ */
+EM_API em_status em_set_num_threads(int n);
+/** torch.get_num_threads() */
+EM_API int em_get_num_threads(void);
+
 /** Whether CUDA is usable in this build on this machine. */
 EM_API bool em_cuda_is_available(void);
 /** Number of CUDA devices (0 without CUDA). */

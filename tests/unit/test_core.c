@@ -97,6 +97,18 @@ static void test_errors__user_errors_and_status_names(void **state)
     em_clear_error();
 }
 
+static void test_core__num_threads(void **state)
+{
+    (void)state;
+    int before = em_get_num_threads();
+    assert_ok(em_set_num_threads(1));
+    assert_int_equal(em_get_num_threads(), 1);
+    assert_int_equal(em_set_num_threads(0), EM_EINVAL);
+    assert_error_contains("em_set_num_threads");
+    em_clear_error();
+    assert_ok(em_set_num_threads(before));
+}
+
 static void test_errors__version(void **state)
 {
     (void)state;
@@ -250,6 +262,7 @@ int main(void)
         TEST(test_errors__first_message_wins_and_null_propagates),
         TEST(test_errors__user_errors_and_status_names),
         TEST(test_errors__version),
+        TEST(test_core__num_threads),
         TEST(test_factory__randn_matches_torch_seed_0),
         TEST(test_factory__shapes_dtypes_values),
         TEST(test_factory__rejects_bad_arguments),
