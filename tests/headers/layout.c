@@ -39,13 +39,70 @@ _Static_assert(offsetof(em_onecycle_opts, version) == 0, "em_onecycle_opts.versi
 _Static_assert(offsetof(em_plateau_opts, version) == 0, "em_plateau_opts.version must stay first");
 _Static_assert(offsetof(em_trainer_config, version) == 0, "em_trainer_config.version must stay first");
 
-/* ---- the trainer's and schedulers' ops tables: version first (their field layouts are pinned by
- * their owners once settled) ----------------------------------------------------------------------- */
-
 _Static_assert(offsetof(em_scheduler_ops, version) == 0, "em_scheduler_ops.version must stay first");
+_Static_assert(offsetof(em_scheduler_ops, name) == 1 * PTR, "em_scheduler_ops v1 layout: name moved");
+_Static_assert(offsetof(em_scheduler_ops, step) == 2 * PTR, "em_scheduler_ops v1 layout: step moved");
+_Static_assert(offsetof(em_scheduler_ops, destroy) == 3 * PTR, "em_scheduler_ops v1 layout: destroy moved");
+_Static_assert(offsetof(em_scheduler_ops, reduce_on_plateau) == 4 * PTR, "em_scheduler_ops v1 layout: reduce_on_plateau moved");
 _Static_assert(offsetof(em_module_ops, version) == 0, "em_module_ops.version must stay first");
 _Static_assert(offsetof(em_callback_ops, version) == 0, "em_callback_ops.version must stay first");
 _Static_assert(offsetof(em_loader_ops, version) == 0, "em_loader_ops.version must stay first");
+_Static_assert(EM_MODULE_OPS_VERSION >= 1 && EM_CALLBACK_OPS_VERSION >= 1 && EM_LOADER_OPS_VERSION >= 1 &&
+                   EM_SCHEDULER_OPS_VERSION >= 1, "ops tables: version numbers only grow");
+
+/* ---- the trainer's ops tables: version 1 (every entry after `version`, or `version` and `name`,
+ * is a pointer) ---------------------------------------------------------------------------------- */
+
+_Static_assert(offsetof(em_module_ops, training_step) == 1 * PTR, "em_module_ops v1 layout: training_step moved");
+_Static_assert(offsetof(em_module_ops, configure_optimizers) == 2 * PTR, "em_module_ops v1 layout: configure_optimizers moved");
+_Static_assert(offsetof(em_module_ops, validation_step) == 3 * PTR, "em_module_ops v1 layout: validation_step moved");
+_Static_assert(offsetof(em_module_ops, optimizer_step) == 4 * PTR, "em_module_ops v1 layout: optimizer_step moved");
+_Static_assert(offsetof(em_module_ops, optimizer_zero_grad) == 5 * PTR, "em_module_ops v1 layout: optimizer_zero_grad moved");
+_Static_assert(offsetof(em_module_ops, lr_scheduler_step) == 6 * PTR, "em_module_ops v1 layout: lr_scheduler_step moved");
+_Static_assert(offsetof(em_module_ops, configure_gradient_clipping) == 7 * PTR, "em_module_ops v1 layout: configure_gradient_clipping moved");
+_Static_assert(offsetof(em_module_ops, backward) == 8 * PTR, "em_module_ops v1 layout: backward moved");
+_Static_assert(offsetof(em_module_ops, on_fit_start) == 9 * PTR, "em_module_ops v1 layout: on_fit_start moved");
+_Static_assert(offsetof(em_module_ops, on_fit_end) == 10 * PTR, "em_module_ops v1 layout: on_fit_end moved");
+_Static_assert(offsetof(em_module_ops, on_train_start) == 11 * PTR, "em_module_ops v1 layout: on_train_start moved");
+_Static_assert(offsetof(em_module_ops, on_train_end) == 12 * PTR, "em_module_ops v1 layout: on_train_end moved");
+_Static_assert(offsetof(em_module_ops, on_train_epoch_start) == 13 * PTR, "em_module_ops v1 layout: on_train_epoch_start moved");
+_Static_assert(offsetof(em_module_ops, on_train_epoch_end) == 14 * PTR, "em_module_ops v1 layout: on_train_epoch_end moved");
+_Static_assert(offsetof(em_module_ops, on_train_batch_start) == 15 * PTR, "em_module_ops v1 layout: on_train_batch_start moved");
+_Static_assert(offsetof(em_module_ops, on_train_batch_end) == 16 * PTR, "em_module_ops v1 layout: on_train_batch_end moved");
+_Static_assert(offsetof(em_module_ops, on_before_backward) == 17 * PTR, "em_module_ops v1 layout: on_before_backward moved");
+_Static_assert(offsetof(em_module_ops, on_after_backward) == 18 * PTR, "em_module_ops v1 layout: on_after_backward moved");
+_Static_assert(offsetof(em_module_ops, on_before_optimizer_step) == 19 * PTR, "em_module_ops v1 layout: on_before_optimizer_step moved");
+_Static_assert(offsetof(em_module_ops, on_before_zero_grad) == 20 * PTR, "em_module_ops v1 layout: on_before_zero_grad moved");
+_Static_assert(offsetof(em_module_ops, on_validation_start) == 21 * PTR, "em_module_ops v1 layout: on_validation_start moved");
+_Static_assert(offsetof(em_module_ops, on_validation_end) == 22 * PTR, "em_module_ops v1 layout: on_validation_end moved");
+_Static_assert(offsetof(em_module_ops, on_validation_epoch_start) == 23 * PTR, "em_module_ops v1 layout: on_validation_epoch_start moved");
+_Static_assert(offsetof(em_module_ops, on_validation_epoch_end) == 24 * PTR, "em_module_ops v1 layout: on_validation_epoch_end moved");
+_Static_assert(offsetof(em_module_ops, on_validation_model_zero_grad) == 25 * PTR, "em_module_ops v1 layout: on_validation_model_zero_grad moved");
+
+_Static_assert(offsetof(em_callback_ops, name) == 1 * PTR, "em_callback_ops v1 layout: name moved");
+_Static_assert(offsetof(em_callback_ops, on_fit_start) == 2 * PTR, "em_callback_ops v1 layout: on_fit_start moved");
+_Static_assert(offsetof(em_callback_ops, on_fit_end) == 3 * PTR, "em_callback_ops v1 layout: on_fit_end moved");
+_Static_assert(offsetof(em_callback_ops, on_train_start) == 4 * PTR, "em_callback_ops v1 layout: on_train_start moved");
+_Static_assert(offsetof(em_callback_ops, on_train_end) == 5 * PTR, "em_callback_ops v1 layout: on_train_end moved");
+_Static_assert(offsetof(em_callback_ops, on_train_epoch_start) == 6 * PTR, "em_callback_ops v1 layout: on_train_epoch_start moved");
+_Static_assert(offsetof(em_callback_ops, on_train_epoch_end) == 7 * PTR, "em_callback_ops v1 layout: on_train_epoch_end moved");
+_Static_assert(offsetof(em_callback_ops, on_train_batch_start) == 8 * PTR, "em_callback_ops v1 layout: on_train_batch_start moved");
+_Static_assert(offsetof(em_callback_ops, on_train_batch_end) == 9 * PTR, "em_callback_ops v1 layout: on_train_batch_end moved");
+_Static_assert(offsetof(em_callback_ops, on_before_backward) == 10 * PTR, "em_callback_ops v1 layout: on_before_backward moved");
+_Static_assert(offsetof(em_callback_ops, on_after_backward) == 11 * PTR, "em_callback_ops v1 layout: on_after_backward moved");
+_Static_assert(offsetof(em_callback_ops, on_before_optimizer_step) == 12 * PTR, "em_callback_ops v1 layout: on_before_optimizer_step moved");
+_Static_assert(offsetof(em_callback_ops, on_before_zero_grad) == 13 * PTR, "em_callback_ops v1 layout: on_before_zero_grad moved");
+_Static_assert(offsetof(em_callback_ops, on_validation_start) == 14 * PTR, "em_callback_ops v1 layout: on_validation_start moved");
+_Static_assert(offsetof(em_callback_ops, on_validation_end) == 15 * PTR, "em_callback_ops v1 layout: on_validation_end moved");
+_Static_assert(offsetof(em_callback_ops, on_validation_epoch_start) == 16 * PTR, "em_callback_ops v1 layout: on_validation_epoch_start moved");
+_Static_assert(offsetof(em_callback_ops, on_validation_epoch_end) == 17 * PTR, "em_callback_ops v1 layout: on_validation_epoch_end moved");
+_Static_assert(offsetof(em_callback_ops, destroy) == 18 * PTR, "em_callback_ops v1 layout: destroy moved");
+
+_Static_assert(offsetof(em_loader_ops, num_batches) == 1 * PTR, "em_loader_ops v1 layout: num_batches moved");
+_Static_assert(offsetof(em_loader_ops, get_batch) == 2 * PTR, "em_loader_ops v1 layout: get_batch moved");
+_Static_assert(offsetof(em_loader_ops, set_epoch) == 3 * PTR, "em_loader_ops v1 layout: set_epoch moved");
+_Static_assert(offsetof(em_loader_ops, destroy) == 4 * PTR, "em_loader_ops v1 layout: destroy moved");
+
 
 /* ---- the macros, expanded as a user writes them ------------------------------------------------- */
 
