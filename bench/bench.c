@@ -13,7 +13,11 @@
  * with max_epochs = 1). Repetitions run interleaved (raw, auto, manual, raw, auto, manual, ...) so
  * that a change in machine load hits the three alike; the table reports the median time per step.
  *
- *     ./build/bin/ember-bench [--reps N] [--steps N] [--warmup N] [--workload NAME] [--quick] [--csv] [--wall]
+ *     ./build/bin/ember-bench [--reps N] [--steps N] [--warmup N] [--workload NAME] [--mode auto|manual]
+ *                             [--accumulate N] [--clip 0|1] [--quick] [--csv] [--wall] [--system-malloc] [--aa]
+ *
+ * On a shared machine, --aa (the raw loop in all three slots) shows how far from 1.0 the ratios go
+ * by noise alone; callgrind on a short run (--steps 200 --reps 1, with --mode) counts instructions.
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, setenv, execv */
 #include <ember.h>
@@ -176,6 +180,7 @@ typedef struct options {
     bool quick;
     bool wall;     /* time with CLOCK_MONOTONIC instead of the thread's CPU time */
     bool system_malloc; /* keep glibc's default mmap / trim thresholds */
+    bool aa;       /* A/A run: the raw loop also in the auto and manual slots (the noise floor) */
     int mode;      /* 0 = both ember modes, 1 = auto only, 2 = manual only */
     long accumulate; /* 0 = 1 and 4 */
     long clip;     /* -1 = off and on */
@@ -208,6 +213,8 @@ static void usage(FILE *f)
 "  --mode M        run only ember's auto or manual loop (with raw), e.g. to profile one\n"
             "  --accumulate N  only this accumulate_grad_batches (default: 1 and 4)\n"
             "  --clip 0|1      only without / with clipping (default: both)\n"
+"  --aa            an A/A run: the raw loop also takes the auto and manual slots, so the\n"
+            "                  ratios show the noise floor of this machine (1.0 +- noise)\n"
             "  --quick         a smoke run: 2 repetitions of 8 steps, 1 warm-up (for CI)\n"
             "  --csv           print workload,mode,accumulate,clip,raw_us,ember_us,ratio rows\n"
             "  --wall          time with the wall clock (CLOCK_MONOTONIC); the default is the CPU time\n"
@@ -304,6 +311,8 @@ static int parse_args(int argc, char **argv, options *o)
             o->csv = true;
         } else if (strcmp(a, "--wall") == 0) {
             o->wall = true;
+        } else if (strcmp(a, "--aa") == 0) {
+            o->aa = true;
         } else if (strcmp(a, "--system-malloc") == 0) {
             o->system_malloc = true;
         } else {
@@ -396,16 +405,18 @@ static bool run_case(const bench_case *c, const bench_data *d, const options *o,
     double *t_man = calloc(n, sizeof *t_man), *r_auto = calloc(n, sizeof *r_auto), *r_man = calloc(n, sizeof *r_man);
     float *w_raw = malloc(d->n_weights * sizeof *w_raw), *w_em = malloc(d->n_weights * sizeof *w_em);
     raw_runner *raw = raw_new(c, d);
-    ember_runner *au = do_auto ? ember_new(c, d, false) : NULL;
-    ember_runner *ma = do_man ? ember_new(c, d, true) : NULL;
-    if (!t_raw || !t_auto || !t_man || !r_auto || !r_man || !w_raw || !w_em || !raw || (do_auto && !au) ||
-        (do_man && !ma))
+    ember_runner *au = do_auto && !o->aa ? ember_new(c, d, false) : NULL;
+    ember_runner *ma = do_man && !o->aa ? ember_new(c, d, true) : NULL;
+    raw_runner *raw_au = do_auto && o->aa ? raw_new(c, d) : NULL; /* --aa: raw in the ember slots */
+    raw_runner *raw_ma = do_man && o->aa ? raw_new(c, d) : NULL;
+    if (!t_raw || !t_auto || !t_man || !r_auto || !r_man || !w_raw || !w_em || !raw ||
+        (do_auto && !au && !raw_au) || (do_man && !ma && !raw_ma))
         goto done;
     /* interleaved: raw, auto, manual, raw, auto, manual, ... */
     for (long i = 0; i < o->warmup + o->reps; i++) {
         double a = raw_run(raw);
-        double b = do_auto ? ember_run(au) : 1.0;
-        double m = do_man ? ember_run(ma) : 1.0;
+        double b = raw_au != NULL ? raw_run(raw_au) : au != NULL ? ember_run(au) : 1.0;
+        double m = raw_ma != NULL ? raw_run(raw_ma) : ma != NULL ? ember_run(ma) : 1.0;
         if (a < 0 || b < 0 || m < 0)
             goto done;
         if (i >= o->warmup) {
@@ -427,18 +438,20 @@ static bool run_case(const bench_case *c, const bench_data *d, const options *o,
     if (!raw_weights(raw, w_raw, d->n_weights))
         goto done;
     if (do_auto) {
-        if (!ember_weights(au, w_em, d->n_weights))
+        if (!(au != NULL ? ember_weights(au, w_em, d->n_weights) : raw_weights(raw_au, w_em, d->n_weights)))
             goto done;
         res->auto_diff = max_abs_diff(w_raw, w_em, d->n_weights);
     }
     if (do_man) {
-        if (!ember_weights(ma, w_em, d->n_weights))
+        if (!(ma != NULL ? ember_weights(ma, w_em, d->n_weights) : raw_weights(raw_ma, w_em, d->n_weights)))
             goto done;
         res->manual_diff = max_abs_diff(w_raw, w_em, d->n_weights);
     }
     ok = true;
 done:
     raw_free(raw);
+    raw_free(raw_au);
+    raw_free(raw_ma);
     ember_free(au);
     ember_free(ma);
     free(t_raw);
@@ -493,6 +506,8 @@ int main(int argc, char **argv)
                em_version(), em_torch_version(), raw_num_threads(), raw_num_threads() == 1 ? "" : "s", o.reps,
                o.warmup, o.wall ? "wall time" : "thread CPU time",
                malloc_tuned ? "malloc thresholds raised" : "default malloc");
+        if (o.aa)
+            printf("A/A RUN: the auto and manual columns time the raw loop too; the ratios are the noise floor\n");
         printf("(paired: median over repetitions of ember/raw, each pair run back to back; max|dw|: largest "
                "difference of the final weights from raw's)\n");
         printf("%-10s %-7s %10s %5s %10s %10s %7s %8s %7s  %-4s %9s\n", "workload", "mode", "accumulate", "clip",

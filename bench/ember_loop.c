@@ -49,10 +49,12 @@ static em_tensor *manual_training_step(em_module *m, const em_batch *b, int64_t 
     if (opts == NULL)
         return NULL;
     em_optimizer *opt = opts[0];
-    em_tensor *loss = loss_of(bm, em_nn_forward(bm->net, b->t[0]), b->t[1]);
     int64_t acc = bm->c.accumulate;
-    if (acc == 1) {
-        if (em_optimizer_zero_grad(opt) != EM_OK || em_manual_backward(m, loss) != EM_OK)
+    if (acc == 1) { /* Lightning's manual-optimization example, in its order */
+        if (em_optimizer_zero_grad(opt) != EM_OK)
+            return NULL;
+        em_tensor *loss = loss_of(bm, em_nn_forward(bm->net, b->t[0]), b->t[1]);
+        if (em_manual_backward(m, loss) != EM_OK)
             return NULL;
         if (bm->c.clip && em_clip_gradients(m, opt, BENCH_CLIP_NORM, EM_CLIP_NORM) != EM_OK)
             return NULL;
@@ -60,6 +62,7 @@ static em_tensor *manual_training_step(em_module *m, const em_batch *b, int64_t 
         return NULL;
     }
     /* Lightning's manual accumulation recipe: scale by 1/A, step and zero every A-th batch */
+    em_tensor *loss = loss_of(bm, em_nn_forward(bm->net, b->t[0]), b->t[1]);
     if (em_manual_backward(m, em_div_scalar(loss, (double)acc)) != EM_OK)
         return NULL;
     if ((batch_idx + 1) % acc == 0 || em_trainer_is_last_batch(em_module_trainer(m))) {
