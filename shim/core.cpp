@@ -21,6 +21,7 @@ namespace {
 
 struct scope_stack {
     std::vector<std::vector<em_tensor *>> frames;
+    std::vector<std::vector<em_tensor *>> spare; // closed frames, kept with their capacity for reuse
     ~scope_stack()
     {
         // A thread that exits with scopes open: release what they hold.
@@ -68,7 +69,14 @@ void emi_borrowed_free(em_tensor *h)
 
 extern "C" void em_scope_begin(void)
 {
-    scopes.frames.emplace_back();
+    // a training loop opens and closes a scope per batch (and per closure call): reuse closed frames
+    // so that a steady state allocates nothing here
+    if (!scopes.spare.empty()) {
+        scopes.frames.push_back(std::move(scopes.spare.back()));
+        scopes.spare.pop_back();
+    } else {
+        scopes.frames.emplace_back();
+    }
 }
 
 extern "C" em_status em_scope_end(void)
@@ -79,6 +87,9 @@ extern "C" em_status em_scope_end(void)
     scopes.frames.pop_back();
     for (em_tensor *h : frame)
         delete h;
+    frame.clear();
+    if (scopes.spare.size() < 16)
+        scopes.spare.push_back(std::move(frame));
     return EM_OK;
 }
 

@@ -189,11 +189,30 @@ bool check_new_name(const char *func, const em_nn *m, const char *name)
 // ---- forward --------------------------------------------------------------------------------------------
 
 // Run `m` on `x`. `xh` is the caller's handle for `x` when there is one (handed to a C layer as is).
-// `where` names the layer inside the one em_nn_forward was called on ("" at the top).
+// `where` names the layer inside the one em_nn_forward was called on (NULL at the top): a chain of
+// child names, turned into a dotted path only when a message needs it (building strings on every
+// forward cost more than the rest of ember's per-step work).
 // Records the error and returns false on failure.
-bool forward_impl(em_nn *m, const at::Tensor &x, const em_tensor *xh, const std::string &where, at::Tensor *out)
+struct forward_path {
+    const forward_path *parent;
+    const std::string *name;
+};
+
+std::string path_suffix(const forward_path *where)
 {
-    std::string at_where = where.empty() ? std::string() : " (layer \"" + where + "\")";
+    if (where == nullptr)
+        return std::string();
+    std::vector<const std::string *> names;
+    for (const forward_path *p = where; p != nullptr; p = p->parent)
+        names.push_back(p->name);
+    std::string dotted;
+    for (size_t i = names.size(); i-- > 0;)
+        dotted += *names[i] + (i > 0 ? "." : "");
+    return " (layer \"" + dotted + "\")";
+}
+
+bool forward_impl(em_nn *m, const at::Tensor &x, const em_tensor *xh, const forward_path *where, at::Tensor *out)
+{
     switch (m->tag) {
     case nn_tag::builtin:
         try {
@@ -201,20 +220,20 @@ bool forward_impl(em_nn *m, const at::Tensor &x, const em_tensor *xh, const std:
             return true;
         } catch (const c10::Error &e) {
             emi_fail(EM_ETORCH, "em_nn_forward: %s: %s%s", m->kind.c_str(), e.what_without_backtrace(),
-                     at_where.c_str());
+                     path_suffix(where).c_str());
         } catch (const std::bad_alloc &) {
-            emi_fail(EM_ENOMEM, "em_nn_forward: %s: out of memory%s", m->kind.c_str(), at_where.c_str());
+            emi_fail(EM_ENOMEM, "em_nn_forward: %s: out of memory%s", m->kind.c_str(), path_suffix(where).c_str());
         } catch (const std::exception &e) {
-            emi_fail(EM_ETORCH, "em_nn_forward: %s: %s%s", m->kind.c_str(), e.what(), at_where.c_str());
+            emi_fail(EM_ETORCH, "em_nn_forward: %s: %s%s", m->kind.c_str(), e.what(), path_suffix(where).c_str());
         }
         return false;
     case nn_tag::sequential: {
         at::Tensor cur = x;
         for (size_t i = 0; i < m->children.size(); i++) {
             const auto &c = m->children[i];
-            std::string w = where.empty() ? c.first : where + "." + c.first;
+            forward_path w{where, &c.first};
             at::Tensor next;
-            if (!forward_impl(c.second, cur, i == 0 ? xh : nullptr, w, &next))
+            if (!forward_impl(c.second, cur, i == 0 ? xh : nullptr, &w, &next))
                 return false;
             cur = std::move(next);
         }
@@ -222,7 +241,8 @@ bool forward_impl(em_nn *m, const at::Tensor &x, const em_tensor *xh, const std:
         return true;
     }
     case nn_tag::container:
-        emi_fail(EM_EINVAL, "em_nn_forward: a container has no forward; call its children%s", at_where.c_str());
+        emi_fail(EM_EINVAL, "em_nn_forward: a container has no forward; call its children%s",
+                 path_suffix(where).c_str());
         return false;
     case nn_tag::custom: {
         // The C forward gets a handle; an intermediate inside a Sequential gets a temporary one.
@@ -244,7 +264,7 @@ bool forward_impl(em_nn *m, const at::Tensor &x, const em_tensor *xh, const std:
             em_scope_end();
         if (r == nullptr && !emi_has_error())
             emi_fail(EM_EUSER, "em_nn_forward: %s: forward returned NULL without recording an error%s",
-                     m->kind.c_str(), at_where.c_str());
+                     m->kind.c_str(), path_suffix(where).c_str());
         return r != nullptr;
     }
     }
@@ -785,7 +805,7 @@ extern "C" em_tensor *em_nn_forward(em_nn *m, const em_tensor *x)
         return nullptr;
     EM_TRY
         at::Tensor y;
-        if (!forward_impl(m, x->t, x, std::string(), &y))
+        if (!forward_impl(m, x->t, x, nullptr, &y))
             return nullptr;
         return emi_wrap(std::move(y));
     EM_CATCH(nullptr)

@@ -886,24 +886,28 @@ extern "C" em_status em_clip_grad_norm(const em_params *params, double max_norm,
                 *total_norm = 0.0;
             return EM_OK;
         }
+        // torch's clip_grad_norm_ is decorated @torch.no_grad(); its detach() calls and .to(device)
+        // are no-ops here (no graph is recorded, and one device is the usual case), so skip them.
+        at::NoGradGuard no_grad;
         at::Device device = grads[0].device();
+        auto on_device = [&](const at::Tensor &t) { return t.device() == device ? t : t.to(device); };
         std::vector<at::Tensor> norms;
         norms.reserve(grads.size());
         at::Tensor total;
         if (std::isinf(norm_type)) {
             for (const at::Tensor &g : grads)
-                norms.push_back(g.detach().abs().max().to(device));
+                norms.push_back(on_device(g.abs().max()));
             total = norms.size() == 1 ? norms[0] : at::max(at::stack(norms));
         } else {
             for (const at::Tensor &g : grads)
-                norms.push_back(py_norm(g.detach(), norm_type).to(device));
+                norms.push_back(on_device(py_norm(g, norm_type)));
             total = py_norm(at::stack(norms), norm_type);
         }
         // Python's `max_norm / (total_norm + 1e-6)` is Tensor.__rdiv__: reciprocal() * max_norm
         at::Tensor clip_coef = (total + 1e-6).reciprocal() * max_norm;
         at::Tensor clip_coef_clamped = at::clamp(clip_coef, c10::nullopt, at::Scalar(1.0));
         for (const at::Tensor &g : grads)
-            g.detach().mul_(clip_coef_clamped.to(g.device()));
+            g.mul_(g.device() == device ? clip_coef_clamped : clip_coef_clamped.to(g.device()));
         if (total_norm != nullptr)
             *total_norm = total.item<double>();
         return EM_OK;

@@ -150,9 +150,14 @@ static em_tensor *closure_call(void *ctx)
     if (loss != NULL) {
         if (t->trace != NULL)
             trace_training_step(t, em_tensor_item(loss));
-        /* ClosureResult.from_training_step_output: loss / accumulate_grad_batches, out of place */
-        closure_loss = em_div_scalar(loss, (double)t->accumulate);
-        c->result = emi_own(em_clone(em_detach(closure_loss)));
+        /* ClosureResult.from_training_step_output: loss / accumulate_grad_batches, out of place.
+         * Dividing by 1 changes no bit of the loss or of the gradients (backward multiplies by 1.0),
+         * so with A == 1 the op and its backward node are skipped: they were the largest part of the
+         * loop's overhead on small models (bench/). Lightning keeps loss.detach().clone() for
+         * on_train_batch_end; nothing writes to the loss in place, so a detached view taken when
+         * the batch ends (and only if a hook wants it) is the same value without the copies. */
+        closure_loss = t->accumulate == 1 ? loss : em_div_scalar(loss, (double)t->accumulate);
+        c->result = emi_own(em_tensor_ref(closure_loss));
         if (c->result == NULL) {
             trainer_fail(t, "training_step", em_last_status());
             return NULL;
@@ -222,9 +227,8 @@ em_status automatic_run(em_trainer *t, em_batch *batch, int64_t batch_idx, em_te
     }
     s = EM_OK;
 done:
-    if (s == EM_OK && c.result != NULL) {
-        *loss_out = em_tensor_ref(c.result); /* owned by the batch scope */
-    }
+    if (s == EM_OK && c.result != NULL && t->wants_batch_output)
+        *loss_out = em_detach(c.result); /* owned by the batch scope; for on_train_batch_end */
     em_tensor_free(c.result);
     return s;
 }

@@ -137,6 +137,7 @@ struct em_trainer {
     const char *hook;             /* the hook running now (Lightning's _current_fx_name) */
     emi_stage stage;
     bool in_training_step;        /* manual: wrapped steps count in global_step */
+    bool wants_batch_output;      /* some on_train_batch_end (module or callback) reads the loss */
     em_batch *batch;              /* the current batch (for the logging batch size) */
 
     emi_metrics metrics;

@@ -760,6 +760,9 @@ static em_status fit_body(em_trainer *t)
         return trainer_fail(t, "configure_optimizers", s);
     if ((s = wrappers_create(t)) != EM_OK)
         return trainer_fail(t, "configure_optimizers", s);
+    t->wants_batch_output = m->ops->on_train_batch_end != NULL;
+    for (size_t i = 0; i < t->n_callbacks; i++)
+        t->wants_batch_output |= callback_ops(t->callbacks[i])->on_train_batch_end != NULL;
     if ((s = metrics_open(t)) != EM_OK)
         return trainer_fail(t, "logger", s);
     if ((s = trace_open(t)) != EM_OK)
