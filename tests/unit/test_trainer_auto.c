@@ -52,13 +52,6 @@ typedef struct am {
 
 static am *AM(em_module *m) { return (am *)m; }
 
-/* A test that fails because of a trainer bug (reported, not yet fixed): say so and skip it. */
-#define KNOWN_BUG(reason)                                  \
-    do {                                                   \
-        print_message("known bug: %s\n", reason);          \
-        skip();                                            \
-    } while (0)
-
 static void rec(am *m, const char *name, double v)
 {
     assert_true(m->nev < MAX_EV);

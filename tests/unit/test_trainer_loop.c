@@ -64,13 +64,6 @@ typedef struct lm {
 
 static lm *LM(em_module *m) { return (lm *)m; }
 
-/* A test that fails because of a trainer bug (reported, not yet fixed): say so and skip it. */
-#define KNOWN_BUG(reason)                                  \
-    do {                                                   \
-        print_message("known bug: %s\n", reason);          \
-        skip();                                            \
-    } while (0)
-
 static void rec(lm *m, const char *name, double v)
 {
     assert_true(m->nev < MAX_EV);
