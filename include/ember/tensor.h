@@ -319,13 +319,13 @@ EM_API em_tensor *em_mul_scalar(const em_tensor *a, double s);         /* a * s 
 EM_API em_tensor *em_div_scalar(const em_tensor *a, double s);         /* a / s */
 EM_API em_tensor *em_pow_scalar(const em_tensor *a, double s);         /* a ** s */
 EM_API em_tensor *em_neg(const em_tensor *a);                          /* -a */
-EM_API em_tensor *em_exp(const em_tensor *a);
+EM_API em_tensor *em_exp(const em_tensor *a);                          /* torch.exp */
 EM_API em_tensor *em_ln(const em_tensor *a); /* torch.log (natural logarithm); em_log() is self.log */
-EM_API em_tensor *em_sqrt(const em_tensor *a);
-EM_API em_tensor *em_abs(const em_tensor *a);
-EM_API em_tensor *em_square(const em_tensor *a);
-EM_API em_tensor *em_sin(const em_tensor *a);
-EM_API em_tensor *em_cos(const em_tensor *a);
+EM_API em_tensor *em_sqrt(const em_tensor *a);                         /* torch.sqrt */
+EM_API em_tensor *em_abs(const em_tensor *a);                          /* torch.abs */
+EM_API em_tensor *em_square(const em_tensor *a);                       /* torch.square */
+EM_API em_tensor *em_sin(const em_tensor *a);                          /* torch.sin */
+EM_API em_tensor *em_cos(const em_tensor *a);                          /* torch.cos */
 /** torch.clamp(a, min=lo, max=hi); pass -INFINITY / INFINITY for a missing bound. */
 EM_API em_tensor *em_clamp(const em_tensor *a, double lo, double hi);
 
@@ -403,33 +403,35 @@ EM_API em_tensor *em_index_select(const em_tensor *a, int dim, const em_tensor *
 
 /* ---- comparisons and selection (results are bool tensors) ------------------------------------- */
 
-EM_API em_tensor *em_eq(const em_tensor *a, const em_tensor *b);
-EM_API em_tensor *em_ne(const em_tensor *a, const em_tensor *b);
-EM_API em_tensor *em_lt(const em_tensor *a, const em_tensor *b);
-EM_API em_tensor *em_le(const em_tensor *a, const em_tensor *b);
-EM_API em_tensor *em_gt(const em_tensor *a, const em_tensor *b);
-EM_API em_tensor *em_ge(const em_tensor *a, const em_tensor *b);
-EM_API em_tensor *em_eq_scalar(const em_tensor *a, double s);
-EM_API em_tensor *em_lt_scalar(const em_tensor *a, double s);
-EM_API em_tensor *em_gt_scalar(const em_tensor *a, double s);
+EM_API em_tensor *em_eq(const em_tensor *a, const em_tensor *b);      /* a == b */
+EM_API em_tensor *em_ne(const em_tensor *a, const em_tensor *b);      /* a != b */
+EM_API em_tensor *em_lt(const em_tensor *a, const em_tensor *b);      /* a < b */
+EM_API em_tensor *em_le(const em_tensor *a, const em_tensor *b);      /* a <= b */
+EM_API em_tensor *em_gt(const em_tensor *a, const em_tensor *b);      /* a > b */
+EM_API em_tensor *em_ge(const em_tensor *a, const em_tensor *b);      /* a >= b */
+EM_API em_tensor *em_eq_scalar(const em_tensor *a, double s);         /* a == s */
+EM_API em_tensor *em_lt_scalar(const em_tensor *a, double s);         /* a < s */
+EM_API em_tensor *em_gt_scalar(const em_tensor *a, double s);         /* a > s */
 /** torch.where(cond, a, b). */
 EM_API em_tensor *em_where(const em_tensor *cond, const em_tensor *a, const em_tensor *b);
 
 /* ---- activations ------------------------------------------------------------------------------ */
 
-EM_API em_tensor *em_relu(const em_tensor *a);
+EM_API em_tensor *em_relu(const em_tensor *a);                         /* F.relu */
 EM_API em_tensor *em_leaky_relu(const em_tensor *a, double negative_slope); /* torch default 0.01 */
-EM_API em_tensor *em_tanh(const em_tensor *a);
-EM_API em_tensor *em_sigmoid(const em_tensor *a);
+EM_API em_tensor *em_tanh(const em_tensor *a);                         /* torch.tanh */
+EM_API em_tensor *em_sigmoid(const em_tensor *a);                      /* torch.sigmoid */
 EM_API em_tensor *em_gelu(const em_tensor *a);                 /* exact (erf) form */
-EM_API em_tensor *em_softmax(const em_tensor *a, int dim);
-EM_API em_tensor *em_log_softmax(const em_tensor *a, int dim);
+EM_API em_tensor *em_softmax(const em_tensor *a, int dim);             /* F.softmax(a, dim) */
+EM_API em_tensor *em_log_softmax(const em_tensor *a, int dim);         /* F.log_softmax(a, dim) */
 
 /* ---- losses ------------------------------------------------------------------------------------
  * torch.nn.functional.<name>(input, target, reduction=...). They fail, with torch's message, when
  * the shapes or dtypes do not fit. */
 
+/** F.mse_loss: mean squared error. */
 EM_API em_tensor *em_mse_loss(const em_tensor *input, const em_tensor *target, em_reduction r);
+/** F.l1_loss: mean absolute error. */
 EM_API em_tensor *em_l1_loss(const em_tensor *input, const em_tensor *target, em_reduction r);
 /** F.smooth_l1_loss with `beta` (torch's default 1.0). Errors: NULL when beta < 0. */
 EM_API em_tensor *em_smooth_l1_loss(const em_tensor *input, const em_tensor *target, em_reduction r,
