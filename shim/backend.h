@@ -60,6 +60,13 @@ void emi_rng_restore(emi_rng_state *s);
  * ops or ops->step (recorded).
  */
 em_optimizer *emi_optimizer_wrap(em_optimizer *inner, const em_optimizer_ops *ops, void *state);
+/**
+ * Mark an optimizer as owned by a trainer: while marked, em_optimizer_free records EM_EINVAL and
+ * frees nothing (a user freeing what em_optimizers returned would otherwise free it twice).
+ */
+void emi_optimizer_set_owned(em_optimizer *opt, bool owned);
+/** The same for schedulers (em_scheduler_free; src/scheduler.c). */
+void emi_scheduler_set_owned(em_scheduler *s, bool owned);
 /** The `state` given to emi_optimizer_wrap(); NULL for an optimizer that is not a wrapper. */
 void *emi_optimizer_wrapper_state(const em_optimizer *wrapper);
 

@@ -849,7 +849,18 @@ extern "C" em_optimizer *em_optimizer_inner(em_optimizer *opt)
 
 extern "C" void em_optimizer_free(em_optimizer *opt)
 {
+    if (opt != nullptr && opt->trainer_owned) {
+        emi_fail(EM_EINVAL, "em_optimizer_free: this optimizer belongs to a trainer (em_optim_setup_add or "
+                            "em_optimizers); the trainer frees it when fit ends");
+        return;
+    }
     delete opt; // a wrapper's destructor leaves `inner` alone
+}
+
+extern "C" void emi_optimizer_set_owned(em_optimizer *opt, bool owned)
+{
+    if (opt != nullptr)
+        opt->trainer_owned = owned;
 }
 
 // ---- gradient clipping -------------------------------------------------------------------------------

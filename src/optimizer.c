@@ -168,6 +168,7 @@ em_status wrappers_create(em_trainer *t)
         t->wrappers[i] = emi_optimizer_wrap(lo->raw, &lightning_optimizer_ops, lo);
         if (t->wrappers[i] == NULL)
             return em_last_status() != EM_OK ? em_last_status() : EM_ENOMEM;
+        emi_optimizer_set_owned(t->wrappers[i], true);
     }
     size_t ns = t->setup.n_scheds;
     t->sched_list = calloc(ns > 0 ? ns : 1, sizeof *t->sched_list);
@@ -181,8 +182,10 @@ em_status wrappers_create(em_trainer *t)
 void wrappers_free(em_trainer *t)
 {
     if (t->wrappers != NULL)
-        for (size_t i = 0; i < t->setup.n_opts; i++)
+        for (size_t i = 0; i < t->setup.n_opts; i++) {
+            emi_optimizer_set_owned(t->wrappers[i], false);
             em_optimizer_free(t->wrappers[i]);
+        }
     free(t->wrappers);
     t->wrappers = NULL;
     free(t->sched_list);

@@ -186,6 +186,7 @@ struct em_scheduler {
     em_optimizer *opt;     /* borrowed */
     lr_record *record;     /* initial_lr of opt's groups (one reference); NULL for plateau */
     em_scheduler *owner;   /* the composite that owns it, or NULL */
+    bool trainer_owned;    /* handed to a trainer: em_scheduler_free refuses it */
     int64_t last_epoch;    /* torch: last_epoch */
     int64_t step_count;    /* torch: _step_count */
     double *base_lrs;      /* torch: base_lrs [n_base] */
@@ -1557,5 +1558,16 @@ const char *em_scheduler_name(const em_scheduler *s)
 
 void em_scheduler_free(em_scheduler *s)
 {
+    if (s != NULL && s->trainer_owned) {
+        emi_fail(EM_EINVAL, "em_scheduler_free: this scheduler belongs to a trainer (em_optim_setup_add_scheduler "
+                            "or em_lr_schedulers); the trainer frees it when fit ends");
+        return;
+    }
     sched_destroy(s);
+}
+
+void emi_scheduler_set_owned(em_scheduler *s, bool owned)
+{
+    if (s != NULL)
+        s->trainer_owned = owned;
 }

@@ -18,6 +18,7 @@ void setup_init(em_optim_setup *s, em_trainer *t)
 
 static void sched_entry_free(emi_sched_entry *e)
 {
+    emi_scheduler_set_owned(e->sched, false);
     em_scheduler_free(e->sched);
     free((char *)e->cfg.monitor);
     free((char *)e->cfg.name);
@@ -28,8 +29,10 @@ void setup_free(em_optim_setup *s)
     for (size_t i = 0; i < s->n_scheds; i++)
         sched_entry_free(&s->scheds[i]);
     free(s->scheds);
-    for (size_t i = 0; i < s->n_opts; i++)
+    for (size_t i = 0; i < s->n_opts; i++) {
+        emi_optimizer_set_owned(s->opts[i], false);
         em_optimizer_free(s->opts[i]);
+    }
     free(s->opts);
     em_trainer *t = s->t;
     memset(s, 0, sizeof *s);
@@ -71,6 +74,7 @@ em_status em_optim_setup_add(em_optim_setup *setup, em_optimizer *opt)
         setup->cap_opts = cap;
     }
     setup->opts[setup->n_opts++] = opt;
+    emi_optimizer_set_owned(opt, true);
     return EM_OK;
 }
 
@@ -147,6 +151,7 @@ em_status em_optim_setup_add_scheduler(em_optim_setup *setup, em_scheduler *sche
         goto fail;
     }
     setup->scheds[setup->n_scheds++] = e;
+    emi_scheduler_set_owned(sched, true);
     return EM_OK;
 fail:
     em_scheduler_free(sched);

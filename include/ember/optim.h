@@ -233,7 +233,11 @@ EM_API const char *em_optimizer_name(const em_optimizer *opt);
  * that wraps nothing, the optimizer itself. Borrowed.
  */
 EM_API em_optimizer *em_optimizer_inner(em_optimizer *opt);
-/** Free an optimizer you created (not one borrowed from the trainer). NULL is ignored. */
+/**
+ * Free an optimizer you created. One that belongs to a trainer (handed to em_optim_setup_add, or a
+ * wrapper from em_optimizers) is not freed: that records EM_EINVAL, and the trainer frees it when
+ * fit ends. NULL is ignored.
+ */
 EM_API void em_optimizer_free(em_optimizer *opt);
 
 /* ---- gradient clipping ------------------------------------------------------------------------------- */

@@ -200,6 +200,73 @@ static void test_trace__one_line_per_training_step_and_optimizer_step(void **sta
     rmdir(dir);
 }
 
+/* ---- ownership: what the trainer owns cannot be freed by the user ------------------------------------ */
+
+static int free_checks;
+
+static em_tensor *owning_step(em_module *m, const em_batch *b, int64_t batch_idx)
+{
+    (void)batch_idx;
+    size_t n = 0, ns = 0;
+    em_optimizer **opts = em_optimizers(m, &n);
+    em_scheduler **scheds = em_lr_schedulers(m, &ns);
+    if (n != 1 || ns != 1)
+        return NULL;
+    /* freeing the wrapper, the raw optimizer or the scheduler is refused, with a message */
+    em_optimizer_free(opts[0]);
+    if (em_last_status() == EM_EINVAL && strstr(em_last_error(), "belongs to a trainer") != NULL)
+        free_checks++;
+    em_clear_error();
+    em_optimizer_free(em_optimizer_inner(opts[0]));
+    if (em_last_status() == EM_EINVAL)
+        free_checks++;
+    em_clear_error();
+    em_scheduler_free(scheds[0]);
+    if (em_last_status() == EM_EINVAL && strstr(em_last_error(), "belongs to a trainer") != NULL)
+        free_checks++;
+    em_clear_error();
+    return reg_step(m, b, 0);
+}
+
+static em_status owning_optimizers(em_module *m, em_optim_setup *setup)
+{
+    em_params *ps = em_nn_parameters(((struct reg *)m)->net);
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.05});
+    em_params_free(ps);
+    em_status s = em_optim_setup_add(setup, opt);
+    if (s != EM_OK)
+        return s;
+    return em_optim_setup_add_scheduler(setup, em_step_lr(opt, 1, 0.5), NULL);
+}
+
+static const em_module_ops owning_ops = {
+    .version = EM_MODULE_OPS_VERSION,
+    .training_step = owning_step,
+    .configure_optimizers = owning_optimizers,
+};
+
+static void test_ownership__the_trainers_optimizers_and_schedulers_refuse_free(void **state)
+{
+    (void)state;
+    em_tensor *x = em_ones(EM_SHAPE(4, 3), NULL);
+    em_tensor *y = em_zeros(EM_SHAPE(4, 1), NULL);
+    struct reg m = {.base = {.ops = &owning_ops, .automatic_optimization = true}, .net = em_nn_linear(3, 1, true)};
+    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
+    cfg.max_epochs = 1;
+    cfg.enable_progress_bar = false;
+    cfg.enable_csv_logger = false;
+    em_trainer *t = em_trainer_new(&cfg);
+    em_loader *l = em_tensor_loader((em_tensor *[]){x, y}, 2, &(em_loader_opts){.batch_size = 2});
+    free_checks = 0;
+    assert_ok(em_trainer_fit(t, &m.base, l, NULL)); /* and no double free at teardown (ASan) */
+    assert_int_equal(free_checks, 2 * 3);
+    em_trainer_free(t);
+    em_loader_free(l);
+    em_nn_free(m.net);
+    em_tensor_free(x);
+    em_tensor_free(y);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -208,6 +275,7 @@ int main(void)
         TEST(test_loader__shuffle_is_a_permutation_per_epoch),
         TEST(test_loader__rejects_mismatched_rows_and_keeps_no_reference),
         TEST(test_trace__one_line_per_training_step_and_optimizer_step),
+        TEST(test_ownership__the_trainers_optimizers_and_schedulers_refuse_free),
 #undef TEST
     };
     return cmocka_run_group_tests_name("loader_trace", tests, NULL, NULL);
