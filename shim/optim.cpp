@@ -189,10 +189,12 @@ bool check_version(const char *func, int version, int current, const char *init)
 }
 
 em_optimizer *finish_torch(emi_torch_optim which, const char *name, std::unique_ptr<torch::optim::Optimizer> t,
-                           const std::vector<at::Tensor> &ts)
+                           const std::vector<at::Tensor> &ts, bool maximize)
 {
     auto o = std::make_unique<em_optimizer>();
     o->kind = EMI_OPT_TORCH;
+    o->default_maximize = maximize;
+    o->maximize.push_back(maximize ? 1 : 0);
     o->builtin = which;
     o->name = name;
     o->torch_opt = std::move(t);
@@ -333,12 +335,36 @@ em_status step_impl(em_optimizer *opt, const em_closure *closure)
             opt->step_count++;
         return EM_OK;
     }
-    case EMI_OPT_TORCH:
-        if (closure != nullptr)
-            opt->torch_opt->step([closure]() { return run_closure(closure); });
-        else
+    case EMI_OPT_TORCH: {
+        // maximize: Python steps on -grad; negate those groups' gradients around libtorch's update
+        // (after the closure computed them) and back. Negation is exact, so the update is Python's.
+        bool any_max = false;
+        for (char m : opt->maximize)
+            any_max |= m != 0;
+        auto negate = [opt]() {
+            at::NoGradGuard no_grad;
+            for (size_t g = 0; g < opt->groups.size(); g++)
+                if (opt->maximize[g])
+                    for (em_tensor *h : opt->groups[g]->items)
+                        if (h->t.grad().defined())
+                            h->t.mutable_grad().neg_();
+        };
+        if (closure != nullptr) {
+            opt->torch_opt->step([closure, any_max, &negate]() {
+                at::Tensor loss = run_closure(closure);
+                if (any_max)
+                    negate();
+                return loss;
+            });
+        } else {
+            if (any_max)
+                negate();
             opt->torch_opt->step();
+        }
+        if (any_max)
+            negate();
         break;
+    }
     case EMI_OPT_LBFGS: {
         if (closure == nullptr)
             return emi_fail(EM_EINVAL, "em_optimizer_step: LBFGS requires a closure (torch.optim.LBFGS.step(closure) "
@@ -384,7 +410,7 @@ extern "C" em_optimizer *em_sgd(const em_params *params, const em_sgd_opts *opts
     EM_TRY
         torch::optim::SGDOptions o(opts->lr);
         o.momentum(opts->momentum).dampening(opts->dampening).weight_decay(opts->weight_decay).nesterov(opts->nesterov);
-        return finish_torch(EMI_TORCH_SGD, "SGD", std::make_unique<torch::optim::SGD>(ts, o), ts);
+        return finish_torch(EMI_TORCH_SGD, "SGD", std::make_unique<torch::optim::SGD>(ts, o), ts, opts->maximize);
     EM_CATCH(nullptr)
 }
 
@@ -415,7 +441,7 @@ extern "C" em_optimizer *em_adam(const em_params *params, const em_adam_opts *op
         torch::optim::AdamOptions o(opts->lr);
         o.betas(std::make_tuple(opts->beta1, opts->beta2)).eps(opts->eps).weight_decay(opts->weight_decay);
         o.amsgrad(opts->amsgrad);
-        return finish_torch(EMI_TORCH_ADAM, "Adam", std::make_unique<torch::optim::Adam>(ts, o), ts);
+        return finish_torch(EMI_TORCH_ADAM, "Adam", std::make_unique<torch::optim::Adam>(ts, o), ts, opts->maximize);
     EM_CATCH(nullptr)
 }
 
@@ -441,7 +467,7 @@ extern "C" em_optimizer *em_adamw(const em_params *params, const em_adam_opts *o
         // weight_decay always explicit: AdamWOptions' own default (1e-2) must not stand in for ours
         o.betas(std::make_tuple(opts->beta1, opts->beta2)).eps(opts->eps).weight_decay(opts->weight_decay);
         o.amsgrad(opts->amsgrad);
-        return finish_torch(EMI_TORCH_ADAMW, "AdamW", std::make_unique<torch::optim::AdamW>(ts, o), ts);
+        return finish_torch(EMI_TORCH_ADAMW, "AdamW", std::make_unique<torch::optim::AdamW>(ts, o), ts, opts->maximize);
     EM_CATCH(nullptr)
 }
 
@@ -467,7 +493,7 @@ extern "C" em_optimizer *em_rmsprop(const em_params *params, const em_rmsprop_op
         torch::optim::RMSpropOptions o(opts->lr);
         o.alpha(opts->alpha).eps(opts->eps).weight_decay(opts->weight_decay).momentum(opts->momentum);
         o.centered(opts->centered);
-        return finish_torch(EMI_TORCH_RMSPROP, "RMSprop", std::make_unique<torch::optim::RMSprop>(ts, o), ts);
+        return finish_torch(EMI_TORCH_RMSPROP, "RMSprop", std::make_unique<torch::optim::RMSprop>(ts, o), ts, opts->maximize);
     EM_CATCH(nullptr)
 }
 
@@ -493,7 +519,7 @@ extern "C" em_optimizer *em_adagrad(const em_params *params, const em_adagrad_op
         torch::optim::AdagradOptions o(opts->lr);
         o.lr_decay(opts->lr_decay).weight_decay(opts->weight_decay);
         o.initial_accumulator_value(opts->initial_accumulator_value).eps(opts->eps);
-        return finish_torch(EMI_TORCH_ADAGRAD, "Adagrad", std::make_unique<torch::optim::Adagrad>(ts, o), ts);
+        return finish_torch(EMI_TORCH_ADAGRAD, "Adagrad", std::make_unique<torch::optim::Adagrad>(ts, o), ts, opts->maximize);
     EM_CATCH(nullptr)
 }
 
@@ -717,6 +743,7 @@ extern "C" em_status em_optimizer_add_param_group(em_optimizer *opt, const em_pa
                 return emi_fail(EM_EINVAL, "%s: some parameters appear in more than one parameter group", __func__);
         if (base->kind == EMI_OPT_TORCH) {
             base->torch_opt->add_param_group(torch::optim::OptimizerParamGroup(ts)); // options: defaults().clone()
+            base->maximize.push_back(base->default_maximize ? 1 : 0);
             if (base->builtin == EMI_TORCH_ADAGRAD) {
                 // libtorch's Adagrad (as Python's) fills its state in the constructor only; its step
                 // would dereference a missing entry for a later group. Fill it as the constructor does.
@@ -774,6 +801,10 @@ extern "C" em_status em_optimizer_get(const em_optimizer *opt, size_t group, con
             *out = it->second;
             return EM_OK;
         }
+        if (base->kind == EMI_OPT_TORCH && std::string(name) == "maximize") {
+            *out = base->maximize[group] ? 1.0 : 0.0;
+            return EM_OK;
+        }
         hp_slot s = find_slot(base, group, name);
         if (!s.found())
             return no_such_hparam(__func__, base, name);
@@ -793,6 +824,10 @@ extern "C" em_status em_optimizer_set(em_optimizer *opt, size_t group, const cha
         if (base->kind == EMI_OPT_C) {
             base->hparams[group][name] = value;
             base->c_defaults.emplace(name, value); // a new name joins the defaults of later groups
+            return EM_OK;
+        }
+        if (base->kind == EMI_OPT_TORCH && std::string(name) == "maximize") {
+            base->maximize[group] = value != 0 ? 1 : 0;
             return EM_OK;
         }
         hp_slot s = find_slot(base, group, name);

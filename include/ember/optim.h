@@ -21,7 +21,7 @@
  *
  * Hyper-parameters are read and written by name per parameter group (em_optimizer_get/set):
  * "lr", "momentum", "dampening", "weight_decay", "nesterov", "beta1", "beta2", "eps", "amsgrad",
- * "alpha", "centered", "lr_decay", "initial_accumulator_value", "max_iter", "max_eval",
+ * "alpha", "centered", "lr_decay", "initial_accumulator_value", "maximize", "max_iter", "max_eval",
  * "tolerance_grad", "tolerance_change", "history_size" - each where the optimizer has it
  * (booleans read as 0 or 1).
  */
@@ -60,6 +60,7 @@ typedef struct em_sgd_opts {
     double dampening;    /* 0 */
     double weight_decay; /* 0 */
     bool nesterov;       /* false; needs momentum > 0 and dampening == 0 */
+    bool maximize;       /* false; true = ascend (torch: maximize=True) */
 } em_sgd_opts;
 /** torch.optim.SGD(params, ...). */
 EM_API em_optimizer *em_sgd(const em_params *params, const em_sgd_opts *opts);
@@ -73,6 +74,7 @@ typedef struct em_adam_opts {
     double eps;          /* 1e-8 */
     double weight_decay; /* Adam 0, AdamW 1e-2 */
     bool amsgrad;        /* false */
+    bool maximize;       /* false; true = ascend (torch: maximize=True) */
 } em_adam_opts;
 #define EM_ADAM_OPTS_VERSION 1
 #define EM_ADAM_OPTS_INIT \
@@ -93,6 +95,7 @@ typedef struct em_rmsprop_opts {
     double weight_decay; /* 0 */
     double momentum;     /* 0 */
     bool centered;       /* false */
+    bool maximize;       /* false; true = ascend (torch: maximize=True) */
 } em_rmsprop_opts;
 #define EM_RMSPROP_OPTS_VERSION 1
 #define EM_RMSPROP_OPTS_INIT \
@@ -108,6 +111,7 @@ typedef struct em_adagrad_opts {
     double weight_decay;              /* 0 */
     double initial_accumulator_value; /* 0 */
     double eps;                       /* 1e-10 */
+    bool maximize;                    /* false; true = ascend (torch: maximize=True) */
 } em_adagrad_opts;
 #define EM_ADAGRAD_OPTS_VERSION 1
 #define EM_ADAGRAD_OPTS_INIT {.version = EM_ADAGRAD_OPTS_VERSION, .lr = 1e-2, .eps = 1e-10}

@@ -512,19 +512,19 @@ typedef struct hp_def {
 } hp_def;
 
 static const hp_def sgd_hp[] = {{"lr", HP_NUM}, {"momentum", HP_NUM}, {"dampening", HP_NUM},
-                                {"weight_decay", HP_NUM}, {"nesterov", HP_BOOL}, {"maximize", HP_FALSE},
+                                {"weight_decay", HP_NUM}, {"nesterov", HP_BOOL}, {"maximize", HP_BOOL},
                                 {"foreach", HP_NULL_FALSE}, {"differentiable", HP_FALSE}, {NULL, HP_NUM}};
 static const hp_def adam_hp[] = {{"lr", HP_NUM}, {"betas", HP_BETAS}, {"eps", HP_NUM},
-                                 {"weight_decay", HP_NUM}, {"amsgrad", HP_BOOL}, {"maximize", HP_FALSE},
+                                 {"weight_decay", HP_NUM}, {"amsgrad", HP_BOOL}, {"maximize", HP_BOOL},
                                  {"foreach", HP_NULL_FALSE}, {"capturable", HP_FALSE},
                                  {"differentiable", HP_FALSE}, {"fused", HP_NULL_FALSE}, {NULL, HP_NUM}};
 static const hp_def rmsprop_hp[] = {{"lr", HP_NUM}, {"alpha", HP_NUM}, {"eps", HP_NUM},
                                     {"weight_decay", HP_NUM}, {"momentum", HP_NUM}, {"centered", HP_BOOL},
-                                    {"maximize", HP_FALSE}, {"foreach", HP_NULL_FALSE},
+                                    {"maximize", HP_BOOL}, {"foreach", HP_NULL_FALSE},
                                     {"differentiable", HP_FALSE}, {NULL, HP_NUM}};
 static const hp_def adagrad_hp[] = {{"lr", HP_NUM}, {"lr_decay", HP_NUM}, {"weight_decay", HP_NUM},
                                     {"initial_accumulator_value", HP_NUM}, {"eps", HP_NUM},
-                                    {"maximize", HP_FALSE}, {"foreach", HP_NULL_FALSE},
+                                    {"maximize", HP_BOOL}, {"foreach", HP_NULL_FALSE},
                                     {"differentiable", HP_FALSE}, {NULL, HP_NUM}};
 static const hp_def lbfgs_hp[] = {{"lr", HP_NUM}, {"max_iter", HP_NUM}, {"max_eval", HP_NUM},
                                   {"tolerance_grad", HP_NUM}, {"tolerance_change", HP_NUM},

@@ -950,6 +950,46 @@ static void test_optim__clip_to_norm_and_value_like_lightning(void **state)
 
 /* ---- errors ------------------------------------------------------------------------------------------------- */
 
+/* torch's maximize=True: the update ascends (Python steps on -grad) and p.grad is left as it was.
+ * loss = 2p -> grad 2. SGD lr 0.1: p = 1 + 0.2 = 1.2. Adam lr 0.1: the first step moves by lr: 1.1. */
+static void test_optim__maximize_ascends_and_keeps_the_gradient(void **state)
+{
+    (void)state;
+    for (int which = 0; which < 2; which++) {
+        em_tensor *p = param((const float[]){1.0f}, 1);
+        em_params *ps = params_of(&p, 1);
+        em_optimizer *opt;
+        if (which == 0) {
+            opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1, .maximize = true});
+        } else {
+            em_adam_opts o = EM_ADAM_OPTS_INIT;
+            o.lr = 0.1;
+            o.maximize = true;
+            opt = em_adam(ps, &o);
+        }
+        em_params_free(ps);
+        assert_nonnull_em(opt);
+        double v;
+        assert_ok(em_optimizer_get(opt, 0, "maximize", &v));
+        assert_close_rel(v, 1, 0);
+        em_scope_begin();
+        assert_ok(em_backward(em_mul_scalar(p, 2.0)));
+        assert_ok(em_optimizer_step(opt, NULL));
+        float got[1];
+        values(p, got, 1);
+        assert_close_rel(got[0], which == 0 ? 1.2 : 1.1, 1e-6);
+        assert_close_rel(em_tensor_item(em_tensor_grad(p)), 2.0, 0); /* untouched */
+        /* and off again: a descent step */
+        assert_ok(em_optimizer_set(opt, 0, "maximize", 0));
+        assert_ok(em_optimizer_step(opt, NULL));
+        values(p, got, 1);
+        assert_true(got[0] < (which == 0 ? 1.2f : 1.1f));
+        assert_ok(em_scope_end());
+        em_optimizer_free(opt);
+        em_tensor_free(p);
+    }
+}
+
 static void test_optim__constructor_errors(void **state)
 {
     (void)state;
@@ -1073,6 +1113,7 @@ int main(void)
         TEST(test_optim__lbfgs_needs_a_closure_and_one_group),
         TEST(test_optim__clip_grad_norm_matches_torch),
         TEST(test_optim__clip_to_norm_and_value_like_lightning),
+        TEST(test_optim__maximize_ascends_and_keeps_the_gradient),
         TEST(test_optim__constructor_errors),
 #undef TEST
     };
