@@ -799,8 +799,9 @@ static em_status plateau_reduce_lr(em_scheduler *s)
         if (st != EM_OK)
             return st;
         new_lr = old_lr * s->u.plateau.o.factor;
-        if (s->u.plateau.o.min_lr > new_lr) /* Python's max(new, min_lr) keeps the first on ties */
-            new_lr = s->u.plateau.o.min_lr;
+        double min_lr = s->u.plateau.o.min_lrs != NULL ? s->u.plateau.o.min_lrs[g] : s->u.plateau.o.min_lr;
+        if (min_lr > new_lr) /* Python's max(new, min_lr) keeps the first on ties */
+            new_lr = min_lr;
         if (old_lr - new_lr > s->u.plateau.o.eps && (st = em_optimizer_set_lr(s->opt, g, new_lr)) != EM_OK)
             return st;
     }
@@ -851,6 +852,9 @@ static void sched_destroy(em_scheduler *s)
     case K_USER:
         if (s->u.user.ops->destroy != NULL)
             s->u.user.ops->destroy(s->u.user.state);
+        break;
+    case K_PLATEAU:
+        free((double *)s->u.plateau.o.min_lrs); /* our copy */
         break;
     default:
         break;
@@ -1248,10 +1252,27 @@ em_scheduler *em_reduce_lr_on_plateau(em_optimizer *opt, const em_plateau_opts *
                  f, (int)opts->threshold_mode);
         return NULL;
     }
-    em_scheduler *s = sched_alloc(K_PLATEAU, opt);
-    if (s == NULL)
+    size_t ngroups = em_optimizer_num_groups(opt);
+    if (opts->min_lrs != NULL && opts->n_min_lrs != ngroups) {
+        emi_fail(EM_EINVAL, "%s: expected %zu min_lrs, got %zu", f, ngroups, opts->n_min_lrs);
         return NULL;
+    }
+    double *min_lrs = NULL;
+    if (opts->min_lrs != NULL) {
+        min_lrs = malloc(ngroups * sizeof *min_lrs);
+        if (min_lrs == NULL) {
+            emi_fail(EM_ENOMEM, "%s: out of memory", f);
+            return NULL;
+        }
+        memcpy(min_lrs, opts->min_lrs, ngroups * sizeof *min_lrs);
+    }
+    em_scheduler *s = sched_alloc(K_PLATEAU, opt);
+    if (s == NULL) {
+        free(min_lrs);
+        return NULL;
+    }
     s->u.plateau.o = *opts;
+    s->u.plateau.o.min_lrs = min_lrs;
     s->u.plateau.best = opts->mode == EM_PLATEAU_MIN ? INFINITY : -INFINITY; /* mode_worse */
     s->last_epoch = 0;
     /* base_lrs for em_scheduler_base_lr: the lrs now (ReduceLROnPlateau has none) */

@@ -239,8 +239,10 @@ typedef struct em_plateau_opts {
     double threshold;                 /* 1e-4 */
     em_threshold_mode threshold_mode; /* EM_THRESHOLD_REL */
     int64_t cooldown;                 /* 0 */
-    double min_lr;                    /* 0; one value for every group */
+    double min_lr;                    /* 0; the floor of every group's lr (unless min_lrs is set) */
     double eps;                       /* 1e-8 */
+    const double *min_lrs;            /* NULL; or one floor per group (torch: min_lr=[...]), copied */
+    size_t n_min_lrs;                 /* 0; the length of min_lrs: must equal the number of groups */
 } em_plateau_opts;
 #define EM_PLATEAU_OPTS_VERSION 1
 #define EM_PLATEAU_OPTS_INIT                                                                        \
@@ -255,7 +257,8 @@ typedef struct em_plateau_opts {
  * torch: ReduceLROnPlateau(optimizer, mode, factor, patience, threshold, threshold_mode, cooldown,
  * min_lr, eps)
  * NULL opts = EM_PLATEAU_OPTS_INIT. Errors: "Factor should be < 1.0.", an unknown mode or
- * threshold_mode, an options version of 0 (the INIT was forgotten).
+ * threshold_mode, min_lrs whose length is not the number of groups ("expected 2 min_lrs, got 3"),
+ * an options version of 0 (the INIT was forgotten).
  */
 EM_API em_scheduler *em_reduce_lr_on_plateau(em_optimizer *opt, const em_plateau_opts *opts);
 

@@ -469,12 +469,30 @@ static em_scheduler *build_kw(conf_run *r, em_optimizer *opt, const char *type, 
         KEYS("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps");
         em_plateau_opts o = EM_PLATEAU_OPTS_INIT;
         const char *mode = "min", *tmode = "rel";
+        /* min_lr: a number, or one per group (torch's list form) */
+        double min_lrs[64];
+        const cJSON *ml = cj_get(kw, "min_lr");
+        if (cJSON_IsArray(ml)) {
+            size_t n = 0;
+            const cJSON *it;
+            cJSON_ArrayForEach(it, ml)
+            {
+                if (!cJSON_IsNumber(it) || n == sizeof min_lrs / sizeof *min_lrs) {
+                    conf_fail(r, "%s.min_lr: a list of at most 64 numbers is supported", kwhere);
+                    return NULL;
+                }
+                min_lrs[n++] = it->valuedouble;
+            }
+            o.min_lrs = min_lrs;
+            o.n_min_lrs = n;
+        } else if (!one_value(r, kw, "min_lr", kwhere, &o.min_lr)) {
+            return NULL;
+        }
         if ((!cj_is_null_or_absent(kw, "mode") && !cj_req_string(r, kw, "mode", kwhere, &mode)) ||
             (!cj_is_null_or_absent(kw, "threshold_mode") && !cj_req_string(r, kw, "threshold_mode", kwhere, &tmode)) ||
             !cj_opt_number(r, kw, "factor", kwhere, &o.factor) || !cj_opt_int(r, kw, "patience", kwhere, &o.patience) ||
             !cj_opt_number(r, kw, "threshold", kwhere, &o.threshold) ||
-            !cj_opt_int(r, kw, "cooldown", kwhere, &o.cooldown) || !one_value(r, kw, "min_lr", kwhere, &o.min_lr) ||
-            !cj_opt_number(r, kw, "eps", kwhere, &o.eps))
+            !cj_opt_int(r, kw, "cooldown", kwhere, &o.cooldown) || !cj_opt_number(r, kw, "eps", kwhere, &o.eps))
             return NULL;
         if (strcmp(mode, "min") != 0 && strcmp(mode, "max") != 0) {
             conf_fail(r, "%s.mode must be \"min\" or \"max\"", kwhere);

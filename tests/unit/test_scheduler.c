@@ -2665,11 +2665,43 @@ static void test_scheduler__ops_layout_is_pinned(void **state)
     assert_int_equal(offsetof(em_scheduler_ops, reduce_on_plateau), 4 * sizeof(void *));
 }
 
+/* torch: ReduceLROnPlateau(opt, factor=0.5, patience=0, min_lr=[0.004, 0.002]) on lrs [0.01, 0.01],
+ * a metric that never improves after the first step: each step halves until each group's own floor:
+ * group 0: 0.01 -> 0.005 -> 0.004 (floor); group 1: 0.01 -> 0.005 -> 0.0025 -> 0.002 (floor). */
+static void test_scheduler__plateau_min_lr_per_group(void **state)
+{
+    fixture *f = *state;
+    em_optimizer *opt = sgd2(f, 0.01, 0.01);
+    em_plateau_opts o = EM_PLATEAU_OPTS_INIT;
+    o.factor = 0.5;
+    o.patience = 0;
+    double floors[3] = {0.004, 0.002, 0.001};
+    o.min_lrs = floors;
+    o.n_min_lrs = 3; /* one too many */
+    assert_null(em_reduce_lr_on_plateau(opt, &o));
+    assert_error_contains("expected 2 min_lrs, got 3");
+    em_clear_error();
+    o.n_min_lrs = 2;
+    em_scheduler *s = em_reduce_lr_on_plateau(opt, &o);
+    assert_nonnull_em(s);
+    floors[0] = floors[1] = 99; /* the scheduler keeps its own copy */
+    const double want0[] = {0.01, 0.005, 0.004, 0.004, 0.004};
+    const double want1[] = {0.01, 0.005, 0.0025, 0.002, 0.002};
+    for (int i = 0; i < 5; i++) {
+        assert_ok(em_scheduler_step_metric(s, 1.0)); /* first: best = 1; then no improvement */
+        assert_close_rel(em_optimizer_lr(opt, 0), want0[i], 1e-15);
+        assert_close_rel(em_optimizer_lr(opt, 1), want1[i], 1e-15);
+    }
+    em_scheduler_free(s);
+    em_optimizer_free(opt);
+}
+
 int main(void)
 {
 #define T_(name) cmocka_unit_test_setup_teardown(name, fixture_setup, fixture_teardown)
     const struct CMUnitTest tests[] = {
         T_(test_scheduler__step_lr_matches_torch),
+        T_(test_scheduler__plateau_min_lr_per_group),
         T_(test_scheduler__multistep_lr_matches_torch),
         T_(test_scheduler__exponential_lr_matches_torch),
         T_(test_scheduler__cosine_annealing_lr_matches_torch),
