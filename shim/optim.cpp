@@ -426,15 +426,10 @@ extern "C" em_optimizer *em_adam(const em_params *params, const em_adam_opts *op
     std::vector<at::Tensor> ts;
     if (!take_params(__func__, params, &ts))
         return nullptr;
-    em_adam_opts def = {};
-    if (opts == nullptr) {
-        def.version = EM_ADAM_OPTS_VERSION;
-        def.lr = 1e-3;
-        def.beta1 = 0.9;
-        def.beta2 = 0.999;
-        def.eps = 1e-8;
+    // NULL = the header's defaults (one source of truth: the INIT macro users start from)
+    static const em_adam_opts def = EM_ADAM_OPTS_INIT;
+    if (opts == nullptr)
         opts = &def;
-    }
     if (!check_adam(__func__, opts, "EM_ADAM_OPTS_INIT"))
         return nullptr;
     EM_TRY
@@ -450,16 +445,10 @@ extern "C" em_optimizer *em_adamw(const em_params *params, const em_adam_opts *o
     std::vector<at::Tensor> ts;
     if (!take_params(__func__, params, &ts))
         return nullptr;
-    em_adam_opts def = {};
-    if (opts == nullptr) {
-        def.version = EM_ADAM_OPTS_VERSION;
-        def.lr = 1e-3;
-        def.beta1 = 0.9;
-        def.beta2 = 0.999;
-        def.eps = 1e-8;
-        def.weight_decay = 1e-2;
+    // NULL = the header's defaults (one source of truth: the INIT macro users start from)
+    static const em_adam_opts def = EM_ADAMW_OPTS_INIT;
+    if (opts == nullptr)
         opts = &def;
-    }
     if (!check_adam(__func__, opts, "EM_ADAMW_OPTS_INIT"))
         return nullptr;
     EM_TRY
@@ -476,14 +465,10 @@ extern "C" em_optimizer *em_rmsprop(const em_params *params, const em_rmsprop_op
     std::vector<at::Tensor> ts;
     if (!take_params(__func__, params, &ts))
         return nullptr;
-    em_rmsprop_opts def = {};
-    if (opts == nullptr) {
-        def.version = EM_RMSPROP_OPTS_VERSION;
-        def.lr = 1e-2;
-        def.alpha = 0.99;
-        def.eps = 1e-8;
+    // NULL = the header's defaults (one source of truth: the INIT macro users start from)
+    static const em_rmsprop_opts def = EM_RMSPROP_OPTS_INIT;
+    if (opts == nullptr)
         opts = &def;
-    }
     if (!check_version(__func__, opts->version, EM_RMSPROP_OPTS_VERSION, "EM_RMSPROP_OPTS_INIT") ||
         !check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "eps", opts->eps) ||
         !check_hparam(__func__, "momentum", opts->momentum) ||
@@ -502,13 +487,10 @@ extern "C" em_optimizer *em_adagrad(const em_params *params, const em_adagrad_op
     std::vector<at::Tensor> ts;
     if (!take_params(__func__, params, &ts))
         return nullptr;
-    em_adagrad_opts def = {};
-    if (opts == nullptr) {
-        def.version = EM_ADAGRAD_OPTS_VERSION;
-        def.lr = 1e-2;
-        def.eps = 1e-10;
+    // NULL = the header's defaults (one source of truth: the INIT macro users start from)
+    static const em_adagrad_opts def = EM_ADAGRAD_OPTS_INIT;
+    if (opts == nullptr)
         opts = &def;
-    }
     if (!check_version(__func__, opts->version, EM_ADAGRAD_OPTS_VERSION, "EM_ADAGRAD_OPTS_INIT") ||
         !check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "lr_decay", opts->lr_decay) ||
         !check_hparam(__func__, "weight_decay", opts->weight_decay) ||

@@ -77,10 +77,12 @@ typedef struct em_adam_opts {
     bool maximize;       /* false; true = ascend (torch: maximize=True) */
 } em_adam_opts;
 #define EM_ADAM_OPTS_VERSION 1
-#define EM_ADAM_OPTS_INIT \
-    {.version = EM_ADAM_OPTS_VERSION, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0}
-#define EM_ADAMW_OPTS_INIT \
-    {.version = EM_ADAM_OPTS_VERSION, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-2}
+#define EM_ADAM_OPTS_INIT                                                                          \
+    {.version = EM_ADAM_OPTS_VERSION, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,         \
+     .weight_decay = 0.0, .amsgrad = false, .maximize = false}
+#define EM_ADAMW_OPTS_INIT                                                                         \
+    {.version = EM_ADAM_OPTS_VERSION, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,         \
+     .weight_decay = 1e-2, .amsgrad = false, .maximize = false}
 /** torch.optim.Adam(params, ...). NULL opts = EM_ADAM_OPTS_INIT. */
 EM_API em_optimizer *em_adam(const em_params *params, const em_adam_opts *opts);
 /** torch.optim.AdamW(params, ...). NULL opts = EM_ADAMW_OPTS_INIT. */
@@ -98,8 +100,9 @@ typedef struct em_rmsprop_opts {
     bool maximize;       /* false; true = ascend (torch: maximize=True) */
 } em_rmsprop_opts;
 #define EM_RMSPROP_OPTS_VERSION 1
-#define EM_RMSPROP_OPTS_INIT \
-    {.version = EM_RMSPROP_OPTS_VERSION, .lr = 1e-2, .alpha = 0.99, .eps = 1e-8}
+#define EM_RMSPROP_OPTS_INIT                                                                       \
+    {.version = EM_RMSPROP_OPTS_VERSION, .lr = 1e-2, .alpha = 0.99, .eps = 1e-8, .weight_decay = 0.0,  \
+     .momentum = 0.0, .centered = false, .maximize = false}
 /** torch.optim.RMSprop(params, ...). NULL opts = EM_RMSPROP_OPTS_INIT. */
 EM_API em_optimizer *em_rmsprop(const em_params *params, const em_rmsprop_opts *opts);
 
@@ -114,7 +117,9 @@ typedef struct em_adagrad_opts {
     bool maximize;                    /* false; true = ascend (torch: maximize=True) */
 } em_adagrad_opts;
 #define EM_ADAGRAD_OPTS_VERSION 1
-#define EM_ADAGRAD_OPTS_INIT {.version = EM_ADAGRAD_OPTS_VERSION, .lr = 1e-2, .eps = 1e-10}
+#define EM_ADAGRAD_OPTS_INIT                                                                       \
+    {.version = EM_ADAGRAD_OPTS_VERSION, .lr = 1e-2, .lr_decay = 0.0, .weight_decay = 0.0,            \
+     .initial_accumulator_value = 0.0, .eps = 1e-10, .maximize = false}
 /** torch.optim.Adagrad(params, ...). NULL opts = EM_ADAGRAD_OPTS_INIT. */
 EM_API em_optimizer *em_adagrad(const em_params *params, const em_adagrad_opts *opts);
 
