@@ -26,6 +26,13 @@ void emi_fail_torch(const char *func, const char *what);
 /** Whether an error is recorded on this thread (cheap). */
 bool emi_has_error(void);
 
+/* ---- diagnostics (src/log.c) ---------------------------------------------------------------------- */
+
+/** A warning through the log handler (em_set_log_handler); the default writes it to stderr. */
+void emi_warn(const char *fmt, ...) EM_PRINTF(1, 2);
+/** A notice (EM_LEVEL_INFO) through the log handler. */
+void emi_info(const char *fmt, ...) EM_PRINTF(1, 2);
+
 
 /* ---- handles (shim/core.cpp) --------------------------------------------------------------------- */
 

@@ -112,6 +112,35 @@ EM_API void em_clear_error(void);
  */
 EM_API em_status em_error_set(em_status code, const char *fmt, ...) EM_PRINTF(2, 3);
 
+/* ---- diagnostics: warnings and notices ----------------------------------------------------------
+ *
+ * Besides errors, ember reports things that do not stop it - Lightning's warnings ("`max_epochs` was
+ * not set. Setting it to 1000 epochs ...") and notices ("Trainer was signaled to stop but ...").
+ * Every one goes through one handler, so an application can route them into its own log (the model
+ * is SQLite's sqlite3_config(SQLITE_CONFIG_LOG) and libcurl's debug callback). The default handler
+ * writes "ember: warning: <message>" (or "ember: <message>" for a notice) and a newline to stderr.
+ */
+
+/** How much a diagnostic matters. */
+typedef enum em_log_level {
+    EM_LEVEL_INFO = 0,   /* a notice: the run goes on as asked */
+    EM_LEVEL_WARNING = 1 /* something is probably not what you meant (Lightning's warnings) */
+} em_log_level;
+
+/**
+ * A diagnostics handler: `message` is one line without a trailing newline, borrowed for the call.
+ * It may be called from any thread that runs ember code; it must not call back into ember.
+ */
+typedef void (*em_log_handler)(void *user, em_log_level level, const char *message);
+
+/**
+ * Send every warning and notice of the library to `fn` (with `user` as its first argument) instead
+ * of stderr; NULL restores the default handler (stderr). Process-wide: set it once, before other
+ * threads use ember (as sqlite3_config). Returns the handler in force before the call (NULL for the
+ * default). Never fails. To silence ember, install a handler that does nothing.
+ */
+EM_API em_log_handler em_set_log_handler(em_log_handler fn, void *user);
+
 EM_END_DECLS
 
 #endif /* EMBER_COMMON_H */
