@@ -1,64 +1,13 @@
-/* callbacks.c: callbacks (Lightning's Callback) and the built-in GradientAccumulationScheduler.
+/* callbacks.c: the built-in callbacks Lightning users reach for, written as any user's callback is:
+ * on the public API (and the log handler for warnings).
  *
- * Lightning: callbacks/callback.py, callbacks/gradient_accumulation_scheduler.py
- * Rules: LIGHTNING_SEMANTICS.md §5.
+ * GradientAccumulationScheduler - Lightning: callbacks/gradient_accumulation_scheduler.py.
+ * Rules: docs/LIGHTNING_RULES.md §5.
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "loop.h" /* em_trainer internals, emi_fail */
-
-struct em_callback {
-    const em_callback_ops *ops;
-    void *state;
-};
-
-/* ---- the protocol --------------------------------------------------------------------------------- */
-
-em_callback *em_callback_new(const em_callback_ops *ops, void *state)
-{
-    if (ops == NULL || ops->version < 1 || ops->version > EM_CALLBACK_OPS_VERSION) {
-        emi_fail(EM_EINVAL, "em_callback_new: ops is NULL or ops->version (%d) is not EM_CALLBACK_OPS_VERSION (%d)",
-                 ops == NULL ? 0 : ops->version, EM_CALLBACK_OPS_VERSION);
-        if (ops != NULL && ops->destroy != NULL && state != NULL)
-            ops->destroy(state);
-        return NULL;
-    }
-    em_callback *cb = calloc(1, sizeof *cb);
-    if (cb == NULL) {
-        emi_fail(EM_ENOMEM, "em_callback_new: out of memory");
-        if (ops->destroy != NULL && state != NULL)
-            ops->destroy(state);
-        return NULL;
-    }
-    cb->ops = ops;
-    cb->state = state;
-    return cb;
-}
-
-void *em_callback_state(const em_callback *cb)
-{
-    return cb == NULL ? NULL : cb->state;
-}
-
-const em_callback_ops *callback_ops(const em_callback *cb)
-{
-    return cb->ops;
-}
-
-void callback_destroy(em_callback *cb)
-{
-    if (cb == NULL)
-        return;
-    if (cb->ops->destroy != NULL && cb->state != NULL)
-        cb->ops->destroy(cb->state);
-    free(cb);
-}
-
-void em_callback_free(em_callback *cb)
-{
-    callback_destroy(cb);
-}
+#include "backend.h" /* emi_fail, emi_warn */
 
 /* ---- GradientAccumulationScheduler ------------------------------------------------------------------- */
 
@@ -80,12 +29,12 @@ static int64_t gas_factor(const grad_accum_scheduler *g, int64_t epoch)
 /* Lightning: GradientAccumulationScheduler.on_train_start */
 static em_status gas_on_train_start(em_callback *cb, em_trainer *t, em_module *m)
 {
-    grad_accum_scheduler *g = cb->state;
+    grad_accum_scheduler *g = em_callback_state(cb);
     if (!m->automatic_optimization)
         return em_error_set(EM_EINVAL, "Automatic gradient accumulation and the `GradientAccumulationScheduler` is "
                                        "not supported for manual optimization. Please remove the callback or switch "
                                        "to automatic optimization.");
-    if (t->cfg.accumulate_grad_batches != 1)
+    if (em_trainer_accumulate_grad_batches(t) != 1)
         return em_error_set(EM_EINVAL, "You have set `accumulate_grad_batches` and are using the "
                                        "`GradientAccumulationScheduler` callback. Either remove `accumulate_grad_batches` "
                                        "from the trainer config or remove the callback.");
@@ -94,9 +43,8 @@ static em_status gas_on_train_start(em_callback *cb, em_trainer *t, em_module *m
     for (size_t i = 0; i < g->n; i++)
         accumulates |= g->schedule[i][1] > 1;
     if (overridden && accumulates)
-        fprintf(stderr, "ember: warning: When using `GradientAccumulationScheduler` with optimizer_step or "
-                        "optimizer_zero_grad overridden, these hooks are called once per optimization step, not per "
-                        "batch.\n");
+        emi_warn("When using `GradientAccumulationScheduler` with optimizer_step or optimizer_zero_grad "
+                 "overridden, these hooks are called once per optimization step, not per batch.");
     return EM_OK;
 }
 
@@ -104,7 +52,7 @@ static em_status gas_on_train_start(em_callback *cb, em_trainer *t, em_module *m
 static em_status gas_on_train_epoch_start(em_callback *cb, em_trainer *t, em_module *m)
 {
     (void)m;
-    grad_accum_scheduler *g = cb->state;
+    grad_accum_scheduler *g = em_callback_state(cb);
     return em_trainer_set_accumulate_grad_batches(t, gas_factor(g, em_trainer_current_epoch(t)));
 }
 

@@ -6,7 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "loop.h" /* emi_fail */
+#include "backend.h" /* emi_fail */
+#include "loader.h"
 
 struct em_loader {
     const em_loader_ops *ops;
@@ -79,17 +80,13 @@ em_status em_loader_get(em_loader *l, int64_t epoch, int64_t index, em_batch *ou
     return EM_OK;
 }
 
-/* Used by the trainer: the loader's set_epoch, then batches of that epoch. */
-void loader_set_epoch(em_loader *l, int64_t epoch);
-em_status loader_fetch(em_loader *l, int64_t index, em_batch *out);
-
-void loader_set_epoch(em_loader *l, int64_t epoch)
+void emi_loader_set_epoch(em_loader *l, int64_t epoch)
 {
     if (l->ops->set_epoch != NULL)
         l->ops->set_epoch(l->state, epoch);
 }
 
-em_status loader_fetch(em_loader *l, int64_t index, em_batch *out)
+em_status emi_loader_fetch(em_loader *l, int64_t index, em_batch *out)
 {
     memset(out, 0, sizeof *out);
     em_status s = l->ops->get_batch(l->state, index, out);

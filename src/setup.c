@@ -3,14 +3,14 @@
  * Lightning: core/optimizer.py (_init_optimizers_and_lr_schedulers, _configure_schedulers_automatic_opt,
  *            _configure_schedulers_manual_opt, _validate_optimizers_attached, _validate_scheduler_api,
  *            _validate_multiple_optimizers_support). Every return form of configure_optimizers maps onto
- * em_optim_setup_add / em_optim_setup_add_scheduler calls (LIGHTNING_SEMANTICS.md §3.1-3.2).
+ * em_optim_setup_add / em_optim_setup_add_scheduler calls (docs/LIGHTNING_RULES.md §3.1-3.2).
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "loop.h" /* em_optim_setup, emi_sched_entry, emi_fail */
+#include "setup.h"
 
-void setup_init(em_optim_setup *s, em_trainer *t)
+void emi_setup_init(em_optim_setup *s, em_trainer *t)
 {
     memset(s, 0, sizeof *s);
     s->t = t;
@@ -24,8 +24,12 @@ static void sched_entry_free(emi_sched_entry *e)
     free((char *)e->cfg.name);
 }
 
-void setup_free(em_optim_setup *s)
+void emi_setup_free(em_optim_setup *s)
 {
+    if (s->params != NULL)
+        for (size_t i = 0; i < s->n_opts; i++)
+            em_params_free(s->params[i]);
+    free(s->params);
     for (size_t i = 0; i < s->n_scheds; i++)
         sched_entry_free(&s->scheds[i]);
     free(s->scheds);
@@ -37,19 +41,6 @@ void setup_free(em_optim_setup *s)
     em_trainer *t = s->t;
     memset(s, 0, sizeof *s);
     s->t = t;
-}
-
-static char *dup_or_null(const char *str, bool *oom)
-{
-    if (str == NULL)
-        return NULL;
-    size_t n = strlen(str) + 1;
-    char *d = malloc(n);
-    if (d == NULL)
-        *oom = true;
-    else
-        memcpy(d, str, n);
-    return d;
 }
 
 em_status em_optim_setup_add(em_optim_setup *setup, em_optimizer *opt)
@@ -78,6 +69,58 @@ em_status em_optim_setup_add(em_optim_setup *setup, em_optimizer *opt)
     return EM_OK;
 }
 
+/* Lightning's _configure_schedulers_automatic_opt / _manual_opt on one config: the checks, the warnings,
+ * and the defaults resolved (frequency 0 = 1). */
+static em_status scheduler_config_check(const em_trainer *t, const em_scheduler *sched, em_scheduler_config *c)
+{
+    if (c->interval != EM_INTERVAL_EPOCH && c->interval != EM_INTERVAL_STEP)
+        return emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: The \"interval\" key in lr scheduler dict must be "
+                                   "\"step\" or \"epoch\" (EM_INTERVAL_STEP or EM_INTERVAL_EPOCH), got %d",
+                        (int)c->interval);
+    if (c->frequency < 0)
+        return emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: frequency must be >= 1 (0 = the default 1), got %lld",
+                        (long long)c->frequency);
+    if (c->frequency == 0)
+        c->frequency = 1;
+    if (!t->module->automatic_optimization)
+        return EM_OK;
+    bool plateau = em_scheduler_is_plateau(sched);
+    if (plateau && (c->monitor == NULL || c->monitor[0] == '\0'))
+        return emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: The lr scheduler dict must include a monitor when "
+                                   "a `ReduceLROnPlateau` scheduler is used. For example: "
+                                   "&(em_scheduler_config){.monitor = \"val_loss\"}");
+    if (!plateau && c->monitor != NULL)
+        emi_warn("`monitor` \"%s\" is only used by ReduceLROnPlateau schedulers; it is ignored for %s", c->monitor,
+                 em_scheduler_name(sched));
+    if (strcmp(em_scheduler_name(sched), "OneCycleLR") == 0 && c->interval == EM_INTERVAL_EPOCH)
+        emi_warn("A `OneCycleLR` scheduler is using 'interval': 'epoch'. Are you sure you didn't mean 'interval': "
+                 "'step'?");
+    return EM_OK;
+}
+
+/* Append an entry (the config's strings copied). */
+static em_status scheduler_push(em_optim_setup *setup, em_scheduler *sched, const em_scheduler_config *c, size_t idx)
+{
+    if (setup->n_scheds == setup->cap_scheds) {
+        size_t cap = setup->cap_scheds ? 2 * setup->cap_scheds : 4;
+        emi_sched_entry *p = realloc(setup->scheds, cap * sizeof *p);
+        if (p == NULL)
+            return emi_fail(EM_ENOMEM, "em_optim_setup_add_scheduler: out of memory");
+        setup->scheds = p;
+        setup->cap_scheds = cap;
+    }
+    emi_sched_entry e = {.sched = sched, .cfg = *c, .opt_index = idx, .plateau = em_scheduler_is_plateau(sched)};
+    e.cfg.monitor = emi_strdup(c->monitor);
+    e.cfg.name = emi_strdup(c->name);
+    if ((c->monitor != NULL && e.cfg.monitor == NULL) || (c->name != NULL && e.cfg.name == NULL)) {
+        free((char *)e.cfg.monitor);
+        free((char *)e.cfg.name);
+        return emi_fail(EM_ENOMEM, "em_optim_setup_add_scheduler: out of memory");
+    }
+    setup->scheds[setup->n_scheds++] = e;
+    return EM_OK;
+}
+
 em_status em_optim_setup_add_scheduler(em_optim_setup *setup, em_scheduler *sched, const em_scheduler_config *config)
 {
     if (setup == NULL || sched == NULL) {
@@ -87,75 +130,25 @@ em_status em_optim_setup_add_scheduler(em_optim_setup *setup, em_scheduler *sche
         return emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: NULL argument");
     }
     em_scheduler_config c = config != NULL ? *config : (em_scheduler_config){0};
-    em_trainer *t = setup->t;
-    bool automatic = t->module->automatic_optimization;
-    em_status rc = EM_OK;
-
     /* _validate_optimizers_attached */
     em_optimizer *target = em_scheduler_optimizer(sched);
     size_t idx = setup->n_opts;
     for (size_t i = 0; i < setup->n_opts; i++)
         if (setup->opts[i] == target)
             idx = i;
-    if (idx == setup->n_opts) {
+    em_status rc;
+    if (idx == setup->n_opts)
         rc = emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: Some schedulers are attached with an optimizer that "
                                  "wasn't returned from `configure_optimizers`: add the optimizer first "
                                  "(em_optim_setup_add)");
-        goto fail;
+    else if ((rc = scheduler_config_check(setup->t, sched, &c)) == EM_OK)
+        rc = scheduler_push(setup, sched, &c, idx);
+    if (rc != EM_OK) {
+        em_scheduler_free(sched);
+        return rc;
     }
-    if (c.interval != EM_INTERVAL_EPOCH && c.interval != EM_INTERVAL_STEP) {
-        rc = emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: The \"interval\" key in lr scheduler dict must be "
-                                 "\"step\" or \"epoch\" (EM_INTERVAL_STEP or EM_INTERVAL_EPOCH), got %d", (int)c.interval);
-        goto fail;
-    }
-    if (c.frequency < 0) {
-        rc = emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: frequency must be >= 1 (0 = the default 1), got %lld",
-                      (long long)c.frequency);
-        goto fail;
-    }
-    if (c.frequency == 0)
-        c.frequency = 1;
-    bool plateau = em_scheduler_is_plateau(sched);
-    if (automatic) {
-        if (plateau && (c.monitor == NULL || c.monitor[0] == '\0')) {
-            rc = emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: The lr scheduler dict must include a monitor when "
-                                     "a `ReduceLROnPlateau` scheduler is used. For example: "
-                                     "&(em_scheduler_config){.monitor = \"val_loss\"}");
-            goto fail;
-        }
-        if (!plateau && c.monitor != NULL)
-            fprintf(stderr, "ember: warning: `monitor` \"%s\" is only used by ReduceLROnPlateau schedulers; "
-                            "it is ignored for %s\n", c.monitor, em_scheduler_name(sched));
-        if (strcmp(em_scheduler_name(sched), "OneCycleLR") == 0 && c.interval == EM_INTERVAL_EPOCH)
-            fprintf(stderr, "ember: warning: A `OneCycleLR` scheduler is using 'interval': 'epoch'. Are you sure you "
-                            "didn't mean 'interval': 'step'?\n");
-    }
-    if (setup->n_scheds == setup->cap_scheds) {
-        size_t cap = setup->cap_scheds ? 2 * setup->cap_scheds : 4;
-        emi_sched_entry *p = realloc(setup->scheds, cap * sizeof *p);
-        if (p == NULL) {
-            rc = emi_fail(EM_ENOMEM, "em_optim_setup_add_scheduler: out of memory");
-            goto fail;
-        }
-        setup->scheds = p;
-        setup->cap_scheds = cap;
-    }
-    bool oom = false;
-    emi_sched_entry e = {.sched = sched, .cfg = c, .opt_index = idx, .plateau = plateau};
-    e.cfg.monitor = dup_or_null(c.monitor, &oom);
-    e.cfg.name = dup_or_null(c.name, &oom);
-    if (oom) {
-        free((char *)e.cfg.monitor);
-        free((char *)e.cfg.name);
-        rc = emi_fail(EM_ENOMEM, "em_optim_setup_add_scheduler: out of memory");
-        goto fail;
-    }
-    setup->scheds[setup->n_scheds++] = e;
     emi_scheduler_set_owned(sched, true);
     return EM_OK;
-fail:
-    em_scheduler_free(sched);
-    return rc;
 }
 
 /* Lightning's _validate_scheduler_api: a torch LRScheduler / ReduceLROnPlateau, by class name. */
@@ -172,7 +165,23 @@ static bool scheduler_is_builtin(const em_scheduler *s)
     return false;
 }
 
-em_status setup_validate(em_optim_setup *s)
+em_params *emi_optimizer_params(const em_optimizer *opt)
+{
+    em_params *all = em_params_new();
+    if (all == NULL)
+        return NULL;
+    for (size_t g = 0; g < em_optimizer_num_groups(opt); g++) {
+        const em_params *ps = em_optimizer_group_params(opt, g);
+        for (size_t i = 0; i < em_params_size(ps); i++)
+            if (em_params_add(all, em_params_get(ps, i)) != EM_OK) {
+                em_params_free(all);
+                return NULL;
+            }
+    }
+    return all;
+}
+
+static em_status setup_validate(em_optim_setup *s)
 {
     em_trainer *t = s->t;
     em_module *m = t->module;
@@ -181,8 +190,7 @@ em_status setup_validate(em_optim_setup *s)
                                    "Set `automatic_optimization = false` in the module, then use em_optimizers(m, &n) "
                                    "and step them yourself in training_step.");
     if (s->n_opts == 0)
-        fprintf(stderr, "ember: warning: `configure_optimizers` added no optimizer: this fit will run without an "
-                        "optimizer.\n");
+        emi_warn("`configure_optimizers` added no optimizer: this fit will run without an optimizer.");
     if (m->automatic_optimization && m->ops->lr_scheduler_step == NULL) {
         for (size_t i = 0; i < s->n_scheds; i++)
             if (em_scheduler_state(s->scheds[i].sched) != NULL || !scheduler_is_builtin(s->scheds[i].sched))
@@ -191,4 +199,28 @@ em_status setup_validate(em_optim_setup *s)
                                 em_scheduler_name(s->scheds[i].sched));
     }
     return EM_OK;
+}
+
+em_status emi_setup_finish(em_optim_setup *s)
+{
+    em_status rc = setup_validate(s);
+    if (rc != EM_OK)
+        return rc;
+    s->params = calloc(s->n_opts > 0 ? s->n_opts : 1, sizeof *s->params);
+    if (s->params == NULL)
+        return emi_fail(EM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < s->n_opts; i++)
+        if ((s->params[i] = emi_optimizer_params(s->opts[i])) == NULL)
+            return em_last_status() != EM_OK ? em_last_status() : EM_ENOMEM;
+    return EM_OK;
+}
+
+int emi_optimizer_index(const em_trainer *t, const em_optimizer *opt)
+{
+    if (opt == NULL)
+        return -1;
+    for (size_t i = 0; i < t->setup.n_opts; i++)
+        if (t->setup.opts[i] == opt || (t->wrappers != NULL && t->wrappers[i] == opt))
+            return (int)i;
+    return -1;
 }

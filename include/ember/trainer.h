@@ -509,6 +509,12 @@ EM_API bool em_trainer_callback_metric(const em_trainer *t, const char *name, do
 EM_API size_t em_trainer_num_callback_metrics(const em_trainer *t);
 /** The i-th callback metric's name (borrowed, valid until the metrics change) and value. NULL when out of range. */
 EM_API const char *em_trainer_callback_metric_at(const em_trainer *t, size_t i, double *value);
+/** Number of progress bar metrics (Lightning: trainer.progress_bar_metrics: what was logged with
+ *  EM_LOG_PROG_BAR, under its logged or forked name). List them with em_trainer_progress_bar_metric_at. */
+EM_API size_t em_trainer_num_progress_bar_metrics(const em_trainer *t);
+/** The i-th progress bar metric's name (borrowed, valid until the metrics change) and value; NULL when
+ *  out of range. */
+EM_API const char *em_trainer_progress_bar_metric_at(const em_trainer *t, size_t i, double *value);
 
 EM_END_DECLS
 

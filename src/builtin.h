@@ -1,0 +1,11 @@
+/* builtin.h: the callbacks ember installs itself (Lightning adds its progress bar the same way).
+ * They are written against the public API only, like a user's callback. */
+#ifndef EMBER_BUILTIN_H
+#define EMBER_BUILTIN_H
+
+#include "ember/trainer.h"
+
+/** Lightning's TQDMProgressBar on stderr (progress.c). NULL when out of memory (recorded). */
+em_callback *emi_progress_bar_new(void);
+
+#endif /* EMBER_BUILTIN_H */

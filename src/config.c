@@ -1,0 +1,207 @@
+/* config.c: the Trainer arguments - the checks Trainer.__init__ makes, and their resolution at fit
+ * start into the settings the loop reads (t->fit).
+ *
+ * Lightning: trainer/trainer.py (Trainer.__init__, estimated_stepping_batches), loops/utilities.py
+ *            (_parse_loop_limits), trainer/setup.py (_determine_batch_limits),
+ *            trainer/connectors/data_connector.py (_parse_num_batches), loops/fit_loop.py (setup_data).
+ * Rules: docs/LIGHTNING_RULES.md §2.2, §2.3, §9.5, §10.
+ */
+#include <math.h>
+
+#include "config.h"
+#include "loops.h"
+
+/* ---- construction: Trainer.__init__'s checks ---------------------------------------------------------- */
+
+static em_status check_amount(const char *name, em_amount a)
+{
+    if (a.is_fraction) {
+        if (!(a.value >= 0.0 && a.value <= 1.0))
+            return emi_fail(EM_EINVAL, "em_trainer_new: `%s` must be a fraction in [0.0, 1.0] (EM_FRACTION) or a "
+                                       "number of batches (EM_BATCHES), got EM_FRACTION(%g)", name, a.value);
+    } else if (!(a.value >= 0) || a.value != floor(a.value)) {
+        return emi_fail(EM_EINVAL, "em_trainer_new: `%s` must be a fraction in [0.0, 1.0] (EM_FRACTION) or a "
+                                   "non-negative number of batches (EM_BATCHES), got EM_BATCHES(%g)", name, a.value);
+    }
+    return EM_OK;
+}
+
+/* max_epochs, max_steps, min_epochs, min_steps (§10 #1, #2; negative minimums, which Lightning lets by). */
+static em_status check_limits(const em_trainer_config *c)
+{
+    if (c->max_epochs != EM_NONE && c->max_epochs < -1)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `max_epochs` must be a non-negative integer or -1, got %lld",
+                        (long long)c->max_epochs);
+    if (c->max_steps < -1)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `max_steps` must be a non-negative integer or -1, got %lld",
+                        (long long)c->max_steps);
+    if (c->min_epochs != EM_NONE && c->min_epochs < 0)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `min_epochs` must be >= 0 or EM_NONE, got %lld",
+                        (long long)c->min_epochs);
+    if (c->min_steps != EM_NONE && c->min_steps < 0)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `min_steps` must be >= 0 or EM_NONE, got %lld",
+                        (long long)c->min_steps);
+    return EM_OK;
+}
+
+/* limit_*_batches, val_check_interval, check_val_every_n_epoch, num_sanity_val_steps (§10 #3, #5, #6). */
+static em_status check_validation(const em_trainer_config *c)
+{
+    em_status s;
+    if ((s = check_amount("limit_train_batches", c->limit_train_batches)) != EM_OK ||
+        (s = check_amount("limit_val_batches", c->limit_val_batches)) != EM_OK ||
+        (s = check_amount("val_check_interval", c->val_check_interval)) != EM_OK)
+        return s;
+    if (c->check_val_every_n_epoch != EM_NONE && c->check_val_every_n_epoch < 1)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `check_val_every_n_epoch` should be an integer >= 1 or EM_NONE, "
+                                   "got %lld", (long long)c->check_val_every_n_epoch);
+    if (c->check_val_every_n_epoch == EM_NONE && c->val_check_interval.is_fraction)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `val_check_interval` should be a number of batches "
+                                   "(EM_BATCHES) when `check_val_every_n_epoch` is EM_NONE, got EM_FRACTION(%g)",
+                        c->val_check_interval.value);
+    if (c->num_sanity_val_steps < -1)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `num_sanity_val_steps` must be >= -1, got %lld",
+                        (long long)c->num_sanity_val_steps);
+    return EM_OK;
+}
+
+/* accumulation, clipping, precision, logging (§10 #9, #10). */
+static em_status check_optimization(const em_trainer_config *c)
+{
+    if (c->accumulate_grad_batches < 1)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `accumulate_grad_batches` must be an integer >= 1, got %lld "
+                                   "(Lightning would divide by zero later)", (long long)c->accumulate_grad_batches);
+    if (c->gradient_clip_algorithm != EM_CLIP_DEFAULT && c->gradient_clip_algorithm != EM_CLIP_NORM &&
+        c->gradient_clip_algorithm != EM_CLIP_VALUE)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `gradient_clip_algorithm` %d is invalid. Allowed algorithms: "
+                                   "EM_CLIP_VALUE, EM_CLIP_NORM", (int)c->gradient_clip_algorithm);
+    if (c->precision != EM_PRECISION_32_TRUE && c->precision != EM_PRECISION_16_MIXED &&
+        c->precision != EM_PRECISION_BF16_MIXED)
+        return emi_fail(EM_EINVAL, "em_trainer_new: precision %d is not supported; use EM_PRECISION_32_TRUE, "
+                                   "EM_PRECISION_16_MIXED or EM_PRECISION_BF16_MIXED", (int)c->precision);
+    if (c->log_every_n_steps < 1)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `log_every_n_steps` must be >= 1, got %lld",
+                        (long long)c->log_every_n_steps);
+    return EM_OK;
+}
+
+em_status emi_config_check(const em_trainer_config *c)
+{
+    if (c->version == 0)
+        return emi_fail(EM_EINVAL, "em_trainer_new: cfg->version is 0: start from EM_TRAINER_CONFIG_INIT");
+    if (c->version > EM_TRAINER_CONFIG_VERSION)
+        return emi_fail(EM_EINVAL, "em_trainer_new: cfg->version %d is newer than this library (%d)", c->version,
+                        EM_TRAINER_CONFIG_VERSION);
+    em_status s;
+    if ((s = check_limits(c)) != EM_OK || (s = check_validation(c)) != EM_OK || (s = check_optimization(c)) != EM_OK)
+        return s;
+    return EM_OK;
+}
+
+/* ---- fit start: _parse_loop_limits and the loop's settings ---------------------------------------------- */
+
+void emi_config_resolve(em_trainer *t)
+{
+    const em_trainer_config *c = &t->cfg;
+    emi_fit_settings *f = &t->fit;
+    f->max_steps = c->max_steps;
+    f->min_steps = c->min_steps;
+    if (c->max_epochs == EM_NONE) {
+        if (c->max_steps == -1) {
+            emi_warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
+                     "`max_epochs=-1`.");
+            f->max_epochs = 1000;
+        } else {
+            f->max_epochs = -1;
+        }
+    } else {
+        f->max_epochs = c->max_epochs;
+    }
+    if (c->min_epochs == EM_NONE)
+        f->min_epochs = c->min_steps != EM_NONE ? 1 : 0;
+    else
+        f->min_epochs = c->min_epochs;
+    f->clip_val = c->gradient_clip_val;
+    f->clip_algo = c->gradient_clip_algorithm;
+    f->check_val_every_n_epoch = c->check_val_every_n_epoch;
+    f->num_sanity_val_steps = c->num_sanity_val_steps;
+    f->log_every_n_steps = c->log_every_n_steps;
+}
+
+/* Lightning: _parse_num_batches: the number of batches an epoch runs under a limit. */
+static em_status parse_num_batches(const char *stage, int64_t length, em_amount limit, int64_t *out)
+{
+    if (!limit.is_fraction) {
+        *out = length < (int64_t)limit.value ? length : (int64_t)limit.value;
+        return EM_OK;
+    }
+    if (limit.value == 1.0) {
+        *out = length;
+        return EM_OK;
+    }
+    int64_t n = (int64_t)((double)length * limit.value);
+    if (limit.value > 0.0 && n == 0 && length > 0) {
+        double min_pct = 1.0 / (double)length;
+        return emi_fail(EM_EINVAL, "You requested to check %g of the %s dataloader but %g * %lld < 1. Please "
+                                   "increase the `limit_%s_batches` argument. Try at least EM_FRACTION(%g)",
+                        limit.value, stage, limit.value, (long long)length, stage, min_pct);
+    }
+    *out = n;
+    return EM_OK;
+}
+
+/* Lightning: Trainer.estimated_stepping_batches (§2.3) */
+static double estimate_stepping_batches(const em_trainer *t)
+{
+    const emi_fit_settings *f = &t->fit;
+    if (f->max_epochs == -1)
+        return f->max_steps == -1 ? INFINITY : (double)f->max_steps;
+    int64_t a = t->accumulate;
+    int64_t per_epoch = (f->num_training_batches + a - 1) / a;
+    int64_t epochs = f->max_epochs > 1 ? f->max_epochs : 1;
+    double est = (double)(per_epoch * epochs);
+    if (f->max_steps != -1 && (double)f->max_steps < est)
+        est = (double)f->max_steps;
+    return est;
+}
+
+/* val_check_interval: an int k validates every k batches, a float f every int(N * f) (at least 1). */
+static em_status resolve_val_check_batch(em_trainer *t)
+{
+    emi_fit_settings *f = &t->fit;
+    const em_amount vci = t->cfg.val_check_interval;
+    if (vci.is_fraction) {
+        f->val_check_batch = (int64_t)((double)f->num_training_batches * vci.value);
+    } else {
+        f->val_check_batch = (int64_t)vci.value;
+        if (f->val_check_batch > f->num_training_batches && f->check_val_every_n_epoch != EM_NONE &&
+            emi_validation_enabled(t))
+            return emi_fail(EM_EINVAL, "`val_check_interval` (%lld) must be less than or equal to the number of the "
+                                       "training batches (%lld). If you want to disable validation set "
+                                       "`limit_val_batches` to 0.0 instead. If you want to validate based on the "
+                                       "total training batches, set `check_val_every_n_epoch=EM_NONE`.",
+                            (long long)f->val_check_batch, (long long)f->num_training_batches);
+    }
+    if (f->val_check_batch < 1)
+        f->val_check_batch = 1;
+    return EM_OK;
+}
+
+em_status emi_config_setup_data(em_trainer *t)
+{
+    emi_fit_settings *f = &t->fit;
+    em_status s;
+    int64_t len = em_loader_num_batches(t->train);
+    if ((s = parse_num_batches("train", len, t->cfg.limit_train_batches, &f->num_training_batches)) != EM_OK)
+        return s;
+    f->num_val_batches = 0;
+    if (t->val != NULL && t->module->ops->validation_step != NULL) {
+        int64_t vlen = em_loader_num_batches(t->val);
+        if ((s = parse_num_batches("val", vlen, t->cfg.limit_val_batches, &f->num_val_batches)) != EM_OK)
+            return s;
+    }
+    if ((s = resolve_val_check_batch(t)) != EM_OK)
+        return s;
+    f->estimated = estimate_stepping_batches(t);
+    return EM_OK;
+}

@@ -1,0 +1,18 @@
+/* config.h: the Trainer arguments - checked at construction, resolved at fit start. */
+#ifndef EMBER_CONFIG_H
+#define EMBER_CONFIG_H
+
+#include "loop.h"
+
+/** Lightning: Trainer.__init__'s checks (and those it lets through and crashes on later). Errors:
+ *  EM_EINVAL with a message saying what to change. */
+em_status emi_config_check(const em_trainer_config *c);
+/** At fit start, before the data: the limits (_parse_loop_limits) and the settings the loop reads
+ *  (t->fit), precision aside (precision.c). */
+void emi_config_resolve(em_trainer *t);
+/** Lightning: _FitLoop.setup_data: batch counts under the limits, the validation interval, then
+ *  estimated_stepping_batches. Errors: EM_EINVAL (a fraction that gives no batch, an interval longer
+ *  than the epoch). */
+em_status emi_config_setup_data(em_trainer *t);
+
+#endif /* EMBER_CONFIG_H */

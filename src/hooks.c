@@ -1,0 +1,223 @@
+/* hooks.c: calling user code - module hooks and callbacks - and recording where a failure happened.
+ *
+ * Lightning: trainer/call.py (_call_lightning_module_hook, _call_callback_hooks: the hook name is
+ * set for self.log's permissions while the hook runs), callbacks/callback.py (the Callback protocol).
+ * Hooks with a default body (training_step, backward, optimizer_step, optimizer_zero_grad,
+ * lr_scheduler_step, configure_gradient_clipping, on_validation_model_zero_grad) are called by the
+ * file that owns the concept, through emi_hook_enter / emi_hook_leave; the others, which every
+ * callback may implement too, through emi_hooks_call.
+ */
+#include <stdlib.h>
+
+#include "hooks.h"
+
+/* ---- failures: where and what ---------------------------------------------------------------------- */
+
+em_status emi_trainer_fail(em_trainer *t, const char *what, em_status s)
+{
+    if (s == EM_OK)
+        s = EM_ERROR;
+    if (t->fail_status != EM_OK)
+        return t->fail_status; /* the first failure wins, as everywhere in ember */
+    t->fail_status = s;
+    const char *msg = em_last_error();
+    if (msg[0] == '\0')
+        msg = em_status_name(s);
+    if (t->stage == EMI_STAGE_TRAIN && t->batch != NULL)
+        snprintf(t->error, sizeof t->error, "epoch %lld, batch %lld, %s: %s", (long long)t->current_epoch,
+                 (long long)t->batch_idx, what, msg);
+    else if ((t->stage == EMI_STAGE_VAL || t->stage == EMI_STAGE_SANITY) && t->batch != NULL)
+        snprintf(t->error, sizeof t->error, "epoch %lld, %s batch %lld, %s: %s", (long long)t->current_epoch,
+                 t->stage == EMI_STAGE_SANITY ? "sanity check" : "validation", (long long)t->val_batch_idx,
+                 what, msg);
+    else if (t->stage != EMI_STAGE_NONE)
+        snprintf(t->error, sizeof t->error, "epoch %lld, %s: %s", (long long)t->current_epoch, what, msg);
+    else
+        snprintf(t->error, sizeof t->error, "%s: %s", what, msg);
+    return s;
+}
+
+em_status emi_trainer_check(em_trainer *t, const char *what, em_status s)
+{
+    if (t->fail_status != EM_OK)
+        return t->fail_status;
+    if (s == EM_OK && !emi_has_error())
+        return EM_OK;
+    if (s == EM_OK)
+        s = em_last_status();
+    return emi_trainer_fail(t, what, s);
+}
+
+/* ---- one hook ---------------------------------------------------------------------------------------- */
+
+const char *emi_hook_enter(em_trainer *t, const char *hook)
+{
+    const char *prev = t->hook;
+    t->hook = hook;
+    em_clear_error();
+    return prev;
+}
+
+em_status emi_hook_leave(em_trainer *t, const char *prev, const char *hook, em_status s)
+{
+    t->hook = prev;
+    return emi_trainer_check(t, hook, s);
+}
+
+/* ---- the callback protocol ------------------------------------------------------------------------------ */
+
+struct em_callback {
+    const em_callback_ops *ops;
+    void *state;
+};
+
+em_callback *em_callback_new(const em_callback_ops *ops, void *state)
+{
+    if (ops == NULL || ops->version < 1 || ops->version > EM_CALLBACK_OPS_VERSION) {
+        emi_fail(EM_EINVAL, "em_callback_new: ops is NULL or ops->version (%d) is not EM_CALLBACK_OPS_VERSION (%d)",
+                 ops == NULL ? 0 : ops->version, EM_CALLBACK_OPS_VERSION);
+        if (ops != NULL && ops->destroy != NULL && state != NULL)
+            ops->destroy(state);
+        return NULL;
+    }
+    em_callback *cb = calloc(1, sizeof *cb);
+    if (cb == NULL) {
+        emi_fail(EM_ENOMEM, "em_callback_new: out of memory");
+        if (ops->destroy != NULL && state != NULL)
+            ops->destroy(state);
+        return NULL;
+    }
+    cb->ops = ops;
+    cb->state = state;
+    return cb;
+}
+
+void *em_callback_state(const em_callback *cb)
+{
+    return cb == NULL ? NULL : cb->state;
+}
+
+void emi_callback_destroy(em_callback *cb)
+{
+    if (cb == NULL)
+        return;
+    if (cb->ops->destroy != NULL && cb->state != NULL)
+        cb->ops->destroy(cb->state);
+    free(cb);
+}
+
+void em_callback_free(em_callback *cb)
+{
+    emi_callback_destroy(cb);
+}
+
+bool emi_callback_reads_batch_output(const em_callback *cb)
+{
+    return cb->ops->on_train_batch_end != NULL;
+}
+
+/* ---- hooks that every callback and the module may implement ---------------------------------------------- */
+
+/* Each such hook once: its id, its field in both ops tables, and the arguments after (cb, t, m) for a
+ * callback or after (m) for the module. on_train_batch_start's module entry returns an int and is
+ * called in module_hook itself. */
+#define EMI_SHARED_HOOKS(X)                                                      \
+    X(EMI_ON_FIT_START, on_fit_start)                                            \
+    X(EMI_ON_FIT_END, on_fit_end)                                                \
+    X(EMI_ON_TRAIN_START, on_train_start)                                        \
+    X(EMI_ON_TRAIN_END, on_train_end)                                            \
+    X(EMI_ON_TRAIN_EPOCH_START, on_train_epoch_start)                            \
+    X(EMI_ON_TRAIN_EPOCH_END, on_train_epoch_end)                                \
+    X(EMI_ON_VALIDATION_START, on_validation_start)                              \
+    X(EMI_ON_VALIDATION_END, on_validation_end)                                  \
+    X(EMI_ON_VALIDATION_EPOCH_START, on_validation_epoch_start)                  \
+    X(EMI_ON_VALIDATION_EPOCH_END, on_validation_epoch_end)                      \
+    X(EMI_ON_TRAIN_BATCH_END, on_train_batch_end, a->loss, a->batch, a->batch_idx) \
+    X(EMI_ON_BEFORE_BACKWARD, on_before_backward, a->loss)                       \
+    X(EMI_ON_AFTER_BACKWARD, on_after_backward)                                  \
+    X(EMI_ON_BEFORE_OPTIMIZER_STEP, on_before_optimizer_step, a->opt)            \
+    X(EMI_ON_BEFORE_ZERO_GRAD, on_before_zero_grad, a->opt)
+
+static const char *hook_name(emi_hook hook)
+{
+#define NAME_CASE(id, field, ...) \
+    case id: return #field;
+    switch (hook) {
+        EMI_SHARED_HOOKS(NAME_CASE)
+    case EMI_ON_TRAIN_BATCH_START: return "on_train_batch_start";
+    }
+#undef NAME_CASE
+    return "hook";
+}
+
+/* Whether the callback implements `hook`; when `call` is set, also calls it into *s. */
+static bool callback_hook(em_callback *cb, em_trainer *t, emi_hook hook, const emi_hook_args *a, bool call,
+                          em_status *s)
+{
+    const em_callback_ops *o = cb->ops;
+    em_module *m = t->module;
+#define CALLBACK_CASE(id, field, ...)                             \
+    case id:                                                      \
+        if (o->field == NULL)                                     \
+            return false;                                         \
+        if (call)                                                 \
+            *s = o->field(cb, t, m, ##__VA_ARGS__);               \
+        return true;
+    switch (hook) {
+        EMI_SHARED_HOOKS(CALLBACK_CASE)
+        CALLBACK_CASE(EMI_ON_TRAIN_BATCH_START, on_train_batch_start, a->batch, a->batch_idx)
+    }
+#undef CALLBACK_CASE
+    return false;
+}
+
+/* The same for the module's hook. */
+static bool module_hook(em_trainer *t, emi_hook hook, const emi_hook_args *a, bool call, em_status *s)
+{
+    const em_module_ops *o = t->module->ops;
+    em_module *m = t->module;
+#define MODULE_CASE(id, field, ...)                               \
+    case id:                                                      \
+        if (o->field == NULL)                                     \
+            return false;                                         \
+        if (call)                                                 \
+            *s = o->field(m, ##__VA_ARGS__);                      \
+        return true;
+    switch (hook) {
+        EMI_SHARED_HOOKS(MODULE_CASE)
+    case EMI_ON_TRAIN_BATCH_START:
+        if (o->on_train_batch_start == NULL)
+            return false;
+        /* the only hook whose value Lightning reads: -1 skips the rest of the epoch */
+        if (call)
+            *a->response = o->on_train_batch_start(m, a->batch, a->batch_idx);
+        return true;
+    }
+#undef MODULE_CASE
+    return false;
+}
+
+em_status emi_hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args)
+{
+    static const emi_hook_args none = {0};
+    const emi_hook_args *a = args != NULL ? args : &none;
+    const char *name = hook_name(hook);
+    em_status s = EM_OK;
+    if (a->response != NULL)
+        *a->response = 0;
+    for (size_t i = 0; i < t->n_callbacks; i++) {
+        if (!callback_hook(t->callbacks[i], t, hook, a, false, &s))
+            continue;
+        const char *prev = emi_hook_enter(t, name);
+        s = EM_OK;
+        callback_hook(t->callbacks[i], t, hook, a, true, &s);
+        if (emi_hook_leave(t, prev, name, s) != EM_OK)
+            return t->fail_status;
+    }
+    if (!module_hook(t, hook, a, false, &s))
+        return EM_OK;
+    const char *prev = emi_hook_enter(t, name);
+    s = EM_OK;
+    module_hook(t, hook, a, true, &s);
+    return emi_hook_leave(t, prev, name, s);
+}

@@ -1,0 +1,28 @@
+/* metrics.h: self.log's results, callback_metrics, the progress bar's metrics and the logger
+ * connector (what reaches metrics.csv, and when). */
+#ifndef EMBER_METRICS_H
+#define EMBER_METRICS_H
+
+#include "loop.h"
+
+/** At fit start: open the CSV logger when cfg.enable_csv_logger. Errors: the logger's. */
+em_status emi_metrics_open(em_trainer *t);
+/** At fit end (also after a failure): close the logger, forget the results. */
+void emi_metrics_close(em_trainer *t);
+/** Forget what a stage logged (at the start of a train epoch or a validation run). */
+void emi_metrics_reset_stage(em_trainer *t, emi_stage stage);
+/** Refresh callback_metrics and the progress bar from the live results (Lightning's
+ *  callback_metrics property; also Lightning's on_batch_end update). */
+void emi_metrics_refresh(em_trainer *t);
+/** Write the step values to the logger (Lightning: log_metrics on a stepping batch). */
+void emi_metrics_log_step(em_trainer *t);
+/** The train loop reached its epoch end: hooks now see epoch values. */
+void emi_metrics_train_epoch_end_reached(em_trainer *t);
+/** Reduce a stage's epoch values into callback_metrics (and, for validation, the logger). */
+void emi_metrics_epoch_end(em_trainer *t, emi_stage stage);
+/** After the sanity check: its metrics never count. */
+void emi_metrics_reset_all(em_trainer *t);
+/** Log the train epoch values (step = batches_that_stepped - 1) and reset the train results. */
+void emi_metrics_train_epoch_log(em_trainer *t);
+
+#endif /* EMBER_METRICS_H */

@@ -1,0 +1,21 @@
+/* strategy.h: Lightning's Strategy - where the model's step functions, backward and optimizer steps
+ * run. One strategy today: a single device. Distributed data parallel goes here (the gradient
+ * all-reduce after backward, no_sync on accumulating batches). */
+#ifndef EMBER_STRATEGY_H
+#define EMBER_STRATEGY_H
+
+#include "loop.h"
+#include "precision.h"
+
+/** Lightning: Strategy.training_step: training_step under the precision context. *loss receives
+ *  its return value; NULL with EM_OK is Lightning's `return None`. Errors: recorded. */
+em_status emi_strategy_training_step(em_trainer *t, em_batch *b, int64_t batch_idx, em_tensor **loss);
+/** Lightning: Strategy.validation_step, the same for validation_step. */
+em_status emi_strategy_validation_step(em_trainer *t, em_batch *b, int64_t batch_idx);
+/** Lightning: Strategy.backward: on_before_backward, the module's backward (default
+ *  em_backward_ex), on_after_backward. Errors: recorded. */
+em_status emi_strategy_backward(em_trainer *t, em_tensor *loss, bool retain_graph);
+/** Lightning: Strategy.optimizer_step -> Precision.optimizer_step (precision.h). */
+em_status emi_strategy_optimizer_step(em_trainer *t, size_t index, const em_closure *closure, emi_grad_probe *probe);
+
+#endif /* EMBER_STRATEGY_H */
