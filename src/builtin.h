@@ -8,4 +8,8 @@
 /** Lightning's TQDMProgressBar on stderr (progress.c). NULL when out of memory (recorded). */
 em_callback *emi_progress_bar_new(void);
 
+/** Warn once per process, through the log handler, when OpenBLAS runs its generic kernels
+ *  (platform.c). */
+void emi_check_blas(void);
+
 #endif /* EMBER_BUILTIN_H */

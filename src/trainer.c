@@ -33,6 +33,7 @@ em_trainer *em_trainer_new(const em_trainer_config *cfg)
     }
     if (emi_config_check(cfg) != EM_OK)
         return NULL;
+    emi_check_blas();
     em_trainer *t = calloc(1, sizeof *t);
     if (t == NULL) {
         emi_fail(EM_ENOMEM, "em_trainer_new: out of memory");
