@@ -1,4 +1,4 @@
-/* error.c: the sticky, thread-local error slot (DESIGN.md §2, cairo's discipline).
+/* error.c: the sticky, thread-local error slot (docs/DESIGN.md §2, cairo's discipline).
  *
  * The first failure since em_clear_error() wins; later ones are dropped so that a chain of calls can
  * be checked once. Nothing here allocates, so running out of memory can still be reported.

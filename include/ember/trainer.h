@@ -51,7 +51,7 @@
  * Lightning's `return None`: no backward for that batch.
  *
  * The exact order of operations (closure, accumulation, clipping, schedulers, validation, step
- * counting) is Lightning 2.2.5's; LIGHTNING_SEMANTICS.md in the project's design notes is the
+ * counting) is Lightning 2.2.5's; docs/LIGHTNING_RULES.md in the repository is the
  * reference, and the conformance cases check it against runs recorded from Lightning itself.
  */
 #ifndef EMBER_TRAINER_H
@@ -271,8 +271,10 @@ EM_API em_scheduler **em_lr_schedulers(em_module *m, size_t *n);
 
 /**
  * Back-propagate in manual optimization. Lightning: manual_backward(loss)
- * Runs on_before_backward, the backward hook (default em_backward), on_after_backward; scales the
- * loss under 16-mixed and synchronises gradients under DDP. No normalisation.
+ * Runs on_before_backward, the backward hook (default em_backward), on_after_backward. No
+ * normalisation. (Lightning also scales the loss under 16-mixed and all-reduces gradients under DDP;
+ * this version of ember has neither: 16-mixed runs as bf16-mixed on the CPU and stops fit on CUDA,
+ * and there is no DDP strategy yet.)
  * Errors: EM_ESTATE in automatic optimization ("to use manual_backward, disable automatic
  * optimization") or outside fit; the backward's own failure.
  */
@@ -308,8 +310,8 @@ enum {
     EM_LOG_ON_EPOCH = 1 << 3,    /* on_epoch=True */
     EM_LOG_NOT_ON_EPOCH = 1 << 4,/* on_epoch=False */
     EM_LOG_NO_LOGGER = 1 << 5,   /* logger=False */
-    EM_LOG_SYNC_DIST = 1 << 6,   /* sync_dist=True (reduce across ranks) */
-    EM_LOG_RANK_ZERO_ONLY = 1 << 7
+    EM_LOG_SYNC_DIST = 1 << 6,   /* sync_dist=True: accepted, no effect yet (one process, no DDP) */
+    EM_LOG_RANK_ZERO_ONLY = 1 << 7 /* rank_zero_only=True: accepted, no effect yet (one process) */
 };
 
 /** Epoch reductions (Lightning's reduce_fx). */
@@ -395,7 +397,8 @@ EM_API em_callback *em_grad_accum_scheduler(const int64_t (*schedule)[2], size_t
 /** Precision (Lightning's `precision=`). */
 typedef enum em_precision {
     EM_PRECISION_32_TRUE = 0, /* "32-true" */
-    EM_PRECISION_16_MIXED,    /* "16-mixed": autocast float16 + grad scaler (CUDA; bf16-mixed on CPU) */
+    EM_PRECISION_16_MIXED,    /* "16-mixed": bf16-mixed on the CPU, as Lightning; on CUDA fit stops with
+                                 EM_EUNSUPPORTED (the grad scaler is not implemented yet) */
     EM_PRECISION_BF16_MIXED   /* "bf16-mixed": autocast bfloat16 */
 } em_precision;
 

@@ -1,6 +1,6 @@
 /* layout.c: the ABI of ember's versioned structs, pinned at compile time (C11, -Wpedantic -Werror).
  *
- * A struct that carries a `version` may only grow at its end (DESIGN.md §2): `version` stays at
+ * A struct that carries a `version` may only grow at its end (docs/DESIGN.md §2): `version` stays at
  * offset 0 and every field of an earlier version keeps its offset. Moving or inserting a field
  * breaks programs compiled against an older header; SQLite's sqlite3_vfs once changed without its
  * version changing. If an assertion here fails, append the new field instead, or bump the version

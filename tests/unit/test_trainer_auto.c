@@ -1,5 +1,5 @@
 /* test_trainer_auto.c: automatic optimization (Lightning 2.2.5's _AutomaticOptimization), ported
- * from Lightning's own tests (tests/tests_pytorch/...; LIGHTNING_SEMANTICS.md §1, §6, §11.1, §11.6).
+ * from Lightning's own tests (tests/tests_pytorch/...; docs/LIGHTNING_RULES.md §1, §6, §11.1, §11.6).
  *
  * The model is one Linear(1, 1, bias=False) weight w, and the loss of a batch is mean(w * x), so
  * dloss/dw = mean(x) whatever w is: the gradient the optimizer sees is known exactly. Batches are
@@ -595,7 +595,7 @@ static void test_trainer_auto__hook_order_of_fit(void **state)
 
 /* ---- accumulation -------------------------------------------------------------------------------------------- */
 
-/* LIGHTNING_SEMANTICS.md §1.3 [observed]: N=5, A=2 -> optimizer steps at batch_idx 1, 3, 4 (the last batch
+/* docs/LIGHTNING_RULES.md §1.3 [observed]: N=5, A=2 -> optimizer steps at batch_idx 1, 3, 4 (the last batch
  * of the epoch steps with a short window; windows never span epochs), zero_grad on each window's first batch
  * 0, 2, 4. The loss is divided by A even in the short window: grad = (1 + 2) / 2, (3 + 4) / 2, 5 / 2 (not 5).
  * Two epochs: the same again, global_step 6. (trainer/test_trainer.py::test_gradient_accumulation_scheduling_last_batch,

@@ -1,7 +1,7 @@
 /* test_trainer_loop.c: the fit loop around the optimization - limits and stopping, validation scheduling,
  * the sanity check, callback_metrics, the GradientAccumulationScheduler, LR scheduler intervals, the
  * misconfiguration errors and failures. Ported from Lightning 2.2.5's own tests (tests/tests_pytorch/...;
- * LIGHTNING_SEMANTICS.md §2, §3, §5, §9, §10, §11).
+ * docs/LIGHTNING_RULES.md §2, §3, §5, §9, §10, §11).
  *
  * The model is one Linear(1, 1, bias=False) weight w (w0 = 1), the loss of a batch is mean(w * x) (so
  * dloss/dw = mean(x)), SGD(lr = 0.01). Train batches are single rows x = 1, 2, 3, ... unless a test

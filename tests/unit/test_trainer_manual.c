@@ -1,6 +1,6 @@
 /* test_trainer_manual.c: manual optimization (Lightning 2.2.5's _ManualOptimization, LightningOptimizer,
  * manual_backward, toggle_optimizer), ported from Lightning's own tests (tests/tests_pytorch/...;
- * LIGHTNING_SEMANTICS.md §4, §11.4).
+ * docs/LIGHTNING_RULES.md §4, §11.4).
  *
  * The model's "layer" is a Linear(1, 1, bias=False) weight w and the loss of a batch is mean(w * x), so
  * dloss/dw = mean(x). Batches are single rows x = 1, 2, 3, ... Hooks record what they saw in an event list.
