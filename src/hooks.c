@@ -150,24 +150,28 @@ static const char *hook_name(emi_hook hook)
     return "hook";
 }
 
+/* One case of the dispatch switches below: whether the ops table `o` has `field`, and when `call` is
+ * set, the call into *s with RECEIVER (the arguments before the hook's own) and the hook's arguments. */
+#define HOOK_CASE(id, field, ...)                                 \
+    case id:                                                      \
+        if (o->field == NULL)                                     \
+            return false;                                         \
+        if (call)                                                 \
+            *s = o->field(RECEIVER, ##__VA_ARGS__);               \
+        return true;
+
 /* Whether the callback implements `hook`; when `call` is set, also calls it into *s. */
 static bool callback_hook(em_callback *cb, em_trainer *t, emi_hook hook, const emi_hook_args *a, bool call,
                           em_status *s)
 {
     const em_callback_ops *o = cb->ops;
     em_module *m = t->module;
-#define CALLBACK_CASE(id, field, ...)                             \
-    case id:                                                      \
-        if (o->field == NULL)                                     \
-            return false;                                         \
-        if (call)                                                 \
-            *s = o->field(cb, t, m, ##__VA_ARGS__);               \
-        return true;
+#define RECEIVER cb, t, m
     switch (hook) {
-        EMI_SHARED_HOOKS(CALLBACK_CASE)
-        CALLBACK_CASE(EMI_ON_TRAIN_BATCH_START, on_train_batch_start, a->batch, a->batch_idx)
+        EMI_SHARED_HOOKS(HOOK_CASE)
+        HOOK_CASE(EMI_ON_TRAIN_BATCH_START, on_train_batch_start, a->batch, a->batch_idx)
     }
-#undef CALLBACK_CASE
+#undef RECEIVER
     return false;
 }
 
@@ -176,15 +180,9 @@ static bool module_hook(em_trainer *t, emi_hook hook, const emi_hook_args *a, bo
 {
     const em_module_ops *o = t->module->ops;
     em_module *m = t->module;
-#define MODULE_CASE(id, field, ...)                               \
-    case id:                                                      \
-        if (o->field == NULL)                                     \
-            return false;                                         \
-        if (call)                                                 \
-            *s = o->field(m, ##__VA_ARGS__);                      \
-        return true;
+#define RECEIVER m
     switch (hook) {
-        EMI_SHARED_HOOKS(MODULE_CASE)
+        EMI_SHARED_HOOKS(HOOK_CASE)
     case EMI_ON_TRAIN_BATCH_START:
         if (o->on_train_batch_start == NULL)
             return false;
@@ -193,9 +191,10 @@ static bool module_hook(em_trainer *t, emi_hook hook, const emi_hook_args *a, bo
             *a->response = o->on_train_batch_start(m, a->batch, a->batch_idx);
         return true;
     }
-#undef MODULE_CASE
+#undef RECEIVER
     return false;
 }
+#undef HOOK_CASE
 
 em_status emi_hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args)
 {

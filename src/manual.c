@@ -89,20 +89,6 @@ static emi_toggle *toggle_find(em_trainer *t, const void *id)
     return NULL;
 }
 
-/* The trainer and the index of `opt` for em_[un]toggle_optimizer named `fn`. */
-static em_status toggle_target(em_module *m, const em_optimizer *opt, const char *fn, em_trainer **t, int *idx)
-{
-    if (m == NULL || opt == NULL)
-        return emi_fail(EM_EINVAL, "%s: NULL argument", fn);
-    *t = m->trainer_;
-    if (*t == NULL)
-        return emi_fail(EM_ESTATE, "%s: called outside em_trainer_fit", fn);
-    *idx = emi_optimizer_index(*t, opt);
-    if (*idx < 0)
-        return emi_fail(EM_EINVAL, "%s: this optimizer is not one of em_optimizers()", fn);
-    return EM_OK;
-}
-
 /* Give optimizer i's parameters their saved flags back (those that were saved). */
 static void toggle_restore(em_trainer *t, size_t i)
 {
@@ -115,14 +101,9 @@ static void toggle_restore(em_trainer *t, size_t i)
     }
 }
 
-/* Lightning: LightningModule.toggle_optimizer */
-em_status em_toggle_optimizer(em_module *m, em_optimizer *opt)
+/* Lightning: LightningModule.toggle_optimizer for optimizer `idx` */
+static em_status toggle(em_trainer *t, size_t idx)
 {
-    em_trainer *t = NULL;
-    int idx = -1;
-    em_status s = toggle_target(m, opt, "em_toggle_optimizer", &t, &idx);
-    if (s != EM_OK)
-        return s;
     size_t total = 0;
     for (size_t i = 0; i < t->setup.n_opts; i++)
         total += em_params_size(t->setup.params[i]);
@@ -142,21 +123,40 @@ em_status em_toggle_optimizer(em_module *m, em_optimizer *opt)
         }
     }
     /* 2. give this optimizer's parameters their original flag back */
-    toggle_restore(t, (size_t)idx);
+    toggle_restore(t, idx);
     return EM_OK;
 }
 
 /* Lightning: LightningModule.untoggle_optimizer: every other optimizer's parameters get their flags back */
-em_status em_untoggle_optimizer(em_module *m, em_optimizer *opt)
+static em_status untoggle(em_trainer *t, size_t idx)
 {
-    em_trainer *t = NULL;
-    int idx = -1;
-    em_status s = toggle_target(m, opt, "em_untoggle_optimizer", &t, &idx);
-    if (s != EM_OK)
-        return s;
     for (size_t i = 0; i < t->setup.n_opts; i++)
-        if ((int)i != idx)
+        if (i != idx)
             toggle_restore(t, i);
     emi_toggle_free(t);
     return EM_OK;
+}
+
+/* em_toggle_optimizer (on) and em_untoggle_optimizer (off), named `fn` in messages. */
+static em_status toggle_api(em_module *m, const em_optimizer *opt, bool on, const char *fn)
+{
+    if (m == NULL || opt == NULL)
+        return emi_fail(EM_EINVAL, "%s: NULL argument", fn);
+    em_trainer *t = m->trainer_;
+    if (t == NULL)
+        return emi_fail(EM_ESTATE, "%s: called outside em_trainer_fit", fn);
+    int idx = emi_optimizer_index(t, opt);
+    if (idx < 0)
+        return emi_fail(EM_EINVAL, "%s: this optimizer is not one of em_optimizers()", fn);
+    return on ? toggle(t, (size_t)idx) : untoggle(t, (size_t)idx);
+}
+
+em_status em_toggle_optimizer(em_module *m, em_optimizer *opt)
+{
+    return toggle_api(m, opt, true, "em_toggle_optimizer");
+}
+
+em_status em_untoggle_optimizer(em_module *m, em_optimizer *opt)
+{
+    return toggle_api(m, opt, false, "em_untoggle_optimizer");
 }
