@@ -2,7 +2,7 @@
 //
 // Why not libtorch's torch::optim::LBFGS: it keeps the line-search scalars (gtd, t, the cubic
 // interpolation, the Armijo test) in double, where Python keeps 0-dim float32 tensors, and strong
-// Wolfe runs drift apart (LIBTORCH_NOTES.md). Here every scalar carries the type it has in Python
+// Wolfe runs drift apart (docs/LIBTORCH_NOTES.md). Here every scalar carries the type it has in Python
 // (emi_lbfgs_scalar: a Python number or a 0-dim tensor) and each arithmetic or comparison calls the
 // ATen op Python's operator dispatches to, so both run the same kernels on the same operands:
 //   number op number    -> double arithmetic (Python float)

@@ -1,6 +1,6 @@
 // shim/lbfgs.hpp: ember's LBFGS, a port of torch/optim/lbfgs.py (torch 1.13) operation for operation,
 // with the line-search scalars kept as float32 0-dim tensors as Python does (libtorch's C++ LBFGS
-// computes them in double and drifts from Python's runs: LIBTORCH_NOTES.md).
+// computes them in double and drifts from Python's runs: docs/LIBTORCH_NOTES.md).
 // Used by shim/optim.cpp, which wraps it into an em_optimizer.
 #pragma once
 

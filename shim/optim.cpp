@@ -1,7 +1,7 @@
 // shim/optim.cpp: optimizers (torch.optim), optimizers written in C, wrappers, gradient clipping.
 //
 // SGD, Adam, AdamW, RMSprop and Adagrad are libtorch's C++ optimizers, which reproduce Python's
-// torch.optim 1.13 bit for bit (LIBTORCH_NOTES.md); LBFGS is ember's port (shim/lbfgs.hpp). What
+// torch.optim 1.13 bit for bit (docs/LIBTORCH_NOTES.md); LBFGS is ember's port (shim/lbfgs.hpp). What
 // libtorch 1.13 lacks is written here after Python's code: zero_grad(set_to_none)
 // (torch/optim/optimizer.py), the duplicate-parameter check of add_param_group, clip_grad_norm_ and
 // clip_grad_value_ (torch/nn/utils/clip_grad.py), op for op.
@@ -867,8 +867,8 @@ extern "C" em_optimizer *em_optimizer_inner(em_optimizer *opt)
 extern "C" void em_optimizer_free(em_optimizer *opt)
 {
     if (opt != nullptr && opt->trainer_owned) {
-        emi_fail(EM_EINVAL, "em_optimizer_free: this optimizer belongs to a trainer (em_optim_setup_add or "
-                            "em_optimizers); the trainer frees it when fit ends");
+        emi_fail(EM_EINVAL, "em_optimizer_free: this optimizer belongs to a trainer (it was handed to one); "
+                            "the trainer frees it when fit ends");
         return;
     }
     delete opt; // a wrapper's destructor leaves `inner` alone

@@ -37,7 +37,7 @@ bool should_accumulate(const em_trainer *t)
 static em_status training_step(em_trainer *t, em_batch *b, int64_t batch_idx, em_tensor **loss)
 {
     bool autocast = t->precision != EM_PRECISION_32_TRUE;
-    if (autocast && emi_autocast_begin(t->precision, em_tensor_device(b->t[0])) != EM_OK)
+    if (autocast && emi_autocast_begin(t->precision == EM_PRECISION_16_MIXED ? EM_F16 : EM_BF16, em_tensor_device(b->t[0])) != EM_OK)
         return trainer_fail(t, "training_step", em_last_status());
     const char *prev = t->hook;
     t->hook = "training_step";

@@ -17,7 +17,7 @@ em_status manual_run(em_trainer *t, em_batch *batch, int64_t batch_idx, em_tenso
     const char *prev_hook = t->hook;
     *out = NULL;
     bool autocast = t->precision != EM_PRECISION_32_TRUE;
-    if (autocast && emi_autocast_begin(t->precision, em_tensor_device(batch->t[0])) != EM_OK)
+    if (autocast && emi_autocast_begin(t->precision == EM_PRECISION_16_MIXED ? EM_F16 : EM_BF16, em_tensor_device(batch->t[0])) != EM_OK)
         return trainer_fail(t, "training_step", em_last_status());
     t->in_training_step = true;
     t->hook = "training_step";

@@ -395,7 +395,7 @@ static em_status run_validation(em_trainer *t, int64_t max_batches, emi_stage st
         t->batch = &batch;
         metrics_batch_start(t);
         if (t->precision != EM_PRECISION_32_TRUE)
-            emi_autocast_begin(t->precision, em_tensor_device(batch.t[0]));
+            emi_autocast_begin(t->precision == EM_PRECISION_16_MIXED ? EM_F16 : EM_BF16, em_tensor_device(batch.t[0]));
         t->hook = "validation_step";
         em_clear_error();
         s = t->module->ops->validation_step(t->module, &batch, i);
