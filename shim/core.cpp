@@ -284,7 +284,8 @@ template <class Make> static em_tensor *made(const char *func, const em_tensor_o
 
 // A factory that takes a shape: the shape checked (recorded), then make(sizes).
 template <class Make>
-static em_tensor *made_of_shape(const char *func, const int64_t *shape, int ndim, const em_tensor_opts *opts, Make &&make)
+static em_tensor *made_of_shape(const char *func, const int64_t *shape, int ndim, const em_tensor_opts *opts,
+                                Make &&make)
 {
     if (!emi_check_shape(func, shape, ndim))
         return nullptr;
@@ -666,7 +667,8 @@ extern "C" em_tensor *em_tensor_grad(const em_tensor *t)
 
 extern "C" em_status em_tensor_set_grad(em_tensor *t, const em_tensor *grad)
 {
-    return emi_tensor_do(__func__, t, [&](at::Tensor &x) { x.mutable_grad() = grad != nullptr ? grad->t : at::Tensor(); });
+    return emi_tensor_do(__func__, t,
+                         [&](at::Tensor &x) { x.mutable_grad() = grad != nullptr ? grad->t : at::Tensor(); });
 }
 
 extern "C" em_tensor *em_detach(const em_tensor *t)
@@ -681,8 +683,9 @@ extern "C" em_status em_backward(const em_tensor *t)
 
 extern "C" em_status em_backward_ex(const em_tensor *t, const em_tensor *grad, bool retain_graph)
 {
-    return emi_tensor_do(__func__, t,
-                         [&](const at::Tensor &x) { x.backward(grad != nullptr ? grad->t : at::Tensor(), retain_graph); });
+    return emi_tensor_do(__func__, t, [&](const at::Tensor &x) {
+        x.backward(grad != nullptr ? grad->t : at::Tensor(), retain_graph);
+    });
 }
 
 extern "C" void em_no_grad_begin(void)

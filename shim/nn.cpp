@@ -379,7 +379,8 @@ em_tensor *register_tensor(const char *func, em_nn *m, const char *name, const e
 
 extern "C" em_nn *em_nn_linear(int64_t in_features, int64_t out_features, bool bias)
 {
-    if (!check_positive(__func__, "in_features", in_features) || !check_positive(__func__, "out_features", out_features))
+    if (!check_positive(__func__, "in_features", in_features) ||
+        !check_positive(__func__, "out_features", out_features))
         return nullptr;
     return new_builtin(__func__, "Linear", [&] {
         return torch::nn::Linear(torch::nn::LinearOptions(in_features, out_features).bias(bias));
@@ -511,12 +512,14 @@ em_nn *batchnorm(const char *func, const char *kind, int64_t num_features, const
 
 extern "C" em_nn *em_nn_batchnorm1d(int64_t num_features, const em_norm_opts *opts)
 {
-    return batchnorm<torch::nn::BatchNorm1d, torch::nn::BatchNorm1dOptions>(__func__, "BatchNorm1d", num_features, opts);
+    return batchnorm<torch::nn::BatchNorm1d, torch::nn::BatchNorm1dOptions>(__func__, "BatchNorm1d", num_features,
+                                                                            opts);
 }
 
 extern "C" em_nn *em_nn_batchnorm2d(int64_t num_features, const em_norm_opts *opts)
 {
-    return batchnorm<torch::nn::BatchNorm2d, torch::nn::BatchNorm2dOptions>(__func__, "BatchNorm2d", num_features, opts);
+    return batchnorm<torch::nn::BatchNorm2d, torch::nn::BatchNorm2dOptions>(__func__, "BatchNorm2d", num_features,
+                                                                            opts);
 }
 
 extern "C" em_nn *em_nn_layernorm(const int64_t *normalized_shape, int ndim, const em_norm_opts *opts)

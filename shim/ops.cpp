@@ -314,13 +314,15 @@ EMI_UNARY(em_min, at::min(x))
 extern "C" em_tensor *em_sum_dim(const em_tensor *a, int dim, bool keepdim)
 {
     int64_t d = dim;
-    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::sum(x, at::IntArrayRef(&d, 1), keepdim); });
+    return emi_tensor_op(__func__, a,
+                         [&](const at::Tensor &x) { return at::sum(x, at::IntArrayRef(&d, 1), keepdim); });
 }
 
 extern "C" em_tensor *em_mean_dim(const em_tensor *a, int dim, bool keepdim)
 {
     int64_t d = dim;
-    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::mean(x, at::IntArrayRef(&d, 1), keepdim); });
+    return emi_tensor_op(__func__, a,
+                         [&](const at::Tensor &x) { return at::mean(x, at::IntArrayRef(&d, 1), keepdim); });
 }
 
 extern "C" em_tensor *em_max_dim(const em_tensor *a, int dim, bool keepdim, em_tensor **indices)
@@ -349,12 +351,14 @@ extern "C" em_tensor *em_norm(const em_tensor *a, double ord)
 
 extern "C" em_tensor *em_reshape(const em_tensor *a, const int64_t *shape, int ndim)
 {
-    return dims_op(__func__, "shape", a, shape, ndim, [](const at::Tensor &x, at::IntArrayRef s) { return x.reshape(s); });
+    return dims_op(__func__, "shape", a, shape, ndim,
+                   [](const at::Tensor &x, at::IntArrayRef s) { return x.reshape(s); });
 }
 
 extern "C" em_tensor *em_view(const em_tensor *a, const int64_t *shape, int ndim)
 {
-    return dims_op(__func__, "shape", a, shape, ndim, [](const at::Tensor &x, at::IntArrayRef s) { return x.view(s); });
+    return dims_op(__func__, "shape", a, shape, ndim,
+                   [](const at::Tensor &x, at::IntArrayRef s) { return x.view(s); });
 }
 
 extern "C" em_tensor *em_flatten(const em_tensor *a, int start_dim, int end_dim)
@@ -369,7 +373,8 @@ extern "C" em_tensor *em_transpose(const em_tensor *a, int d0, int d1)
 
 extern "C" em_tensor *em_permute(const em_tensor *a, const int64_t *dims, int ndim)
 {
-    return dims_op(__func__, "dims", a, dims, ndim, [](const at::Tensor &x, at::IntArrayRef d) { return x.permute(d); });
+    return dims_op(__func__, "dims", a, dims, ndim,
+                   [](const at::Tensor &x, at::IntArrayRef d) { return x.permute(d); });
 }
 
 extern "C" em_tensor *em_unsqueeze(const em_tensor *a, int dim)

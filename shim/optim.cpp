@@ -490,7 +490,8 @@ extern "C" em_optimizer *em_sgd(const em_params *params, const em_sgd_opts *opts
         emi_fail(EM_EINVAL, "em_sgd: opts is NULL: torch.optim.SGD needs a learning rate (em_sgd_opts.lr > 0)");
         return nullptr;
     }
-    if (!check_hparams(__func__, {{"lr", opts->lr}, {"momentum", opts->momentum}, {"weight_decay", opts->weight_decay}}) ||
+    if (!check_hparams(__func__,
+                       {{"lr", opts->lr}, {"momentum", opts->momentum}, {"weight_decay", opts->weight_decay}}) ||
         !check_nesterov(__func__, opts->momentum, opts->dampening, opts->nesterov))
         return nullptr;
     if (opts->lr == 0) {
