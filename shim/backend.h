@@ -6,8 +6,10 @@
 #ifndef EMBER_BACKEND_H
 #define EMBER_BACKEND_H
 
-#include "ember.h"
-#include "ember/trainer.h"
+#include "ember/common.h"    /* em_status, EM_BEGIN_DECLS, EM_PRINTF */
+#include "ember/tensor.h"    /* em_tensor, em_dtype, em_device */
+#include "ember/optim.h"     /* em_optimizer, em_optimizer_ops */
+#include "ember/scheduler.h" /* em_scheduler */
 
 EM_BEGIN_DECLS
 
@@ -43,8 +45,11 @@ const void *emi_tensor_id(const em_tensor *t);
 
 /* ---- runtime (shim/runtime.cpp): autocast and RNG state --------------------------------------------- */
 
-/** Enter autocast for `precision` on `device` (bf16-mixed: bfloat16; 16-mixed: float16). Nests. */
-em_status emi_autocast_begin(em_precision precision, em_device device);
+/**
+ * Enter autocast to `dtype` (EM_BF16 or EM_F16; the loop maps bf16-mixed and 16-mixed to them) on
+ * `device`. Nests. Errors: EM_EINVAL for another dtype (recorded; nothing to end).
+ */
+em_status emi_autocast_begin(em_dtype dtype, em_device device);
 /** Leave the innermost emi_autocast_begin(). */
 void emi_autocast_end(void);
 

@@ -1,5 +1,5 @@
 // shim/compat.h: every libtorch 1.13 vs 2.x difference ember depends on, in one place.
-// (LIBTORCH_NOTES.md, "1.13 -> 2.x differences".) Included by shim/*.cpp only.
+// (docs/LIBTORCH_NOTES.md, "1.13 -> 2.x differences".) Included by shim/*.cpp only.
 #pragma once
 
 #include <ATen/ATen.h>

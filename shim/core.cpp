@@ -1,7 +1,7 @@
 // shim/core.cpp: tensor handles, scopes, generators, factories, inspection, autograd, parameter lists.
 //
 // One C function wraps one libtorch concept. Every extern "C" function catches everything (EM_TRY /
-// EM_CATCH): no C++ exception crosses into C.
+// EM_CATCH, or emi_guard in the helpers of internal.hpp): no C++ exception crosses into C.
 #include "internal.hpp"
 
 #include <ATen/Parallel.h>
@@ -12,6 +12,23 @@
 #include <cstdarg>
 #include <cstring>
 #include <sstream>
+
+// ---- the exception barrier ----------------------------------------------------------------------------
+
+void emi_fail_current_exception(const char *func) noexcept
+{
+    try {
+        throw;
+    } catch (const c10::Error &e) {
+        emi_fail_torch(func, e.what_without_backtrace());
+    } catch (const std::bad_alloc &) {
+        emi_fail(EM_ENOMEM, "%s: out of memory", func);
+    } catch (const std::exception &e) {
+        emi_fail_torch(func, e.what());
+    } catch (...) {
+        emi_fail_torch(func, "unknown C++ exception");
+    }
+}
 
 // ---- scopes -------------------------------------------------------------------------------------------
 // A thread-local stack of frames; each frame lists the handles it owns. Handles are usually kept or
@@ -150,11 +167,7 @@ extern "C" void em_tensor_free(em_tensor *t)
 
 extern "C" em_tensor *em_tensor_ref(const em_tensor *t)
 {
-    if (t == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(t->t);
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, t, [](const at::Tensor &x) { return x; });
 }
 
 // ---- conversions --------------------------------------------------------------------------------------
@@ -263,6 +276,22 @@ static c10::optional<at::Generator> generator_of(const em_tensor_opts *o)
     return c10::nullopt;
 }
 
+// A factory's result, made behind the barrier: make() in a new handle, requires_grad as `opts` asks.
+template <class Make> static em_tensor *made(const char *func, const em_tensor_opts *opts, Make &&make)
+{
+    return emi_guard<em_tensor *>(func, nullptr, [&] { return emi_wrap(finish(make(), opts)); });
+}
+
+// A factory that takes a shape: the shape checked (recorded), then make(sizes).
+template <class Make>
+static em_tensor *made_of_shape(const char *func, const int64_t *shape, int ndim, const em_tensor_opts *opts,
+                                Make &&make)
+{
+    if (!emi_check_shape(func, shape, ndim))
+        return nullptr;
+    return made(func, opts, [&] { return make(shape_ref(shape, ndim)); });
+}
+
 // ---- version --------------------------------------------------------------------------------------------
 
 extern "C" const char *em_torch_version(void)
@@ -356,20 +385,13 @@ extern "C" em_tensor *em_tensor_from_f32(const float *data, const int64_t *shape
 
 extern "C" em_tensor *em_scalar_tensor(double value, const em_tensor_opts *opts)
 {
-    EM_TRY
-        return emi_wrap(finish(at::scalar_tensor(value, emi_options(opts)), opts));
-    EM_CATCH(nullptr)
+    return made(__func__, opts, [&] { return at::scalar_tensor(value, emi_options(opts)); });
 }
 
 #define EMI_FACTORY(fname, expr)                                                               \
     extern "C" em_tensor *fname(const int64_t *shape, int ndim, const em_tensor_opts *opts)    \
     {                                                                                          \
-        if (!emi_check_shape(__func__, shape, ndim))                                           \
-            return nullptr;                                                                    \
-        EM_TRY                                                                                 \
-            auto sz = shape_ref(shape, ndim);                                                  \
-            return emi_wrap(finish(expr, opts));                                               \
-        EM_CATCH(nullptr)                                                                      \
+        return made_of_shape(__func__, shape, ndim, opts, [&](at::IntArrayRef sz) { return expr; }); \
     }
 
 EMI_FACTORY(em_zeros, at::zeros(sz, emi_options(opts)))
@@ -379,29 +401,18 @@ EMI_FACTORY(em_rand, at::rand(sz, generator_of(opts), emi_options(opts)))
 
 extern "C" em_tensor *em_full(const int64_t *shape, int ndim, double value, const em_tensor_opts *opts)
 {
-    if (!emi_check_shape(__func__, shape, ndim))
-        return nullptr;
-    EM_TRY
-        return emi_wrap(finish(at::full(shape_ref(shape, ndim), value, emi_options(opts)), opts));
-    EM_CATCH(nullptr)
+    return made_of_shape(__func__, shape, ndim, opts,
+                         [&](at::IntArrayRef sz) { return at::full(sz, value, emi_options(opts)); });
 }
 
 extern "C" em_tensor *em_zeros_like(const em_tensor *t)
 {
-    if (t == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::zeros_like(t->t));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, t, [](const at::Tensor &x) { return at::zeros_like(x); });
 }
 
 extern "C" em_tensor *em_ones_like(const em_tensor *t)
 {
-    if (t == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::ones_like(t->t));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, t, [](const at::Tensor &x) { return at::ones_like(x); });
 }
 
 extern "C" em_tensor *em_arange(double start, double end, double step, const em_tensor_opts *opts)
@@ -410,9 +421,7 @@ extern "C" em_tensor *em_arange(double start, double end, double step, const em_
         emi_fail(EM_EINVAL, "em_arange: step %g cannot go from %g to %g", step, start, end);
         return nullptr;
     }
-    EM_TRY
-        return emi_wrap(finish(at::arange(start, end, step, emi_options(opts)), opts));
-    EM_CATCH(nullptr)
+    return made(__func__, opts, [&] { return at::arange(start, end, step, emi_options(opts)); });
 }
 
 extern "C" em_tensor *em_linspace(double start, double end, int64_t steps, const em_tensor_opts *opts)
@@ -421,9 +430,7 @@ extern "C" em_tensor *em_linspace(double start, double end, int64_t steps, const
         emi_fail(EM_EINVAL, "em_linspace: steps must be >= 0 (got %lld)", static_cast<long long>(steps));
         return nullptr;
     }
-    EM_TRY
-        return emi_wrap(finish(at::linspace(start, end, steps, emi_options(opts)), opts));
-    EM_CATCH(nullptr)
+    return made(__func__, opts, [&] { return at::linspace(start, end, steps, emi_options(opts)); });
 }
 
 extern "C" em_tensor *em_randint(int64_t low, int64_t high, const int64_t *shape, int ndim,
@@ -577,38 +584,22 @@ extern "C" em_status em_tensor_print(const em_tensor *t, FILE *f)
 
 extern "C" em_tensor *em_to_device(const em_tensor *t, em_device device)
 {
-    if (t == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(t->t.to(emi_device(device)));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, t, [&](const at::Tensor &x) { return x.to(emi_device(device)); });
 }
 
 extern "C" em_tensor *em_to_dtype(const em_tensor *t, em_dtype dtype)
 {
-    if (t == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(t->t.to(emi_scalar_type(dtype)));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, t, [&](const at::Tensor &x) { return x.to(emi_scalar_type(dtype)); });
 }
 
 extern "C" em_tensor *em_clone(const em_tensor *t)
 {
-    if (t == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(t->t.clone());
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, t, [](const at::Tensor &x) { return x.clone(); });
 }
 
 extern "C" em_tensor *em_contiguous(const em_tensor *t)
 {
-    if (t == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(t->t.contiguous());
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, t, [](const at::Tensor &x) { return x.contiguous(); });
 }
 
 extern "C" em_status em_set_num_threads(int n)
@@ -654,12 +645,7 @@ extern "C" int64_t em_cuda_device_count(void)
 
 extern "C" em_status em_tensor_set_requires_grad(em_tensor *t, bool flag)
 {
-    if (t == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        t->t.requires_grad_(flag);
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, t, [&](at::Tensor &x) { x.requires_grad_(flag); });
 }
 
 extern "C" bool em_tensor_requires_grad(const em_tensor *t)
@@ -681,41 +667,25 @@ extern "C" em_tensor *em_tensor_grad(const em_tensor *t)
 
 extern "C" em_status em_tensor_set_grad(em_tensor *t, const em_tensor *grad)
 {
-    if (t == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        t->t.mutable_grad() = grad != nullptr ? grad->t : at::Tensor();
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, t,
+                         [&](at::Tensor &x) { x.mutable_grad() = grad != nullptr ? grad->t : at::Tensor(); });
 }
 
 extern "C" em_tensor *em_detach(const em_tensor *t)
 {
-    if (t == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(t->t.detach());
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, t, [](const at::Tensor &x) { return x.detach(); });
 }
 
 extern "C" em_status em_backward(const em_tensor *t)
 {
-    if (t == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        t->t.backward();
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, t, [](const at::Tensor &x) { x.backward(); });
 }
 
 extern "C" em_status em_backward_ex(const em_tensor *t, const em_tensor *grad, bool retain_graph)
 {
-    if (t == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        t->t.backward(grad != nullptr ? grad->t : at::Tensor(), retain_graph);
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, t, [&](const at::Tensor &x) {
+        x.backward(grad != nullptr ? grad->t : at::Tensor(), retain_graph);
+    });
 }
 
 extern "C" void em_no_grad_begin(void)
@@ -736,6 +706,22 @@ extern "C" em_status em_no_grad_end(void)
 extern "C" bool em_is_grad_enabled(void)
 {
     return c10::GradMode::is_enabled();
+}
+
+void emi_zero_grad(at::Tensor &param, bool set_to_none)
+{
+    if (!param.grad().defined())
+        return;
+    at::Tensor &grad = param.mutable_grad();
+    if (set_to_none) {
+        grad.reset();
+    } else {
+        if (grad.grad_fn() != nullptr)
+            grad.detach_();
+        else
+            grad.requires_grad_(false);
+        grad.zero_();
+    }
 }
 
 // ---- parameter lists ----------------------------------------------------------------------------------

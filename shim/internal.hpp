@@ -59,19 +59,54 @@ bool emi_check_shape(const char *func, const int64_t *shape, int ndim);
 // tch-rs's PROTECT, extended: catches everything, keeps messages to one line, names the function.
 // No C++ exception crosses extern "C".
 
+// Record the exception being handled as `func`'s error: "func: <libtorch's one-line message>",
+// "func: out of memory" (EM_ENOMEM) or "func: unknown C++ exception". Call only from a catch block.
+void emi_fail_current_exception(const char *func) noexcept;
+
 #define EM_TRY try {
 #define EM_CATCH(on_error)                                              \
     }                                                                   \
-    catch (const c10::Error &e) {                                       \
-        emi_fail_torch(__func__, e.what_without_backtrace());           \
-    }                                                                   \
-    catch (const std::bad_alloc &) {                                    \
-        emi_fail(EM_ENOMEM, "%s: out of memory", __func__);             \
-    }                                                                   \
-    catch (const std::exception &e) {                                   \
-        emi_fail_torch(__func__, e.what());                             \
-    }                                                                   \
     catch (...) {                                                       \
-        emi_fail_torch(__func__, "unknown C++ exception");              \
+        emi_fail_current_exception(__func__);                           \
     }                                                                   \
     return on_error;
+
+// The barrier as a function, for a helper that serves several extern "C" functions: `body()`, or
+// `on_error` with what it threw recorded under `func` (the extern "C" function's __func__).
+template <class R, class Body> R emi_guard(const char *func, R on_error, Body &&body) noexcept
+{
+    try {
+        return body();
+    } catch (...) {
+        emi_fail_current_exception(func);
+    }
+    return on_error;
+}
+
+// ---- the shapes most extern "C" functions share ------------------------------------------------------
+// A NULL handle returns at once with nothing recorded (the call that made it NULL recorded why); the
+// work runs behind the barrier, its errors recorded under `func`.
+
+// A new tensor computed from one: op(a->t) in a new handle (emi_wrap); NULL for a NULL `a`.
+template <class Op> em_tensor *emi_tensor_op(const char *func, const em_tensor *a, Op &&op)
+{
+    if (a == nullptr)
+        return nullptr;
+    return emi_guard<em_tensor *>(func, nullptr, [&] { return emi_wrap(op(a->t)); });
+}
+
+// Work on one tensor in place (or on its autograd state): EM_OK; EM_EINVAL for a NULL `h` (not
+// recorded); EM_ETORCH when torch refuses.
+template <class Handle, class Op> em_status emi_tensor_do(const char *func, Handle *h, Op &&op)
+{
+    if (h == nullptr)
+        return EM_EINVAL;
+    return emi_guard(func, EM_ETORCH, [&] {
+        op(h->t);
+        return EM_OK;
+    });
+}
+
+// torch 1.13's zero_grad for one parameter (nn.Module.zero_grad and Optimizer.zero_grad, foreach=False):
+// drop the gradient, or detach it (requires_grad off when it has no graph) and zero it. No gradient: nothing.
+void emi_zero_grad(at::Tensor &param, bool set_to_none);

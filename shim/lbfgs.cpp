@@ -2,7 +2,7 @@
 //
 // Why not libtorch's torch::optim::LBFGS: it keeps the line-search scalars (gtd, t, the cubic
 // interpolation, the Armijo test) in double, where Python keeps 0-dim float32 tensors, and strong
-// Wolfe runs drift apart (LIBTORCH_NOTES.md). Here every scalar carries the type it has in Python
+// Wolfe runs drift apart (docs/LIBTORCH_NOTES.md). Here every scalar carries the type it has in Python
 // (emi_lbfgs_scalar: a Python number or a 0-dim tensor) and each arithmetic or comparison calls the
 // ATen op Python's operator dispatches to, so both run the same kernels on the same operands:
 //   number op number    -> double arithmetic (Python float)
@@ -30,51 +30,58 @@ bool truth(const at::Tensor &t)
     return t.item<bool>(); // Tensor.__bool__
 }
 
-num py_add(const num &a, const num &b)
+// Python's `a OP b` on two scalars: `numbers` (double arithmetic) for two numbers; otherwise `op`, on
+// (tensor, tensor) or (tensor, number); a number on the left calls the tensor's reflected method,
+// `reflected(tensor, number)`.
+template <typename Numbers, typename Op, typename Reflected>
+num py_binary(const num &a, const num &b, Numbers numbers, Op op, Reflected reflected)
 {
     if (!a.is_tensor() && !b.is_tensor())
-        return a.number + b.number;
+        return numbers(a.number, b.number);
     if (a.is_tensor() && b.is_tensor())
-        return at::add(a.tensor, b.tensor);
+        return op(a.tensor, b.tensor);
     if (a.is_tensor())
-        return at::add(a.tensor, b.number);
-    return at::add(b.tensor, a.number); // Tensor.__radd__
+        return op(a.tensor, b.number);
+    return reflected(b.tensor, a.number);
+}
+
+// The truth of a comparison's result: a number (0 or 1) or a bool tensor.
+bool truth(const num &r)
+{
+    return r.is_tensor() ? truth(r.tensor) : r.number != 0;
+}
+
+num py_add(const num &a, const num &b)
+{
+    return py_binary(
+        a, b, [](double x, double y) { return x + y; }, [](const auto &x, const auto &y) { return at::add(x, y); },
+        [](const at::Tensor &t, double n) { return at::add(t, n); }); // Tensor.__radd__
 }
 
 num py_sub(const num &a, const num &b)
 {
-    if (!a.is_tensor() && !b.is_tensor())
-        return a.number - b.number;
-    if (a.is_tensor() && b.is_tensor())
-        return at::sub(a.tensor, b.tensor);
-    if (a.is_tensor())
-        return at::sub(a.tensor, b.number);
-    return at::rsub(b.tensor, a.number); // Tensor.__rsub__
+    return py_binary(
+        a, b, [](double x, double y) { return x - y; }, [](const auto &x, const auto &y) { return at::sub(x, y); },
+        [](const at::Tensor &t, double n) { return at::rsub(t, n); }); // Tensor.__rsub__
 }
 
 num py_mul(const num &a, const num &b)
 {
-    if (!a.is_tensor() && !b.is_tensor())
-        return a.number * b.number;
-    if (a.is_tensor() && b.is_tensor())
-        return at::mul(a.tensor, b.tensor);
-    if (a.is_tensor())
-        return at::mul(a.tensor, b.number);
-    return at::mul(b.tensor, a.number); // Tensor.__rmul__
+    return py_binary(
+        a, b, [](double x, double y) { return x * y; }, [](const auto &x, const auto &y) { return at::mul(x, y); },
+        [](const at::Tensor &t, double n) { return at::mul(t, n); }); // Tensor.__rmul__
 }
 
 num py_div(const num &a, const num &b)
 {
-    if (!a.is_tensor() && !b.is_tensor()) {
-        if (b.number == 0)
+    auto numbers = [](double x, double y) {
+        if (y == 0)
             throw std::runtime_error("LBFGS: float division by zero"); // Python's ZeroDivisionError
-        return a.number / b.number;
-    }
-    if (a.is_tensor() && b.is_tensor())
-        return at::div(a.tensor, b.tensor);
-    if (a.is_tensor())
-        return at::div(a.tensor, b.number);
-    return at::mul(at::reciprocal(b.tensor), a.number); // Tensor.__rdiv__
+        return x / y;
+    };
+    return py_binary(
+        a, b, numbers, [](const auto &x, const auto &y) { return at::div(x, y); },
+        [](const at::Tensor &t, double n) { return at::mul(at::reciprocal(t), n); }); // Tensor.__rdiv__
 }
 
 num py_abs(const num &a)
@@ -88,46 +95,34 @@ num py_abs(const num &a)
 // reflected method of the tensor: n < t is t > n.
 bool py_lt(const num &a, const num &b)
 {
-    if (!a.is_tensor() && !b.is_tensor())
-        return a.number < b.number;
-    if (a.is_tensor() && b.is_tensor())
-        return truth(at::lt(a.tensor, b.tensor));
-    if (a.is_tensor())
-        return truth(at::lt(a.tensor, b.number));
-    return truth(at::gt(b.tensor, a.number));
+    return truth(py_binary(
+        a, b, [](double x, double y) { return x < y ? 1.0 : 0.0; },
+        [](const auto &x, const auto &y) { return at::lt(x, y); },
+        [](const at::Tensor &t, double n) { return at::gt(t, n); }));
 }
 
 bool py_gt(const num &a, const num &b)
 {
-    if (!a.is_tensor() && !b.is_tensor())
-        return a.number > b.number;
-    if (a.is_tensor() && b.is_tensor())
-        return truth(at::gt(a.tensor, b.tensor));
-    if (a.is_tensor())
-        return truth(at::gt(a.tensor, b.number));
-    return truth(at::lt(b.tensor, a.number));
+    return truth(py_binary(
+        a, b, [](double x, double y) { return x > y ? 1.0 : 0.0; },
+        [](const auto &x, const auto &y) { return at::gt(x, y); },
+        [](const at::Tensor &t, double n) { return at::lt(t, n); }));
 }
 
 bool py_le(const num &a, const num &b)
 {
-    if (!a.is_tensor() && !b.is_tensor())
-        return a.number <= b.number;
-    if (a.is_tensor() && b.is_tensor())
-        return truth(at::le(a.tensor, b.tensor));
-    if (a.is_tensor())
-        return truth(at::le(a.tensor, b.number));
-    return truth(at::ge(b.tensor, a.number));
+    return truth(py_binary(
+        a, b, [](double x, double y) { return x <= y ? 1.0 : 0.0; },
+        [](const auto &x, const auto &y) { return at::le(x, y); },
+        [](const at::Tensor &t, double n) { return at::ge(t, n); }));
 }
 
 bool py_ge(const num &a, const num &b)
 {
-    if (!a.is_tensor() && !b.is_tensor())
-        return a.number >= b.number;
-    if (a.is_tensor() && b.is_tensor())
-        return truth(at::ge(a.tensor, b.tensor));
-    if (a.is_tensor())
-        return truth(at::ge(a.tensor, b.number));
-    return truth(at::le(b.tensor, a.number));
+    return truth(py_binary(
+        a, b, [](double x, double y) { return x >= y ? 1.0 : 0.0; },
+        [](const auto &x, const auto &y) { return at::ge(x, y); },
+        [](const at::Tensor &t, double n) { return at::le(t, n); }));
 }
 
 // Python's builtins on two arguments: the second replaces the first only if strictly smaller
@@ -202,124 +197,158 @@ using obj_func_t = std::function<double(const num &t, at::Tensor *g_out)>;
 
 // lbfgs.py's step calls _strong_wolfe with its defaults: c1, c2, max_ls and also tolerance_change
 // (1e-9 whatever the optimizer's tolerance_change is).
-wolfe_result strong_wolfe(const obj_func_t &obj_func, num t, const at::Tensor &d, double f, at::Tensor g,
-                          const at::Tensor &gtd)
-{
-    const double c1 = 1e-4, c2 = 0.9, tolerance_change = 1e-9;
-    const int64_t max_ls = 25;
+constexpr double wolfe_c1 = 1e-4, wolfe_c2 = 0.9, wolfe_tolerance_change = 1e-9;
+constexpr int64_t wolfe_max_ls = 25;
 
-    at::Tensor d_norm = d.abs().max();
-    g = g.clone(at::MemoryFormat::Contiguous);
-    at::Tensor g_new;
-    double f_new = obj_func(t, &g_new);
-    int64_t ls_func_evals = 1;
-    at::Tensor gtd_new = g_new.dot(d);
-
-    // f + c1 * t * gtd, the Armijo threshold
-    auto armijo = [&](const num &step) { return py_add(num(f), py_mul(py_mul(num(c1), step), gtd)); };
-    // -c2 * gtd
-    const num curvature = py_mul(num(-c2), gtd);
-
-    num t_prev = 0.0;
-    double f_prev = f;
-    at::Tensor g_prev = g;
-    num gtd_prev = gtd;
-    bool done = false;
+// _strong_wolfe's variables, shared by its two phases (bracketing, then zoom); names follow lbfgs.py.
+struct wolfe_search {
+    const obj_func_t &obj_func;
+    const at::Tensor &d;
+    double f;              // the loss at step 0
+    at::Tensor g;          // its gradient (a contiguous copy)
+    const at::Tensor &gtd; // its directional derivative
+    num t;                 // the step being tried, and f_new, g_new, gtd_new at it
+    double f_new = 0;
+    at::Tensor g_new, gtd_new;
+    int64_t ls_func_evals = 0;
     int64_t ls_iter = 0;
+    bool done = false;
     std::vector<num> bracket;
     std::vector<double> bracket_f;
     std::vector<at::Tensor> bracket_g;
     std::vector<num> bracket_gtd;
-    while (ls_iter < max_ls) {
-        if (py_gt(num(f_new), armijo(t)) || (ls_iter > 1 && f_new >= f_prev)) {
-            bracket = {t_prev, t};
-            bracket_f = {f_prev, f_new};
-            bracket_g = {g_prev, g_new.clone(at::MemoryFormat::Contiguous)};
-            bracket_gtd = {gtd_prev, gtd_new};
+
+    wolfe_search(const obj_func_t &obj_func_, const at::Tensor &d_, double f_, at::Tensor g_, const at::Tensor &gtd_,
+                 num t_)
+        : obj_func(obj_func_), d(d_), f(f_), g(std::move(g_)), gtd(gtd_), t(std::move(t_))
+    {
+    }
+
+    // obj_func at t
+    void evaluate()
+    {
+        f_new = obj_func(t, &g_new);
+        ls_func_evals += 1;
+        gtd_new = g_new.dot(d);
+    }
+    // f + c1 * t * gtd, the Armijo threshold
+    num armijo(const num &step) const { return py_add(num(f), py_mul(py_mul(num(wolfe_c1), step), gtd)); }
+    // |gtd_new| <= -c2 * gtd, the curvature condition
+    bool curvature_ok() const { return py_le(py_abs(gtd_new), py_mul(num(-wolfe_c2), gtd)); }
+    // The bracket [prev, t].
+    void bracket_from(const num &t_prev, double f_prev, const at::Tensor &g_prev, const num &gtd_prev)
+    {
+        bracket = {t_prev, t};
+        bracket_f = {f_prev, f_new};
+        bracket_g = {g_prev, g_new.clone(at::MemoryFormat::Contiguous)};
+        bracket_gtd = {gtd_prev, gtd_new};
+    }
+    // The point at t replaces one end of the bracket.
+    void set_end(size_t pos)
+    {
+        bracket[pos] = t;
+        bracket_f[pos] = f_new;
+        bracket_g[pos] = g_new.clone(at::MemoryFormat::Contiguous);
+        bracket_gtd[pos] = gtd_new;
+    }
+};
+
+// Bracketing: step forward until an interval is known to hold a point satisfying the strong Wolfe
+// conditions, or such a point is found (done).
+void wolfe_bracket(wolfe_search &s)
+{
+    num t_prev = 0.0;
+    double f_prev = s.f;
+    at::Tensor g_prev = s.g;
+    num gtd_prev = s.gtd;
+    while (s.ls_iter < wolfe_max_ls) {
+        if (py_gt(num(s.f_new), s.armijo(s.t)) || (s.ls_iter > 1 && s.f_new >= f_prev)) {
+            s.bracket_from(t_prev, f_prev, g_prev, gtd_prev);
             break;
         }
-        if (py_le(py_abs(gtd_new), curvature)) {
-            bracket = {t};
-            bracket_f = {f_new};
-            bracket_g = {g_new};
-            done = true;
+        if (s.curvature_ok()) {
+            s.bracket = {s.t};
+            s.bracket_f = {s.f_new};
+            s.bracket_g = {s.g_new};
+            s.done = true;
             break;
         }
-        if (py_ge(gtd_new, num(0.0))) {
-            bracket = {t_prev, t};
-            bracket_f = {f_prev, f_new};
-            bracket_g = {g_prev, g_new.clone(at::MemoryFormat::Contiguous)};
-            bracket_gtd = {gtd_prev, gtd_new};
+        if (py_ge(s.gtd_new, num(0.0))) {
+            s.bracket_from(t_prev, f_prev, g_prev, gtd_prev);
             break;
         }
         // interpolate between the last two points, within [t + 0.01 (t - t_prev), 10 t]
-        num min_step = py_add(t, py_mul(num(0.01), py_sub(t, t_prev)));
-        num max_step = py_mul(t, num(10.0));
-        num tmp = t;
+        num min_step = py_add(s.t, py_mul(num(0.01), py_sub(s.t, t_prev)));
+        num max_step = py_mul(s.t, num(10.0));
+        num tmp = s.t;
         std::pair<num, num> bounds{min_step, max_step};
-        t = cubic_interpolate(t_prev, f_prev, gtd_prev, t, f_new, gtd_new, &bounds);
+        s.t = cubic_interpolate(t_prev, f_prev, gtd_prev, s.t, s.f_new, s.gtd_new, &bounds);
 
         t_prev = tmp;
-        f_prev = f_new;
-        g_prev = g_new.clone(at::MemoryFormat::Contiguous);
-        gtd_prev = gtd_new;
-        f_new = obj_func(t, &g_new);
-        ls_func_evals += 1;
-        gtd_new = g_new.dot(d);
-        ls_iter += 1;
+        f_prev = s.f_new;
+        g_prev = s.g_new.clone(at::MemoryFormat::Contiguous);
+        gtd_prev = s.gtd_new;
+        s.evaluate();
+        s.ls_iter += 1;
     }
 
-    if (ls_iter == max_ls) {
-        bracket = {num(0.0), t};
-        bracket_f = {f, f_new};
-        bracket_g = {g, g_new};
+    if (s.ls_iter == wolfe_max_ls) {
+        s.bracket = {num(0.0), s.t};
+        s.bracket_f = {s.f, s.f_new};
+        s.bracket_g = {s.g, s.g_new};
     }
+}
 
-    // zoom: shrink the bracket until a point satisfies the strong Wolfe conditions
+// The zoom's safeguard: a t too close to an end of the bracket moves 10% of the bracket inside it,
+// on the second such step in a row or when it lies outside the bracket.
+num away_from_ends(num t, const std::vector<num> &bracket, bool *insuf_progress)
+{
+    num b_max = py_max(bracket[0], bracket[1]);
+    num b_min = py_min(bracket[0], bracket[1]);
+    num eps = py_mul(num(0.1), py_sub(b_max, b_min));
+    if (py_lt(py_min(py_sub(b_max, t), py_sub(t, b_min)), eps)) {
+        if (*insuf_progress || py_ge(t, b_max) || py_le(t, b_min)) {
+            if (py_lt(py_abs(py_sub(t, b_max)), py_abs(py_sub(t, b_min))))
+                t = py_sub(b_max, eps);
+            else
+                t = py_add(b_min, eps);
+            *insuf_progress = false;
+        } else {
+            *insuf_progress = true;
+        }
+    } else {
+        *insuf_progress = false;
+    }
+    return t;
+}
+
+// Zoom: shrink the bracket until a point satisfies the strong Wolfe conditions. Returns the low end.
+wolfe_result wolfe_zoom(wolfe_search &s)
+{
+    at::Tensor d_norm = s.d.abs().max();
+    std::vector<num> &bracket = s.bracket;
     bool insuf_progress = false;
     size_t low_pos = 0, high_pos = 1;
-    if (!(bracket_f.front() <= bracket_f.back())) {
+    if (!(s.bracket_f.front() <= s.bracket_f.back())) {
         low_pos = 1;
         high_pos = 0;
     }
-    while (!done && ls_iter < max_ls) {
+    while (!s.done && s.ls_iter < wolfe_max_ls) {
         // the bracket is too small to go on
-        if (py_lt(py_mul(py_abs(py_sub(bracket[1], bracket[0])), num(d_norm)), num(tolerance_change)))
+        if (py_lt(py_mul(py_abs(py_sub(bracket[1], bracket[0])), num(d_norm)), num(wolfe_tolerance_change)))
             break;
 
-        t = cubic_interpolate(bracket[0], bracket_f[0], bracket_gtd[0], bracket[1], bracket_f[1],
-                              bracket_gtd[1], nullptr);
-
+        num t = cubic_interpolate(bracket[0], s.bracket_f[0], s.bracket_gtd[0], bracket[1], s.bracket_f[1],
+                                  s.bracket_gtd[1], nullptr);
         // keep away from the ends of the bracket when progress is slow
-        num b_max = py_max(bracket[0], bracket[1]);
-        num b_min = py_min(bracket[0], bracket[1]);
-        num eps = py_mul(num(0.1), py_sub(b_max, b_min));
-        if (py_lt(py_min(py_sub(b_max, t), py_sub(t, b_min)), eps)) {
-            if (insuf_progress || py_ge(t, b_max) || py_le(t, b_min)) {
-                if (py_lt(py_abs(py_sub(t, b_max)), py_abs(py_sub(t, b_min))))
-                    t = py_sub(b_max, eps);
-                else
-                    t = py_add(b_min, eps);
-                insuf_progress = false;
-            } else {
-                insuf_progress = true;
-            }
-        } else {
-            insuf_progress = false;
-        }
+        s.t = away_from_ends(t, bracket, &insuf_progress);
+        s.evaluate();
+        s.ls_iter += 1;
 
-        f_new = obj_func(t, &g_new);
-        ls_func_evals += 1;
-        gtd_new = g_new.dot(d);
-        ls_iter += 1;
-
-        if (py_gt(num(f_new), armijo(t)) || f_new >= bracket_f[low_pos]) {
+        if (py_gt(num(s.f_new), s.armijo(s.t)) || s.f_new >= s.bracket_f[low_pos]) {
             // not low enough: the new point replaces the high end
-            bracket[high_pos] = t;
-            bracket_f[high_pos] = f_new;
-            bracket_g[high_pos] = g_new.clone(at::MemoryFormat::Contiguous);
-            bracket_gtd[high_pos] = gtd_new;
-            if (bracket_f[0] <= bracket_f[1]) {
+            s.set_end(high_pos);
+            if (s.bracket_f[0] <= s.bracket_f[1]) {
                 low_pos = 0;
                 high_pos = 1;
             } else {
@@ -327,22 +356,28 @@ wolfe_result strong_wolfe(const obj_func_t &obj_func, num t, const at::Tensor &d
                 high_pos = 0;
             }
         } else {
-            if (py_le(py_abs(gtd_new), curvature)) {
-                done = true;
-            } else if (py_ge(py_mul(gtd_new, py_sub(bracket[high_pos], bracket[low_pos])), num(0.0))) {
+            if (s.curvature_ok()) {
+                s.done = true;
+            } else if (py_ge(py_mul(s.gtd_new, py_sub(bracket[high_pos], bracket[low_pos])), num(0.0))) {
                 bracket[high_pos] = bracket[low_pos];
-                bracket_f[high_pos] = bracket_f[low_pos];
-                bracket_g[high_pos] = bracket_g[low_pos];
-                bracket_gtd[high_pos] = bracket_gtd[low_pos];
+                s.bracket_f[high_pos] = s.bracket_f[low_pos];
+                s.bracket_g[high_pos] = s.bracket_g[low_pos];
+                s.bracket_gtd[high_pos] = s.bracket_gtd[low_pos];
             }
-            bracket[low_pos] = t;
-            bracket_f[low_pos] = f_new;
-            bracket_g[low_pos] = g_new.clone(at::MemoryFormat::Contiguous);
-            bracket_gtd[low_pos] = gtd_new;
+            s.set_end(low_pos);
         }
     }
+    return wolfe_result{s.bracket_f[low_pos], s.bracket_g[low_pos], bracket[low_pos], s.ls_func_evals};
+}
 
-    return wolfe_result{bracket_f[low_pos], bracket_g[low_pos], bracket[low_pos], ls_func_evals};
+// lbfgs.py's _strong_wolfe, from step t along d, from the loss f, gradient g and derivative gtd at 0.
+wolfe_result strong_wolfe(const obj_func_t &obj_func, num t, const at::Tensor &d, double f, const at::Tensor &g,
+                          const at::Tensor &gtd)
+{
+    wolfe_search s(obj_func, d, f, g.clone(at::MemoryFormat::Contiguous), gtd, std::move(t));
+    s.evaluate();
+    wolfe_bracket(s);
+    return wolfe_zoom(s);
 }
 
 // Python's step wraps the closure in torch.enable_grad().
@@ -424,6 +459,98 @@ double emi_lbfgs::directional_evaluate(const emi_lbfgs_closure &closure, const s
     return loss;
 }
 
+// lbfgs.py's direction after the first iteration: a new curvature pair (y, s) when y.s > 1e-10
+// (the oldest dropped beyond history_size), then the two-loop recursion on -flat_grad.
+at::Tensor emi_lbfgs::direction(emi_lbfgs_state &st, const at::Tensor &flat_grad)
+{
+    const int64_t history_size = options_.history_size;
+    at::Tensor y = flat_grad.sub(st.prev_flat_grad);
+    at::Tensor s = st.t.is_tensor() ? st.d.mul(st.t.tensor) : st.d.mul(st.t.number);
+    at::Tensor ys = y.dot(s);
+    if (truth(at::gt(ys, 1e-10))) {
+        if (static_cast<int64_t>(st.old_dirs.size()) == history_size) {
+            st.old_dirs.erase(st.old_dirs.begin());
+            st.old_stps.erase(st.old_stps.begin());
+            st.ro.erase(st.ro.begin());
+        }
+        st.old_dirs.push_back(y);
+        st.old_stps.push_back(s);
+        st.ro.push_back(at::mul(at::reciprocal(ys), 1.0)); // 1. / ys
+        st.H_diag = at::div(ys, y.dot(y));
+    }
+
+    size_t num_old = st.old_dirs.size();
+    if (al_.empty())
+        al_.resize(static_cast<size_t>(history_size > 0 ? history_size : 0));
+    if (al_.size() < num_old)
+        al_.resize(num_old);
+
+    // two-loop recursion on one buffer
+    at::Tensor q = flat_grad.neg();
+    for (size_t i = num_old; i-- > 0;) {
+        al_[i] = at::mul(st.old_stps[i].dot(q), st.ro[i]);
+        q.add_(st.old_dirs[i], al_[i].neg().item());
+    }
+    at::Tensor r = st.H_diag.is_tensor() ? at::mul(q, st.H_diag.tensor) : at::mul(q, st.H_diag.number);
+    at::Tensor d = r;
+    for (size_t i = 0; i < num_old; ++i) {
+        at::Tensor be_i = at::mul(st.old_dirs[i].dot(r), st.ro[i]);
+        r.add_(st.old_stps[i], at::sub(al_[i], be_i).item());
+    }
+    return d;
+}
+
+// The move along st.d by st.t: the strong Wolfe line search, or the fixed step followed by one
+// evaluation (none on the last iteration). Updates st.t, *loss, *flat_grad and *opt_cond; returns
+// the closure calls it made.
+int64_t emi_lbfgs::line_search(const emi_lbfgs_closure &closure, emi_lbfgs_state &st, const at::Tensor &gtd,
+                               bool last_iter, double *loss, at::Tensor *flat_grad, bool *opt_cond)
+{
+    const double tolerance_grad = options_.tolerance_grad;
+    if (options_.strong_wolfe) {
+        std::vector<at::Tensor> x_init = clone_param();
+        obj_func_t obj_func = [&](const num &step, at::Tensor *g_out) {
+            return directional_evaluate(closure, x_init, step, st.d, g_out);
+        };
+        wolfe_result ls = strong_wolfe(obj_func, st.t, st.d, *loss, *flat_grad, gtd);
+        *loss = ls.f_new;
+        *flat_grad = ls.g_new;
+        st.t = ls.t;
+        add_grad(st.t, st.d);
+        *opt_cond = truth(at::le(flat_grad->abs().max(), tolerance_grad));
+        return ls.ls_func_evals;
+    }
+    add_grad(st.t, st.d);
+    if (last_iter)
+        return 0;
+    // evaluate again except on the last iteration
+    *loss = call_closure_float(closure);
+    *flat_grad = gather_flat_grad();
+    *opt_cond = truth(at::le(flat_grad->abs().max(), tolerance_grad));
+    return 1;
+}
+
+// The first direction: steepest descent, with no curvature pairs yet.
+void emi_lbfgs::restart(emi_lbfgs_state &st, const at::Tensor &flat_grad)
+{
+    st.d = flat_grad.neg();
+    st.old_dirs.clear();
+    st.old_stps.clear();
+    st.ro.clear();
+    st.H_diag = 1.0;
+}
+
+// lbfgs.py's last two stop tests: the step moved the parameters, or the loss, by less than
+// tolerance_change.
+bool emi_lbfgs::stalled(const emi_lbfgs_state &st, double loss) const
+{
+    const double tolerance_change = options_.tolerance_change;
+    at::Tensor moved = st.t.is_tensor() ? st.d.mul(st.t.tensor) : st.d.mul(st.t.number);
+    if (truth(at::le(moved.abs().max(), tolerance_change)))
+        return true;
+    return std::fabs(loss - st.prev_loss) < tolerance_change;
+}
+
 at::Tensor emi_lbfgs::step(const emi_lbfgs_closure &closure)
 {
     at::NoGradGuard no_grad; // @torch.no_grad()
@@ -433,7 +560,6 @@ at::Tensor emi_lbfgs::step(const emi_lbfgs_closure &closure)
     const int64_t max_eval = options_.max_eval;
     const double tolerance_grad = options_.tolerance_grad;
     const double tolerance_change = options_.tolerance_change;
-    const int64_t history_size = options_.history_size;
 
     at::Tensor orig_loss;
     double loss = call_closure_float(closure, &orig_loss);
@@ -445,129 +571,44 @@ at::Tensor emi_lbfgs::step(const emi_lbfgs_closure &closure)
     if (opt_cond)
         return orig_loss;
 
-    // the state of the previous step (Python: state.get(...))
-    at::Tensor d = d_;
-    num t = t_;
-    std::vector<at::Tensor> old_dirs = old_dirs_, old_stps = old_stps_, ro = ro_;
-    num H_diag = H_diag_;
-    at::Tensor prev_flat_grad = prev_flat_grad_;
-    double prev_loss = prev_loss_;
+    emi_lbfgs_state st = state_; // the state of the previous step (Python: state.get(...))
 
     int64_t n_iter = 0;
     while (n_iter < max_iter) {
         n_iter += 1;
         n_iter_ += 1;
 
-        // ---- the descent direction
-        if (n_iter_ == 1) {
-            d = flat_grad.neg();
-            old_dirs.clear();
-            old_stps.clear();
-            ro.clear();
-            H_diag = 1.0;
-        } else {
-            at::Tensor y = flat_grad.sub(prev_flat_grad);
-            at::Tensor s = t.is_tensor() ? d.mul(t.tensor) : d.mul(t.number);
-            at::Tensor ys = y.dot(s);
-            if (truth(at::gt(ys, 1e-10))) {
-                if (static_cast<int64_t>(old_dirs.size()) == history_size) {
-                    old_dirs.erase(old_dirs.begin());
-                    old_stps.erase(old_stps.begin());
-                    ro.erase(ro.begin());
-                }
-                old_dirs.push_back(y);
-                old_stps.push_back(s);
-                ro.push_back(at::mul(at::reciprocal(ys), 1.0)); // 1. / ys
-                H_diag = at::div(ys, y.dot(y));
-            }
-
-            size_t num_old = old_dirs.size();
-            if (al_.empty())
-                al_.resize(static_cast<size_t>(history_size > 0 ? history_size : 0));
-            if (al_.size() < num_old)
-                al_.resize(num_old);
-
-            // two-loop recursion on one buffer
-            at::Tensor q = flat_grad.neg();
-            for (size_t i = num_old; i-- > 0;) {
-                al_[i] = at::mul(old_stps[i].dot(q), ro[i]);
-                q.add_(old_dirs[i], al_[i].neg().item());
-            }
-            at::Tensor r = H_diag.is_tensor() ? at::mul(q, H_diag.tensor) : at::mul(q, H_diag.number);
-            d = r;
-            for (size_t i = 0; i < num_old; ++i) {
-                at::Tensor be_i = at::mul(old_dirs[i].dot(r), ro[i]);
-                r.add_(old_stps[i], at::sub(al_[i], be_i).item());
-            }
-        }
-
-        if (!prev_flat_grad.defined())
-            prev_flat_grad = flat_grad.clone(at::MemoryFormat::Contiguous);
+        // ---- the descent direction: steepest descent on the first iteration ever, then L-BFGS's
+        if (n_iter_ == 1)
+            restart(st, flat_grad);
         else
-            prev_flat_grad.copy_(flat_grad);
-        prev_loss = loss;
+            st.d = direction(st, flat_grad);
 
-        // ---- the step length
-        if (n_iter_ == 1) {
-            // min(1., 1. / flat_grad.abs().sum()) * lr
-            num inv = py_div(num(1.0), num(flat_grad.abs().sum()));
-            t = py_mul(py_min(num(1.0), inv), num(lr));
-        } else {
-            t = lr;
-        }
+        if (!st.prev_flat_grad.defined())
+            st.prev_flat_grad = flat_grad.clone(at::MemoryFormat::Contiguous);
+        else
+            st.prev_flat_grad.copy_(flat_grad);
+        st.prev_loss = loss;
 
-        at::Tensor gtd = flat_grad.dot(d);
+        // ---- the step length: min(1., 1. / flat_grad.abs().sum()) * lr on the first iteration ever
+        if (n_iter_ == 1)
+            st.t = py_mul(py_min(num(1.0), py_div(num(1.0), num(flat_grad.abs().sum()))), num(lr));
+        else
+            st.t = lr;
+
+        at::Tensor gtd = flat_grad.dot(st.d);
         if (truth(at::gt(gtd, -tolerance_change)))
             break;
 
-        int64_t ls_func_evals = 0;
-        if (options_.strong_wolfe) {
-            std::vector<at::Tensor> x_init = clone_param();
-            obj_func_t obj_func = [&](const num &step, at::Tensor *g_out) {
-                return directional_evaluate(closure, x_init, step, d, g_out);
-            };
-            wolfe_result ls = strong_wolfe(obj_func, t, d, loss, flat_grad, gtd);
-            loss = ls.f_new;
-            flat_grad = ls.g_new;
-            t = ls.t;
-            ls_func_evals = ls.ls_func_evals;
-            add_grad(t, d);
-            opt_cond = truth(at::le(flat_grad.abs().max(), tolerance_grad));
-        } else {
-            add_grad(t, d);
-            if (n_iter != max_iter) {
-                // evaluate again except on the last iteration
-                loss = call_closure_float(closure);
-                flat_grad = gather_flat_grad();
-                opt_cond = truth(at::le(flat_grad.abs().max(), tolerance_grad));
-                ls_func_evals = 1;
-            }
-        }
-
+        int64_t ls_func_evals = line_search(closure, st, gtd, n_iter == max_iter, &loss, &flat_grad, &opt_cond);
         current_evals += ls_func_evals;
         func_evals_ += ls_func_evals;
 
         // ---- stop?
-        if (n_iter == max_iter)
-            break;
-        if (current_evals >= max_eval)
-            break;
-        if (opt_cond)
-            break;
-        at::Tensor moved = t.is_tensor() ? d.mul(t.tensor) : d.mul(t.number);
-        if (truth(at::le(moved.abs().max(), tolerance_change)))
-            break;
-        if (std::fabs(loss - prev_loss) < tolerance_change)
+        if (n_iter == max_iter || current_evals >= max_eval || opt_cond || stalled(st, loss))
             break;
     }
 
-    d_ = d;
-    t_ = t;
-    old_dirs_ = std::move(old_dirs);
-    old_stps_ = std::move(old_stps);
-    ro_ = std::move(ro);
-    H_diag_ = H_diag;
-    prev_flat_grad_ = prev_flat_grad;
-    prev_loss_ = prev_loss;
+    state_ = std::move(st);
     return orig_loss;
 }

@@ -1,6 +1,6 @@
 // shim/lbfgs.hpp: ember's LBFGS, a port of torch/optim/lbfgs.py (torch 1.13) operation for operation,
 // with the line-search scalars kept as float32 0-dim tensors as Python does (libtorch's C++ LBFGS
-// computes them in double and drifts from Python's runs: LIBTORCH_NOTES.md).
+// computes them in double and drifts from Python's runs: docs/LIBTORCH_NOTES.md).
 // Used by shim/optim.cpp, which wraps it into an em_optimizer.
 #pragma once
 
@@ -36,6 +36,14 @@ struct emi_lbfgs_scalar {
     bool is_tensor() const { return tensor.defined(); }
 };
 
+// What lbfgs.py keeps in self.state[params[0]] between steps; names follow lbfgs.py.
+struct emi_lbfgs_state {
+    at::Tensor d, prev_flat_grad;
+    emi_lbfgs_scalar t, H_diag;
+    double prev_loss = 0;
+    std::vector<at::Tensor> old_dirs, old_stps, ro; // the curvature pairs and their 1 / (y.s)
+};
+
 class emi_lbfgs {
 public:
     emi_lbfgs(std::vector<at::Tensor> params, emi_lbfgs_options options);
@@ -57,15 +65,17 @@ private:
     void set_param(const std::vector<at::Tensor> &data);
     double directional_evaluate(const emi_lbfgs_closure &closure, const std::vector<at::Tensor> &x,
                                 const emi_lbfgs_scalar &t, const at::Tensor &d, at::Tensor *flat_grad);
+    static void restart(emi_lbfgs_state &st, const at::Tensor &flat_grad);
+    at::Tensor direction(emi_lbfgs_state &st, const at::Tensor &flat_grad);
+    bool stalled(const emi_lbfgs_state &st, double loss) const;
+    int64_t line_search(const emi_lbfgs_closure &closure, emi_lbfgs_state &st, const at::Tensor &gtd, bool last_iter,
+                        double *loss, at::Tensor *flat_grad, bool *opt_cond);
 
     std::vector<at::Tensor> params_;
     emi_lbfgs_options options_;
-    // Python keeps these in self.state[params[0]]; names follow lbfgs.py. Written at the end of a
-    // step only (as Python does), so a closure that throws leaves the previous step's state.
-    at::Tensor d_, prev_flat_grad_;
-    emi_lbfgs_scalar t_, H_diag_;
-    double prev_loss_ = 0;
-    std::vector<at::Tensor> old_dirs_, old_stps_, ro_;
+    // Written at the end of a step only (as Python does), so a closure that throws leaves the
+    // previous step's state.
+    emi_lbfgs_state state_;
     std::vector<at::Tensor> al_; // state['al'], created on the first L-BFGS update
     int64_t func_evals_ = 0;
     int64_t n_iter_ = 0;

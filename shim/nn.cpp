@@ -6,7 +6,8 @@
 // torch::nn::Module objects whose sub-modules are the children's modules, so parameter names and
 // order are torch's named_parameters() ("0.weight", "G.1.bias").
 //
-// Every extern "C" function catches everything (EM_TRY / EM_CATCH): no C++ exception crosses into C.
+// Every extern "C" function catches everything (EM_TRY / EM_CATCH, or emi_guard in the helpers they
+// call): no C++ exception crosses into C.
 // libtorch's C++ frontend headers are not -Wextra clean (unused parameters) and reach us through
 // -I, not -isystem: silence that one warning for them only.
 #pragma GCC diagnostic push
@@ -97,7 +98,7 @@ template <typename Items> void rebuild_one(named_handles &cache, std::vector<em_
     cache = std::move(fresh);
 }
 
-// May throw (out of memory): callers are inside EM_TRY.
+// May throw (out of memory): callers are behind the barrier (EM_TRY or emi_guard).
 void refresh(em_nn *m)
 {
     if (!m->dirty)
@@ -152,6 +153,23 @@ template <typename Holder> em_nn *make_builtin(Holder holder, const char *kind)
 {
     auto *impl = holder.get(); // kept alive by m->mod
     return make_nn(holder.ptr(), kind, nn_tag::builtin, [impl](const at::Tensor &x) { return impl->forward(x); });
+}
+
+// A built-in layer made behind the barrier: make() returns the libtorch module holder.
+template <typename Make> em_nn *new_builtin(const char *func, const char *kind, Make &&make)
+{
+    return emi_guard<em_nn *>(func, nullptr, [&] { return make_builtin(make(), kind); });
+}
+
+// Work on a layer: EM_OK; EM_EINVAL for a NULL `m` (not recorded); EM_ETORCH when torch refuses.
+template <typename Op> em_status layer_do(const char *func, em_nn *m, Op &&op)
+{
+    if (m == nullptr)
+        return EM_EINVAL;
+    return emi_guard(func, EM_ETORCH, [&] {
+        op(m);
+        return EM_OK;
+    });
 }
 
 bool check_positive(const char *func, const char *what, int64_t v)
@@ -211,6 +229,31 @@ std::string path_suffix(const forward_path *where)
     return " (layer \"" + dotted + "\")";
 }
 
+// A C layer's forward. It gets a handle for x; an intermediate inside a Sequential gets a temporary one.
+bool forward_custom(em_nn *m, const at::Tensor &x, const em_tensor *xh, const forward_path *where, at::Tensor *out)
+{
+    std::unique_ptr<em_tensor, void (*)(em_tensor *)> tmp(nullptr, emi_borrowed_free);
+    if (xh == nullptr) {
+        tmp.reset(emi_borrowed(x));
+        xh = tmp.get();
+    }
+    // Its temporaries (and the result handle) live in a scope of their own: only the tensor
+    // is kept, so nothing leaks when no scope is open.
+    em_scope_begin();
+    int depth = em_scope_depth();
+    em_tensor *r = m->ops->forward(m, xh);
+    if (r != nullptr)
+        *out = r->t;
+    while (em_scope_depth() > depth) // a forward that left scopes open: close them
+        em_scope_end();
+    if (em_scope_depth() == depth)
+        em_scope_end();
+    if (r == nullptr && !emi_has_error())
+        emi_fail(EM_EUSER, "em_nn_forward: %s: forward returned NULL without recording an error%s",
+                 m->kind.c_str(), path_suffix(where).c_str());
+    return r != nullptr;
+}
+
 bool forward_impl(em_nn *m, const at::Tensor &x, const em_tensor *xh, const forward_path *where, at::Tensor *out)
 {
     switch (m->tag) {
@@ -244,29 +287,8 @@ bool forward_impl(em_nn *m, const at::Tensor &x, const em_tensor *xh, const forw
         emi_fail(EM_EINVAL, "em_nn_forward: a container has no forward; call its children%s",
                  path_suffix(where).c_str());
         return false;
-    case nn_tag::custom: {
-        // The C forward gets a handle; an intermediate inside a Sequential gets a temporary one.
-        std::unique_ptr<em_tensor, void (*)(em_tensor *)> tmp(nullptr, emi_borrowed_free);
-        if (xh == nullptr) {
-            tmp.reset(emi_borrowed(x));
-            xh = tmp.get();
-        }
-        // Its temporaries (and the result handle) live in a scope of their own: only the tensor
-        // is kept, so nothing leaks when no scope is open.
-        em_scope_begin();
-        int depth = em_scope_depth();
-        em_tensor *r = m->ops->forward(m, xh);
-        if (r != nullptr)
-            *out = r->t;
-        while (em_scope_depth() > depth) // a forward that left scopes open: close them
-            em_scope_end();
-        if (em_scope_depth() == depth)
-            em_scope_end();
-        if (r == nullptr && !emi_has_error())
-            emi_fail(EM_EUSER, "em_nn_forward: %s: forward returned NULL without recording an error%s",
-                     m->kind.c_str(), path_suffix(where).c_str());
-        return r != nullptr;
-    }
+    case nn_tag::custom:
+        return forward_custom(m, x, xh, where, out);
     }
     return false;
 }
@@ -317,7 +339,9 @@ template <typename Fn> void apply_in_place(em_nn *m, Fn fn)
             b.set_data(fn(b));
 }
 
-em_tensor *register_tensor(const char *func, em_nn *m, const char *name, const em_tensor *init, bool parameter)
+// Register a copy of `init` as a parameter or a buffer of `m`, once the layer and the name are checked.
+// May throw.
+em_tensor *register_checked(const char *func, em_nn *m, const char *name, const em_tensor *init, bool parameter)
 {
     if (m->tag != nn_tag::custom && m->tag != nn_tag::container) {
         emi_fail(EM_EINVAL, "%s: only a custom layer or a container takes new tensors (got a %s)", func,
@@ -341,18 +365,26 @@ em_tensor *register_tensor(const char *func, em_nn *m, const char *name, const e
     return find_named(m, name);
 }
 
+// em_nn_register_parameter / em_nn_register_buffer: NULL for a NULL handle (not recorded).
+em_tensor *register_tensor(const char *func, em_nn *m, const char *name, const em_tensor *init, bool parameter)
+{
+    if (m == nullptr || init == nullptr)
+        return nullptr;
+    return emi_guard<em_tensor *>(func, nullptr, [&] { return register_checked(func, m, name, init, parameter); });
+}
+
 } // namespace
 
 // ---- built-in layers ----------------------------------------------------------------------------------
 
 extern "C" em_nn *em_nn_linear(int64_t in_features, int64_t out_features, bool bias)
 {
-    if (!check_positive(__func__, "in_features", in_features) || !check_positive(__func__, "out_features", out_features))
+    if (!check_positive(__func__, "in_features", in_features) ||
+        !check_positive(__func__, "out_features", out_features))
         return nullptr;
-    EM_TRY
-        return make_builtin(torch::nn::Linear(torch::nn::LinearOptions(in_features, out_features).bias(bias)),
-                            "Linear");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "Linear", [&] {
+        return torch::nn::Linear(torch::nn::LinearOptions(in_features, out_features).bias(bias));
+    });
 }
 
 namespace {
@@ -392,6 +424,12 @@ bool conv_check(const char *func, int64_t in, int64_t out, int64_t k, const em_c
     return true;
 }
 
+// The options Conv2d and ConvTranspose2d share, from checked arguments.
+template <typename Options> Options conv_options(Options o, const conv_args &a)
+{
+    return o.stride(a.stride).padding(a.padding).dilation(a.dilation).groups(a.groups).bias(a.bias);
+}
+
 } // namespace
 
 extern "C" em_nn *em_nn_conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size,
@@ -405,15 +443,9 @@ extern "C" em_nn *em_nn_conv2d(int64_t in_channels, int64_t out_channels, int64_
                  static_cast<long long>(a.output_padding));
         return nullptr;
     }
-    EM_TRY
-        auto o = torch::nn::Conv2dOptions(in_channels, out_channels, kernel_size)
-                     .stride(a.stride)
-                     .padding(a.padding)
-                     .dilation(a.dilation)
-                     .groups(a.groups)
-                     .bias(a.bias);
-        return make_builtin(torch::nn::Conv2d(o), "Conv2d");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "Conv2d", [&] {
+        return torch::nn::Conv2d(conv_options(torch::nn::Conv2dOptions(in_channels, out_channels, kernel_size), a));
+    });
 }
 
 extern "C" em_nn *em_nn_conv_transpose2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size,
@@ -430,19 +462,10 @@ extern "C" em_nn *em_nn_conv_transpose2d(int64_t in_channels, int64_t out_channe
                  static_cast<long long>(a.dilation));
         return nullptr;
     }
-    EM_TRY
-        auto o = torch::nn::ConvTranspose2dOptions(in_channels, out_channels, kernel_size)
-                     .stride(a.stride)
-                     .padding(a.padding)
-                     .output_padding(a.output_padding)
-                     .dilation(a.dilation)
-                     .groups(a.groups)
-                     .bias(a.bias);
-        auto holder = torch::nn::ConvTranspose2d(o);
-        auto *impl = holder.get();
-        return make_nn(holder.ptr(), "ConvTranspose2d", nn_tag::builtin,
-                       [impl](const at::Tensor &x) { return impl->forward(x); });
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "ConvTranspose2d", [&] {
+        auto o = torch::nn::ConvTranspose2dOptions(in_channels, out_channels, kernel_size);
+        return torch::nn::ConvTranspose2d(conv_options(o, a).output_padding(a.output_padding));
+    });
 }
 
 namespace {
@@ -472,36 +495,31 @@ bool norm_check(const char *func, const em_norm_opts *o, em_norm_opts *out)
     return true;
 }
 
+// BatchNorm1d / BatchNorm2d (Holder), whose options (Options) take the same fields.
+template <typename Holder, typename Options>
+em_nn *batchnorm(const char *func, const char *kind, int64_t num_features, const em_norm_opts *opts)
+{
+    em_norm_opts o;
+    if (!check_positive(func, "num_features", num_features) || !norm_check(func, opts, &o))
+        return nullptr;
+    return new_builtin(func, kind, [&] {
+        return Holder(Options(num_features).eps(o.eps).momentum(o.momentum).affine(o.affine).track_running_stats(
+            o.track_running_stats));
+    });
+}
+
 } // namespace
 
 extern "C" em_nn *em_nn_batchnorm1d(int64_t num_features, const em_norm_opts *opts)
 {
-    em_norm_opts o;
-    if (!check_positive(__func__, "num_features", num_features) || !norm_check(__func__, opts, &o))
-        return nullptr;
-    EM_TRY
-        auto bo = torch::nn::BatchNorm1dOptions(num_features)
-                      .eps(o.eps)
-                      .momentum(o.momentum)
-                      .affine(o.affine)
-                      .track_running_stats(o.track_running_stats);
-        return make_builtin(torch::nn::BatchNorm1d(bo), "BatchNorm1d");
-    EM_CATCH(nullptr)
+    return batchnorm<torch::nn::BatchNorm1d, torch::nn::BatchNorm1dOptions>(__func__, "BatchNorm1d", num_features,
+                                                                            opts);
 }
 
 extern "C" em_nn *em_nn_batchnorm2d(int64_t num_features, const em_norm_opts *opts)
 {
-    em_norm_opts o;
-    if (!check_positive(__func__, "num_features", num_features) || !norm_check(__func__, opts, &o))
-        return nullptr;
-    EM_TRY
-        auto bo = torch::nn::BatchNorm2dOptions(num_features)
-                      .eps(o.eps)
-                      .momentum(o.momentum)
-                      .affine(o.affine)
-                      .track_running_stats(o.track_running_stats);
-        return make_builtin(torch::nn::BatchNorm2d(bo), "BatchNorm2d");
-    EM_CATCH(nullptr)
+    return batchnorm<torch::nn::BatchNorm2d, torch::nn::BatchNorm2dOptions>(__func__, "BatchNorm2d", num_features,
+                                                                            opts);
 }
 
 extern "C" em_nn *em_nn_layernorm(const int64_t *normalized_shape, int ndim, const em_norm_opts *opts)
@@ -520,11 +538,10 @@ extern "C" em_nn *em_nn_layernorm(const int64_t *normalized_shape, int ndim, con
     em_norm_opts o;
     if (!norm_check(__func__, opts, &o))
         return nullptr;
-    EM_TRY
+    return new_builtin(__func__, "LayerNorm", [&] {
         std::vector<int64_t> shape(normalized_shape, normalized_shape + ndim);
-        auto lo = torch::nn::LayerNormOptions(shape).eps(o.eps).elementwise_affine(o.affine);
-        return make_builtin(torch::nn::LayerNorm(lo), "LayerNorm");
-    EM_CATCH(nullptr)
+        return torch::nn::LayerNorm(torch::nn::LayerNormOptions(shape).eps(o.eps).elementwise_affine(o.affine));
+    });
 }
 
 extern "C" em_nn *em_nn_dropout(double p)
@@ -533,9 +550,7 @@ extern "C" em_nn *em_nn_dropout(double p)
         emi_fail(EM_EINVAL, "em_nn_dropout: dropout probability has to be between 0 and 1, but got %g", p);
         return nullptr;
     }
-    EM_TRY
-        return make_builtin(torch::nn::Dropout(torch::nn::DropoutOptions(p)), "Dropout");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "Dropout", [&] { return torch::nn::Dropout(torch::nn::DropoutOptions(p)); });
 }
 
 extern "C" em_nn *em_nn_embedding(int64_t num_embeddings, int64_t embedding_dim)
@@ -543,10 +558,9 @@ extern "C" em_nn *em_nn_embedding(int64_t num_embeddings, int64_t embedding_dim)
     if (!check_positive(__func__, "num_embeddings", num_embeddings) ||
         !check_positive(__func__, "embedding_dim", embedding_dim))
         return nullptr;
-    EM_TRY
-        return make_builtin(torch::nn::Embedding(torch::nn::EmbeddingOptions(num_embeddings, embedding_dim)),
-                            "Embedding");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "Embedding", [&] {
+        return torch::nn::Embedding(torch::nn::EmbeddingOptions(num_embeddings, embedding_dim));
+    });
 }
 
 // Activations: libtorch's modules, whose forward calls the same ATen op as Python's
@@ -554,53 +568,41 @@ extern "C" em_nn *em_nn_embedding(int64_t num_embeddings, int64_t embedding_dim)
 
 extern "C" em_nn *em_nn_relu(void)
 {
-    EM_TRY
-        return make_builtin(torch::nn::ReLU(), "ReLU");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "ReLU", [] { return torch::nn::ReLU(); });
 }
 
 extern "C" em_nn *em_nn_leaky_relu(double negative_slope)
 {
-    EM_TRY
-        return make_builtin(torch::nn::LeakyReLU(torch::nn::LeakyReLUOptions().negative_slope(negative_slope)),
-                            "LeakyReLU");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "LeakyReLU", [&] {
+        return torch::nn::LeakyReLU(torch::nn::LeakyReLUOptions().negative_slope(negative_slope));
+    });
 }
 
 extern "C" em_nn *em_nn_tanh(void)
 {
-    EM_TRY
-        return make_builtin(torch::nn::Tanh(), "Tanh");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "Tanh", [] { return torch::nn::Tanh(); });
 }
 
 extern "C" em_nn *em_nn_sigmoid(void)
 {
-    EM_TRY
-        return make_builtin(torch::nn::Sigmoid(), "Sigmoid");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "Sigmoid", [] { return torch::nn::Sigmoid(); });
 }
 
 extern "C" em_nn *em_nn_gelu(void)
 {
-    EM_TRY
-        return make_builtin(torch::nn::GELU(), "GELU");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "GELU", [] { return torch::nn::GELU(); });
 }
 
 extern "C" em_nn *em_nn_softmax(int dim)
 {
-    EM_TRY
-        return make_builtin(torch::nn::Softmax(torch::nn::SoftmaxOptions(dim)), "Softmax");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "Softmax", [&] { return torch::nn::Softmax(torch::nn::SoftmaxOptions(dim)); });
 }
 
 extern "C" em_nn *em_nn_flatten(int start_dim, int end_dim)
 {
-    EM_TRY
-        return make_builtin(torch::nn::Flatten(torch::nn::FlattenOptions().start_dim(start_dim).end_dim(end_dim)),
-                            "Flatten");
-    EM_CATCH(nullptr)
+    return new_builtin(__func__, "Flatten", [&] {
+        return torch::nn::Flatten(torch::nn::FlattenOptions().start_dim(start_dim).end_dim(end_dim));
+    });
 }
 
 // ---- containers -----------------------------------------------------------------------------------------
@@ -781,20 +783,12 @@ extern "C" void *em_nn_state(const em_nn *m)
 
 extern "C" em_tensor *em_nn_register_parameter(em_nn *m, const char *name, const em_tensor *init)
 {
-    if (m == nullptr || init == nullptr)
-        return nullptr;
-    EM_TRY
-        return register_tensor(__func__, m, name, init, true);
-    EM_CATCH(nullptr)
+    return register_tensor(__func__, m, name, init, true);
 }
 
 extern "C" em_tensor *em_nn_register_buffer(em_nn *m, const char *name, const em_tensor *init)
 {
-    if (m == nullptr || init == nullptr)
-        return nullptr;
-    EM_TRY
-        return register_tensor(__func__, m, name, init, false);
-    EM_CATCH(nullptr)
+    return register_tensor(__func__, m, name, init, false);
 }
 
 // ---- using layers ---------------------------------------------------------------------------------------
@@ -813,12 +807,7 @@ extern "C" em_tensor *em_nn_forward(em_nn *m, const em_tensor *x)
 
 extern "C" em_status em_nn_train(em_nn *m, bool mode)
 {
-    if (m == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        m->mod->train(mode);
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return layer_do(__func__, m, [&](em_nn *l) { l->mod->train(mode); });
 }
 
 extern "C" bool em_nn_is_training(const em_nn *m)
@@ -831,82 +820,75 @@ extern "C" const char *em_nn_kind(const em_nn *m)
     return m == nullptr ? "NULL" : m->kind.c_str();
 }
 
-extern "C" size_t em_nn_num_parameters(const em_nn *m)
-{
-    if (m == nullptr)
-        return 0;
-    EM_TRY
-        refresh(mut(m));
-        return m->params.handles.size();
-    EM_CATCH(0)
-}
-
-extern "C" size_t em_nn_num_buffers(const em_nn *m)
-{
-    if (m == nullptr)
-        return 0;
-    EM_TRY
-        refresh(mut(m));
-        return m->buffers.handles.size();
-    EM_CATCH(0)
-}
-
 namespace {
 
-// The i-th entry of a cache; records an error when out of range.
+// The parameters' or the buffers' cache, refreshed.
+const named_handles &cache_of(const em_nn *m, bool buffers)
+{
+    refresh(mut(m));
+    return buffers ? m->buffers : m->params;
+}
+
+size_t cache_size(const char *func, const em_nn *m, bool buffers)
+{
+    if (m == nullptr)
+        return 0;
+    return emi_guard<size_t>(func, 0, [&] { return cache_of(m, buffers).handles.size(); });
+}
+
+// The i-th entry of a cache (its name or its handle); NULL for a NULL `m` (not recorded) or an
+// index out of range (recorded).
 template <bool Name>
 auto cache_at(const char *func, const em_nn *m, bool buffers, size_t i)
     -> std::conditional_t<Name, const char *, em_tensor *>
 {
-    refresh(mut(m));
-    const named_handles &c = buffers ? m->buffers : m->params;
-    if (i >= c.handles.size()) {
-        emi_fail(EM_EINVAL, "%s: index %zu out of range (the %s has %zu %s)", func, i, m->kind.c_str(),
-                 c.handles.size(), buffers ? "buffers" : "parameters");
+    using result = std::conditional_t<Name, const char *, em_tensor *>;
+    if (m == nullptr)
         return nullptr;
-    }
-    if constexpr (Name)
-        return c.names[i].c_str();
-    else
-        return c.handles[i];
+    return emi_guard<result>(func, nullptr, [&]() -> result {
+        const named_handles &c = cache_of(m, buffers);
+        if (i >= c.handles.size()) {
+            emi_fail(EM_EINVAL, "%s: index %zu out of range (the %s has %zu %s)", func, i, m->kind.c_str(),
+                     c.handles.size(), buffers ? "buffers" : "parameters");
+            return nullptr;
+        }
+        if constexpr (Name)
+            return c.names[i].c_str();
+        else
+            return c.handles[i];
+    });
 }
 
 } // namespace
 
+extern "C" size_t em_nn_num_parameters(const em_nn *m)
+{
+    return cache_size(__func__, m, false);
+}
+
+extern "C" size_t em_nn_num_buffers(const em_nn *m)
+{
+    return cache_size(__func__, m, true);
+}
+
 extern "C" em_tensor *em_nn_parameter(const em_nn *m, size_t i)
 {
-    if (m == nullptr)
-        return nullptr;
-    EM_TRY
-        return cache_at<false>(__func__, m, false, i);
-    EM_CATCH(nullptr)
+    return cache_at<false>(__func__, m, false, i);
 }
 
 extern "C" const char *em_nn_parameter_name(const em_nn *m, size_t i)
 {
-    if (m == nullptr)
-        return nullptr;
-    EM_TRY
-        return cache_at<true>(__func__, m, false, i);
-    EM_CATCH(nullptr)
+    return cache_at<true>(__func__, m, false, i);
 }
 
 extern "C" em_tensor *em_nn_buffer(const em_nn *m, size_t i)
 {
-    if (m == nullptr)
-        return nullptr;
-    EM_TRY
-        return cache_at<false>(__func__, m, true, i);
-    EM_CATCH(nullptr)
+    return cache_at<false>(__func__, m, true, i);
 }
 
 extern "C" const char *em_nn_buffer_name(const em_nn *m, size_t i)
 {
-    if (m == nullptr)
-        return nullptr;
-    EM_TRY
-        return cache_at<true>(__func__, m, true, i);
-    EM_CATCH(nullptr)
+    return cache_at<true>(__func__, m, true, i);
 }
 
 extern "C" em_tensor *em_nn_get(const em_nn *m, const char *name)
@@ -982,13 +964,10 @@ extern "C" em_status em_params_add_nn(em_params *p, const em_nn *m)
 
 extern "C" em_status em_nn_to_device(em_nn *m, em_device device)
 {
-    if (m == nullptr)
-        return EM_EINVAL;
-    EM_TRY
+    return layer_do(__func__, m, [&](em_nn *l) {
         at::Device d = emi_device(device);
-        apply_in_place(m, [&](const at::Tensor &t) { return t.to(d); });
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+        apply_in_place(l, [&](const at::Tensor &t) { return t.to(d); });
+    });
 }
 
 extern "C" em_status em_nn_to_dtype(em_nn *m, em_dtype dtype)
@@ -998,36 +977,21 @@ extern "C" em_status em_nn_to_dtype(em_nn *m, em_dtype dtype)
     if (dtype != EM_F32 && dtype != EM_F64 && dtype != EM_F16 && dtype != EM_BF16)
         return emi_fail(EM_EINVAL, "em_nn_to_dtype: nn.Module.to only accepts floating point dtypes, but got %s",
                         em_dtype_name(dtype));
-    EM_TRY
+    return layer_do(__func__, m, [&](em_nn *l) {
         at::ScalarType st = emi_scalar_type(dtype);
         // Only floating point tensors change (torch: Module.to(dtype)); num_batches_tracked stays int64.
-        apply_in_place(m, [&](const at::Tensor &t) { return t.is_floating_point() ? t.to(st) : t; });
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+        apply_in_place(l, [&](const at::Tensor &t) { return t.is_floating_point() ? t.to(st) : t; });
+    });
 }
 
 extern "C" em_status em_nn_zero_grad(em_nn *m, bool set_to_none)
 {
-    if (m == nullptr)
-        return EM_EINVAL;
-    EM_TRY
+    return layer_do(__func__, m, [&](em_nn *l) {
         // torch 1.13 nn.Module.zero_grad, line for line.
-        for (auto &p : m->mod->parameters(true)) {
-            if (!p.defined() || !p.grad().defined())
-                continue;
-            if (set_to_none) {
-                p.mutable_grad().reset();
-            } else {
-                at::Tensor &g = p.mutable_grad();
-                if (g.grad_fn() != nullptr)
-                    g.detach_();
-                else
-                    g.requires_grad_(false);
-                g.zero_();
-            }
-        }
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+        for (auto &p : l->mod->parameters(true))
+            if (p.defined())
+                emi_zero_grad(p, set_to_none);
+    });
 }
 
 extern "C" void em_nn_free(em_nn *m)

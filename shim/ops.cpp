@@ -7,7 +7,8 @@
 // so results are bit-identical to PyTorch 1.13. Where Python does work before the ATen call (a size
 // check, broadcast_tensors, an expand), it is done here too, in the same order.
 // Every extern "C" function: NULL handles first (return NULL / EM_EINVAL, nothing recorded), then
-// argument checks (emi_fail), then the work inside EM_TRY / EM_CATCH.
+// argument checks (emi_fail), then the work behind the exception barrier (emi_guard and the helpers
+// built on it: emi_tensor_op, emi_tensor_do, binary_op, ...).
 #include "internal.hpp"
 
 #include <ATen/ExpandUtils.h>
@@ -123,42 +124,99 @@ std::string torch_size(const at::Tensor &t)
     return "torch.Size(" + emi_shape_str(t) + ")";
 }
 
+// A new tensor from two: op(a->t, b->t) in a new handle, a libtorch error naming both shapes; NULL for
+// a NULL operand.
+template <class Op> em_tensor *binary_op(const char *func, const em_tensor *a, const em_tensor *b, Op &&op)
+{
+    if (a == nullptr || b == nullptr)
+        return nullptr;
+    return emi_guard<em_tensor *>(
+        func, nullptr, [&] { return emi_wrap(with_shapes({&a->t, &b->t}, [&] { return op(a->t, b->t); })); });
+}
+
+// A new tensor from one and a shape argument (reshape, view, permute): NULL for a NULL `a`, then the
+// argument's check, then op(a->t, dims).
+template <class Op>
+em_tensor *dims_op(const char *func, const char *what, const em_tensor *a, const int64_t *dims, int ndim, Op &&op)
+{
+    if (a == nullptr)
+        return nullptr;
+    if (!check_dims_arg(func, what, dims, ndim))
+        return nullptr;
+    return emi_tensor_op(func, a, [&](const at::Tensor &x) { return op(x, ref_of(dims, ndim)); });
+}
+
+// An in-place update of `dst` from `src`, a libtorch error naming both shapes: EM_OK; EM_EINVAL for a
+// NULL handle (not recorded); EM_ETORCH when torch refuses.
+template <class Op> em_status update_from(const char *func, em_tensor *dst, const em_tensor *src, Op &&op)
+{
+    if (src == nullptr)
+        return EM_EINVAL;
+    return emi_tensor_do(func, dst, [&](at::Tensor &d) { with_shapes({&d, &src->t}, [&] { return op(d, src->t); }); });
+}
+
+// The arguments every loss checks before its work: both operands (NULL: nothing recorded) and the
+// reduction (recorded). False to return NULL.
+bool loss_args(const char *func, const em_tensor *input, const em_tensor *target, em_reduction r, int64_t *red)
+{
+    return input != nullptr && target != nullptr && reduction_of(func, r, red);
+}
+
+// torch.broadcast_tensors(input, target), which F.mse_loss, l1_loss and smooth_l1_loss call first.
+std::vector<at::Tensor> broadcast_pair(const at::Tensor &input, const at::Tensor &target)
+{
+    return at::broadcast_tensors({input, target});
+}
+
+// torch.max(a, dim, keepdim) / torch.min: (values, indices). Both handles are owned alike; *indices
+// is NULL on any failure.
+em_tensor *max_min_dim(const char *func, const em_tensor *a, int dim, bool keepdim, em_tensor **indices, bool is_max)
+{
+    if (indices != nullptr)
+        *indices = nullptr;
+    if (a == nullptr)
+        return nullptr;
+    return emi_guard<em_tensor *>(func, nullptr, [&] {
+        std::tuple<at::Tensor, at::Tensor> r = is_max ? at::max(a->t, dim, keepdim) : at::min(a->t, dim, keepdim);
+        em_tensor *values = emi_wrap(std::get<0>(r));
+        if (indices != nullptr)
+            *indices = emi_wrap(std::get<1>(r));
+        return values;
+    });
+}
+
+// torch.cat / torch.stack: op(tensors) on the gathered list (see gather for NULL arguments).
+template <class Op> em_tensor *join(const char *func, em_tensor *const *ts, size_t n, Op &&op)
+{
+    return emi_guard<em_tensor *>(func, nullptr, [&]() -> em_tensor * {
+        std::vector<at::Tensor> v;
+        if (gather(func, ts, n, v) <= 0)
+            return nullptr;
+        return emi_wrap(op(v));
+    });
+}
+
 } // namespace
 
 // ---- elementwise arithmetic ---------------------------------------------------------------------------
+// The ops of one shape, named by a line each: `x` (and `y`, `s`) are the operands.
 
-#define EMI_BINARY(fname, expr)                                                              \
-    extern "C" em_tensor *fname(const em_tensor *a, const em_tensor *b)                      \
-    {                                                                                        \
-        if (a == nullptr || b == nullptr)                                                    \
-            return nullptr;                                                                  \
-        EM_TRY                                                                               \
-            const at::Tensor &x = a->t;                                                      \
-            const at::Tensor &y = b->t;                                                      \
-            return emi_wrap(with_shapes({&x, &y}, [&] { return expr; }));                    \
-        EM_CATCH(nullptr)                                                                    \
+#define EMI_BINARY(fname, expr)                                                                      \
+    extern "C" em_tensor *fname(const em_tensor *a, const em_tensor *b)                              \
+    {                                                                                                \
+        return binary_op(__func__, a, b, [](const at::Tensor &x, const at::Tensor &y) { return expr; }); \
     }
 
-#define EMI_SCALAR(fname, expr)                                                              \
-    extern "C" em_tensor *fname(const em_tensor *a, double s)                                \
-    {                                                                                        \
-        if (a == nullptr)                                                                    \
-            return nullptr;                                                                  \
-        EM_TRY                                                                               \
-            const at::Tensor &x = a->t;                                                      \
-            return emi_wrap(expr);                                                           \
-        EM_CATCH(nullptr)                                                                    \
+#define EMI_SCALAR(fname, expr)                                                                      \
+    extern "C" em_tensor *fname(const em_tensor *a, double s)                                        \
+    {                                                                                                \
+        return emi_tensor_op(__func__, a, [s](const at::Tensor &x) { return expr; });                \
     }
 
-#define EMI_UNARY(fname, expr)                                                               \
-    extern "C" em_tensor *fname(const em_tensor *a)                                          \
-    {                                                                                        \
-        if (a == nullptr)                                                                    \
-            return nullptr;                                                                  \
-        EM_TRY                                                                               \
-            const at::Tensor &x = a->t;                                                      \
-            return emi_wrap(expr);                                                           \
-        EM_CATCH(nullptr)                                                                    \
+#define EMI_UNARY(fname, expr)                                                                       \
+    extern "C" em_tensor *fname(const em_tensor *a)                                                  \
+    {                                                                                                \
+        return emi_tensor_op(__func__, a, [](const at::Tensor &x) { return expr; });                 \
     }
 
 // Python: a + b, a - b, a * b, a / b, a ** b, torch.maximum, torch.minimum
@@ -193,18 +251,16 @@ EMI_UNARY(em_cos, at::cos(x))
 // (torch.clamp(a)), and ember returns a copy, which is what torch.clamp(a, -inf, inf) gives.
 extern "C" em_tensor *em_clamp(const em_tensor *a, double lo, double hi)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) {
         c10::optional<at::Scalar> mn, mx;
         if (!(std::isinf(lo) && lo < 0))
-            mn = scalar_for(a->t, lo);
+            mn = scalar_for(x, lo);
         if (!(std::isinf(hi) && hi > 0))
-            mx = scalar_for(a->t, hi);
+            mx = scalar_for(x, hi);
         if (!mn.has_value() && !mx.has_value())
-            return emi_wrap(a->t.clone());
-        return emi_wrap(at::clamp(a->t, mn, mx));
-    EM_CATCH(nullptr)
+            return x.clone();
+        return at::clamp(x, mn, mx);
+    });
 }
 
 // ---- in-place updates -----------------------------------------------------------------------------------
@@ -212,72 +268,37 @@ extern "C" em_tensor *em_clamp(const em_tensor *a, double lo, double hi)
 
 extern "C" em_status em_copy_(em_tensor *dst, const em_tensor *src)
 {
-    if (dst == nullptr || src == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        with_shapes({&dst->t, &src->t}, [&] { return dst->t.copy_(src->t); });
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return update_from(__func__, dst, src, [](at::Tensor &d, const at::Tensor &x) { return d.copy_(x); });
 }
 
 extern "C" em_status em_zero_(em_tensor *dst)
 {
-    if (dst == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        dst->t.zero_();
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, dst, [](at::Tensor &d) { d.zero_(); });
 }
 
 extern "C" em_status em_fill_(em_tensor *dst, double value)
 {
-    if (dst == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        dst->t.fill_(scalar_for(dst->t, value));
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, dst, [&](at::Tensor &d) { d.fill_(scalar_for(d, value)); });
 }
 
 extern "C" em_status em_add_(em_tensor *dst, const em_tensor *src, double alpha)
 {
-    if (dst == nullptr || src == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        with_shapes({&dst->t, &src->t}, [&] { return dst->t.add_(src->t, alpha); });
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return update_from(__func__, dst, src, [&](at::Tensor &d, const at::Tensor &x) { return d.add_(x, alpha); });
 }
 
 extern "C" em_status em_mul_scalar_(em_tensor *dst, double s)
 {
-    if (dst == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        dst->t.mul_(scalar_for(dst->t, s));
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, dst, [&](at::Tensor &d) { d.mul_(scalar_for(d, s)); });
 }
 
 extern "C" em_status em_uniform_(em_tensor *dst, double lo, double hi, em_generator *g)
 {
-    if (dst == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        dst->t.uniform_(lo, hi, generator_of(g));
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, dst, [&](at::Tensor &d) { d.uniform_(lo, hi, generator_of(g)); });
 }
 
 extern "C" em_status em_normal_(em_tensor *dst, double mean, double std, em_generator *g)
 {
-    if (dst == nullptr)
-        return EM_EINVAL;
-    EM_TRY
-        dst->t.normal_(mean, std, generator_of(g));
-        return EM_OK;
-    EM_CATCH(EM_ETORCH)
+    return emi_tensor_do(__func__, dst, [&](at::Tensor &d) { d.normal_(mean, std, generator_of(g)); });
 }
 
 // ---- linear algebra and reductions ------------------------------------------------------------------
@@ -292,176 +313,93 @@ EMI_UNARY(em_min, at::min(x))
 // torch.sum(a, dim, keepdim) is sum.dim_IntList with a one-element dim list; mean likewise.
 extern "C" em_tensor *em_sum_dim(const em_tensor *a, int dim, bool keepdim)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        int64_t d = dim;
-        return emi_wrap(at::sum(a->t, at::IntArrayRef(&d, 1), keepdim));
-    EM_CATCH(nullptr)
+    int64_t d = dim;
+    return emi_tensor_op(__func__, a,
+                         [&](const at::Tensor &x) { return at::sum(x, at::IntArrayRef(&d, 1), keepdim); });
 }
 
 extern "C" em_tensor *em_mean_dim(const em_tensor *a, int dim, bool keepdim)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        int64_t d = dim;
-        return emi_wrap(at::mean(a->t, at::IntArrayRef(&d, 1), keepdim));
-    EM_CATCH(nullptr)
-}
-
-// torch.max(a, dim, keepdim) / torch.min: (values, indices). Both handles are owned alike.
-static em_tensor *max_min_dim(const em_tensor *a, int dim, bool keepdim, em_tensor **indices, bool is_max)
-{
-    std::tuple<at::Tensor, at::Tensor> r =
-        is_max ? at::max(a->t, dim, keepdim) : at::min(a->t, dim, keepdim);
-    em_tensor *values = emi_wrap(std::get<0>(r));
-    if (indices != nullptr)
-        *indices = emi_wrap(std::get<1>(r));
-    return values;
+    int64_t d = dim;
+    return emi_tensor_op(__func__, a,
+                         [&](const at::Tensor &x) { return at::mean(x, at::IntArrayRef(&d, 1), keepdim); });
 }
 
 extern "C" em_tensor *em_max_dim(const em_tensor *a, int dim, bool keepdim, em_tensor **indices)
 {
-    if (indices != nullptr)
-        *indices = nullptr;
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return max_min_dim(a, dim, keepdim, indices, true);
-    EM_CATCH(nullptr)
+    return max_min_dim(__func__, a, dim, keepdim, indices, true);
 }
 
 extern "C" em_tensor *em_min_dim(const em_tensor *a, int dim, bool keepdim, em_tensor **indices)
 {
-    if (indices != nullptr)
-        *indices = nullptr;
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return max_min_dim(a, dim, keepdim, indices, false);
-    EM_CATCH(nullptr)
+    return max_min_dim(__func__, a, dim, keepdim, indices, false);
 }
 
 extern "C" em_tensor *em_argmax(const em_tensor *a, int dim, bool keepdim)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::argmax(a->t, static_cast<int64_t>(dim), keepdim));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a,
+                         [&](const at::Tensor &x) { return at::argmax(x, static_cast<int64_t>(dim), keepdim); });
 }
 
 // torch.linalg.vector_norm(a, ord): dim=None (all elements), keepdim=False, dtype=None.
 extern "C" em_tensor *em_norm(const em_tensor *a, double ord)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::linalg_vector_norm(a->t, at::Scalar(ord)));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::linalg_vector_norm(x, at::Scalar(ord)); });
 }
 
 // ---- shape -------------------------------------------------------------------------------------------
 
 extern "C" em_tensor *em_reshape(const em_tensor *a, const int64_t *shape, int ndim)
 {
-    if (a == nullptr)
-        return nullptr;
-    if (!check_dims_arg(__func__, "shape", shape, ndim))
-        return nullptr;
-    EM_TRY
-        return emi_wrap(a->t.reshape(ref_of(shape, ndim)));
-    EM_CATCH(nullptr)
+    return dims_op(__func__, "shape", a, shape, ndim,
+                   [](const at::Tensor &x, at::IntArrayRef s) { return x.reshape(s); });
 }
 
 extern "C" em_tensor *em_view(const em_tensor *a, const int64_t *shape, int ndim)
 {
-    if (a == nullptr)
-        return nullptr;
-    if (!check_dims_arg(__func__, "shape", shape, ndim))
-        return nullptr;
-    EM_TRY
-        return emi_wrap(a->t.view(ref_of(shape, ndim)));
-    EM_CATCH(nullptr)
+    return dims_op(__func__, "shape", a, shape, ndim,
+                   [](const at::Tensor &x, at::IntArrayRef s) { return x.view(s); });
 }
 
 extern "C" em_tensor *em_flatten(const em_tensor *a, int start_dim, int end_dim)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::flatten(a->t, start_dim, end_dim));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::flatten(x, start_dim, end_dim); });
 }
 
 extern "C" em_tensor *em_transpose(const em_tensor *a, int d0, int d1)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::transpose(a->t, d0, d1));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::transpose(x, d0, d1); });
 }
 
 extern "C" em_tensor *em_permute(const em_tensor *a, const int64_t *dims, int ndim)
 {
-    if (a == nullptr)
-        return nullptr;
-    if (!check_dims_arg(__func__, "dims", dims, ndim))
-        return nullptr;
-    EM_TRY
-        return emi_wrap(a->t.permute(ref_of(dims, ndim)));
-    EM_CATCH(nullptr)
+    return dims_op(__func__, "dims", a, dims, ndim,
+                   [](const at::Tensor &x, at::IntArrayRef d) { return x.permute(d); });
 }
 
 extern "C" em_tensor *em_unsqueeze(const em_tensor *a, int dim)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::unsqueeze(a->t, dim));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::unsqueeze(x, dim); });
 }
 
 extern "C" em_tensor *em_squeeze(const em_tensor *a, int dim)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::squeeze(a->t, static_cast<int64_t>(dim)));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::squeeze(x, static_cast<int64_t>(dim)); });
 }
 
 extern "C" em_tensor *em_cat(em_tensor *const *ts, size_t n, int dim)
 {
-    EM_TRY
-        std::vector<at::Tensor> v;
-        int ok = gather(__func__, ts, n, v);
-        if (ok <= 0)
-            return nullptr;
-        return emi_wrap(at::cat(v, dim));
-    EM_CATCH(nullptr)
+    return join(__func__, ts, n, [&](const std::vector<at::Tensor> &v) { return at::cat(v, dim); });
 }
 
 extern "C" em_tensor *em_stack(em_tensor *const *ts, size_t n, int dim)
 {
-    EM_TRY
-        std::vector<at::Tensor> v;
-        int ok = gather(__func__, ts, n, v);
-        if (ok <= 0)
-            return nullptr;
-        return emi_wrap(at::stack(v, dim));
-    EM_CATCH(nullptr)
+    return join(__func__, ts, n, [&](const std::vector<at::Tensor> &v) { return at::stack(v, dim); });
 }
 
 extern "C" em_tensor *em_narrow(const em_tensor *a, int dim, int64_t start, int64_t length)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::narrow(a->t, dim, start, length));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::narrow(x, dim, start, length); });
 }
 
 // a[..., start:end:step, ...]: Python indexing calls at::slice, which wraps a negative start/end by
@@ -474,27 +412,19 @@ extern "C" em_tensor *em_slice(const em_tensor *a, int dim, int64_t start, int64
         emi_fail(EM_EINVAL, "em_slice: slice step must be positive (got %lld)", static_cast<long long>(step));
         return nullptr;
     }
-    EM_TRY
-        return emi_wrap(at::slice(a->t, dim, start, end, step));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::slice(x, dim, start, end, step); });
 }
 
 extern "C" em_tensor *em_select(const em_tensor *a, int dim, int64_t index)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::select(a->t, dim, index));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::select(x, dim, index); });
 }
 
 extern "C" em_tensor *em_index_select(const em_tensor *a, int dim, const em_tensor *index)
 {
-    if (a == nullptr || index == nullptr)
+    if (index == nullptr)
         return nullptr;
-    EM_TRY
-        return emi_wrap(at::index_select(a->t, dim, index->t));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::index_select(x, dim, index->t); });
 }
 
 // ---- comparisons and selection ----------------------------------------------------------------------
@@ -513,9 +443,9 @@ extern "C" em_tensor *em_where(const em_tensor *cond, const em_tensor *a, const 
 {
     if (cond == nullptr || a == nullptr || b == nullptr)
         return nullptr;
-    EM_TRY
+    return emi_guard<em_tensor *>(__func__, nullptr, [&] {
         return emi_wrap(with_shapes({&cond->t, &a->t, &b->t}, [&] { return at::where(cond->t, a->t, b->t); }));
-    EM_CATCH(nullptr)
+    });
 }
 
 // ---- activations --------------------------------------------------------------------------------------
@@ -527,30 +457,18 @@ EMI_UNARY(em_gelu, at::gelu(x, "none")) // F.gelu(x), approximate="none"
 
 extern "C" em_tensor *em_leaky_relu(const em_tensor *a, double negative_slope)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::leaky_relu(a->t, negative_slope));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::leaky_relu(x, negative_slope); });
 }
 
 // F.softmax(x, dim) with dtype=None is x.softmax(dim).
 extern "C" em_tensor *em_softmax(const em_tensor *a, int dim)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::softmax(a->t, dim));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::softmax(x, dim); });
 }
 
 extern "C" em_tensor *em_log_softmax(const em_tensor *a, int dim)
 {
-    if (a == nullptr)
-        return nullptr;
-    EM_TRY
-        return emi_wrap(at::log_softmax(a->t, dim));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::log_softmax(x, dim); });
 }
 
 // ---- losses -----------------------------------------------------------------------------------------
@@ -559,84 +477,64 @@ extern "C" em_tensor *em_log_softmax(const em_tensor *a, int dim)
 
 extern "C" em_tensor *em_mse_loss(const em_tensor *input, const em_tensor *target, em_reduction r)
 {
-    if (input == nullptr || target == nullptr)
-        return nullptr;
     int64_t red;
-    if (!reduction_of(__func__, r, &red))
+    if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
-    EM_TRY
-        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
-            std::vector<at::Tensor> e = at::broadcast_tensors({input->t, target->t});
-            return at::mse_loss(e[0], e[1], red);
-        }));
-    EM_CATCH(nullptr)
+    return binary_op(__func__, input, target, [&](const at::Tensor &x, const at::Tensor &y) {
+        std::vector<at::Tensor> e = broadcast_pair(x, y);
+        return at::mse_loss(e[0], e[1], red);
+    });
 }
 
 extern "C" em_tensor *em_l1_loss(const em_tensor *input, const em_tensor *target, em_reduction r)
 {
-    if (input == nullptr || target == nullptr)
-        return nullptr;
     int64_t red;
-    if (!reduction_of(__func__, r, &red))
+    if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
-    EM_TRY
-        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
-            std::vector<at::Tensor> e = at::broadcast_tensors({input->t, target->t});
-            return at::l1_loss(e[0], e[1], red);
-        }));
-    EM_CATCH(nullptr)
+    return binary_op(__func__, input, target, [&](const at::Tensor &x, const at::Tensor &y) {
+        std::vector<at::Tensor> e = broadcast_pair(x, y);
+        return at::l1_loss(e[0], e[1], red);
+    });
 }
 
 // F.smooth_l1_loss(input, target, beta=beta): broadcast, then one ATen call (beta == 0 included).
 extern "C" em_tensor *em_smooth_l1_loss(const em_tensor *input, const em_tensor *target, em_reduction r,
                                         double beta)
 {
-    if (input == nullptr || target == nullptr)
-        return nullptr;
     int64_t red;
-    if (!reduction_of(__func__, r, &red))
+    if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
     if (beta < 0) {
         emi_fail(EM_EINVAL, "em_smooth_l1_loss: smooth_l1_loss does not support negative values for beta (got %g)",
                  beta);
         return nullptr;
     }
-    EM_TRY
-        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
-            std::vector<at::Tensor> e = at::broadcast_tensors({input->t, target->t});
-            return at::smooth_l1_loss(e[0], e[1], red, beta);
-        }));
-    EM_CATCH(nullptr)
+    return binary_op(__func__, input, target, [&](const at::Tensor &x, const at::Tensor &y) {
+        std::vector<at::Tensor> e = broadcast_pair(x, y);
+        return at::smooth_l1_loss(e[0], e[1], red, beta);
+    });
 }
 
 // F.cross_entropy(input, target): weight=None, ignore_index=-100, label_smoothing=0.0.
 extern "C" em_tensor *em_cross_entropy(const em_tensor *input, const em_tensor *target, em_reduction r)
 {
-    if (input == nullptr || target == nullptr)
-        return nullptr;
     int64_t red;
-    if (!reduction_of(__func__, r, &red))
+    if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
-    EM_TRY
-        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
-            return at::cross_entropy_loss(input->t, target->t, c10::nullopt, red, -100, 0.0);
-        }));
-    EM_CATCH(nullptr)
+    return binary_op(__func__, input, target, [&](const at::Tensor &x, const at::Tensor &y) {
+        return at::cross_entropy_loss(x, y, c10::nullopt, red, -100, 0.0);
+    });
 }
 
 // F.nll_loss calls torch._C._nn.nll_loss_nd (weight=None, ignore_index=-100).
 extern "C" em_tensor *em_nll_loss(const em_tensor *input, const em_tensor *target, em_reduction r)
 {
-    if (input == nullptr || target == nullptr)
-        return nullptr;
     int64_t red;
-    if (!reduction_of(__func__, r, &red))
+    if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
-    EM_TRY
-        return emi_wrap(with_shapes({&input->t, &target->t}, [&] {
-            return at::nll_loss_nd(input->t, target->t, c10::nullopt, red, -100);
-        }));
-    EM_CATCH(nullptr)
+    return binary_op(__func__, input, target, [&](const at::Tensor &x, const at::Tensor &y) {
+        return at::nll_loss_nd(x, y, c10::nullopt, red, -100);
+    });
 }
 
 // F.binary_cross_entropy: target and input must have the same size; a weight is expanded to
@@ -644,12 +542,10 @@ extern "C" em_tensor *em_nll_loss(const em_tensor *input, const em_tensor *targe
 extern "C" em_tensor *em_bce_loss(const em_tensor *input, const em_tensor *target, const em_tensor *weight,
                                   em_reduction r)
 {
-    if (input == nullptr || target == nullptr)
-        return nullptr;
     int64_t red;
-    if (!reduction_of(__func__, r, &red))
+    if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
-    EM_TRY
+    return emi_guard<em_tensor *>(__func__, nullptr, [&]() -> em_tensor * {
         if (!target->t.sizes().equals(input->t.sizes())) {
             emi_fail(EM_ETORCH,
                      "em_bce_loss: Using a target size (%s) that is different to the input size (%s) is "
@@ -663,19 +559,17 @@ extern "C" em_tensor *em_bce_loss(const em_tensor *input, const em_tensor *targe
                 return weight->t.expand(at::infer_size(target->t.sizes(), weight->t.sizes()));
             });
         return emi_wrap(at::binary_cross_entropy(input->t, target->t, w, red));
-    EM_CATCH(nullptr)
+    });
 }
 
 // F.binary_cross_entropy_with_logits: same sizes required, then one ATen call.
 extern "C" em_tensor *em_bce_with_logits(const em_tensor *input, const em_tensor *target,
                                          const em_tensor *weight, const em_tensor *pos_weight, em_reduction r)
 {
-    if (input == nullptr || target == nullptr)
-        return nullptr;
     int64_t red;
-    if (!reduction_of(__func__, r, &red))
+    if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
-    EM_TRY
+    return emi_guard<em_tensor *>(__func__, nullptr, [&]() -> em_tensor * {
         if (!target->t.sizes().equals(input->t.sizes())) {
             emi_fail(EM_ETORCH, "em_bce_with_logits: Target size (%s) must be the same as input size (%s)",
                      torch_size(target->t).c_str(), torch_size(input->t).c_str());
@@ -687,7 +581,7 @@ extern "C" em_tensor *em_bce_with_logits(const em_tensor *input, const em_tensor
         if (pos_weight != nullptr)
             pw = pos_weight->t;
         return emi_wrap(at::binary_cross_entropy_with_logits(input->t, target->t, w, pw, red));
-    EM_CATCH(nullptr)
+    });
 }
 
 // ---- functional layers ------------------------------------------------------------------------------
@@ -695,14 +589,11 @@ extern "C" em_tensor *em_bce_with_logits(const em_tensor *input, const em_tensor
 // F.linear(x, weight, bias) -> torch._C._nn.linear.
 extern "C" em_tensor *em_linear(const em_tensor *x, const em_tensor *weight, const em_tensor *bias)
 {
-    if (x == nullptr || weight == nullptr)
-        return nullptr;
-    EM_TRY
-        c10::optional<at::Tensor> b;
-        if (bias != nullptr)
-            b = bias->t;
-        return emi_wrap(with_shapes({&x->t, &weight->t}, [&] { return at::linear(x->t, weight->t, b); }));
-    EM_CATCH(nullptr)
+    c10::optional<at::Tensor> b;
+    if (bias != nullptr)
+        b = bias->t;
+    return binary_op(__func__, x, weight,
+                     [&](const at::Tensor &in, const at::Tensor &w) { return at::linear(in, w, b); });
 }
 
 // F.dropout(x, p, training) -> _VF.dropout, after Python's range check on p.
@@ -714,7 +605,5 @@ extern "C" em_tensor *em_dropout(const em_tensor *x, double p, bool training)
         emi_fail(EM_EINVAL, "em_dropout: dropout probability has to be between 0 and 1, but got %g", p);
         return nullptr;
     }
-    EM_TRY
-        return emi_wrap(at::dropout(x->t, p, training));
-    EM_CATCH(nullptr)
+    return emi_tensor_op(__func__, x, [&](const at::Tensor &in) { return at::dropout(in, p, training); });
 }

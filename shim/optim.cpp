@@ -1,7 +1,7 @@
 // shim/optim.cpp: optimizers (torch.optim), optimizers written in C, wrappers, gradient clipping.
 //
 // SGD, Adam, AdamW, RMSprop and Adagrad are libtorch's C++ optimizers, which reproduce Python's
-// torch.optim 1.13 bit for bit (LIBTORCH_NOTES.md); LBFGS is ember's port (shim/lbfgs.hpp). What
+// torch.optim 1.13 bit for bit (docs/LIBTORCH_NOTES.md); LBFGS is ember's port (shim/lbfgs.hpp). What
 // libtorch 1.13 lacks is written here after Python's code: zero_grad(set_to_none)
 // (torch/optim/optimizer.py), the duplicate-parameter check of add_param_group, clip_grad_norm_ and
 // clip_grad_value_ (torch/nn/utils/clip_grad.py), op for op.
@@ -19,6 +19,8 @@
 #pragma GCC diagnostic pop
 
 #include <cmath>
+#include <initializer_list>
+#include <utility>
 #include <sstream>
 #include <type_traits>
 #include <unordered_set>
@@ -103,6 +105,19 @@ em_status closure_failure(const char *func, bool had_error)
     return emi_fail(EM_EUSER, "%s: the closure returned NULL", func);
 }
 
+// Runs body() behind the barrier; a closure that returned NULL (closure_failed) becomes its status.
+template <typename Body> em_status closure_guard(const char *func, Body &&body)
+{
+    bool had_error = emi_has_error();
+    return emi_guard(func, EM_ETORCH, [&] {
+        try {
+            return body();
+        } catch (const closure_failed &) {
+            return closure_failure(func, had_error);
+        }
+    });
+}
+
 // ---- argument checks -----------------------------------------------------------------------------
 
 // torch.optim.Optimizer.__init__ / add_param_group: a non-empty list of leaf tensors.
@@ -164,6 +179,15 @@ bool check_hparam(const char *func, const std::string &n, double v)
     return true;
 }
 
+// check_hparam on each (name, value) in turn; false at the first that fails.
+bool check_hparams(const char *func, std::initializer_list<std::pair<const char *, double>> hps)
+{
+    for (const auto &hp : hps)
+        if (!check_hparam(func, hp.first, hp.second))
+            return false;
+    return true;
+}
+
 bool check_nesterov(const char *func, double momentum, double dampening, bool nesterov)
 {
     if (nesterov && !(momentum > 0 && dampening == 0)) {
@@ -202,6 +226,19 @@ em_optimizer *finish_torch(emi_torch_optim which, const char *name, std::unique_
     return o.release();
 }
 
+// The first checks of a built-in constructor: the parameters (into *ts), then the options' version;
+// NULL opts stands for `def`, the header's INIT (named `init` in messages). NULL when a check failed.
+template <typename Opts>
+const Opts *builtin_args(const char *func, const em_params *params, std::vector<at::Tensor> *ts, const Opts *opts,
+                         const Opts &def, int current_version, const char *init)
+{
+    if (!take_params(func, params, ts))
+        return nullptr;
+    if (opts == nullptr)
+        opts = &def;
+    return check_version(func, opts->version, current_version, init) ? opts : nullptr;
+}
+
 // ---- hyper-parameters by name ------------------------------------------------------------------------
 
 // Where hyper-parameter `n` of a group lives in a built-in optimizer's options; all NULL if it has none.
@@ -228,6 +265,19 @@ struct hp_slot {
         return s;                     \
     }
 
+// Adam's and AdamW's options, which have the same fields.
+template <typename Options> hp_slot adam_slot(Options &x, const std::string &n)
+{
+    hp_slot s;
+    EMI_HP("lr", d, x.lr())
+    EMI_HP("beta1", d, std::get<0>(x.betas()))
+    EMI_HP("beta2", d, std::get<1>(x.betas()))
+    EMI_HP("eps", d, x.eps())
+    EMI_HP("weight_decay", d, x.weight_decay())
+    EMI_HP("amsgrad", b, x.amsgrad())
+    return s;
+}
+
 hp_slot find_slot(em_optimizer *o, size_t group, const std::string &n)
 {
     hp_slot s;
@@ -252,26 +302,8 @@ hp_slot find_slot(em_optimizer *o, size_t group, const std::string &n)
         EMI_HP("nesterov", b, x.nesterov())
         break;
     }
-    case EMI_TORCH_ADAM: {
-        auto &x = static_cast<torch::optim::AdamOptions &>(opts);
-        EMI_HP("lr", d, x.lr())
-        EMI_HP("beta1", d, std::get<0>(x.betas()))
-        EMI_HP("beta2", d, std::get<1>(x.betas()))
-        EMI_HP("eps", d, x.eps())
-        EMI_HP("weight_decay", d, x.weight_decay())
-        EMI_HP("amsgrad", b, x.amsgrad())
-        break;
-    }
-    case EMI_TORCH_ADAMW: {
-        auto &x = static_cast<torch::optim::AdamWOptions &>(opts);
-        EMI_HP("lr", d, x.lr())
-        EMI_HP("beta1", d, std::get<0>(x.betas()))
-        EMI_HP("beta2", d, std::get<1>(x.betas()))
-        EMI_HP("eps", d, x.eps())
-        EMI_HP("weight_decay", d, x.weight_decay())
-        EMI_HP("amsgrad", b, x.amsgrad())
-        break;
-    }
+    case EMI_TORCH_ADAM: return adam_slot(static_cast<torch::optim::AdamOptions &>(opts), n);
+    case EMI_TORCH_ADAMW: return adam_slot(static_cast<torch::optim::AdamWOptions &>(opts), n);
     case EMI_TORCH_RMSPROP: {
         auto &x = static_cast<torch::optim::RMSpropOptions &>(opts);
         EMI_HP("lr", d, x.lr())
@@ -297,6 +329,16 @@ hp_slot find_slot(em_optimizer *o, size_t group, const std::string &n)
 
 #undef EMI_HP
 
+// A group index of `base` (the optimizer holding the groups); false (recorded) when out of range.
+bool check_group(const char *func, const em_optimizer *base, size_t group)
+{
+    if (group < base->groups.size())
+        return true;
+    emi_fail(EM_EINVAL, "%s: group %zu out of range (%s has %zu parameter group%s)", func, group, base->name.c_str(),
+             base->groups.size(), base->groups.size() == 1 ? "" : "s");
+    return false;
+}
+
 // Common checks of em_optimizer_get/set; returns the optimizer holding the groups, NULL on error.
 em_optimizer *hp_target(const char *func, const em_optimizer *opt, size_t group, const char *name)
 {
@@ -305,12 +347,7 @@ em_optimizer *hp_target(const char *func, const em_optimizer *opt, size_t group,
         emi_fail(EM_EINVAL, "%s: name is NULL", func);
         return nullptr;
     }
-    if (group >= base->groups.size()) {
-        emi_fail(EM_EINVAL, "%s: group %zu out of range (%s has %zu parameter group%s)", func, group,
-                 base->name.c_str(), base->groups.size(), base->groups.size() == 1 ? "" : "s");
-        return nullptr;
-    }
-    return base;
+    return check_group(func, base, group) ? base : nullptr;
 }
 
 em_status no_such_hparam(const char *func, const em_optimizer *base, const char *name)
@@ -318,67 +355,88 @@ em_status no_such_hparam(const char *func, const em_optimizer *base, const char 
     return emi_fail(EM_EINVAL, "%s: %s has no hyper-parameter \"%s\"", func, base->name.c_str(), name);
 }
 
+// A C optimizer's or a wrapper's step: ops->step; a failure without a message gets one.
+em_status step_ops(em_optimizer *opt, const em_closure *closure)
+{
+    em_status s = opt->ops->step(opt, closure);
+    if (s != EM_OK) {
+        if (!emi_has_error())
+            emi_fail(s, "em_optimizer_step: the step of %s failed (%s) without recording an error",
+                     emi_optimizer_base(opt)->name.c_str(), em_status_name(s));
+        return s;
+    }
+    if (opt->kind == EMI_OPT_C)
+        opt->step_count++;
+    return EM_OK;
+}
+
+// Negate the gradients of the groups with maximize set (exact, so negating twice restores them).
+void negate_maximized_grads(em_optimizer *opt)
+{
+    at::NoGradGuard no_grad;
+    for (size_t g = 0; g < opt->groups.size(); g++)
+        if (opt->maximize[g])
+            for (em_tensor *h : opt->groups[g]->items)
+                if (h->t.grad().defined())
+                    h->t.mutable_grad().neg_();
+}
+
+// libtorch's step. maximize: Python steps on -grad; negate those groups' gradients around libtorch's
+// update (after the closure computed them) and back. Negation is exact, so the update is Python's.
+void step_torch(em_optimizer *opt, const em_closure *closure)
+{
+    bool any_max = false;
+    for (char m : opt->maximize)
+        any_max |= m != 0;
+    if (closure != nullptr) {
+        opt->torch_opt->step([opt, closure, any_max]() {
+            at::Tensor loss = run_closure(closure);
+            if (any_max)
+                negate_maximized_grads(opt);
+            return loss;
+        });
+    } else {
+        if (any_max)
+            negate_maximized_grads(opt);
+        opt->torch_opt->step();
+    }
+    if (any_max)
+        negate_maximized_grads(opt);
+}
+
+// ember's LBFGS step, which needs a closure that returns the loss.
+em_status step_lbfgs(em_optimizer *opt, const em_closure *closure)
+{
+    if (closure == nullptr)
+        return emi_fail(EM_EINVAL, "em_optimizer_step: LBFGS requires a closure (torch.optim.LBFGS.step(closure) "
+                                   "re-evaluates the model)");
+    at::NoGradGuard no_grad; // lbfgs.py's step is decorated with @torch.no_grad()
+    opt->lbfgs->step([closure]() {
+        at::Tensor loss = run_closure(closure);
+        if (!loss.defined()) {
+            emi_fail(EM_EINVAL, "em_optimizer_step: LBFGS needs the closure to return the loss; it returned "
+                                "NULL without an error");
+            throw closure_failed{};
+        }
+        return loss;
+    });
+    return EM_OK;
+}
+
 // torch.optim.Optimizer.step for each kind; throws closure_failed when the closure returns NULL.
 em_status step_impl(em_optimizer *opt, const em_closure *closure)
 {
     switch (opt->kind) {
     case EMI_OPT_C:
-    case EMI_OPT_WRAPPER: {
-        em_status s = opt->ops->step(opt, closure);
-        if (s != EM_OK) {
-            if (!emi_has_error())
-                emi_fail(s, "em_optimizer_step: the step of %s failed (%s) without recording an error",
-                         emi_optimizer_base(opt)->name.c_str(), em_status_name(s));
-            return s;
-        }
-        if (opt->kind == EMI_OPT_C)
-            opt->step_count++;
-        return EM_OK;
-    }
-    case EMI_OPT_TORCH: {
-        // maximize: Python steps on -grad; negate those groups' gradients around libtorch's update
-        // (after the closure computed them) and back. Negation is exact, so the update is Python's.
-        bool any_max = false;
-        for (char m : opt->maximize)
-            any_max |= m != 0;
-        auto negate = [opt]() {
-            at::NoGradGuard no_grad;
-            for (size_t g = 0; g < opt->groups.size(); g++)
-                if (opt->maximize[g])
-                    for (em_tensor *h : opt->groups[g]->items)
-                        if (h->t.grad().defined())
-                            h->t.mutable_grad().neg_();
-        };
-        if (closure != nullptr) {
-            opt->torch_opt->step([closure, any_max, &negate]() {
-                at::Tensor loss = run_closure(closure);
-                if (any_max)
-                    negate();
-                return loss;
-            });
-        } else {
-            if (any_max)
-                negate();
-            opt->torch_opt->step();
-        }
-        if (any_max)
-            negate();
+    case EMI_OPT_WRAPPER:
+        return step_ops(opt, closure);
+    case EMI_OPT_TORCH:
+        step_torch(opt, closure);
         break;
-    }
     case EMI_OPT_LBFGS: {
-        if (closure == nullptr)
-            return emi_fail(EM_EINVAL, "em_optimizer_step: LBFGS requires a closure (torch.optim.LBFGS.step(closure) "
-                                       "re-evaluates the model)");
-        at::NoGradGuard no_grad; // lbfgs.py's step is decorated with @torch.no_grad()
-        opt->lbfgs->step([closure]() {
-            at::Tensor loss = run_closure(closure);
-            if (!loss.defined()) {
-                emi_fail(EM_EINVAL, "em_optimizer_step: LBFGS needs the closure to return the loss; it returned "
-                                    "NULL without an error");
-                throw closure_failed{};
-            }
-            return loss;
-        });
+        em_status s = step_lbfgs(opt, closure);
+        if (s != EM_OK)
+            return s;
         break;
     }
     }
@@ -386,9 +444,42 @@ em_status step_impl(em_optimizer *opt, const em_closure *closure)
     return EM_OK;
 }
 
-} // namespace
-
 // ---- built-in optimizers -----------------------------------------------------------------------------
+
+// A libtorch optimizer made behind the barrier, from the options make_options() returns.
+template <typename Optim, typename MakeOptions>
+em_optimizer *new_torch_optimizer(const char *func, emi_torch_optim which, const char *name,
+                                  const std::vector<at::Tensor> &ts, bool maximize, MakeOptions &&make_options)
+{
+    return emi_guard<em_optimizer *>(func, nullptr, [&] {
+        return finish_torch(which, name, std::make_unique<Optim>(ts, make_options()), ts, maximize);
+    });
+}
+
+// em_adam and em_adamw: one em_adam_opts, libtorch's Adam or AdamW (Optim, Options). NULL opts = `def`
+// (the header's INIT, named `init` in messages).
+template <typename Optim, typename Options>
+em_optimizer *adam_like(const char *func, emi_torch_optim which, const char *name, const em_params *params,
+                        const em_adam_opts *opts, const em_adam_opts &def, const char *init)
+{
+    std::vector<at::Tensor> ts;
+    opts = builtin_args(func, params, &ts, opts, def, EM_ADAM_OPTS_VERSION, init);
+    if (opts == nullptr || !check_hparams(func, {{"lr", opts->lr},
+                                                 {"eps", opts->eps},
+                                                 {"beta1", opts->beta1},
+                                                 {"beta2", opts->beta2},
+                                                 {"weight_decay", opts->weight_decay}}))
+        return nullptr;
+    return new_torch_optimizer<Optim>(func, which, name, ts, opts->maximize, [&] {
+        Options o(opts->lr);
+        // weight_decay always explicit: AdamWOptions' own default (1e-2) must not stand in for ours
+        o.betas(std::make_tuple(opts->beta1, opts->beta2)).eps(opts->eps).weight_decay(opts->weight_decay);
+        o.amsgrad(opts->amsgrad);
+        return o;
+    });
+}
+
+} // namespace
 
 extern "C" em_optimizer *em_sgd(const em_params *params, const em_sgd_opts *opts)
 {
@@ -399,110 +490,73 @@ extern "C" em_optimizer *em_sgd(const em_params *params, const em_sgd_opts *opts
         emi_fail(EM_EINVAL, "em_sgd: opts is NULL: torch.optim.SGD needs a learning rate (em_sgd_opts.lr > 0)");
         return nullptr;
     }
-    if (!check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "momentum", opts->momentum) ||
-        !check_hparam(__func__, "weight_decay", opts->weight_decay) ||
+    if (!check_hparams(__func__,
+                       {{"lr", opts->lr}, {"momentum", opts->momentum}, {"weight_decay", opts->weight_decay}}) ||
         !check_nesterov(__func__, opts->momentum, opts->dampening, opts->nesterov))
         return nullptr;
     if (opts->lr == 0) {
         emi_fail(EM_EINVAL, "em_sgd: opts->lr is required (torch.optim.SGD has no default learning rate); got 0");
         return nullptr;
     }
-    EM_TRY
+    return new_torch_optimizer<torch::optim::SGD>(__func__, EMI_TORCH_SGD, "SGD", ts, opts->maximize, [&] {
         torch::optim::SGDOptions o(opts->lr);
         o.momentum(opts->momentum).dampening(opts->dampening).weight_decay(opts->weight_decay).nesterov(opts->nesterov);
-        return finish_torch(EMI_TORCH_SGD, "SGD", std::make_unique<torch::optim::SGD>(ts, o), ts, opts->maximize);
-    EM_CATCH(nullptr)
+        return o;
+    });
 }
 
-static bool check_adam(const char *func, const em_adam_opts *o, const char *init)
-{
-    return check_version(func, o->version, EM_ADAM_OPTS_VERSION, init) && check_hparam(func, "lr", o->lr) &&
-           check_hparam(func, "eps", o->eps) && check_hparam(func, "beta1", o->beta1) &&
-           check_hparam(func, "beta2", o->beta2) && check_hparam(func, "weight_decay", o->weight_decay);
-}
+// NULL opts = the header's defaults (one source of truth: the INIT macro users start from)
 
 extern "C" em_optimizer *em_adam(const em_params *params, const em_adam_opts *opts)
 {
-    std::vector<at::Tensor> ts;
-    if (!take_params(__func__, params, &ts))
-        return nullptr;
-    // NULL = the header's defaults (one source of truth: the INIT macro users start from)
     static const em_adam_opts def = EM_ADAM_OPTS_INIT;
-    if (opts == nullptr)
-        opts = &def;
-    if (!check_adam(__func__, opts, "EM_ADAM_OPTS_INIT"))
-        return nullptr;
-    EM_TRY
-        torch::optim::AdamOptions o(opts->lr);
-        o.betas(std::make_tuple(opts->beta1, opts->beta2)).eps(opts->eps).weight_decay(opts->weight_decay);
-        o.amsgrad(opts->amsgrad);
-        return finish_torch(EMI_TORCH_ADAM, "Adam", std::make_unique<torch::optim::Adam>(ts, o), ts, opts->maximize);
-    EM_CATCH(nullptr)
+    return adam_like<torch::optim::Adam, torch::optim::AdamOptions>(__func__, EMI_TORCH_ADAM, "Adam", params, opts, def,
+                                                                    "EM_ADAM_OPTS_INIT");
 }
 
 extern "C" em_optimizer *em_adamw(const em_params *params, const em_adam_opts *opts)
 {
-    std::vector<at::Tensor> ts;
-    if (!take_params(__func__, params, &ts))
-        return nullptr;
-    // NULL = the header's defaults (one source of truth: the INIT macro users start from)
     static const em_adam_opts def = EM_ADAMW_OPTS_INIT;
-    if (opts == nullptr)
-        opts = &def;
-    if (!check_adam(__func__, opts, "EM_ADAMW_OPTS_INIT"))
-        return nullptr;
-    EM_TRY
-        torch::optim::AdamWOptions o(opts->lr);
-        // weight_decay always explicit: AdamWOptions' own default (1e-2) must not stand in for ours
-        o.betas(std::make_tuple(opts->beta1, opts->beta2)).eps(opts->eps).weight_decay(opts->weight_decay);
-        o.amsgrad(opts->amsgrad);
-        return finish_torch(EMI_TORCH_ADAMW, "AdamW", std::make_unique<torch::optim::AdamW>(ts, o), ts, opts->maximize);
-    EM_CATCH(nullptr)
+    return adam_like<torch::optim::AdamW, torch::optim::AdamWOptions>(__func__, EMI_TORCH_ADAMW, "AdamW", params, opts,
+                                                                      def, "EM_ADAMW_OPTS_INIT");
 }
 
 extern "C" em_optimizer *em_rmsprop(const em_params *params, const em_rmsprop_opts *opts)
 {
-    std::vector<at::Tensor> ts;
-    if (!take_params(__func__, params, &ts))
-        return nullptr;
-    // NULL = the header's defaults (one source of truth: the INIT macro users start from)
     static const em_rmsprop_opts def = EM_RMSPROP_OPTS_INIT;
-    if (opts == nullptr)
-        opts = &def;
-    if (!check_version(__func__, opts->version, EM_RMSPROP_OPTS_VERSION, "EM_RMSPROP_OPTS_INIT") ||
-        !check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "eps", opts->eps) ||
-        !check_hparam(__func__, "momentum", opts->momentum) ||
-        !check_hparam(__func__, "weight_decay", opts->weight_decay) || !check_hparam(__func__, "alpha", opts->alpha))
+    std::vector<at::Tensor> ts;
+    opts = builtin_args(__func__, params, &ts, opts, def, EM_RMSPROP_OPTS_VERSION, "EM_RMSPROP_OPTS_INIT");
+    if (opts == nullptr || !check_hparams(__func__, {{"lr", opts->lr},
+                                                     {"eps", opts->eps},
+                                                     {"momentum", opts->momentum},
+                                                     {"weight_decay", opts->weight_decay},
+                                                     {"alpha", opts->alpha}}))
         return nullptr;
-    EM_TRY
+    return new_torch_optimizer<torch::optim::RMSprop>(__func__, EMI_TORCH_RMSPROP, "RMSprop", ts, opts->maximize, [&] {
         torch::optim::RMSpropOptions o(opts->lr);
         o.alpha(opts->alpha).eps(opts->eps).weight_decay(opts->weight_decay).momentum(opts->momentum);
         o.centered(opts->centered);
-        return finish_torch(EMI_TORCH_RMSPROP, "RMSprop", std::make_unique<torch::optim::RMSprop>(ts, o), ts, opts->maximize);
-    EM_CATCH(nullptr)
+        return o;
+    });
 }
 
 extern "C" em_optimizer *em_adagrad(const em_params *params, const em_adagrad_opts *opts)
 {
-    std::vector<at::Tensor> ts;
-    if (!take_params(__func__, params, &ts))
-        return nullptr;
-    // NULL = the header's defaults (one source of truth: the INIT macro users start from)
     static const em_adagrad_opts def = EM_ADAGRAD_OPTS_INIT;
-    if (opts == nullptr)
-        opts = &def;
-    if (!check_version(__func__, opts->version, EM_ADAGRAD_OPTS_VERSION, "EM_ADAGRAD_OPTS_INIT") ||
-        !check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "lr_decay", opts->lr_decay) ||
-        !check_hparam(__func__, "weight_decay", opts->weight_decay) ||
-        !check_hparam(__func__, "initial_accumulator_value", opts->initial_accumulator_value) ||
-        !check_hparam(__func__, "eps", opts->eps))
+    std::vector<at::Tensor> ts;
+    opts = builtin_args(__func__, params, &ts, opts, def, EM_ADAGRAD_OPTS_VERSION, "EM_ADAGRAD_OPTS_INIT");
+    if (opts == nullptr || !check_hparams(__func__, {{"lr", opts->lr},
+                                                     {"lr_decay", opts->lr_decay},
+                                                     {"weight_decay", opts->weight_decay},
+                                                     {"initial_accumulator_value", opts->initial_accumulator_value},
+                                                     {"eps", opts->eps}}))
         return nullptr;
-    EM_TRY
+    return new_torch_optimizer<torch::optim::Adagrad>(__func__, EMI_TORCH_ADAGRAD, "Adagrad", ts, opts->maximize, [&] {
         torch::optim::AdagradOptions o(opts->lr);
         o.lr_decay(opts->lr_decay).weight_decay(opts->weight_decay);
         o.initial_accumulator_value(opts->initial_accumulator_value).eps(opts->eps);
-        return finish_torch(EMI_TORCH_ADAGRAD, "Adagrad", std::make_unique<torch::optim::Adagrad>(ts, o), ts, opts->maximize);
-    EM_CATCH(nullptr)
+        return o;
+    });
 }
 
 extern "C" em_optimizer *em_lbfgs(const em_params *params, const em_lbfgs_opts *opts)
@@ -513,8 +567,9 @@ extern "C" em_optimizer *em_lbfgs(const em_params *params, const em_lbfgs_opts *
     emi_lbfgs_options o; // torch's defaults, as EM_LBFGS_OPTS_INIT
     if (opts != nullptr) {
         if (!check_version(__func__, opts->version, EM_LBFGS_OPTS_VERSION, "EM_LBFGS_OPTS_INIT") ||
-            !check_hparam(__func__, "lr", opts->lr) || !check_hparam(__func__, "max_iter", (double)opts->max_iter) ||
-            !check_hparam(__func__, "history_size", (double)opts->history_size))
+            !check_hparams(__func__, {{"lr", opts->lr},
+                                      {"max_iter", static_cast<double>(opts->max_iter)},
+                                      {"history_size", static_cast<double>(opts->history_size)}}))
             return nullptr;
         if (opts->max_eval < 0) {
             emi_fail(EM_EINVAL, "em_lbfgs: max_eval must be >= 0, 0 meaning max_iter * 5 / 4 (got %lld)",
@@ -639,14 +694,7 @@ extern "C" em_status em_optimizer_step(em_optimizer *opt, const em_closure *clos
         return EM_EINVAL;
     if (closure != nullptr && closure->fn == nullptr)
         return emi_fail(EM_EINVAL, "em_optimizer_step: closure->fn is NULL");
-    bool had_error = emi_has_error();
-    EM_TRY
-        try {
-            return step_impl(opt, closure);
-        } catch (const closure_failed &) {
-            return closure_failure(__func__, had_error);
-        }
-    EM_CATCH(EM_ETORCH)
+    return closure_guard(__func__, [&] { return step_impl(opt, closure); });
 }
 
 extern "C" em_status em_closure_call(const em_closure *closure, double *loss_out)
@@ -655,17 +703,12 @@ extern "C" em_status em_closure_call(const em_closure *closure, double *loss_out
         return EM_EINVAL;
     if (closure->fn == nullptr)
         return emi_fail(EM_EINVAL, "em_closure_call: closure->fn is NULL");
-    bool had_error = emi_has_error();
-    EM_TRY
-        try {
-            at::Tensor loss = run_closure(closure);
-            if (loss_out != nullptr)
-                *loss_out = loss.defined() && loss.numel() == 1 ? loss.item<double>() : NAN;
-            return EM_OK;
-        } catch (const closure_failed &) {
-            return closure_failure(__func__, had_error);
-        }
-    EM_CATCH(EM_ETORCH)
+    return closure_guard(__func__, [&] {
+        at::Tensor loss = run_closure(closure);
+        if (loss_out != nullptr)
+            *loss_out = loss.defined() && loss.numel() == 1 ? loss.item<double>() : NAN;
+        return EM_OK;
+    });
 }
 
 extern "C" em_status em_optimizer_zero_grad_ex(em_optimizer *opt, bool set_to_none)
@@ -674,23 +717,9 @@ extern "C" em_status em_optimizer_zero_grad_ex(em_optimizer *opt, bool set_to_no
         return EM_EINVAL;
     EM_TRY
         // torch/optim/optimizer.py Optimizer.zero_grad (1.13), foreach=False
-        for (const em_params *g : emi_optimizer_base(opt)->groups) {
-            for (em_tensor *h : g->items) {
-                at::Tensor &p = h->t;
-                if (!p.grad().defined())
-                    continue;
-                at::Tensor &grad = p.mutable_grad();
-                if (set_to_none) {
-                    grad = at::Tensor();
-                } else {
-                    if (grad.grad_fn() != nullptr)
-                        grad.detach_();
-                    else
-                        grad.requires_grad_(false);
-                    grad.zero_();
-                }
-            }
-        }
+        for (const em_params *g : emi_optimizer_base(opt)->groups)
+            for (em_tensor *h : g->items)
+                emi_zero_grad(h->t, set_to_none);
         return EM_OK;
     EM_CATCH(EM_ETORCH)
 }
@@ -757,12 +786,7 @@ extern "C" const em_params *em_optimizer_group_params(const em_optimizer *opt, s
     if (opt == nullptr)
         return nullptr;
     const em_optimizer *base = emi_optimizer_base(opt);
-    if (group >= base->groups.size()) {
-        emi_fail(EM_EINVAL, "em_optimizer_group_params: group %zu out of range (%s has %zu parameter group%s)", group,
-                 base->name.c_str(), base->groups.size(), base->groups.size() == 1 ? "" : "s");
-        return nullptr;
-    }
-    return base->groups[group];
+    return check_group(__func__, base, group) ? base->groups[group] : nullptr;
 }
 
 extern "C" em_status em_optimizer_get(const em_optimizer *opt, size_t group, const char *name, double *out)
@@ -867,8 +891,8 @@ extern "C" em_optimizer *em_optimizer_inner(em_optimizer *opt)
 extern "C" void em_optimizer_free(em_optimizer *opt)
 {
     if (opt != nullptr && opt->trainer_owned) {
-        emi_fail(EM_EINVAL, "em_optimizer_free: this optimizer belongs to a trainer (em_optim_setup_add or "
-                            "em_optimizers); the trainer frees it when fit ends");
+        emi_fail(EM_EINVAL, "em_optimizer_free: this optimizer belongs to a trainer (it was handed to one); "
+                            "the trainer frees it when fit ends");
         return;
     }
     delete opt; // a wrapper's destructor leaves `inner` alone

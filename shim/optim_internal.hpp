@@ -59,11 +59,11 @@ struct em_optimizer {
 
     int64_t step_count = 0; // successful em_optimizer_step calls (a wrapper reports inner's)
     em_optimizer *inner = nullptr; // EMI_OPT_WRAPPER: the optimizer it forwards to (not owned)
-    bool trainer_owned = false;
+    bool trainer_owned = false; // handed to a trainer: em_optimizer_free refuses it (emi_optimizer_set_owned)
     // torch's `maximize` per group (EMI_OPT_TORCH): 1.13's C++ optimizers lack it; the step negates
     // those groups' gradients around libtorch's update (Python uses -grad; negation is exact).
     std::vector<char> maximize;
-    bool default_maximize = false;    // handed to a trainer: em_optimizer_free refuses it (emi_optimizer_set_owned)
+    bool default_maximize = false; // what a new group's maximize starts from
 
     em_optimizer();
     ~em_optimizer(); // frees groups, calls ops->destroy(state); never frees inner

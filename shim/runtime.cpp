@@ -10,16 +10,16 @@ thread_local std::vector<emi::compat::autocast_frame> autocast_stack;
 
 } // namespace
 
-extern "C" em_status emi_autocast_begin(em_precision precision, em_device device)
+extern "C" em_status emi_autocast_begin(em_dtype dtype, em_device device)
 {
+    if (dtype != EM_BF16 && dtype != EM_F16)
+        return emi_fail(EM_EINVAL, "emi_autocast_begin: autocast runs in bfloat16 or float16 (got %s)",
+                        em_dtype_name(dtype));
     EM_TRY
         autocast_stack.push_back(emi::compat::autocast_state());
-        at::ScalarType dt = precision == EM_PRECISION_16_MIXED ? at::kHalf : at::kBFloat16;
         bool cuda = device.type == EM_CUDA;
-        if (precision != EM_PRECISION_32_TRUE) {
-            emi::compat::set_autocast(cuda, true, dt);
-            at::autocast::increment_nesting();
-        }
+        emi::compat::set_autocast(cuda, true, emi_scalar_type(dtype));
+        at::autocast::increment_nesting();
         return EM_OK;
     EM_CATCH(EM_ETORCH)
 }

@@ -36,7 +36,7 @@ em_status emi_precision_forward_begin(em_trainer *t, em_device device)
 {
     if (t->fit.precision == EM_PRECISION_32_TRUE)
         return EM_OK;
-    return emi_autocast_begin(t->fit.precision, device);
+    return emi_autocast_begin(t->fit.precision == EM_PRECISION_16_MIXED ? EM_F16 : EM_BF16, device);
 }
 
 void emi_precision_forward_end(em_trainer *t)
