@@ -33,12 +33,12 @@
  */
 #include <ember.h>
 
-#include <errno.h>
+#include <getopt.h> /* getopt_long */
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
+
+#include "opts.h" /* strict numbers, getopt_long's messages */
 
 static const double PI = 3.14159265358979323846;
 enum { N_POINTS = 3000, N_VAL = 600, BATCH = 32, VAL_BATCH = 200, HIDDEN = 64 };
@@ -64,78 +64,76 @@ static void usage(FILE *f)
             "accumulate_grad_batches 2, gradient clipping, validation) and prints the validation\n"
             "accuracy of every epoch.\n"
             "  --epochs N        epochs (default 30)\n"
-            "  --plateau         ReduceLROnPlateau on val_loss every epoch instead of OneCycleLR every step\n"
-            "  --bf16            bf16-mixed precision\n"
-            "  --min-accuracy X  exit 1 when the final val_acc is below X (0..1)\n"
+            "  --plateau         ReduceLROnPlateau on val_loss every epoch, from lr 5e-3, instead of\n"
+            "                    OneCycleLR (max_lr 1e-2) every optimizer step (default: OneCycleLR)\n"
+            "  --bf16            bf16-mixed precision (default: 32-true)\n"
+            "  --min-accuracy X  exit 1 when the final val_acc is below X, in [0, 1] (default 0: no check)\n"
             "  --seed N          seed of the data, the weights and the shuffling (default 0)\n"
-            "  --progress-bar    show the trainer's progress bar on stderr\n"
-            "  --log-dir DIR     write the logged metrics to DIR/metrics.csv\n"
+            "  --progress-bar    show the trainer's progress bar on stderr (default: off)\n"
+            "  --log-dir DIR     write the logged metrics to DIR/metrics.csv (default: no metrics.csv)\n"
             "  -h, --help        this text\n");
 }
 
-static bool parse_long(const char *opt, const char *s, long lo, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo) {
-        fprintf(stderr, "classifier: %s needs an integer >= %ld (got '%s')\n", opt, lo, s);
-        return false;
-    }
-    *out = v;
-    return true;
-}
+/* Long-only options get values above any character. */
+enum { OPT_EPOCHS = 256, OPT_PLATEAU, OPT_BF16, OPT_MIN_ACCURACY, OPT_SEED, OPT_PROGRESS_BAR, OPT_LOG_DIR };
 
-/* 0: parsed; 1: --help was printed; 2: a usage error was printed. */
+static const struct option long_options[] = {
+    {"epochs", required_argument, NULL, OPT_EPOCHS},
+    {"plateau", no_argument, NULL, OPT_PLATEAU},
+    {"bf16", no_argument, NULL, OPT_BF16},
+    {"min-accuracy", required_argument, NULL, OPT_MIN_ACCURACY},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"progress-bar", no_argument, NULL, OPT_PROGRESS_BAR},
+    {"log-dir", required_argument, NULL, OPT_LOG_DIR},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* 0: parsed; 1: --help was printed; 2: a usage error was printed. "--opt value" or "--opt=value". */
 static int parse_args(int argc, char **argv, options *o)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+    opterr = 0; /* opts_rejected() says what was wrong */
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'h':
             usage(stdout);
             return 1;
-        }
-        bool *flag = strcmp(a, "--plateau") == 0        ? &o->plateau
-                     : strcmp(a, "--bf16") == 0         ? &o->bf16
-                     : strcmp(a, "--progress-bar") == 0 ? &o->progress_bar
-                                                        : NULL;
-        if (flag != NULL) {
-            *flag = true;
-            continue;
-        }
-        bool takes_value = strcmp(a, "--epochs") == 0 || strcmp(a, "--min-accuracy") == 0 ||
-                           strcmp(a, "--seed") == 0 || strcmp(a, "--log-dir") == 0;
-        if (!takes_value) {
-            fprintf(stderr, "classifier: unknown option '%s'\n", a);
-            usage(stderr);
+        case OPT_EPOCHS:
+            ok = opts_long("classifier", "--epochs", optarg, 1, &o->epochs);
+            break;
+        case OPT_PLATEAU:
+            o->plateau = true;
+            break;
+        case OPT_BF16:
+            o->bf16 = true;
+            break;
+        case OPT_MIN_ACCURACY:
+            ok = opts_number(optarg, &o->min_accuracy) && o->min_accuracy >= 0 && o->min_accuracy <= 1;
+            if (!ok)
+                fprintf(stderr, "classifier: --min-accuracy needs a number in [0, 1] (got '%s')\n", optarg);
+            break;
+        case OPT_SEED:
+            ok = opts_seed("classifier", "--seed", optarg, &o->seed);
+            break;
+        case OPT_PROGRESS_BAR:
+            o->progress_bar = true;
+            break;
+        case OPT_LOG_DIR:
+            ok = optarg[0] != '\0';
+            if (!ok)
+                fprintf(stderr, "classifier: --log-dir needs a directory name\n");
+            o->log_dir = optarg;
+            break;
+        default: /* '?' or ':' */
+            opts_rejected("classifier", long_options, argv, c);
             return 2;
         }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "classifier: %s needs a value\n", a);
+        if (!ok)
             return 2;
-        }
-        const char *v = argv[++i];
-        long n = 0;
-        if (strcmp(a, "--epochs") == 0) {
-            if (!parse_long(a, v, 1, &o->epochs))
-                return 2;
-        } else if (strcmp(a, "--min-accuracy") == 0) {
-            char *end = NULL;
-            errno = 0;
-            o->min_accuracy = strtod(v, &end);
-            if (errno != 0 || end == v || *end != '\0' || !(o->min_accuracy >= 0 && o->min_accuracy <= 1)) {
-                fprintf(stderr, "classifier: --min-accuracy needs a number in [0, 1] (got '%s')\n", v);
-                return 2;
-            }
-        } else if (strcmp(a, "--seed") == 0) {
-            if (!parse_long(a, v, 0, &n))
-                return 2;
-            o->seed = (unsigned long long)n;
-        } else {
-            o->log_dir = v;
-        }
     }
-    return 0;
+    return opts_no_operands("classifier", argc, argv) ? 0 : 2;
 }
 
 /* ---- data --------------------------------------------------------------------------------------- */

@@ -58,6 +58,7 @@
 
 #include <dlfcn.h> /* dlopen, dlsym: OpenBLAS's thread count, when libtorch loaded OpenBLAS */
 #include <errno.h>
+#include <getopt.h> /* getopt_long */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "opts.h" /* strict numbers, getopt_long's messages */
 #include "plot.h" /* plot_png: the PNG charts */
 
 #define N_MODES 8
@@ -113,8 +115,8 @@ static void usage(FILE *f)
             "  --seed N             seed of em_manual_seed: data, weights, noise (default 0)\n"
             "  --out DIR            output directory, created if needed (default gan-out)\n"
             "  --plot-every N       write samples_epoch_NNN.png every N epochs; 0 = never (default 5)\n"
-            "  --no-progress        no progress bar (it goes to stderr)\n"
-            "  -q, --quiet          no progress bar and only the last line on stdout\n"
+            "  --no-progress        no progress bar (default: a progress bar on stderr)\n"
+            "  -q, --quiet          no progress bar and only the last line on stdout (default: off)\n"
             "  -h, --help           this text\n"
             "\n"
             "Threads: unless OMP_NUM_THREADS or OPENBLAS_NUM_THREADS is set, libtorch and OpenBLAS\n"
@@ -123,121 +125,92 @@ static void usage(FILE *f)
             "own two each). Set either variable to choose the thread count yourself.\n");
 }
 
-/* Parse an integer that fills the whole argument and is >= lo; false (with a message) otherwise. */
-static bool parse_long(const char *opt, const char *s, long lo, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo) {
-        fprintf(stderr, "gan: %s needs an integer >= %ld (got '%s')\n", opt, lo, s);
-        return false;
-    }
-    *out = v;
-    return true;
-}
+/* Long-only options get values above any character. */
+enum {
+    OPT_EPOCHS = 256,
+    OPT_STEPS_PER_EPOCH,
+    OPT_BATCH_SIZE,
+    OPT_LR,
+    OPT_D_EVERY,
+    OPT_SIGMA,
+    OPT_SEED,
+    OPT_OUT,
+    OPT_PLOT_EVERY,
+    OPT_NO_PROGRESS,
+};
 
-/* Parse a finite number > 0 that fills the whole argument. */
-static bool parse_positive(const char *opt, const char *s, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || !(v > 0) || !isfinite(v)) {
-        fprintf(stderr, "gan: %s needs a number > 0 (got '%s')\n", opt, s);
-        return false;
-    }
-    *out = v;
-    return true;
-}
+static const struct option long_options[] = {
+    {"epochs", required_argument, NULL, OPT_EPOCHS},
+    {"steps-per-epoch", required_argument, NULL, OPT_STEPS_PER_EPOCH},
+    {"batch-size", required_argument, NULL, OPT_BATCH_SIZE},
+    {"lr", required_argument, NULL, OPT_LR},
+    {"d-every", required_argument, NULL, OPT_D_EVERY},
+    {"sigma", required_argument, NULL, OPT_SIGMA},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"plot-every", required_argument, NULL, OPT_PLOT_EVERY},
+    {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+    {"quiet", no_argument, NULL, 'q'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
-/* Options that take a value, in --help's order. */
-static const char *const valued[] = {"--epochs", "--steps-per-epoch", "--batch-size", "--lr",  "--d-every",
-                                     "--sigma",  "--seed",            "--out",        "--plot-every"};
-
-static bool takes_value(const char *name)
-{
-    for (size_t i = 0; i < sizeof valued / sizeof *valued; i++)
-        if (strcmp(name, valued[i]) == 0)
-            return true;
-    return false;
-}
-
-static bool set_option(options *o, const char *a, const char *v)
-{
-    long n = 0;
-    if (strcmp(a, "--epochs") == 0)
-        return parse_long(a, v, 1, &o->epochs);
-    if (strcmp(a, "--steps-per-epoch") == 0)
-        return parse_long(a, v, 1, &o->steps_per_epoch);
-    if (strcmp(a, "--batch-size") == 0)
-        return parse_long(a, v, 1, &o->batch_size);
-    if (strcmp(a, "--lr") == 0)
-        return parse_positive(a, v, &o->lr);
-    if (strcmp(a, "--d-every") == 0)
-        return parse_long(a, v, 1, &o->d_every);
-    if (strcmp(a, "--sigma") == 0)
-        return parse_positive(a, v, &o->sigma);
-    if (strcmp(a, "--plot-every") == 0)
-        return parse_long(a, v, 0, &o->plot_every);
-    if (strcmp(a, "--out") == 0) {
-        if (v[0] == '\0') {
-            fprintf(stderr, "gan: --out needs a directory name\n");
-            return false;
-        }
-        o->out = v;
-        return true;
-    }
-    if (!parse_long(a, v, 0, &n)) /* --seed */
-        return false;
-    o->seed = (unsigned long long)n;
-    return true;
-}
-
-/* 0: parsed; 1: --help was printed; 2: a usage error was printed. Accepts "--opt value" and "--opt=value". */
+/* 0: parsed; 1: --help was printed; 2: a usage error was printed. "--opt value" or "--opt=value". */
 static int parse_args(int argc, char **argv, options *o)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+    opterr = 0; /* opts_rejected() says what was wrong */
+    int c;
+    while ((c = getopt_long(argc, argv, ":hq", long_options, NULL)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'h':
             usage(stdout);
             return 1;
-        }
-        if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
+        case OPT_EPOCHS:
+            ok = opts_long("gan", "--epochs", optarg, 1, &o->epochs);
+            break;
+        case OPT_STEPS_PER_EPOCH:
+            ok = opts_long("gan", "--steps-per-epoch", optarg, 1, &o->steps_per_epoch);
+            break;
+        case OPT_BATCH_SIZE:
+            ok = opts_long("gan", "--batch-size", optarg, 1, &o->batch_size);
+            break;
+        case OPT_LR:
+            ok = opts_positive("gan", "--lr", optarg, &o->lr);
+            break;
+        case OPT_D_EVERY:
+            ok = opts_long("gan", "--d-every", optarg, 1, &o->d_every);
+            break;
+        case OPT_SIGMA:
+            ok = opts_positive("gan", "--sigma", optarg, &o->sigma);
+            break;
+        case OPT_SEED:
+            ok = opts_seed("gan", "--seed", optarg, &o->seed);
+            break;
+        case OPT_OUT:
+            ok = optarg[0] != '\0';
+            if (!ok)
+                fprintf(stderr, "gan: --out needs a directory name\n");
+            o->out = optarg;
+            break;
+        case OPT_PLOT_EVERY:
+            ok = opts_long("gan", "--plot-every", optarg, 0, &o->plot_every);
+            break;
+        case OPT_NO_PROGRESS:
+            o->progress = false;
+            break;
+        case 'q':
             o->quiet = true;
             o->progress = false;
-            continue;
-        }
-        if (strcmp(a, "--no-progress") == 0) {
-            o->progress = false;
-            continue;
-        }
-        char name[32];
-        const char *eq = strchr(a, '=');
-        const char *value = NULL;
-        size_t len = eq != NULL ? (size_t)(eq - a) : strlen(a);
-        if (len < sizeof name) {
-            memcpy(name, a, len);
-            name[len] = '\0';
-        } else {
-            name[0] = '\0';
-        }
-        if (!takes_value(name)) {
-            fprintf(stderr, "gan: unknown option '%s' (see gan --help)\n", a);
+            break;
+        default: /* '?' or ':' */
+            opts_rejected("gan", long_options, argv, c);
             return 2;
         }
-        if (eq != NULL) {
-            value = eq + 1;
-        } else if (i + 1 < argc) {
-            value = argv[++i];
-        } else {
-            fprintf(stderr, "gan: %s needs a value\n", name);
-            return 2;
-        }
-        if (!set_option(o, name, value))
+        if (!ok)
             return 2;
     }
-    return 0;
+    return opts_no_operands("gan", argc, argv) ? 0 : 2;
 }
 
 /* ---- small utilities ----------------------------------------------------------------------------------- */

@@ -31,14 +31,16 @@
  * once per evaluation while global_step counts one step.
  *
  *     ./build/bin/lbfgs [--mode manual|automatic|both] [--strong-wolfe] [--steps N] [--check TOL]
+ *                       [--seed N]
  */
 #include <ember.h>
 
-#include <errno.h>
+#include <getopt.h> /* getopt_long */
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "opts.h" /* strict numbers, getopt_long's messages */
 
 enum { N_SAMPLES = 400, N_FEATURES = 5, N_THETA = N_FEATURES + 1 };
 static const double LAMBDA = 0.01; /* the L2 weight on w (the bias is not regularised) */
@@ -68,74 +70,62 @@ static void usage(FILE *f)
             "  --strong-wolfe  LBFGS with line_search_fn=\"strong_wolfe\" (default: none, lr 1)\n"
             "  --steps N       LBFGS steps, one per epoch (default 10; max_iter 20 each)\n"
             "  --check TOL     exit 1 when a mode ends farther than TOL from the optimum\n"
+            "                  (default: no check)\n"
             "  --seed N        seed of em_manual_seed (default 0)\n"
             "  -h, --help      this text\n");
 }
 
-static bool parse_long(const char *opt, const char *s, long lo, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo) {
-        fprintf(stderr, "lbfgs: %s needs an integer >= %ld (got '%s')\n", opt, lo, s);
-        return false;
-    }
-    *out = v;
-    return true;
-}
+/* Long-only options get values above any character. */
+enum { OPT_MODE = 256, OPT_STRONG_WOLFE, OPT_STEPS, OPT_CHECK, OPT_SEED };
 
-/* 0: parsed; 1: --help was printed; 2: a usage error was printed. */
+static const struct option long_options[] = {
+    {"mode", required_argument, NULL, OPT_MODE},
+    {"strong-wolfe", no_argument, NULL, OPT_STRONG_WOLFE},
+    {"steps", required_argument, NULL, OPT_STEPS},
+    {"check", required_argument, NULL, OPT_CHECK},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* 0: parsed; 1: --help was printed; 2: a usage error was printed. "--opt value" or "--opt=value". */
 static int parse_args(int argc, char **argv, options *o)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+    opterr = 0; /* opts_rejected() says what was wrong */
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'h':
             usage(stdout);
             return 1;
-        }
-        if (strcmp(a, "--strong-wolfe") == 0) {
+        case OPT_MODE:
+            o->manual = strcmp(optarg, "manual") == 0 || strcmp(optarg, "both") == 0;
+            o->automatic = strcmp(optarg, "automatic") == 0 || strcmp(optarg, "both") == 0;
+            ok = o->manual || o->automatic;
+            if (!ok)
+                fprintf(stderr, "lbfgs: --mode must be manual, automatic or both (got '%s')\n", optarg);
+            break;
+        case OPT_STRONG_WOLFE:
             o->strong_wolfe = true;
-            continue;
-        }
-        bool takes_value = strcmp(a, "--mode") == 0 || strcmp(a, "--steps") == 0 ||
-                           strcmp(a, "--check") == 0 || strcmp(a, "--seed") == 0;
-        if (!takes_value) {
-            fprintf(stderr, "lbfgs: unknown option '%s'\n", a);
-            usage(stderr);
+            break;
+        case OPT_STEPS:
+            ok = opts_long("lbfgs", "--steps", optarg, 1, &o->steps);
+            break;
+        case OPT_CHECK:
+            ok = opts_positive("lbfgs", "--check", optarg, &o->check);
+            break;
+        case OPT_SEED:
+            ok = opts_seed("lbfgs", "--seed", optarg, &o->seed);
+            break;
+        default: /* '?' or ':' */
+            opts_rejected("lbfgs", long_options, argv, c);
             return 2;
         }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "lbfgs: %s needs a value\n", a);
+        if (!ok)
             return 2;
-        }
-        const char *v = argv[++i];
-        if (strcmp(a, "--mode") == 0) {
-            o->manual = strcmp(v, "manual") == 0 || strcmp(v, "both") == 0;
-            o->automatic = strcmp(v, "automatic") == 0 || strcmp(v, "both") == 0;
-            if (!o->manual && !o->automatic) {
-                fprintf(stderr, "lbfgs: --mode must be manual, automatic or both (got '%s')\n", v);
-                return 2;
-            }
-        } else if (strcmp(a, "--steps") == 0) {
-            if (!parse_long(a, v, 1, &o->steps))
-                return 2;
-        } else if (strcmp(a, "--check") == 0) {
-            char *end = NULL;
-            errno = 0;
-            o->check = strtod(v, &end);
-            if (errno != 0 || end == v || *end != '\0' || !(o->check > 0)) {
-                fprintf(stderr, "lbfgs: --check needs a number > 0 (got '%s')\n", v);
-                return 2;
-            }
-        } else {
-            long n = 0;
-            if (!parse_long(a, v, 0, &n))
-                return 2;
-            o->seed = (unsigned long long)n;
-        }
     }
-    return 0;
+    return opts_no_operands("lbfgs", argc, argv) ? 0 : 2;
 }
 
 /* ---- the objective in double precision, without ember ----------------------------------------------- */

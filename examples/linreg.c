@@ -14,11 +14,11 @@
  */
 #include <ember.h>
 
-#include <errno.h>
+#include <getopt.h> /* getopt_long */
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+
+#include "opts.h" /* strict numbers, getopt_long's messages */
 
 /* ---- options ------------------------------------------------------------------------------------ */
 
@@ -42,68 +42,49 @@ static void usage(FILE *f)
             "  -h, --help    this text\n");
 }
 
-/* Parse a number that must fill the whole argument; false (with a message) otherwise. */
-static bool parse_long(const char *opt, const char *s, long lo, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo) {
-        fprintf(stderr, "linreg: %s needs an integer >= %ld (got '%s')\n", opt, lo, s);
-        return false;
-    }
-    *out = v;
-    return true;
-}
+/* Long-only options get values above any character. */
+enum { OPT_STEPS = 256, OPT_LR, OPT_SAMPLES, OPT_SEED };
 
-static bool parse_double(const char *opt, const char *s, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || !(v > 0)) {
-        fprintf(stderr, "linreg: %s needs a number > 0 (got '%s')\n", opt, s);
-        return false;
-    }
-    *out = v;
-    return true;
-}
+static const struct option long_options[] = {
+    {"steps", required_argument, NULL, OPT_STEPS},
+    {"lr", required_argument, NULL, OPT_LR},
+    {"samples", required_argument, NULL, OPT_SAMPLES},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
-/* 0: parsed; 1: --help was printed; 2: a usage error was printed. */
+/* 0: parsed; 1: --help was printed; 2: a usage error was printed. "--opt value" or "--opt=value". */
 static int parse_args(int argc, char **argv, options *o)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+    opterr = 0; /* opts_rejected() says what was wrong */
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'h':
             usage(stdout);
             return 1;
-        }
-        bool known = strcmp(a, "--steps") == 0 || strcmp(a, "--lr") == 0 ||
-                     strcmp(a, "--samples") == 0 || strcmp(a, "--seed") == 0;
-        if (!known) {
-            fprintf(stderr, "linreg: unknown option '%s'\n", a);
-            usage(stderr);
+        case OPT_STEPS:
+            ok = opts_long("linreg", "--steps", optarg, 0, &o->steps);
+            break;
+        case OPT_LR:
+            ok = opts_positive("linreg", "--lr", optarg, &o->lr);
+            break;
+        case OPT_SAMPLES:
+            ok = opts_long("linreg", "--samples", optarg, 1, &o->samples);
+            break;
+        case OPT_SEED:
+            ok = opts_seed("linreg", "--seed", optarg, &o->seed);
+            break;
+        default: /* '?' or ':' */
+            opts_rejected("linreg", long_options, argv, c);
             return 2;
         }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "linreg: %s needs a value\n", a);
-            return 2;
-        }
-        const char *v = argv[++i];
-        long n = 0;
-        bool ok = true;
-        if (strcmp(a, "--steps") == 0)
-            ok = parse_long(a, v, 0, &o->steps);
-        else if (strcmp(a, "--lr") == 0)
-            ok = parse_double(a, v, &o->lr);
-        else if (strcmp(a, "--samples") == 0)
-            ok = parse_long(a, v, 1, &o->samples);
-        else if ((ok = parse_long(a, v, 0, &n)))
-            o->seed = (unsigned long long)n;
         if (!ok)
             return 2;
     }
-    return 0;
+    return opts_no_operands("linreg", argc, argv) ? 0 : 2;
 }
 
 /* ---- data --------------------------------------------------------------------------------------- */
