@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backend.h" /* emi_fail, emi_warn */
+#include "ember/trainer.h"
 
 /* ---- GradientAccumulationScheduler ------------------------------------------------------------------- */
 

@@ -92,6 +92,7 @@ const char *em_status_name(em_status s)
     case EM_EUSER: return "EM_EUSER";
     case EM_EUNSUPPORTED: return "EM_EUNSUPPORTED";
     case EM_EIO: return "EM_EIO";
+    case EM_EMISUSE: return "EM_EMISUSE";
     }
     return "EM_?";
 }

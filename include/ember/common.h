@@ -68,7 +68,10 @@ typedef enum em_status {
     EM_ESTATE = -5,      /* called at the wrong time (e.g. outside em_trainer_fit) */
     EM_EUSER = -6,       /* stopped by a user callback (it called em_error_set or returned non-OK) */
     EM_EUNSUPPORTED = -7,/* not available in this build (no CUDA, no distributed, ...) */
-    EM_EIO = -8          /* a file could not be read or written */
+    EM_EIO = -8,         /* a file could not be read or written */
+    EM_EMISUSE = -9      /* the API was used in a way that is never valid: a freed or foreign handle, a
+                            double free, freeing what ember owns, closing a scope ember opened (SQLite's
+                            SQLITE_MISUSE); detected on a best-effort basis, see "Misuse" below */
 } em_status;
 
 /**
@@ -111,6 +114,16 @@ EM_API void em_clear_error(void);
  * Returns `code` (EM_EUSER is the usual choice), so a callback can `return em_error_set(...)`.
  */
 EM_API em_status em_error_set(em_status code, const char *fmt, ...) EM_PRINTF(2, 3);
+
+/* ---- misuse ---------------------------------------------------------------------------------------
+ *
+ * Some mistakes are never valid: using or freeing a handle twice, freeing what a trainer owns,
+ * ending a scope ember opened. ember reports those it can see with EM_EMISUSE and a message that
+ * names the call, instead of crashing (SQLite's SQLITE_MISUSE is the model). The detection is best
+ * effort, as SQLite's "API armor" is: a handle's memory may have been reused by the time it is
+ * passed again, and then the mistake is undefined behaviour like any use-after-free in C. The
+ * README's "Errors and misuse" section lists what is caught.
+ */
 
 /* ---- diagnostics: warnings and notices ----------------------------------------------------------
  *
