@@ -72,32 +72,34 @@ static const em_callback_ops gas_ops = {
     .destroy = gas_destroy,
 };
 
+/* GradientAccumulationScheduler.__init__'s checks; *min_epoch receives the smallest epoch. */
+static em_status gas_check(const int64_t (*schedule)[2], size_t n, int64_t *min_epoch)
+{
+    if (schedule == NULL || n == 0)
+        return emi_fail(EM_EINVAL, "em_grad_accum_scheduler: Empty dict cannot be interpreted correct");
+    *min_epoch = INT64_MAX;
+    for (size_t i = 0; i < n; i++) {
+        if (schedule[i][0] < 0)
+            return emi_fail(EM_EINVAL, "em_grad_accum_scheduler: Epoch should be an int greater than or equal to 0. "
+                                       "Got %lld.", (long long)schedule[i][0]);
+        if (schedule[i][1] < 1)
+            return emi_fail(EM_EINVAL, "em_grad_accum_scheduler: Accumulation factor should be an int greater than 0. "
+                                       "Got %lld.", (long long)schedule[i][1]);
+        for (size_t j = 0; j < i; j++)
+            if (schedule[j][0] == schedule[i][0])
+                return emi_fail(EM_EINVAL, "em_grad_accum_scheduler: epoch %lld appears twice",
+                                (long long)schedule[i][0]);
+        if (schedule[i][0] < *min_epoch)
+            *min_epoch = schedule[i][0];
+    }
+    return EM_OK;
+}
+
 em_callback *em_grad_accum_scheduler(const int64_t (*schedule)[2], size_t n)
 {
-    if (schedule == NULL || n == 0) {
-        emi_fail(EM_EINVAL, "em_grad_accum_scheduler: Empty dict cannot be interpreted correct");
+    int64_t min_epoch = 0;
+    if (gas_check(schedule, n, &min_epoch) != EM_OK)
         return NULL;
-    }
-    int64_t min_epoch = INT64_MAX;
-    for (size_t i = 0; i < n; i++) {
-        if (schedule[i][0] < 0) {
-            emi_fail(EM_EINVAL, "em_grad_accum_scheduler: Epoch should be an int greater than or equal to 0. Got %lld.",
-                     (long long)schedule[i][0]);
-            return NULL;
-        }
-        if (schedule[i][1] < 1) {
-            emi_fail(EM_EINVAL, "em_grad_accum_scheduler: Accumulation factor should be an int greater than 0. Got %lld.",
-                     (long long)schedule[i][1]);
-            return NULL;
-        }
-        for (size_t j = 0; j < i; j++)
-            if (schedule[j][0] == schedule[i][0]) {
-                emi_fail(EM_EINVAL, "em_grad_accum_scheduler: epoch %lld appears twice", (long long)schedule[i][0]);
-                return NULL;
-            }
-        if (schedule[i][0] < min_epoch)
-            min_epoch = schedule[i][0];
-    }
     grad_accum_scheduler *g = calloc(1, sizeof *g);
     size_t total = n + (min_epoch != 0);
     int64_t(*copy)[2] = calloc(total, sizeof *copy);
@@ -108,7 +110,7 @@ em_callback *em_grad_accum_scheduler(const int64_t (*schedule)[2], size_t n)
         return NULL;
     }
     size_t k = 0;
-    if (min_epoch != 0) {
+    if (min_epoch != 0) { /* {0: 1} is added when the smallest epoch is not 0 */
         copy[0][0] = 0;
         copy[0][1] = 1;
         k = 1;
