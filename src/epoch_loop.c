@@ -208,8 +208,9 @@ static em_status train_batch(em_trainer *t, bool *stop_epoch)
     if (s != EM_OK)
         return s;
     emi_metrics_refresh(t);
-    if (stepping && ((t->batches_that_stepped + 1) % t->fit.log_every_n_steps == 0 || t->should_stop))
-        emi_metrics_log_step(t);
+    if (stepping && ((t->batches_that_stepped + 1) % t->fit.log_every_n_steps == 0 || t->should_stop) &&
+        (s = emi_metrics_log_step(t)) != EM_OK)
+        return s;
     return on_advance_end(t, stepping);
 }
 

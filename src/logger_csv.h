@@ -4,11 +4,15 @@
 
 #include "loop.h"
 
-/** Create the log directory (log_dir, or root_dir/lightning_logs/version_N with the next free N) and
- *  a logger writing metrics.csv there. Errors: EM_EIO naming the directory, EM_ENOMEM. */
+/** Create the log directory and a logger writing metrics.csv there: `log_dir` when given (created
+ *  with its parents), else root_dir/lightning_logs/version_N with the next free N, claimed atomically
+ *  (mkdir; trainers started at the same moment get different versions). Errors: EM_EIO naming the
+ *  directory and errno's text (a path that is a file, no permission, ...), EM_ENOMEM. */
 em_status emi_csv_logger_open(emi_csv_logger **out, const char *root_dir, const char *log_dir);
-/** Lightning: CSVLogger.log_metrics(metrics, step). Takes ownership of `row` (freed here). */
-void emi_csv_logger_log_metrics(emi_csv_logger *l, emi_kvlist *row, int64_t step);
+/** Lightning: CSVLogger.log_metrics(metrics, step) then save(): the row is written to the file at
+ *  once (no rows are kept in memory); a row with a new column rewrites the file under the new sorted
+ *  header. Frees `row`, also when it fails. Errors: EM_EIO naming metrics.csv and errno's text. */
+em_status emi_csv_logger_log_metrics(emi_csv_logger *l, emi_kvlist *row, int64_t step);
 /** Free the logger (NULL is ignored). */
 void emi_csv_logger_close(emi_csv_logger *l);
 

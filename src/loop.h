@@ -123,6 +123,7 @@ struct em_trainer {
 
     emi_metrics metrics;
     FILE *trace;
+    int trace_errno;              /* why the first failed trace write failed (0: none) */
 };
 
 #endif /* EMBER_LOOP_H */

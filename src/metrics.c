@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hooks.h"
 #include "logger_csv.h"
 #include "metrics.h"
 
@@ -276,45 +277,48 @@ em_status emi_metrics_open(em_trainer *t)
 }
 
 /* Lightning: LoggerConnector.log_metrics: adds "epoch", hands the row and the step to the logger. */
-static void log_row(em_trainer *t, emi_kvlist *row, int64_t step)
+static em_status log_row(em_trainer *t, emi_kvlist *row, int64_t step)
 {
     if (row->n == 0 || t->metrics.logger == NULL) {
         emi_kvlist_free(row);
-        return;
+        return EM_OK;
     }
     if (!emi_kvlist_get(row, "epoch", NULL))
         emi_kvlist_set(row, "epoch", (double)t->current_epoch);
-    emi_csv_logger_log_metrics(t->metrics.logger, row, step);
+    em_clear_error();
+    em_status s = emi_csv_logger_log_metrics(t->metrics.logger, row, step);
+    return s == EM_OK ? EM_OK : emi_trainer_fail(t, "logger", s);
 }
 
-void emi_metrics_log_step(em_trainer *t)
+em_status emi_metrics_log_step(em_trainer *t)
 {
     emi_kvlist row = {0};
     apply(&t->metrics.train, true, true, &t->metrics.callback, NULL, &row);
-    log_row(t, &row, t->batches_that_stepped);
+    return log_row(t, &row, t->batches_that_stepped);
 }
 
-void emi_metrics_epoch_end(em_trainer *t, emi_stage stage)
+em_status emi_metrics_epoch_end(em_trainer *t, emi_stage stage)
 {
     emi_metrics *mx = &t->metrics;
     if (stage == EMI_STAGE_TRAIN) {
         /* on_epoch_end: epoch values into callback_metrics and the progress bar */
         apply(&mx->train, false, true, &mx->callback, &mx->progbar, NULL);
-        return;
+        return EM_OK;
     }
     if (t->stage == EMI_STAGE_SANITY)
-        return; /* sanity-check metrics never reach callback_metrics or loggers */
+        return EM_OK; /* sanity-check metrics never reach callback_metrics or loggers */
     emi_kvlist row = {0};
     apply(&mx->val, false, false, &mx->callback, &mx->progbar, &row);
-    log_row(t, &row, t->batches_that_stepped);
+    return log_row(t, &row, t->batches_that_stepped);
 }
 
-void emi_metrics_train_epoch_log(em_trainer *t)
+em_status emi_metrics_train_epoch_log(em_trainer *t)
 {
     emi_kvlist row = {0};
     apply(&t->metrics.train, false, true, &t->metrics.callback, NULL, &row);
-    log_row(t, &row, t->batches_that_stepped - 1);
+    em_status s = log_row(t, &row, t->batches_that_stepped - 1);
     emi_metrics_reset_stage(t, EMI_STAGE_TRAIN);
+    return s;
 }
 
 void emi_metrics_close(em_trainer *t)

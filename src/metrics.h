@@ -14,15 +14,18 @@ void emi_metrics_reset_stage(em_trainer *t, emi_stage stage);
 /** Refresh callback_metrics and the progress bar from the live results (Lightning's
  *  callback_metrics property; also Lightning's on_batch_end update). */
 void emi_metrics_refresh(em_trainer *t);
-/** Write the step values to the logger (Lightning: log_metrics on a stepping batch). */
-void emi_metrics_log_step(em_trainer *t);
+/** Write the step values to the logger (Lightning: log_metrics on a stepping batch). Errors: the
+ *  logger's (recorded as the fit's failure, "logger: cannot write .../metrics.csv: ..."). */
+em_status emi_metrics_log_step(em_trainer *t);
 /** The train loop reached its epoch end: hooks now see epoch values. */
 void emi_metrics_train_epoch_end_reached(em_trainer *t);
-/** Reduce a stage's epoch values into callback_metrics (and, for validation, the logger). */
-void emi_metrics_epoch_end(em_trainer *t, emi_stage stage);
+/** Reduce a stage's epoch values into callback_metrics (and, for validation, the logger). Errors: the
+ *  logger's (recorded). */
+em_status emi_metrics_epoch_end(em_trainer *t, emi_stage stage);
 /** After the sanity check: its metrics never count. */
 void emi_metrics_reset_all(em_trainer *t);
-/** Log the train epoch values (step = batches_that_stepped - 1) and reset the train results. */
-void emi_metrics_train_epoch_log(em_trainer *t);
+/** Log the train epoch values (step = batches_that_stepped - 1) and reset the train results. Errors:
+ *  the logger's (recorded). */
+em_status emi_metrics_train_epoch_log(em_trainer *t);
 
 #endif /* EMBER_METRICS_H */

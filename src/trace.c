@@ -1,6 +1,8 @@
 /* trace.c: the trace file - one JSON line per training_step call and per optimizer step, with the
  * learning rates in force (what the conformance runner compares with runs recorded from Lightning). */
+#include <errno.h>
 #include <math.h>
+#include <string.h>
 
 #include "trace.h"
 
@@ -9,16 +11,32 @@ em_status emi_trace_open(em_trainer *t)
     if (t->trace_path == NULL)
         return EM_OK;
     t->trace = fopen(t->trace_path, "w");
+    t->trace_errno = 0;
     if (t->trace == NULL)
-        return emi_fail(EM_EIO, "cannot open trace_path \"%s\" for writing", t->trace_path);
+        return emi_fail(EM_EIO, "cannot open trace_path \"%s\" for writing: %s", t->trace_path, strerror(errno));
     return EM_OK;
 }
 
-void emi_trace_close(em_trainer *t)
+/* After a line: remember why the first failed write failed (disk full, ...), for emi_trace_close. */
+static void trace_check(em_trainer *t)
 {
-    if (t->trace != NULL)
-        fclose(t->trace);
+    if (t->trace_errno == 0 && ferror(t->trace))
+        t->trace_errno = errno != 0 ? errno : EIO;
+}
+
+em_status emi_trace_close(em_trainer *t)
+{
+    if (t->trace == NULL)
+        return EM_OK;
+    trace_check(t);
+    if (fclose(t->trace) != 0 && t->trace_errno == 0)
+        t->trace_errno = errno;
     t->trace = NULL;
+    int e = t->trace_errno;
+    t->trace_errno = 0;
+    if (e != 0)
+        return emi_fail(EM_EIO, "cannot write trace_path \"%s\": %s", t->trace_path, strerror(e));
+    return EM_OK;
 }
 
 static void trace_lrs(em_trainer *t)
@@ -51,6 +69,7 @@ void emi_trace_training_step(em_trainer *t, double loss)
     trace_number(t->trace, "loss", loss);
     trace_lrs(t);
     fputs("}\n", t->trace);
+    trace_check(t);
 }
 
 void emi_trace_optimizer_step(em_trainer *t, int opt_index, double norm_before, double norm_after)
@@ -65,4 +84,5 @@ void emi_trace_optimizer_step(em_trainer *t, int opt_index, double norm_before, 
     trace_number(t->trace, "grad_norm", norm_after);
     trace_lrs(t);
     fputs("}\n", t->trace);
+    trace_check(t);
 }

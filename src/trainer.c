@@ -131,7 +131,8 @@ static em_status fit_loop_advance(em_trainer *t)
     emi_metrics_epoch_end(t, EMI_STAGE_TRAIN);
     if (reached_end && (s = emi_update_learning_rates(t, EM_INTERVAL_EPOCH, true, true)) != EM_OK)
         return s;
-    emi_metrics_train_epoch_log(t);
+    if ((s = emi_metrics_train_epoch_log(t)) != EM_OK)
+        return s;
     t->current_epoch++;
     return EM_OK;
 }
@@ -283,8 +284,9 @@ static em_status fit_body(em_trainer *t)
     return emi_hooks_call(t, EMI_ON_FIT_END, NULL);
 }
 
-/* Lightning: Trainer._teardown, also after a failure: nothing leaks, the host program goes on. */
-static void teardown(em_trainer *t, int scope_depth)
+/* Lightning: Trainer._teardown, also after a failure: nothing leaks, the host program goes on. Returns
+ * the failure to close what the fit wrote (the trace), which counts when the fit itself succeeded. */
+static em_status teardown(em_trainer *t, int scope_depth)
 {
     while (em_scope_depth() > scope_depth)
         em_scope_end();
@@ -292,7 +294,7 @@ static void teardown(em_trainer *t, int scope_depth)
         ;
     builtin_callbacks_remove(t);
     emi_toggle_free(t);
-    emi_trace_close(t);
+    em_status s = emi_trace_close(t);
     emi_metrics_close(t);
     emi_wrappers_free(t);
     emi_setup_free(&t->setup);
@@ -301,6 +303,7 @@ static void teardown(em_trainer *t, int scope_depth)
     t->module = NULL;
     t->train = t->val = NULL;
     t->stage = EMI_STAGE_NONE;
+    return s;
 }
 
 /* Before anything runs: the module, the arguments (limits, precision), the data. */
@@ -336,7 +339,10 @@ em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loade
             em_manual_seed((uint64_t)t->cfg.seed);
         s = fit_body(t);
     }
-    teardown(t, depth);
+    em_clear_error();
+    em_status closed = teardown(t, depth);
+    if (s == EM_OK && closed != EM_OK)
+        s = emi_trainer_fail(t, "trace", closed);
     if (s != EM_OK) {
         /* leave the message in the error slot too, for callers that check em_last_error() */
         em_clear_error();

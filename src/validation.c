@@ -48,7 +48,8 @@ static em_status validation_body(em_trainer *t, int64_t max_batches)
     t->val_epoch_end = true;
     if ((s = emi_hooks_call(t, EMI_ON_VALIDATION_EPOCH_END, NULL)) != EM_OK)
         return s;
-    emi_metrics_epoch_end(t, EMI_STAGE_VAL);
+    if ((s = emi_metrics_epoch_end(t, EMI_STAGE_VAL)) != EM_OK)
+        return s;
     return emi_hooks_call(t, EMI_ON_VALIDATION_END, NULL);
 }
 
