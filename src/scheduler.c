@@ -22,6 +22,12 @@
 
 #define PY_PI 3.141592653589793 /* math.pi, the double nearest to pi */
 
+/* Record that memory ran out; returns EM_ENOMEM. */
+static em_status out_of_memory(void)
+{
+    return emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+}
+
 /* ---- initial_lr beside the optimizer ----------------------------------------------------------
  * torch keeps group['initial_lr'] in the optimizer's param_groups: the first scheduler sets it
  * (setdefault), later ones on the same optimizer read it, OneCycleLR overwrites it, SequentialLR
@@ -68,7 +74,7 @@ static lr_record *record_acquire(em_optimizer *opt)
         r->refs++;
     records_leave();
     if (r == NULL)
-        emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+        out_of_memory();
     return r;
 }
 
@@ -122,7 +128,7 @@ static em_status record_put(lr_record *r, size_t group, double lr, bool overwrit
         r->has[group] = true;
     }
     records_leave();
-    return ok ? EM_OK : emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+    return ok ? EM_OK : out_of_memory();
 }
 
 /* torch: group['initial_lr']; false when the group has none (torch: KeyError). */
@@ -244,6 +250,24 @@ static bool same_optimizer(em_optimizer *a, em_optimizer *b)
     return em_optimizer_inner(a) == em_optimizer_inner(b);
 }
 
+/* A constructor gives up after `emi_fail` recorded why: returns NULL, so that each argument check
+ * reads as one statement, `return no_scheduler(emi_fail(...));`. */
+static em_scheduler *no_scheduler(em_status recorded)
+{
+    (void)recorded;
+    return NULL;
+}
+
+/* torch's "Expected positive integer <name>, but got <value>" check of function `f`: whether
+ * value >= 1, recording the message when not. */
+static bool positive_int(const char *f, const char *name, int64_t value)
+{
+    if (value >= 1)
+        return true;
+    emi_fail(EM_EINVAL, "%s: Expected positive integer %s, but got %lld", f, name, (long long)value);
+    return false;
+}
+
 /* Grow `*arr` to hold n doubles. */
 static em_status reserve(double **arr, size_t *cap, size_t n)
 {
@@ -251,7 +275,7 @@ static em_status reserve(double **arr, size_t *cap, size_t n)
         return EM_OK;
     double *v = realloc(*arr, n * sizeof *v);
     if (v == NULL)
-        return emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+        return out_of_memory();
     *arr = v;
     *cap = n;
     return EM_OK;
@@ -629,7 +653,7 @@ static em_status closed_form_lr(em_scheduler *s, size_t *n)
             size_t m = s->u.multistep.n;
             int64_t *sorted = malloc((m ? m : 1) * sizeof *sorted);
             if (sorted == NULL)
-                return emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+                return out_of_memory();
             memcpy(sorted, s->u.multistep.milestones, m * sizeof *sorted);
             qsort(sorted, m, sizeof *sorted, cmp_int64);
             v = base * pow(s->u.multistep.gamma, (double)bisect_right(sorted, m, e));
@@ -869,10 +893,8 @@ static void sched_destroy(em_scheduler *s)
 static em_scheduler *sched_alloc(sched_kind kind, em_optimizer *opt)
 {
     em_scheduler *s = calloc(1, sizeof *s);
-    if (s == NULL) {
-        emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
-        return NULL;
-    }
+    if (s == NULL)
+        return no_scheduler(out_of_memory());
     s->kind = kind;
     s->opt = opt;
     s->last_epoch = -1;
@@ -888,7 +910,7 @@ static em_scheduler *lr_init(em_scheduler *s)
     if (s->record == NULL && (s->record = record_acquire(s->opt)) == NULL)
         st = EM_ENOMEM;
     if (st == EM_OK && (s->base_lrs = malloc((n ? n : 1) * sizeof *s->base_lrs)) == NULL)
-        st = emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+        st = out_of_memory();
     for (size_t g = 0; st == EM_OK && g < n; g++) {
         double lr = 0;
         st = group_lr(s, g, &lr);
@@ -910,13 +932,8 @@ static em_scheduler *lr_init(em_scheduler *s)
 
 em_scheduler *em_step_lr(em_optimizer *opt, int64_t step_size, double gamma)
 {
-    if (opt == NULL)
+    if (opt == NULL || !positive_int("em_step_lr", "step_size", step_size))
         return NULL;
-    if (step_size < 1) {
-        emi_fail(EM_EINVAL, "em_step_lr: Expected positive integer step_size, but got %lld",
-                 (long long)step_size);
-        return NULL;
-    }
     em_scheduler *s = sched_alloc(K_STEP, opt);
     if (s == NULL)
         return NULL;
@@ -929,10 +946,8 @@ em_scheduler *em_multistep_lr(em_optimizer *opt, const int64_t *milestones, size
 {
     if (opt == NULL)
         return NULL;
-    if (milestones == NULL && n > 0) {
-        emi_fail(EM_EINVAL, "em_multistep_lr: milestones is NULL but n is %zu", n);
-        return NULL;
-    }
+    if (milestones == NULL && n > 0)
+        return no_scheduler(emi_fail(EM_EINVAL, "em_multistep_lr: milestones is NULL but n is %zu", n));
     em_scheduler *s = sched_alloc(K_MULTISTEP, opt);
     if (s == NULL)
         return NULL;
@@ -962,13 +977,8 @@ em_scheduler *em_exponential_lr(em_optimizer *opt, double gamma)
 
 em_scheduler *em_cosine_annealing_lr(em_optimizer *opt, int64_t T_max, double eta_min)
 {
-    if (opt == NULL)
+    if (opt == NULL || !positive_int("em_cosine_annealing_lr", "T_max", T_max))
         return NULL;
-    if (T_max < 1) {
-        emi_fail(EM_EINVAL, "em_cosine_annealing_lr: Expected positive integer T_max, but got %lld",
-                 (long long)T_max);
-        return NULL;
-    }
     em_scheduler *s = sched_alloc(K_COSINE, opt);
     if (s == NULL)
         return NULL;
@@ -980,18 +990,11 @@ em_scheduler *em_cosine_annealing_lr(em_optimizer *opt, int64_t T_max, double et
 em_scheduler *em_cosine_annealing_warm_restarts(em_optimizer *opt, int64_t T_0, int64_t T_mult,
                                                 double eta_min)
 {
-    if (opt == NULL)
+    if (opt == NULL || !positive_int("em_cosine_annealing_warm_restarts", "T_0", T_0))
         return NULL;
-    if (T_0 <= 0) {
-        emi_fail(EM_EINVAL, "em_cosine_annealing_warm_restarts: Expected positive integer T_0, but "
-                            "got %lld", (long long)T_0);
-        return NULL;
-    }
-    if (T_mult < 1) {
-        emi_fail(EM_EINVAL, "em_cosine_annealing_warm_restarts: Expected integer T_mult >= 1, but "
-                            "got %lld", (long long)T_mult);
-        return NULL;
-    }
+    if (T_mult < 1)
+        return no_scheduler(emi_fail(EM_EINVAL, "em_cosine_annealing_warm_restarts: Expected integer "
+                                                "T_mult >= 1, but got %lld", (long long)T_mult));
     em_scheduler *s = sched_alloc(K_WARM_RESTARTS, opt);
     if (s == NULL)
         return NULL;
@@ -1014,70 +1017,47 @@ static bool optimizer_has(em_optimizer *opt, const char *name)
     return has;
 }
 
-/* OneCycleLR's argument checks, in torch's order. */
-static bool onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
+/* OneCycleLR's argument checks, in torch's order: EM_OK, or the failure recorded. */
+static em_status onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
 {
     const char *f = "em_onecycle_lr";
-    if (o->version < 1 || o->version > EM_ONECYCLE_OPTS_VERSION) {
-        emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
-                            "EM_ONECYCLE_OPTS_INIT)", f, o->version);
-        return false;
-    }
-    if (o->total_steps == 0 && o->epochs == 0 && o->steps_per_epoch == 0) {
-        emi_fail(EM_EINVAL, "%s: You must define either total_steps OR (epochs AND steps_per_epoch)", f);
-        return false;
-    }
+    if (o->version < 1 || o->version > EM_ONECYCLE_OPTS_VERSION)
+        return emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
+                                   "EM_ONECYCLE_OPTS_INIT)", f, o->version);
+    if (o->total_steps == 0 && o->epochs == 0 && o->steps_per_epoch == 0)
+        return emi_fail(EM_EINVAL, "%s: You must define either total_steps OR (epochs AND "
+                                   "steps_per_epoch)", f);
     if (o->total_steps != 0) {
-        if (o->total_steps < 0) {
-            emi_fail(EM_EINVAL, "%s: Expected positive integer total_steps, but got %lld", f,
-                     (long long)o->total_steps);
-            return false;
-        }
+        if (!positive_int(f, "total_steps", o->total_steps))
+            return EM_EINVAL;
         *total_steps = o->total_steps;
     } else {
-        if (o->epochs <= 0) {
-            emi_fail(EM_EINVAL, "%s: Expected positive integer epochs, but got %lld", f,
-                     (long long)o->epochs);
-            return false;
-        }
-        if (o->steps_per_epoch <= 0) {
-            emi_fail(EM_EINVAL, "%s: Expected positive integer steps_per_epoch, but got %lld", f,
-                     (long long)o->steps_per_epoch);
-            return false;
-        }
+        if (!positive_int(f, "epochs", o->epochs) || !positive_int(f, "steps_per_epoch", o->steps_per_epoch))
+            return EM_EINVAL;
         *total_steps = o->epochs * o->steps_per_epoch;
     }
-    if (!(o->pct_start >= 0 && o->pct_start <= 1)) {
-        emi_fail(EM_EINVAL, "%s: Expected float between 0 and 1 pct_start, but got %g", f, o->pct_start);
-        return false;
-    }
-    if (o->anneal_strategy != EM_ANNEAL_COS && o->anneal_strategy != EM_ANNEAL_LINEAR) {
-        emi_fail(EM_EINVAL, "%s: anneal_strategy must by one of 'cos' or 'linear', instead got %d", f,
-                 (int)o->anneal_strategy);
-        return false;
-    }
-    if (!(o->max_lr > 0)) {
-        emi_fail(EM_EINVAL, "%s: max_lr is required (got %g; it must be > 0)", f, o->max_lr);
-        return false;
-    }
-    if (o->div_factor == 0 || o->final_div_factor == 0) {
-        emi_fail(EM_EINVAL, "%s: div_factor and final_div_factor must not be 0 (got %g, %g; torch "
-                            "raises ZeroDivisionError)", f, o->div_factor, o->final_div_factor);
-        return false;
-    }
-    return true;
+    if (!(o->pct_start >= 0 && o->pct_start <= 1))
+        return emi_fail(EM_EINVAL, "%s: Expected float between 0 and 1 pct_start, but got %g", f,
+                        o->pct_start);
+    if (o->anneal_strategy != EM_ANNEAL_COS && o->anneal_strategy != EM_ANNEAL_LINEAR)
+        return emi_fail(EM_EINVAL, "%s: anneal_strategy must by one of 'cos' or 'linear', instead got "
+                                   "%d", f, (int)o->anneal_strategy);
+    if (!(o->max_lr > 0))
+        return emi_fail(EM_EINVAL, "%s: max_lr is required (got %g; it must be > 0)", f, o->max_lr);
+    if (o->div_factor == 0 || o->final_div_factor == 0)
+        return emi_fail(EM_EINVAL, "%s: div_factor and final_div_factor must not be 0 (got %g, %g; "
+                                   "torch raises ZeroDivisionError)", f, o->div_factor, o->final_div_factor);
+    return EM_OK;
 }
 
 em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
 {
     if (opt == NULL)
         return NULL;
-    if (opts == NULL) {
-        emi_fail(EM_EINVAL, "em_onecycle_lr: max_lr is required (opts is NULL)");
-        return NULL;
-    }
+    if (opts == NULL)
+        return no_scheduler(emi_fail(EM_EINVAL, "em_onecycle_lr: max_lr is required (opts is NULL)"));
     int64_t total = 0;
-    if (!onecycle_check(opts, &total))
+    if (onecycle_check(opts, &total) != EM_OK)
         return NULL;
     const char *momentum_key = NULL;
     if (opts->cycle_momentum) {
@@ -1085,12 +1065,11 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
             momentum_key = "beta1"; /* torch: 'betas' in optimizer.defaults */
         else if (optimizer_has(opt, "momentum"))
             momentum_key = "momentum";
-        else {
-            emi_fail(EM_EINVAL, "em_onecycle_lr: optimizer must support momentum with "
-                                "`cycle_momentum` option enabled (%s has neither momentum nor "
-                                "beta1)", em_optimizer_name(opt));
-            return NULL;
-        }
+        else
+            return no_scheduler(emi_fail(EM_EINVAL, "em_onecycle_lr: optimizer must support momentum "
+                                                    "with `cycle_momentum` option enabled (%s has "
+                                                    "neither momentum nor beta1)",
+                                         em_optimizer_name(opt)));
     }
     em_scheduler *s = sched_alloc(K_ONECYCLE, opt);
     if (s == NULL)
@@ -1138,20 +1117,16 @@ em_scheduler *em_linear_lr(em_optimizer *opt, double start_factor, double end_fa
 {
     if (opt == NULL)
         return NULL;
-    if (!(start_factor > 0 && start_factor <= 1.0)) {
-        emi_fail(EM_EINVAL, "em_linear_lr: Starting multiplicative factor expected to be between 0 "
-                            "and 1. (got %g; 0 divides by zero at the first step)", start_factor);
-        return NULL;
-    }
-    if (!(end_factor >= 0 && end_factor <= 1.0)) {
-        emi_fail(EM_EINVAL, "em_linear_lr: Ending multiplicative factor expected to be between 0 "
-                            "and 1. (got %g)", end_factor);
-        return NULL;
-    }
-    if (total_iters < 0) {
-        emi_fail(EM_EINVAL, "em_linear_lr: total_iters must be >= 0 (got %lld)", (long long)total_iters);
-        return NULL;
-    }
+    if (!(start_factor > 0 && start_factor <= 1.0))
+        return no_scheduler(emi_fail(EM_EINVAL, "em_linear_lr: Starting multiplicative factor expected "
+                                                "to be between 0 and 1. (got %g; 0 divides by zero at "
+                                                "the first step)", start_factor));
+    if (!(end_factor >= 0 && end_factor <= 1.0))
+        return no_scheduler(emi_fail(EM_EINVAL, "em_linear_lr: Ending multiplicative factor expected "
+                                                "to be between 0 and 1. (got %g)", end_factor));
+    if (total_iters < 0)
+        return no_scheduler(emi_fail(EM_EINVAL, "em_linear_lr: total_iters must be >= 0 (got %lld)",
+                                     (long long)total_iters));
     em_scheduler *s = sched_alloc(K_LINEAR, opt);
     if (s == NULL)
         return NULL;
@@ -1165,15 +1140,13 @@ em_scheduler *em_constant_lr(em_optimizer *opt, double factor, int64_t total_ite
 {
     if (opt == NULL)
         return NULL;
-    if (!(factor > 0 && factor <= 1.0)) {
-        emi_fail(EM_EINVAL, "em_constant_lr: Constant multiplicative factor expected to be between "
-                            "0 and 1. (got %g; 0 divides by zero at total_iters)", factor);
-        return NULL;
-    }
-    if (total_iters < 0) {
-        emi_fail(EM_EINVAL, "em_constant_lr: total_iters must be >= 0 (got %lld)", (long long)total_iters);
-        return NULL;
-    }
+    if (!(factor > 0 && factor <= 1.0))
+        return no_scheduler(emi_fail(EM_EINVAL, "em_constant_lr: Constant multiplicative factor "
+                                                "expected to be between 0 and 1. (got %g; 0 divides "
+                                                "by zero at total_iters)", factor));
+    if (total_iters < 0)
+        return no_scheduler(emi_fail(EM_EINVAL, "em_constant_lr: total_iters must be >= 0 (got %lld)",
+                                     (long long)total_iters));
     em_scheduler *s = sched_alloc(K_CONSTANT, opt);
     if (s == NULL)
         return NULL;
@@ -1184,13 +1157,8 @@ em_scheduler *em_constant_lr(em_optimizer *opt, double factor, int64_t total_ite
 
 em_scheduler *em_polynomial_lr(em_optimizer *opt, int64_t total_iters, double power)
 {
-    if (opt == NULL)
+    if (opt == NULL || !positive_int("em_polynomial_lr", "total_iters", total_iters))
         return NULL;
-    if (total_iters < 1) {
-        emi_fail(EM_EINVAL, "em_polynomial_lr: Expected positive integer total_iters, but got %lld",
-                 (long long)total_iters);
-        return NULL;
-    }
     em_scheduler *s = sched_alloc(K_POLYNOMIAL, opt);
     if (s == NULL)
         return NULL;
@@ -1204,10 +1172,8 @@ static em_scheduler *lambda_new(sched_kind kind, const char *func, em_optimizer 
 {
     if (opt == NULL)
         return NULL;
-    if (fn == NULL) {
-        emi_fail(EM_EINVAL, "%s: lr_lambda is NULL", func);
-        return NULL;
-    }
+    if (fn == NULL)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: lr_lambda is NULL", func));
     em_scheduler *s = sched_alloc(kind, opt);
     if (s == NULL)
         return NULL;
@@ -1234,36 +1200,26 @@ em_scheduler *em_reduce_lr_on_plateau(em_optimizer *opt, const em_plateau_opts *
         return NULL;
     if (opts == NULL)
         opts = &defaults;
-    if (opts->version < 1 || opts->version > EM_PLATEAU_OPTS_VERSION) {
-        emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
-                            "EM_PLATEAU_OPTS_INIT)", f, opts->version);
-        return NULL;
-    }
-    if (!(opts->factor < 1.0)) {
-        emi_fail(EM_EINVAL, "%s: Factor should be < 1.0. (got %g)", f, opts->factor);
-        return NULL;
-    }
-    if (opts->mode != EM_PLATEAU_MIN && opts->mode != EM_PLATEAU_MAX) {
-        emi_fail(EM_EINVAL, "%s: mode %d is unknown! (EM_PLATEAU_MIN or EM_PLATEAU_MAX)", f, (int)opts->mode);
-        return NULL;
-    }
-    if (opts->threshold_mode != EM_THRESHOLD_REL && opts->threshold_mode != EM_THRESHOLD_ABS) {
-        emi_fail(EM_EINVAL, "%s: threshold mode %d is unknown! (EM_THRESHOLD_REL or EM_THRESHOLD_ABS)",
-                 f, (int)opts->threshold_mode);
-        return NULL;
-    }
+    if (opts->version < 1 || opts->version > EM_PLATEAU_OPTS_VERSION)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
+                                                "EM_PLATEAU_OPTS_INIT)", f, opts->version));
+    if (!(opts->factor < 1.0))
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: Factor should be < 1.0. (got %g)", f, opts->factor));
+    if (opts->mode != EM_PLATEAU_MIN && opts->mode != EM_PLATEAU_MAX)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: mode %d is unknown! (EM_PLATEAU_MIN or "
+                                                "EM_PLATEAU_MAX)", f, (int)opts->mode));
+    if (opts->threshold_mode != EM_THRESHOLD_REL && opts->threshold_mode != EM_THRESHOLD_ABS)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: threshold mode %d is unknown! (EM_THRESHOLD_REL "
+                                                "or EM_THRESHOLD_ABS)", f, (int)opts->threshold_mode));
     size_t ngroups = em_optimizer_num_groups(opt);
-    if (opts->min_lrs != NULL && opts->n_min_lrs != ngroups) {
-        emi_fail(EM_EINVAL, "%s: expected %zu min_lrs, got %zu", f, ngroups, opts->n_min_lrs);
-        return NULL;
-    }
+    if (opts->min_lrs != NULL && opts->n_min_lrs != ngroups)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: expected %zu min_lrs, got %zu", f, ngroups,
+                                     opts->n_min_lrs));
     double *min_lrs = NULL;
     if (opts->min_lrs != NULL) {
         min_lrs = malloc(ngroups * sizeof *min_lrs);
-        if (min_lrs == NULL) {
-            emi_fail(EM_ENOMEM, "%s: out of memory", f);
-            return NULL;
-        }
+        if (min_lrs == NULL)
+            return no_scheduler(emi_fail(EM_ENOMEM, "%s: out of memory", f));
         memcpy(min_lrs, opts->min_lrs, ngroups * sizeof *min_lrs);
     }
     em_scheduler *s = sched_alloc(K_PLATEAU, opt);
@@ -1349,7 +1305,7 @@ static em_scheduler *composite_alloc(sched_kind kind, em_optimizer *opt, em_sche
     s->u.composite.children = malloc(n * sizeof *children);
     s->u.composite.milestones = malloc(n * sizeof *s->u.composite.milestones);
     if (s->u.composite.children == NULL || s->u.composite.milestones == NULL) {
-        emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+        out_of_memory();
         sched_destroy(s);
         return NULL;
     }
