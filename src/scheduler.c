@@ -187,6 +187,36 @@ typedef struct onecycle_phase {
     onecycle_value start_lr, end_lr, start_momentum, end_momentum;
 } onecycle_phase;
 
+/* What each kind keeps beside the fields all schedulers share. */
+typedef union sched_params {
+    struct { int64_t step_size; double gamma; } step;
+    struct { int64_t *milestones; size_t n; double gamma; } multistep;
+    struct { double gamma; } exponential;
+    struct { int64_t T_max; double eta_min; } cosine;
+    struct { int64_t T_0, T_i, T_mult, T_cur; double eta_min; } restarts;
+    struct {
+        int64_t total_steps;
+        onecycle_phase phases[3];
+        int n_phases;
+        bool linear;
+        bool cycle_momentum;
+        const char *momentum_key; /* "beta1" (torch: use_beta1) or "momentum" */
+        size_t n_groups;          /* groups that got max_lr, min_lr, momenta (torch: KeyError after) */
+        double max_lr, min_lr, max_momentum, base_momentum;
+    } onecycle;
+    struct { double start_factor, end_factor; int64_t total_iters; } linear;
+    struct { double factor; int64_t total_iters; } constant;
+    struct { int64_t total_iters; double power; } polynomial;
+    struct { em_lr_lambda fn; void *ctx; } lambda;
+    struct { em_scheduler **children; size_t n; int64_t *milestones; } composite;
+    struct {
+        em_plateau_opts o;
+        double best;
+        int64_t num_bad_epochs, cooldown_counter;
+    } plateau;
+    struct { const em_scheduler_ops *ops; void *state; } user;
+} sched_params;
+
 struct em_scheduler {
     sched_kind kind;
     em_optimizer *opt;     /* borrowed */
@@ -203,34 +233,7 @@ struct em_scheduler {
     double *values;        /* scratch: what get_lr returns [cap_values] */
     size_t cap_values;
 
-    union {
-        struct { int64_t step_size; double gamma; } step;
-        struct { int64_t *milestones; size_t n; double gamma; } multistep;
-        struct { double gamma; } exponential;
-        struct { int64_t T_max; double eta_min; } cosine;
-        struct { int64_t T_0, T_i, T_mult, T_cur; double eta_min; } restarts;
-        struct {
-            int64_t total_steps;
-            onecycle_phase phases[3];
-            int n_phases;
-            bool linear;
-            bool cycle_momentum;
-            const char *momentum_key; /* "beta1" (torch: use_beta1) or "momentum" */
-            size_t n_groups;          /* groups that got max_lr, min_lr, momenta (torch: KeyError after) */
-            double max_lr, min_lr, max_momentum, base_momentum;
-        } onecycle;
-        struct { double start_factor, end_factor; int64_t total_iters; } linear;
-        struct { double factor; int64_t total_iters; } constant;
-        struct { int64_t total_iters; double power; } polynomial;
-        struct { em_lr_lambda fn; void *ctx; } lambda;
-        struct { em_scheduler **children; size_t n; int64_t *milestones; } composite;
-        struct {
-            em_plateau_opts o;
-            double best;
-            int64_t num_bad_epochs, cooldown_counter;
-        } plateau;
-        struct { const em_scheduler_ops *ops; void *state; } user;
-    } u;
+    sched_params u;
 };
 
 static const char *sched_name(const em_scheduler *s)
@@ -743,6 +746,18 @@ static em_status restarts_step(em_scheduler *s, bool at_zero)
     return st != EM_OK ? st : apply_values(s, n);
 }
 
+/* torch: self._last_lr = child._last_lr (SequentialLR, after its child stepped) */
+static em_status copy_last_lr(em_scheduler *s, const em_scheduler *child)
+{
+    em_status st = reserve(&s->last_lr, &s->cap_last, child->n_last);
+    if (st == EM_OK) {
+        memcpy(s->last_lr, child->last_lr, child->n_last * sizeof *s->last_lr);
+        s->n_last = child->n_last;
+        s->has_last_lr = true;
+    }
+    return st;
+}
+
 /* torch: SequentialLR.step */
 static em_status sequential_step(em_scheduler *s)
 {
@@ -755,15 +770,7 @@ static em_status sequential_step(em_scheduler *s)
         st = child->kind == K_WARM_RESTARTS ? restarts_step(child, true) : lr_step(child, true);
     else
         st = sched_step(child);
-    if (st != EM_OK)
-        return st;
-    st = reserve(&s->last_lr, &s->cap_last, child->n_last);
-    if (st == EM_OK) {
-        memcpy(s->last_lr, child->last_lr, child->n_last * sizeof *s->last_lr);
-        s->n_last = child->n_last;
-        s->has_last_lr = true;
-    }
-    return st;
+    return st != EM_OK ? st : copy_last_lr(s, child);
 }
 
 /* torch: ChainedScheduler.step */
@@ -901,6 +908,15 @@ static em_scheduler *sched_alloc(sched_kind kind, em_optimizer *opt)
     return s;
 }
 
+/* The end of every constructor: `s` when st is EM_OK, else frees `s` and returns NULL. */
+static em_scheduler *sched_finish(em_scheduler *s, em_status st)
+{
+    if (st == EM_OK)
+        return s;
+    sched_destroy(s);
+    return NULL;
+}
+
 /* torch: _LRScheduler.__init__(optimizer, last_epoch=-1): setdefault initial_lr, base_lrs, the
  * initial step. Frees `s` and returns NULL when it fails. */
 static em_scheduler *lr_init(em_scheduler *s)
@@ -923,23 +939,37 @@ static em_scheduler *lr_init(em_scheduler *s)
     s->last_epoch = -1;
     if (st == EM_OK)
         st = sched_initial_step(s);
-    if (st != EM_OK) {
-        sched_destroy(s);
+    return sched_finish(s, st);
+}
+
+/* A scheduler of `kind` with `params`, through _LRScheduler.__init__. */
+static em_scheduler *lr_new(sched_kind kind, em_optimizer *opt, sched_params params)
+{
+    em_scheduler *s = sched_alloc(kind, opt);
+    if (s == NULL)
         return NULL;
-    }
-    return s;
+    s->u = params;
+    return lr_init(s);
+}
+
+/* ReduceLROnPlateau.__init__ (also a user scheduler's with reduce_on_plateau): no initial step,
+ * last_epoch 0, and base_lrs for em_scheduler_base_lr: the lrs now (ReduceLROnPlateau has none).
+ * Frees `s` and returns NULL when it fails. */
+static em_scheduler *plateau_init(em_scheduler *s)
+{
+    s->last_epoch = 0;
+    size_t n = em_optimizer_num_groups(s->opt);
+    em_status st = reserve(&s->base_lrs, &s->n_base, n);
+    for (size_t g = 0; st == EM_OK && g < n; g++)
+        st = group_lr(s, g, &s->base_lrs[g]);
+    return sched_finish(s, st);
 }
 
 em_scheduler *em_step_lr(em_optimizer *opt, int64_t step_size, double gamma)
 {
     if (opt == NULL || !positive_int("em_step_lr", "step_size", step_size))
         return NULL;
-    em_scheduler *s = sched_alloc(K_STEP, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.step.step_size = step_size;
-    s->u.step.gamma = gamma;
-    return lr_init(s);
+    return lr_new(K_STEP, opt, (sched_params){.step = {.step_size = step_size, .gamma = gamma}});
 }
 
 em_scheduler *em_multistep_lr(em_optimizer *opt, const int64_t *milestones, size_t n, double gamma)
@@ -954,11 +984,8 @@ em_scheduler *em_multistep_lr(em_optimizer *opt, const int64_t *milestones, size
     s->u.multistep.gamma = gamma;
     s->u.multistep.n = n;
     s->u.multistep.milestones = malloc((n ? n : 1) * sizeof *milestones);
-    if (s->u.multistep.milestones == NULL) {
-        emi_fail(EM_ENOMEM, "em_multistep_lr: out of memory");
-        sched_destroy(s);
-        return NULL;
-    }
+    if (s->u.multistep.milestones == NULL)
+        return sched_finish(s, emi_fail(EM_ENOMEM, "em_multistep_lr: out of memory"));
     if (n > 0)
         memcpy(s->u.multistep.milestones, milestones, n * sizeof *milestones);
     return lr_init(s);
@@ -968,23 +995,14 @@ em_scheduler *em_exponential_lr(em_optimizer *opt, double gamma)
 {
     if (opt == NULL)
         return NULL;
-    em_scheduler *s = sched_alloc(K_EXPONENTIAL, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.exponential.gamma = gamma;
-    return lr_init(s);
+    return lr_new(K_EXPONENTIAL, opt, (sched_params){.exponential = {.gamma = gamma}});
 }
 
 em_scheduler *em_cosine_annealing_lr(em_optimizer *opt, int64_t T_max, double eta_min)
 {
     if (opt == NULL || !positive_int("em_cosine_annealing_lr", "T_max", T_max))
         return NULL;
-    em_scheduler *s = sched_alloc(K_COSINE, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.cosine.T_max = T_max;
-    s->u.cosine.eta_min = eta_min;
-    return lr_init(s);
+    return lr_new(K_COSINE, opt, (sched_params){.cosine = {.T_max = T_max, .eta_min = eta_min}});
 }
 
 em_scheduler *em_cosine_annealing_warm_restarts(em_optimizer *opt, int64_t T_0, int64_t T_mult,
@@ -995,15 +1013,10 @@ em_scheduler *em_cosine_annealing_warm_restarts(em_optimizer *opt, int64_t T_0, 
     if (T_mult < 1)
         return no_scheduler(emi_fail(EM_EINVAL, "em_cosine_annealing_warm_restarts: Expected integer "
                                                 "T_mult >= 1, but got %lld", (long long)T_mult));
-    em_scheduler *s = sched_alloc(K_WARM_RESTARTS, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.restarts.T_0 = T_0;
-    s->u.restarts.T_i = T_0;
-    s->u.restarts.T_mult = T_mult;
-    s->u.restarts.eta_min = eta_min;
-    s->u.restarts.T_cur = -1; /* torch: self.T_cur = last_epoch */
-    return lr_init(s);
+    return lr_new(K_WARM_RESTARTS, opt,
+                  (sched_params){.restarts = {.T_0 = T_0, .T_i = T_0, .T_mult = T_mult,
+                                              .T_cur = -1, /* torch: self.T_cur = last_epoch */
+                                              .eta_min = eta_min}});
 }
 
 /* Whether group 0 of `opt` has hyper-parameter `name`, leaving the error slot as it was. */
@@ -1105,11 +1118,7 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
     /* torch: group['momentum'] (or betas[0]) = max_momentum */
     for (size_t g = 0; st == EM_OK && momentum_key != NULL && g < n; g++)
         st = em_optimizer_set(opt, g, momentum_key, opts->max_momentum);
-    if (st != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    return lr_init(s);
+    return st != EM_OK ? sched_finish(s, st) : lr_init(s);
 }
 
 em_scheduler *em_linear_lr(em_optimizer *opt, double start_factor, double end_factor,
@@ -1127,13 +1136,9 @@ em_scheduler *em_linear_lr(em_optimizer *opt, double start_factor, double end_fa
     if (total_iters < 0)
         return no_scheduler(emi_fail(EM_EINVAL, "em_linear_lr: total_iters must be >= 0 (got %lld)",
                                      (long long)total_iters));
-    em_scheduler *s = sched_alloc(K_LINEAR, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.linear.start_factor = start_factor;
-    s->u.linear.end_factor = end_factor;
-    s->u.linear.total_iters = total_iters;
-    return lr_init(s);
+    return lr_new(K_LINEAR, opt,
+                  (sched_params){.linear = {.start_factor = start_factor, .end_factor = end_factor,
+                                            .total_iters = total_iters}});
 }
 
 em_scheduler *em_constant_lr(em_optimizer *opt, double factor, int64_t total_iters)
@@ -1147,24 +1152,16 @@ em_scheduler *em_constant_lr(em_optimizer *opt, double factor, int64_t total_ite
     if (total_iters < 0)
         return no_scheduler(emi_fail(EM_EINVAL, "em_constant_lr: total_iters must be >= 0 (got %lld)",
                                      (long long)total_iters));
-    em_scheduler *s = sched_alloc(K_CONSTANT, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.constant.factor = factor;
-    s->u.constant.total_iters = total_iters;
-    return lr_init(s);
+    return lr_new(K_CONSTANT, opt,
+                  (sched_params){.constant = {.factor = factor, .total_iters = total_iters}});
 }
 
 em_scheduler *em_polynomial_lr(em_optimizer *opt, int64_t total_iters, double power)
 {
     if (opt == NULL || !positive_int("em_polynomial_lr", "total_iters", total_iters))
         return NULL;
-    em_scheduler *s = sched_alloc(K_POLYNOMIAL, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.polynomial.total_iters = total_iters;
-    s->u.polynomial.power = power;
-    return lr_init(s);
+    return lr_new(K_POLYNOMIAL, opt,
+                  (sched_params){.polynomial = {.total_iters = total_iters, .power = power}});
 }
 
 static em_scheduler *lambda_new(sched_kind kind, const char *func, em_optimizer *opt,
@@ -1174,12 +1171,7 @@ static em_scheduler *lambda_new(sched_kind kind, const char *func, em_optimizer 
         return NULL;
     if (fn == NULL)
         return no_scheduler(emi_fail(EM_EINVAL, "%s: lr_lambda is NULL", func));
-    em_scheduler *s = sched_alloc(kind, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.lambda.fn = fn;
-    s->u.lambda.ctx = ctx;
-    return lr_init(s);
+    return lr_new(kind, opt, (sched_params){.lambda = {.fn = fn, .ctx = ctx}});
 }
 
 em_scheduler *em_lambda_lr(em_optimizer *opt, em_lr_lambda lr_lambda, void *ctx)
@@ -1230,17 +1222,7 @@ em_scheduler *em_reduce_lr_on_plateau(em_optimizer *opt, const em_plateau_opts *
     s->u.plateau.o = *opts;
     s->u.plateau.o.min_lrs = min_lrs;
     s->u.plateau.best = opts->mode == EM_PLATEAU_MIN ? INFINITY : -INFINITY; /* mode_worse */
-    s->last_epoch = 0;
-    /* base_lrs for em_scheduler_base_lr: the lrs now (ReduceLROnPlateau has none) */
-    size_t n = em_optimizer_num_groups(opt);
-    em_status st = reserve(&s->base_lrs, &s->n_base, n);
-    for (size_t g = 0; st == EM_OK && g < n; g++)
-        st = group_lr(s, g, &s->base_lrs[g]);
-    if (st != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    return s;
+    return plateau_init(s);
 }
 
 /* ---- composites ------------------------------------------------------------------------------------- */
@@ -1304,11 +1286,8 @@ static em_scheduler *composite_alloc(sched_kind kind, em_optimizer *opt, em_sche
         return NULL;
     s->u.composite.children = malloc(n * sizeof *children);
     s->u.composite.milestones = malloc(n * sizeof *s->u.composite.milestones);
-    if (s->u.composite.children == NULL || s->u.composite.milestones == NULL) {
-        out_of_memory();
-        sched_destroy(s);
-        return NULL;
-    }
+    if (s->u.composite.children == NULL || s->u.composite.milestones == NULL)
+        return sched_finish(s, out_of_memory());
     memcpy(s->u.composite.children, children, n * sizeof *children);
     s->u.composite.n = n;
     for (size_t i = 0; i < n; i++)
@@ -1373,15 +1352,8 @@ em_scheduler *em_sequential_lr(em_optimizer *opt, em_scheduler *const *scheduler
     if (st == EM_OK)
         st = sched_initial_step(first);
     if (st == EM_OK)
-        st = reserve(&s->last_lr, &s->cap_last, first->n_last);
-    if (st != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    memcpy(s->last_lr, first->last_lr, first->n_last * sizeof *s->last_lr);
-    s->n_last = first->n_last;
-    s->has_last_lr = true;
-    return s;
+        st = copy_last_lr(s, first);
+    return sched_finish(s, st);
 }
 
 em_scheduler *em_chained_scheduler(em_scheduler *const *schedulers, size_t n)
@@ -1400,11 +1372,7 @@ em_scheduler *em_chained_scheduler(em_scheduler *const *schedulers, size_t n)
     if (s == NULL)
         return drop_children(schedulers, n);
     s->last_epoch = 0;
-    if (record_last_lr(s) != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    return s;
+    return sched_finish(s, record_last_lr(s));
 }
 
 /* ---- schedulers written in C ------------------------------------------------------------------------ */
@@ -1423,31 +1391,15 @@ em_scheduler *em_scheduler_new(const em_scheduler_ops *ops, em_optimizer *opt, v
         emi_fail(EM_EINVAL, "em_scheduler_new: ops->step is NULL");
     else
         bad = false;
-    if (bad) {
+    em_scheduler *s = bad ? NULL : sched_alloc(K_USER, opt);
+    if (s == NULL) { /* the scheduler owns `state` from the call on, also when it fails */
         if (ops != NULL && ops->destroy != NULL)
-            ops->destroy(state);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(K_USER, opt);
-    if (s == NULL) {
-        if (ops->destroy != NULL)
             ops->destroy(state);
         return NULL;
     }
     s->u.user.ops = ops;
     s->u.user.state = state;
-    if (!ops->reduce_on_plateau)
-        return lr_init(s);
-    s->last_epoch = 0; /* as ReduceLROnPlateau */
-    size_t n = em_optimizer_num_groups(opt);
-    em_status st = reserve(&s->base_lrs, &s->n_base, n);
-    for (size_t g = 0; st == EM_OK && g < n; g++)
-        st = group_lr(s, g, &s->base_lrs[g]);
-    if (st != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    return s;
+    return ops->reduce_on_plateau ? plateau_init(s) : lr_init(s);
 }
 
 void *em_scheduler_state(const em_scheduler *s)
