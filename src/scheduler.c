@@ -271,6 +271,28 @@ static bool positive_int(const char *f, const char *name, int64_t value)
     return false;
 }
 
+/* LinearLR's and ConstantLR's total_iters check of function `f`: whether total_iters >= 0,
+ * recording the message when not. */
+static bool total_iters_ok(const char *f, int64_t total_iters)
+{
+    if (total_iters >= 0)
+        return true;
+    emi_fail(EM_EINVAL, "%s: total_iters must be >= 0 (got %lld)", f, (long long)total_iters);
+    return false;
+}
+
+/* LinearLR's start_factor and ConstantLR's factor, later divisors: whether 0 < factor <= 1,
+ * recording the message of function `f` when not (`which` factor; a 0 would divide by zero at
+ * `where`). */
+static bool divisor_factor_ok(const char *f, const char *which, double factor, const char *where)
+{
+    if (factor > 0 && factor <= 1.0)
+        return true;
+    emi_fail(EM_EINVAL, "%s: %s multiplicative factor expected to be between 0 and 1. (got %g; 0 "
+                        "divides by zero at %s)", f, which, factor, where);
+    return false;
+}
+
 /* Grow `*arr` to hold n doubles. */
 static em_status reserve(double **arr, size_t *cap, size_t n)
 {
@@ -1124,18 +1146,13 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
 em_scheduler *em_linear_lr(em_optimizer *opt, double start_factor, double end_factor,
                            int64_t total_iters)
 {
-    if (opt == NULL)
+    if (opt == NULL || !divisor_factor_ok("em_linear_lr", "Starting", start_factor, "the first step"))
         return NULL;
-    if (!(start_factor > 0 && start_factor <= 1.0))
-        return no_scheduler(emi_fail(EM_EINVAL, "em_linear_lr: Starting multiplicative factor expected "
-                                                "to be between 0 and 1. (got %g; 0 divides by zero at "
-                                                "the first step)", start_factor));
     if (!(end_factor >= 0 && end_factor <= 1.0))
         return no_scheduler(emi_fail(EM_EINVAL, "em_linear_lr: Ending multiplicative factor expected "
                                                 "to be between 0 and 1. (got %g)", end_factor));
-    if (total_iters < 0)
-        return no_scheduler(emi_fail(EM_EINVAL, "em_linear_lr: total_iters must be >= 0 (got %lld)",
-                                     (long long)total_iters));
+    if (!total_iters_ok("em_linear_lr", total_iters))
+        return NULL;
     return lr_new(K_LINEAR, opt,
                   (sched_params){.linear = {.start_factor = start_factor, .end_factor = end_factor,
                                             .total_iters = total_iters}});
@@ -1143,15 +1160,9 @@ em_scheduler *em_linear_lr(em_optimizer *opt, double start_factor, double end_fa
 
 em_scheduler *em_constant_lr(em_optimizer *opt, double factor, int64_t total_iters)
 {
-    if (opt == NULL)
+    if (opt == NULL || !divisor_factor_ok("em_constant_lr", "Constant", factor, "total_iters") ||
+        !total_iters_ok("em_constant_lr", total_iters))
         return NULL;
-    if (!(factor > 0 && factor <= 1.0))
-        return no_scheduler(emi_fail(EM_EINVAL, "em_constant_lr: Constant multiplicative factor "
-                                                "expected to be between 0 and 1. (got %g; 0 divides "
-                                                "by zero at total_iters)", factor));
-    if (total_iters < 0)
-        return no_scheduler(emi_fail(EM_EINVAL, "em_constant_lr: total_iters must be >= 0 (got %lld)",
-                                     (long long)total_iters));
     return lr_new(K_CONSTANT, opt,
                   (sched_params){.constant = {.factor = factor, .total_iters = total_iters}});
 }
