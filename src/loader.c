@@ -14,31 +14,40 @@ struct em_loader {
     void *state;
 };
 
+/* A constructor gives up after `emi_fail` recorded why: returns NULL, so that each check reads as
+ * one statement, `return no_loader(emi_fail(...));`. */
+static em_loader *no_loader(em_status recorded)
+{
+    (void)recorded;
+    return NULL;
+}
+
 /* ---- the protocol --------------------------------------------------------------------------------- */
+
+/* em_loader_new failed (`emi_fail` recorded why): the loader owns `state` from the call on, so it
+ * frees it. Returns NULL. */
+static em_loader *loader_new_failed(const em_loader_ops *ops, void *state, em_status recorded)
+{
+    if (ops != NULL && ops->destroy != NULL && state != NULL)
+        ops->destroy(state);
+    return no_loader(recorded);
+}
 
 em_loader *em_loader_new(const em_loader_ops *ops, void *state)
 {
-    if (ops == NULL || ops->num_batches == NULL || ops->get_batch == NULL) {
-        emi_fail(EM_EINVAL, "em_loader_new: ops, ops->num_batches and ops->get_batch are required");
-        goto fail;
-    }
-    if (ops->version < 1 || ops->version > EM_LOADER_OPS_VERSION) {
-        emi_fail(EM_EINVAL, "em_loader_new: ops->version is %d; set it to EM_LOADER_OPS_VERSION (%d)",
-                 ops->version, EM_LOADER_OPS_VERSION);
-        goto fail;
-    }
+    if (ops == NULL || ops->num_batches == NULL || ops->get_batch == NULL)
+        return loader_new_failed(ops, state, emi_fail(EM_EINVAL, "em_loader_new: ops, ops->num_batches "
+                                                                 "and ops->get_batch are required"));
+    if (ops->version < 1 || ops->version > EM_LOADER_OPS_VERSION)
+        return loader_new_failed(ops, state, emi_fail(EM_EINVAL, "em_loader_new: ops->version is %d; "
+                                                                 "set it to EM_LOADER_OPS_VERSION (%d)",
+                                                      ops->version, EM_LOADER_OPS_VERSION));
     em_loader *l = calloc(1, sizeof *l);
-    if (l == NULL) {
-        emi_fail(EM_ENOMEM, "em_loader_new: out of memory");
-        goto fail;
-    }
+    if (l == NULL)
+        return loader_new_failed(ops, state, emi_fail(EM_ENOMEM, "em_loader_new: out of memory"));
     l->ops = ops;
     l->state = state;
     return l;
-fail:
-    if (ops != NULL && ops->destroy != NULL && state != NULL)
-        ops->destroy(state);
-    return NULL;
 }
 
 int64_t em_loader_num_batches(const em_loader *l)
@@ -191,41 +200,33 @@ static em_tensor *owned_ref(const em_tensor *t)
 
 em_loader *em_tensor_loader(em_tensor *const *tensors, size_t n, const em_loader_opts *opts)
 {
-    if (tensors == NULL || n == 0 || n > EM_BATCH_MAX_TENSORS) {
-        emi_fail(EM_EINVAL, "em_tensor_loader: give 1 to %d tensors (got %zu)", EM_BATCH_MAX_TENSORS, n);
-        return NULL;
-    }
+    if (tensors == NULL || n == 0 || n > EM_BATCH_MAX_TENSORS)
+        return no_loader(emi_fail(EM_EINVAL, "em_tensor_loader: give 1 to %d tensors (got %zu)",
+                                  EM_BATCH_MAX_TENSORS, n));
     em_loader_opts o = opts != NULL ? *opts : (em_loader_opts){0};
     if (o.batch_size == 0)
         o.batch_size = 1;
-    if (o.batch_size < 0) {
-        emi_fail(EM_EINVAL, "em_tensor_loader: batch_size must be positive (got %lld)", (long long)o.batch_size);
-        return NULL;
-    }
+    if (o.batch_size < 0)
+        return no_loader(emi_fail(EM_EINVAL, "em_tensor_loader: batch_size must be positive (got %lld)",
+                                  (long long)o.batch_size));
     int64_t rows = -1;
     for (size_t i = 0; i < n; i++) {
-        if (tensors[i] == NULL) {
-            if (!emi_has_error())
-                emi_fail(EM_EINVAL, "em_tensor_loader: tensor %zu is NULL", i);
-            return NULL;
-        }
-        if (em_tensor_dim(tensors[i]) < 1) {
-            emi_fail(EM_EINVAL, "em_tensor_loader: tensor %zu is 0-dim; batches are slices of dim 0", i);
-            return NULL;
-        }
+        if (tensors[i] == NULL) /* a failed constructor's message, if any, stays */
+            return emi_has_error() ? NULL
+                                   : no_loader(emi_fail(EM_EINVAL, "em_tensor_loader: tensor %zu is NULL", i));
+        if (em_tensor_dim(tensors[i]) < 1)
+            return no_loader(emi_fail(EM_EINVAL, "em_tensor_loader: tensor %zu is 0-dim; batches are "
+                                                 "slices of dim 0", i));
         int64_t r = em_tensor_size(tensors[i], 0);
-        if (rows >= 0 && r != rows) {
-            emi_fail(EM_EINVAL, "em_tensor_loader: size mismatch between tensors: tensor 0 has %lld rows, "
-                                "tensor %zu has %lld", (long long)rows, i, (long long)r);
-            return NULL;
-        }
+        if (rows >= 0 && r != rows)
+            return no_loader(emi_fail(EM_EINVAL, "em_tensor_loader: size mismatch between tensors: tensor "
+                                                 "0 has %lld rows, tensor %zu has %lld",
+                                      (long long)rows, i, (long long)r));
         rows = r;
     }
     tensor_loader *tl = calloc(1, sizeof *tl);
-    if (tl == NULL) {
-        emi_fail(EM_ENOMEM, "em_tensor_loader: out of memory");
-        return NULL;
-    }
+    if (tl == NULL)
+        return no_loader(emi_fail(EM_ENOMEM, "em_tensor_loader: out of memory"));
     tl->n = n;
     tl->rows = rows;
     tl->opts = o;

@@ -22,6 +22,12 @@
 
 #define PY_PI 3.141592653589793 /* math.pi, the double nearest to pi */
 
+/* Record that memory ran out; returns EM_ENOMEM. */
+static em_status out_of_memory(void)
+{
+    return emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+}
+
 /* ---- initial_lr beside the optimizer ----------------------------------------------------------
  * torch keeps group['initial_lr'] in the optimizer's param_groups: the first scheduler sets it
  * (setdefault), later ones on the same optimizer read it, OneCycleLR overwrites it, SequentialLR
@@ -68,7 +74,7 @@ static lr_record *record_acquire(em_optimizer *opt)
         r->refs++;
     records_leave();
     if (r == NULL)
-        emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+        out_of_memory();
     return r;
 }
 
@@ -122,7 +128,7 @@ static em_status record_put(lr_record *r, size_t group, double lr, bool overwrit
         r->has[group] = true;
     }
     records_leave();
-    return ok ? EM_OK : emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+    return ok ? EM_OK : out_of_memory();
 }
 
 /* torch: group['initial_lr']; false when the group has none (torch: KeyError). */
@@ -181,6 +187,36 @@ typedef struct onecycle_phase {
     onecycle_value start_lr, end_lr, start_momentum, end_momentum;
 } onecycle_phase;
 
+/* What each kind keeps beside the fields all schedulers share. */
+typedef union sched_params {
+    struct { int64_t step_size; double gamma; } step;
+    struct { int64_t *milestones; size_t n; double gamma; } multistep;
+    struct { double gamma; } exponential;
+    struct { int64_t T_max; double eta_min; } cosine;
+    struct { int64_t T_0, T_i, T_mult, T_cur; double eta_min; } restarts;
+    struct {
+        int64_t total_steps;
+        onecycle_phase phases[3];
+        int n_phases;
+        bool linear;
+        bool cycle_momentum;
+        const char *momentum_key; /* "beta1" (torch: use_beta1) or "momentum" */
+        size_t n_groups;          /* groups that got max_lr, min_lr, momenta (torch: KeyError after) */
+        double max_lr, min_lr, max_momentum, base_momentum;
+    } onecycle;
+    struct { double start_factor, end_factor; int64_t total_iters; } linear;
+    struct { double factor; int64_t total_iters; } constant;
+    struct { int64_t total_iters; double power; } polynomial;
+    struct { em_lr_lambda fn; void *ctx; } lambda;
+    struct { em_scheduler **children; size_t n; int64_t *milestones; } composite;
+    struct {
+        em_plateau_opts o;
+        double best;
+        int64_t num_bad_epochs, cooldown_counter;
+    } plateau;
+    struct { const em_scheduler_ops *ops; void *state; } user;
+} sched_params;
+
 struct em_scheduler {
     sched_kind kind;
     em_optimizer *opt;     /* borrowed */
@@ -197,34 +233,7 @@ struct em_scheduler {
     double *values;        /* scratch: what get_lr returns [cap_values] */
     size_t cap_values;
 
-    union {
-        struct { int64_t step_size; double gamma; } step;
-        struct { int64_t *milestones; size_t n; double gamma; } multistep;
-        struct { double gamma; } exponential;
-        struct { int64_t T_max; double eta_min; } cosine;
-        struct { int64_t T_0, T_i, T_mult, T_cur; double eta_min; } restarts;
-        struct {
-            int64_t total_steps;
-            onecycle_phase phases[3];
-            int n_phases;
-            bool linear;
-            bool cycle_momentum;
-            const char *momentum_key; /* "beta1" (torch: use_beta1) or "momentum" */
-            size_t n_groups;          /* groups that got max_lr, min_lr, momenta (torch: KeyError after) */
-            double max_lr, min_lr, max_momentum, base_momentum;
-        } onecycle;
-        struct { double start_factor, end_factor; int64_t total_iters; } linear;
-        struct { double factor; int64_t total_iters; } constant;
-        struct { int64_t total_iters; double power; } polynomial;
-        struct { em_lr_lambda fn; void *ctx; } lambda;
-        struct { em_scheduler **children; size_t n; int64_t *milestones; } composite;
-        struct {
-            em_plateau_opts o;
-            double best;
-            int64_t num_bad_epochs, cooldown_counter;
-        } plateau;
-        struct { const em_scheduler_ops *ops; void *state; } user;
-    } u;
+    sched_params u;
 };
 
 static const char *sched_name(const em_scheduler *s)
@@ -244,6 +253,46 @@ static bool same_optimizer(em_optimizer *a, em_optimizer *b)
     return em_optimizer_inner(a) == em_optimizer_inner(b);
 }
 
+/* A constructor gives up after `emi_fail` recorded why: returns NULL, so that each argument check
+ * reads as one statement, `return no_scheduler(emi_fail(...));`. */
+static em_scheduler *no_scheduler(em_status recorded)
+{
+    (void)recorded;
+    return NULL;
+}
+
+/* torch's "Expected positive integer <name>, but got <value>" check of function `f`: whether
+ * value >= 1, recording the message when not. */
+static bool positive_int(const char *f, const char *name, int64_t value)
+{
+    if (value >= 1)
+        return true;
+    emi_fail(EM_EINVAL, "%s: Expected positive integer %s, but got %lld", f, name, (long long)value);
+    return false;
+}
+
+/* LinearLR's and ConstantLR's total_iters check of function `f`: whether total_iters >= 0,
+ * recording the message when not. */
+static bool total_iters_ok(const char *f, int64_t total_iters)
+{
+    if (total_iters >= 0)
+        return true;
+    emi_fail(EM_EINVAL, "%s: total_iters must be >= 0 (got %lld)", f, (long long)total_iters);
+    return false;
+}
+
+/* LinearLR's start_factor and ConstantLR's factor, later divisors: whether 0 < factor <= 1,
+ * recording the message of function `f` when not (`which` factor; a 0 would divide by zero at
+ * `where`). */
+static bool divisor_factor_ok(const char *f, const char *which, double factor, const char *where)
+{
+    if (factor > 0 && factor <= 1.0)
+        return true;
+    emi_fail(EM_EINVAL, "%s: %s multiplicative factor expected to be between 0 and 1. (got %g; 0 "
+                        "divides by zero at %s)", f, which, factor, where);
+    return false;
+}
+
 /* Grow `*arr` to hold n doubles. */
 static em_status reserve(double **arr, size_t *cap, size_t n)
 {
@@ -251,7 +300,7 @@ static em_status reserve(double **arr, size_t *cap, size_t n)
         return EM_OK;
     double *v = realloc(*arr, n * sizeof *v);
     if (v == NULL)
-        return emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+        return out_of_memory();
     *arr = v;
     *cap = n;
     return EM_OK;
@@ -629,7 +678,7 @@ static em_status closed_form_lr(em_scheduler *s, size_t *n)
             size_t m = s->u.multistep.n;
             int64_t *sorted = malloc((m ? m : 1) * sizeof *sorted);
             if (sorted == NULL)
-                return emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+                return out_of_memory();
             memcpy(sorted, s->u.multistep.milestones, m * sizeof *sorted);
             qsort(sorted, m, sizeof *sorted, cmp_int64);
             v = base * pow(s->u.multistep.gamma, (double)bisect_right(sorted, m, e));
@@ -719,6 +768,18 @@ static em_status restarts_step(em_scheduler *s, bool at_zero)
     return st != EM_OK ? st : apply_values(s, n);
 }
 
+/* torch: self._last_lr = child._last_lr (SequentialLR, after its child stepped) */
+static em_status copy_last_lr(em_scheduler *s, const em_scheduler *child)
+{
+    em_status st = reserve(&s->last_lr, &s->cap_last, child->n_last);
+    if (st == EM_OK) {
+        memcpy(s->last_lr, child->last_lr, child->n_last * sizeof *s->last_lr);
+        s->n_last = child->n_last;
+        s->has_last_lr = true;
+    }
+    return st;
+}
+
 /* torch: SequentialLR.step */
 static em_status sequential_step(em_scheduler *s)
 {
@@ -731,15 +792,7 @@ static em_status sequential_step(em_scheduler *s)
         st = child->kind == K_WARM_RESTARTS ? restarts_step(child, true) : lr_step(child, true);
     else
         st = sched_step(child);
-    if (st != EM_OK)
-        return st;
-    st = reserve(&s->last_lr, &s->cap_last, child->n_last);
-    if (st == EM_OK) {
-        memcpy(s->last_lr, child->last_lr, child->n_last * sizeof *s->last_lr);
-        s->n_last = child->n_last;
-        s->has_last_lr = true;
-    }
-    return st;
+    return st != EM_OK ? st : copy_last_lr(s, child);
 }
 
 /* torch: ChainedScheduler.step */
@@ -869,14 +922,21 @@ static void sched_destroy(em_scheduler *s)
 static em_scheduler *sched_alloc(sched_kind kind, em_optimizer *opt)
 {
     em_scheduler *s = calloc(1, sizeof *s);
-    if (s == NULL) {
-        emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
-        return NULL;
-    }
+    if (s == NULL)
+        return no_scheduler(out_of_memory());
     s->kind = kind;
     s->opt = opt;
     s->last_epoch = -1;
     return s;
+}
+
+/* The end of every constructor: `s` when st is EM_OK, else frees `s` and returns NULL. */
+static em_scheduler *sched_finish(em_scheduler *s, em_status st)
+{
+    if (st == EM_OK)
+        return s;
+    sched_destroy(s);
+    return NULL;
 }
 
 /* torch: _LRScheduler.__init__(optimizer, last_epoch=-1): setdefault initial_lr, base_lrs, the
@@ -888,7 +948,7 @@ static em_scheduler *lr_init(em_scheduler *s)
     if (s->record == NULL && (s->record = record_acquire(s->opt)) == NULL)
         st = EM_ENOMEM;
     if (st == EM_OK && (s->base_lrs = malloc((n ? n : 1) * sizeof *s->base_lrs)) == NULL)
-        st = emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
+        st = out_of_memory();
     for (size_t g = 0; st == EM_OK && g < n; g++) {
         double lr = 0;
         st = group_lr(s, g, &lr);
@@ -901,49 +961,53 @@ static em_scheduler *lr_init(em_scheduler *s)
     s->last_epoch = -1;
     if (st == EM_OK)
         st = sched_initial_step(s);
-    if (st != EM_OK) {
-        sched_destroy(s);
+    return sched_finish(s, st);
+}
+
+/* A scheduler of `kind` with `params`, through _LRScheduler.__init__. */
+static em_scheduler *lr_new(sched_kind kind, em_optimizer *opt, sched_params params)
+{
+    em_scheduler *s = sched_alloc(kind, opt);
+    if (s == NULL)
         return NULL;
-    }
-    return s;
+    s->u = params;
+    return lr_init(s);
+}
+
+/* ReduceLROnPlateau.__init__ (also a user scheduler's with reduce_on_plateau): no initial step,
+ * last_epoch 0, and base_lrs for em_scheduler_base_lr: the lrs now (ReduceLROnPlateau has none).
+ * Frees `s` and returns NULL when it fails. */
+static em_scheduler *plateau_init(em_scheduler *s)
+{
+    s->last_epoch = 0;
+    size_t n = em_optimizer_num_groups(s->opt);
+    em_status st = reserve(&s->base_lrs, &s->n_base, n);
+    for (size_t g = 0; st == EM_OK && g < n; g++)
+        st = group_lr(s, g, &s->base_lrs[g]);
+    return sched_finish(s, st);
 }
 
 em_scheduler *em_step_lr(em_optimizer *opt, int64_t step_size, double gamma)
 {
-    if (opt == NULL)
+    if (opt == NULL || !positive_int("em_step_lr", "step_size", step_size))
         return NULL;
-    if (step_size < 1) {
-        emi_fail(EM_EINVAL, "em_step_lr: Expected positive integer step_size, but got %lld",
-                 (long long)step_size);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(K_STEP, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.step.step_size = step_size;
-    s->u.step.gamma = gamma;
-    return lr_init(s);
+    return lr_new(K_STEP, opt, (sched_params){.step = {.step_size = step_size, .gamma = gamma}});
 }
 
 em_scheduler *em_multistep_lr(em_optimizer *opt, const int64_t *milestones, size_t n, double gamma)
 {
     if (opt == NULL)
         return NULL;
-    if (milestones == NULL && n > 0) {
-        emi_fail(EM_EINVAL, "em_multistep_lr: milestones is NULL but n is %zu", n);
-        return NULL;
-    }
+    if (milestones == NULL && n > 0)
+        return no_scheduler(emi_fail(EM_EINVAL, "em_multistep_lr: milestones is NULL but n is %zu", n));
     em_scheduler *s = sched_alloc(K_MULTISTEP, opt);
     if (s == NULL)
         return NULL;
     s->u.multistep.gamma = gamma;
     s->u.multistep.n = n;
     s->u.multistep.milestones = malloc((n ? n : 1) * sizeof *milestones);
-    if (s->u.multistep.milestones == NULL) {
-        emi_fail(EM_ENOMEM, "em_multistep_lr: out of memory");
-        sched_destroy(s);
-        return NULL;
-    }
+    if (s->u.multistep.milestones == NULL)
+        return sched_finish(s, emi_fail(EM_ENOMEM, "em_multistep_lr: out of memory"));
     if (n > 0)
         memcpy(s->u.multistep.milestones, milestones, n * sizeof *milestones);
     return lr_init(s);
@@ -953,54 +1017,28 @@ em_scheduler *em_exponential_lr(em_optimizer *opt, double gamma)
 {
     if (opt == NULL)
         return NULL;
-    em_scheduler *s = sched_alloc(K_EXPONENTIAL, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.exponential.gamma = gamma;
-    return lr_init(s);
+    return lr_new(K_EXPONENTIAL, opt, (sched_params){.exponential = {.gamma = gamma}});
 }
 
 em_scheduler *em_cosine_annealing_lr(em_optimizer *opt, int64_t T_max, double eta_min)
 {
-    if (opt == NULL)
+    if (opt == NULL || !positive_int("em_cosine_annealing_lr", "T_max", T_max))
         return NULL;
-    if (T_max < 1) {
-        emi_fail(EM_EINVAL, "em_cosine_annealing_lr: Expected positive integer T_max, but got %lld",
-                 (long long)T_max);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(K_COSINE, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.cosine.T_max = T_max;
-    s->u.cosine.eta_min = eta_min;
-    return lr_init(s);
+    return lr_new(K_COSINE, opt, (sched_params){.cosine = {.T_max = T_max, .eta_min = eta_min}});
 }
 
 em_scheduler *em_cosine_annealing_warm_restarts(em_optimizer *opt, int64_t T_0, int64_t T_mult,
                                                 double eta_min)
 {
-    if (opt == NULL)
+    if (opt == NULL || !positive_int("em_cosine_annealing_warm_restarts", "T_0", T_0))
         return NULL;
-    if (T_0 <= 0) {
-        emi_fail(EM_EINVAL, "em_cosine_annealing_warm_restarts: Expected positive integer T_0, but "
-                            "got %lld", (long long)T_0);
-        return NULL;
-    }
-    if (T_mult < 1) {
-        emi_fail(EM_EINVAL, "em_cosine_annealing_warm_restarts: Expected integer T_mult >= 1, but "
-                            "got %lld", (long long)T_mult);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(K_WARM_RESTARTS, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.restarts.T_0 = T_0;
-    s->u.restarts.T_i = T_0;
-    s->u.restarts.T_mult = T_mult;
-    s->u.restarts.eta_min = eta_min;
-    s->u.restarts.T_cur = -1; /* torch: self.T_cur = last_epoch */
-    return lr_init(s);
+    if (T_mult < 1)
+        return no_scheduler(emi_fail(EM_EINVAL, "em_cosine_annealing_warm_restarts: Expected integer "
+                                                "T_mult >= 1, but got %lld", (long long)T_mult));
+    return lr_new(K_WARM_RESTARTS, opt,
+                  (sched_params){.restarts = {.T_0 = T_0, .T_i = T_0, .T_mult = T_mult,
+                                              .T_cur = -1, /* torch: self.T_cur = last_epoch */
+                                              .eta_min = eta_min}});
 }
 
 /* Whether group 0 of `opt` has hyper-parameter `name`, leaving the error slot as it was. */
@@ -1014,70 +1052,47 @@ static bool optimizer_has(em_optimizer *opt, const char *name)
     return has;
 }
 
-/* OneCycleLR's argument checks, in torch's order. */
-static bool onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
+/* OneCycleLR's argument checks, in torch's order: EM_OK, or the failure recorded. */
+static em_status onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
 {
     const char *f = "em_onecycle_lr";
-    if (o->version < 1 || o->version > EM_ONECYCLE_OPTS_VERSION) {
-        emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
-                            "EM_ONECYCLE_OPTS_INIT)", f, o->version);
-        return false;
-    }
-    if (o->total_steps == 0 && o->epochs == 0 && o->steps_per_epoch == 0) {
-        emi_fail(EM_EINVAL, "%s: You must define either total_steps OR (epochs AND steps_per_epoch)", f);
-        return false;
-    }
+    if (o->version < 1 || o->version > EM_ONECYCLE_OPTS_VERSION)
+        return emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
+                                   "EM_ONECYCLE_OPTS_INIT)", f, o->version);
+    if (o->total_steps == 0 && o->epochs == 0 && o->steps_per_epoch == 0)
+        return emi_fail(EM_EINVAL, "%s: You must define either total_steps OR (epochs AND "
+                                   "steps_per_epoch)", f);
     if (o->total_steps != 0) {
-        if (o->total_steps < 0) {
-            emi_fail(EM_EINVAL, "%s: Expected positive integer total_steps, but got %lld", f,
-                     (long long)o->total_steps);
-            return false;
-        }
+        if (!positive_int(f, "total_steps", o->total_steps))
+            return EM_EINVAL;
         *total_steps = o->total_steps;
     } else {
-        if (o->epochs <= 0) {
-            emi_fail(EM_EINVAL, "%s: Expected positive integer epochs, but got %lld", f,
-                     (long long)o->epochs);
-            return false;
-        }
-        if (o->steps_per_epoch <= 0) {
-            emi_fail(EM_EINVAL, "%s: Expected positive integer steps_per_epoch, but got %lld", f,
-                     (long long)o->steps_per_epoch);
-            return false;
-        }
+        if (!positive_int(f, "epochs", o->epochs) || !positive_int(f, "steps_per_epoch", o->steps_per_epoch))
+            return EM_EINVAL;
         *total_steps = o->epochs * o->steps_per_epoch;
     }
-    if (!(o->pct_start >= 0 && o->pct_start <= 1)) {
-        emi_fail(EM_EINVAL, "%s: Expected float between 0 and 1 pct_start, but got %g", f, o->pct_start);
-        return false;
-    }
-    if (o->anneal_strategy != EM_ANNEAL_COS && o->anneal_strategy != EM_ANNEAL_LINEAR) {
-        emi_fail(EM_EINVAL, "%s: anneal_strategy must by one of 'cos' or 'linear', instead got %d", f,
-                 (int)o->anneal_strategy);
-        return false;
-    }
-    if (!(o->max_lr > 0)) {
-        emi_fail(EM_EINVAL, "%s: max_lr is required (got %g; it must be > 0)", f, o->max_lr);
-        return false;
-    }
-    if (o->div_factor == 0 || o->final_div_factor == 0) {
-        emi_fail(EM_EINVAL, "%s: div_factor and final_div_factor must not be 0 (got %g, %g; torch "
-                            "raises ZeroDivisionError)", f, o->div_factor, o->final_div_factor);
-        return false;
-    }
-    return true;
+    if (!(o->pct_start >= 0 && o->pct_start <= 1))
+        return emi_fail(EM_EINVAL, "%s: Expected float between 0 and 1 pct_start, but got %g", f,
+                        o->pct_start);
+    if (o->anneal_strategy != EM_ANNEAL_COS && o->anneal_strategy != EM_ANNEAL_LINEAR)
+        return emi_fail(EM_EINVAL, "%s: anneal_strategy must by one of 'cos' or 'linear', instead got "
+                                   "%d", f, (int)o->anneal_strategy);
+    if (!(o->max_lr > 0))
+        return emi_fail(EM_EINVAL, "%s: max_lr is required (got %g; it must be > 0)", f, o->max_lr);
+    if (o->div_factor == 0 || o->final_div_factor == 0)
+        return emi_fail(EM_EINVAL, "%s: div_factor and final_div_factor must not be 0 (got %g, %g; "
+                                   "torch raises ZeroDivisionError)", f, o->div_factor, o->final_div_factor);
+    return EM_OK;
 }
 
 em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
 {
     if (opt == NULL)
         return NULL;
-    if (opts == NULL) {
-        emi_fail(EM_EINVAL, "em_onecycle_lr: max_lr is required (opts is NULL)");
-        return NULL;
-    }
+    if (opts == NULL)
+        return no_scheduler(emi_fail(EM_EINVAL, "em_onecycle_lr: max_lr is required (opts is NULL)"));
     int64_t total = 0;
-    if (!onecycle_check(opts, &total))
+    if (onecycle_check(opts, &total) != EM_OK)
         return NULL;
     const char *momentum_key = NULL;
     if (opts->cycle_momentum) {
@@ -1085,12 +1100,11 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
             momentum_key = "beta1"; /* torch: 'betas' in optimizer.defaults */
         else if (optimizer_has(opt, "momentum"))
             momentum_key = "momentum";
-        else {
-            emi_fail(EM_EINVAL, "em_onecycle_lr: optimizer must support momentum with "
-                                "`cycle_momentum` option enabled (%s has neither momentum nor "
-                                "beta1)", em_optimizer_name(opt));
-            return NULL;
-        }
+        else
+            return no_scheduler(emi_fail(EM_EINVAL, "em_onecycle_lr: optimizer must support momentum "
+                                                    "with `cycle_momentum` option enabled (%s has "
+                                                    "neither momentum nor beta1)",
+                                         em_optimizer_name(opt)));
     }
     em_scheduler *s = sched_alloc(K_ONECYCLE, opt);
     if (s == NULL)
@@ -1126,77 +1140,39 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
     /* torch: group['momentum'] (or betas[0]) = max_momentum */
     for (size_t g = 0; st == EM_OK && momentum_key != NULL && g < n; g++)
         st = em_optimizer_set(opt, g, momentum_key, opts->max_momentum);
-    if (st != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    return lr_init(s);
+    return st != EM_OK ? sched_finish(s, st) : lr_init(s);
 }
 
 em_scheduler *em_linear_lr(em_optimizer *opt, double start_factor, double end_factor,
                            int64_t total_iters)
 {
-    if (opt == NULL)
+    if (opt == NULL || !divisor_factor_ok("em_linear_lr", "Starting", start_factor, "the first step"))
         return NULL;
-    if (!(start_factor > 0 && start_factor <= 1.0)) {
-        emi_fail(EM_EINVAL, "em_linear_lr: Starting multiplicative factor expected to be between 0 "
-                            "and 1. (got %g; 0 divides by zero at the first step)", start_factor);
+    if (!(end_factor >= 0 && end_factor <= 1.0))
+        return no_scheduler(emi_fail(EM_EINVAL, "em_linear_lr: Ending multiplicative factor expected "
+                                                "to be between 0 and 1. (got %g)", end_factor));
+    if (!total_iters_ok("em_linear_lr", total_iters))
         return NULL;
-    }
-    if (!(end_factor >= 0 && end_factor <= 1.0)) {
-        emi_fail(EM_EINVAL, "em_linear_lr: Ending multiplicative factor expected to be between 0 "
-                            "and 1. (got %g)", end_factor);
-        return NULL;
-    }
-    if (total_iters < 0) {
-        emi_fail(EM_EINVAL, "em_linear_lr: total_iters must be >= 0 (got %lld)", (long long)total_iters);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(K_LINEAR, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.linear.start_factor = start_factor;
-    s->u.linear.end_factor = end_factor;
-    s->u.linear.total_iters = total_iters;
-    return lr_init(s);
+    return lr_new(K_LINEAR, opt,
+                  (sched_params){.linear = {.start_factor = start_factor, .end_factor = end_factor,
+                                            .total_iters = total_iters}});
 }
 
 em_scheduler *em_constant_lr(em_optimizer *opt, double factor, int64_t total_iters)
 {
-    if (opt == NULL)
+    if (opt == NULL || !divisor_factor_ok("em_constant_lr", "Constant", factor, "total_iters") ||
+        !total_iters_ok("em_constant_lr", total_iters))
         return NULL;
-    if (!(factor > 0 && factor <= 1.0)) {
-        emi_fail(EM_EINVAL, "em_constant_lr: Constant multiplicative factor expected to be between "
-                            "0 and 1. (got %g; 0 divides by zero at total_iters)", factor);
-        return NULL;
-    }
-    if (total_iters < 0) {
-        emi_fail(EM_EINVAL, "em_constant_lr: total_iters must be >= 0 (got %lld)", (long long)total_iters);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(K_CONSTANT, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.constant.factor = factor;
-    s->u.constant.total_iters = total_iters;
-    return lr_init(s);
+    return lr_new(K_CONSTANT, opt,
+                  (sched_params){.constant = {.factor = factor, .total_iters = total_iters}});
 }
 
 em_scheduler *em_polynomial_lr(em_optimizer *opt, int64_t total_iters, double power)
 {
-    if (opt == NULL)
+    if (opt == NULL || !positive_int("em_polynomial_lr", "total_iters", total_iters))
         return NULL;
-    if (total_iters < 1) {
-        emi_fail(EM_EINVAL, "em_polynomial_lr: Expected positive integer total_iters, but got %lld",
-                 (long long)total_iters);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(K_POLYNOMIAL, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.polynomial.total_iters = total_iters;
-    s->u.polynomial.power = power;
-    return lr_init(s);
+    return lr_new(K_POLYNOMIAL, opt,
+                  (sched_params){.polynomial = {.total_iters = total_iters, .power = power}});
 }
 
 static em_scheduler *lambda_new(sched_kind kind, const char *func, em_optimizer *opt,
@@ -1204,16 +1180,9 @@ static em_scheduler *lambda_new(sched_kind kind, const char *func, em_optimizer 
 {
     if (opt == NULL)
         return NULL;
-    if (fn == NULL) {
-        emi_fail(EM_EINVAL, "%s: lr_lambda is NULL", func);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(kind, opt);
-    if (s == NULL)
-        return NULL;
-    s->u.lambda.fn = fn;
-    s->u.lambda.ctx = ctx;
-    return lr_init(s);
+    if (fn == NULL)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: lr_lambda is NULL", func));
+    return lr_new(kind, opt, (sched_params){.lambda = {.fn = fn, .ctx = ctx}});
 }
 
 em_scheduler *em_lambda_lr(em_optimizer *opt, em_lr_lambda lr_lambda, void *ctx)
@@ -1234,36 +1203,26 @@ em_scheduler *em_reduce_lr_on_plateau(em_optimizer *opt, const em_plateau_opts *
         return NULL;
     if (opts == NULL)
         opts = &defaults;
-    if (opts->version < 1 || opts->version > EM_PLATEAU_OPTS_VERSION) {
-        emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
-                            "EM_PLATEAU_OPTS_INIT)", f, opts->version);
-        return NULL;
-    }
-    if (!(opts->factor < 1.0)) {
-        emi_fail(EM_EINVAL, "%s: Factor should be < 1.0. (got %g)", f, opts->factor);
-        return NULL;
-    }
-    if (opts->mode != EM_PLATEAU_MIN && opts->mode != EM_PLATEAU_MAX) {
-        emi_fail(EM_EINVAL, "%s: mode %d is unknown! (EM_PLATEAU_MIN or EM_PLATEAU_MAX)", f, (int)opts->mode);
-        return NULL;
-    }
-    if (opts->threshold_mode != EM_THRESHOLD_REL && opts->threshold_mode != EM_THRESHOLD_ABS) {
-        emi_fail(EM_EINVAL, "%s: threshold mode %d is unknown! (EM_THRESHOLD_REL or EM_THRESHOLD_ABS)",
-                 f, (int)opts->threshold_mode);
-        return NULL;
-    }
+    if (opts->version < 1 || opts->version > EM_PLATEAU_OPTS_VERSION)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
+                                                "EM_PLATEAU_OPTS_INIT)", f, opts->version));
+    if (!(opts->factor < 1.0))
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: Factor should be < 1.0. (got %g)", f, opts->factor));
+    if (opts->mode != EM_PLATEAU_MIN && opts->mode != EM_PLATEAU_MAX)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: mode %d is unknown! (EM_PLATEAU_MIN or "
+                                                "EM_PLATEAU_MAX)", f, (int)opts->mode));
+    if (opts->threshold_mode != EM_THRESHOLD_REL && opts->threshold_mode != EM_THRESHOLD_ABS)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: threshold mode %d is unknown! (EM_THRESHOLD_REL "
+                                                "or EM_THRESHOLD_ABS)", f, (int)opts->threshold_mode));
     size_t ngroups = em_optimizer_num_groups(opt);
-    if (opts->min_lrs != NULL && opts->n_min_lrs != ngroups) {
-        emi_fail(EM_EINVAL, "%s: expected %zu min_lrs, got %zu", f, ngroups, opts->n_min_lrs);
-        return NULL;
-    }
+    if (opts->min_lrs != NULL && opts->n_min_lrs != ngroups)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: expected %zu min_lrs, got %zu", f, ngroups,
+                                     opts->n_min_lrs));
     double *min_lrs = NULL;
     if (opts->min_lrs != NULL) {
         min_lrs = malloc(ngroups * sizeof *min_lrs);
-        if (min_lrs == NULL) {
-            emi_fail(EM_ENOMEM, "%s: out of memory", f);
-            return NULL;
-        }
+        if (min_lrs == NULL)
+            return no_scheduler(emi_fail(EM_ENOMEM, "%s: out of memory", f));
         memcpy(min_lrs, opts->min_lrs, ngroups * sizeof *min_lrs);
     }
     em_scheduler *s = sched_alloc(K_PLATEAU, opt);
@@ -1274,17 +1233,7 @@ em_scheduler *em_reduce_lr_on_plateau(em_optimizer *opt, const em_plateau_opts *
     s->u.plateau.o = *opts;
     s->u.plateau.o.min_lrs = min_lrs;
     s->u.plateau.best = opts->mode == EM_PLATEAU_MIN ? INFINITY : -INFINITY; /* mode_worse */
-    s->last_epoch = 0;
-    /* base_lrs for em_scheduler_base_lr: the lrs now (ReduceLROnPlateau has none) */
-    size_t n = em_optimizer_num_groups(opt);
-    em_status st = reserve(&s->base_lrs, &s->n_base, n);
-    for (size_t g = 0; st == EM_OK && g < n; g++)
-        st = group_lr(s, g, &s->base_lrs[g]);
-    if (st != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    return s;
+    return plateau_init(s);
 }
 
 /* ---- composites ------------------------------------------------------------------------------------- */
@@ -1348,11 +1297,8 @@ static em_scheduler *composite_alloc(sched_kind kind, em_optimizer *opt, em_sche
         return NULL;
     s->u.composite.children = malloc(n * sizeof *children);
     s->u.composite.milestones = malloc(n * sizeof *s->u.composite.milestones);
-    if (s->u.composite.children == NULL || s->u.composite.milestones == NULL) {
-        emi_fail(EM_ENOMEM, "em_scheduler: out of memory");
-        sched_destroy(s);
-        return NULL;
-    }
+    if (s->u.composite.children == NULL || s->u.composite.milestones == NULL)
+        return sched_finish(s, out_of_memory());
     memcpy(s->u.composite.children, children, n * sizeof *children);
     s->u.composite.n = n;
     for (size_t i = 0; i < n; i++)
@@ -1417,15 +1363,8 @@ em_scheduler *em_sequential_lr(em_optimizer *opt, em_scheduler *const *scheduler
     if (st == EM_OK)
         st = sched_initial_step(first);
     if (st == EM_OK)
-        st = reserve(&s->last_lr, &s->cap_last, first->n_last);
-    if (st != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    memcpy(s->last_lr, first->last_lr, first->n_last * sizeof *s->last_lr);
-    s->n_last = first->n_last;
-    s->has_last_lr = true;
-    return s;
+        st = copy_last_lr(s, first);
+    return sched_finish(s, st);
 }
 
 em_scheduler *em_chained_scheduler(em_scheduler *const *schedulers, size_t n)
@@ -1444,11 +1383,7 @@ em_scheduler *em_chained_scheduler(em_scheduler *const *schedulers, size_t n)
     if (s == NULL)
         return drop_children(schedulers, n);
     s->last_epoch = 0;
-    if (record_last_lr(s) != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    return s;
+    return sched_finish(s, record_last_lr(s));
 }
 
 /* ---- schedulers written in C ------------------------------------------------------------------------ */
@@ -1467,31 +1402,15 @@ em_scheduler *em_scheduler_new(const em_scheduler_ops *ops, em_optimizer *opt, v
         emi_fail(EM_EINVAL, "em_scheduler_new: ops->step is NULL");
     else
         bad = false;
-    if (bad) {
+    em_scheduler *s = bad ? NULL : sched_alloc(K_USER, opt);
+    if (s == NULL) { /* the scheduler owns `state` from the call on, also when it fails */
         if (ops != NULL && ops->destroy != NULL)
-            ops->destroy(state);
-        return NULL;
-    }
-    em_scheduler *s = sched_alloc(K_USER, opt);
-    if (s == NULL) {
-        if (ops->destroy != NULL)
             ops->destroy(state);
         return NULL;
     }
     s->u.user.ops = ops;
     s->u.user.state = state;
-    if (!ops->reduce_on_plateau)
-        return lr_init(s);
-    s->last_epoch = 0; /* as ReduceLROnPlateau */
-    size_t n = em_optimizer_num_groups(opt);
-    em_status st = reserve(&s->base_lrs, &s->n_base, n);
-    for (size_t g = 0; st == EM_OK && g < n; g++)
-        st = group_lr(s, g, &s->base_lrs[g]);
-    if (st != EM_OK) {
-        sched_destroy(s);
-        return NULL;
-    }
-    return s;
+    return ops->reduce_on_plateau ? plateau_init(s) : lr_init(s);
 }
 
 void *em_scheduler_state(const em_scheduler *s)
