@@ -28,6 +28,9 @@ void emi_fail_torch(const char *func, const char *what);
 /** Whether an error is recorded on this thread (cheap). */
 bool emi_has_error(void);
 
+/** How many em_no_grad_begin() regions are open on this thread (shim/core.cpp). */
+int emi_no_grad_depth(void);
+
 /* ---- diagnostics (src/log.c) ---------------------------------------------------------------------- */
 
 /** A warning through the log handler (em_set_log_handler); the default writes it to stderr. */

@@ -708,6 +708,11 @@ extern "C" bool em_is_grad_enabled(void)
     return c10::GradMode::is_enabled();
 }
 
+extern "C" int emi_no_grad_depth(void)
+{
+    return (int)no_grad_stack.size();
+}
+
 void emi_zero_grad(at::Tensor &param, bool set_to_none)
 {
     if (!param.grad().defined())

@@ -892,7 +892,7 @@ extern "C" void em_optimizer_free(em_optimizer *opt)
 {
     if (opt != nullptr && opt->trainer_owned) {
         emi_fail(EM_EINVAL, "em_optimizer_free: this optimizer belongs to a trainer (it was handed to one); "
-                            "the trainer frees it when fit ends");
+                            "the trainer frees it when it fits again or is freed (em_trainer_free)");
         return;
     }
     delete opt; // a wrapper's destructor leaves `inner` alone

@@ -64,6 +64,19 @@ em_status emi_hook_leave(em_trainer *t, const char *prev, const char *hook, em_s
     return emi_trainer_check(t, hook, s);
 }
 
+int emi_user_scope_begin(void)
+{
+    int depth = em_scope_depth();
+    em_scope_begin();
+    return depth;
+}
+
+void emi_user_scope_end(int depth)
+{
+    while (em_scope_depth() > depth && em_scope_end() == EM_OK)
+        ;
+}
+
 /* ---- the callback protocol ------------------------------------------------------------------------------ */
 
 struct em_callback {
@@ -196,7 +209,33 @@ static bool module_hook(em_trainer *t, emi_hook hook, const emi_hook_args *a, bo
 }
 #undef HOOK_CASE
 
+/* Hooks that run outside a training batch: they get a scope of their own (see hooks.h). */
+static bool outside_batch(emi_hook hook)
+{
+    switch (hook) {
+    case EMI_ON_TRAIN_BATCH_START:
+    case EMI_ON_TRAIN_BATCH_END:
+    case EMI_ON_BEFORE_BACKWARD:
+    case EMI_ON_AFTER_BACKWARD:
+    case EMI_ON_BEFORE_OPTIMIZER_STEP:
+    case EMI_ON_BEFORE_ZERO_GRAD: return false;
+    default: return true;
+    }
+}
+
+static em_status hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args);
+
 em_status emi_hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args)
+{
+    if (!outside_batch(hook))
+        return hooks_call(t, hook, args);
+    int depth = emi_user_scope_begin();
+    em_status s = hooks_call(t, hook, args);
+    emi_user_scope_end(depth);
+    return s;
+}
+
+static em_status hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args)
 {
     static const emi_hook_args none = {0};
     const emi_hook_args *a = args != NULL ? args : &none;

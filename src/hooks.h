@@ -23,6 +23,12 @@ const char *emi_hook_enter(em_trainer *t, const char *hook);
 /** After it: restores `prev` and checks the call (emi_trainer_check). */
 em_status emi_hook_leave(em_trainer *t, const char *prev, const char *hook, em_status s);
 
+/** A scope for user code: a batch, or a hook that runs outside a batch (configure_optimizers,
+ *  on_fit_start, epoch hooks). Opens one and returns the depth to come back to. */
+int emi_user_scope_begin(void);
+/** Close every scope down to `depth`: the hook's, and any the user's code left open in it. */
+void emi_user_scope_end(int depth);
+
 /* ---- hooks that run every callback, then the module ---------------------------------------------- */
 
 typedef enum emi_hook {
@@ -54,7 +60,9 @@ typedef struct emi_hook_args {
 } emi_hook_args;
 
 /** Lightning's order: each callback's `hook` in the order they were added, then the module's.
- *  `args` may be NULL for hooks without arguments. Stops at the first failure (recorded). */
+ *  `args` may be NULL for hooks without arguments. Stops at the first failure (recorded). Hooks that
+ *  run outside a batch (fit, train and epoch starts and ends, validation's) run in a scope of their
+ *  own, closed when they return; the per-batch ones in the batch's scope. */
 em_status emi_hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args);
 
 /* ---- the callback protocol (struct em_callback) ----------------------------------------------------- */

@@ -1500,7 +1500,7 @@ void em_scheduler_free(em_scheduler *s)
 {
     if (s != NULL && s->trainer_owned) {
         emi_fail(EM_EINVAL, "em_scheduler_free: this scheduler belongs to a trainer (em_optim_setup_add_scheduler "
-                            "or em_lr_schedulers); the trainer frees it when fit ends");
+                            "or em_lr_schedulers); the trainer frees it when it fits again or is freed (em_trainer_free)");
         return;
     }
     sched_destroy(s);

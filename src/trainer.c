@@ -92,10 +92,20 @@ static void builtin_callbacks_remove(em_trainer *t)
         emi_callback_destroy(t->callbacks[--t->n_callbacks]);
 }
 
+/* The optimizers, schedulers and LightningOptimizers of the last fit: kept until the next fit or
+ * em_trainer_free, so a pointer the user kept from configure_optimizers stays valid (and refuses
+ * em_optimizer_free / em_scheduler_free) after fit returns. */
+static void release_fit_objects(em_trainer *t)
+{
+    emi_wrappers_free(t);
+    emi_setup_free(&t->setup);
+}
+
 void em_trainer_free(em_trainer *t)
 {
     if (t == NULL)
         return;
+    release_fit_objects(t);
     for (size_t i = 0; i < t->n_callbacks; i++)
         emi_callback_destroy(t->callbacks[i]);
     free(t->callbacks);
@@ -212,9 +222,12 @@ static em_status setup_fit(em_trainer *t)
     em_module *m = t->module;
     em_status s;
     emi_setup_init(&t->setup, t);
+    int depth = emi_user_scope_begin();
     const char *prev = emi_hook_enter(t, "configure_optimizers");
     s = m->ops->configure_optimizers(m, &t->setup);
-    if (emi_hook_leave(t, prev, "configure_optimizers", s) != EM_OK)
+    s = emi_hook_leave(t, prev, "configure_optimizers", s);
+    emi_user_scope_end(depth);
+    if (s != EM_OK)
         return t->fail_status;
     em_clear_error();
     if ((s = emi_setup_finish(&t->setup)) != EM_OK || (s = emi_wrappers_create(t)) != EM_OK)
@@ -286,18 +299,16 @@ static em_status fit_body(em_trainer *t)
 
 /* Lightning: Trainer._teardown, also after a failure: nothing leaks, the host program goes on. Returns
  * the failure to close what the fit wrote (the trace), which counts when the fit itself succeeded. */
-static em_status teardown(em_trainer *t, int scope_depth)
+static em_status teardown(em_trainer *t, int scope_depth, int no_grad_depth)
 {
     while (em_scope_depth() > scope_depth)
         em_scope_end();
-    while (em_is_grad_enabled() == false && em_no_grad_end() == EM_OK)
-        ;
+    while (emi_no_grad_depth() > no_grad_depth && em_no_grad_end() == EM_OK)
+        ; /* regions a hook left open; the caller's own stay as they were */
     builtin_callbacks_remove(t);
     emi_toggle_free(t);
     em_status s = emi_trace_close(t);
     emi_metrics_close(t);
-    emi_wrappers_free(t);
-    emi_setup_free(&t->setup);
     t->module->trainer_ = NULL;
     t->fitting = false;
     t->module = NULL;
@@ -329,9 +340,10 @@ em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loade
         t->module = NULL;
         return emi_trainer_fail(t, "em_trainer_fit", s);
     }
+    release_fit_objects(t); /* the previous fit's */
     t->fitting = true;
     m->trainer_ = t;
-    int depth = em_scope_depth();
+    int depth = em_scope_depth(), no_grad_depth = emi_no_grad_depth();
     if ((s = emi_config_setup_data(t)) != EM_OK) {
         s = emi_trainer_fail(t, "em_trainer_fit", s);
     } else {
@@ -340,7 +352,7 @@ em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loade
         s = fit_body(t);
     }
     em_clear_error();
-    em_status closed = teardown(t, depth);
+    em_status closed = teardown(t, depth, no_grad_depth);
     if (s == EM_OK && closed != EM_OK)
         s = emi_trainer_fail(t, "trace", closed);
     if (s != EM_OK) {

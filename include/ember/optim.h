@@ -244,8 +244,8 @@ EM_API const char *em_optimizer_name(const em_optimizer *opt);
 EM_API em_optimizer *em_optimizer_inner(em_optimizer *opt);
 /**
  * Free an optimizer you created. One that belongs to a trainer (handed to em_optim_setup_add, or a
- * wrapper from em_optimizers) is not freed: that records EM_EINVAL, and the trainer frees it when
- * fit ends. NULL is ignored.
+ * wrapper from em_optimizers) is not freed, also after fit returned: that records EM_EINVAL, and
+ * the trainer frees it when it fits again or is freed (em_trainer_free). NULL is ignored.
  */
 EM_API void em_optimizer_free(em_optimizer *opt);
 

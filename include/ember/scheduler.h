@@ -357,7 +357,8 @@ EM_API const char *em_scheduler_name(const em_scheduler *s);
 /**
  * Free a scheduler you own (and, for a composite, its children). Leaves the optimizer and its
  * learning rates as they are. One that belongs to a trainer (em_optim_setup_add_scheduler) is not
- * freed: that records EM_EINVAL, and the trainer frees it when fit ends. NULL is ignored.
+ * freed, also after fit returned: that records EM_EINVAL, and the trainer frees it when it fits
+ * again or is freed (em_trainer_free). NULL is ignored.
  */
 EM_API void em_scheduler_free(em_scheduler *s);
 

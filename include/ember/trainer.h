@@ -42,8 +42,17 @@
  *        em_loader_free(train);
  *        em_trainer_free(t);
  *
- * Inside any callback, tensors are owned by the scope the trainer opened for the batch, so user code
- * never frees them. A callback fails by returning a non-OK status, by returning NULL from
+ * Inside any callback, tensors are owned by a scope the trainer opened, so user code never frees them:
+ *  - training_step, validation_step, the loader's get_batch and every hook called during a batch
+ *    (on_train_batch_start/end, on_before/after_backward, on_before_optimizer_step,
+ *    on_before_zero_grad, optimizer_step, optimizer_zero_grad, backward, configure_gradient_clipping,
+ *    lr_scheduler_step, the closure) share the batch's scope, released when the batch ends;
+ *  - configure_optimizers and each hook that runs outside a batch (on_fit_start/end,
+ *    on_train_start/end, on_train_epoch_start/end, on_validation_*) run in a scope of their own,
+ *    released when the hook returns.
+ * A tensor that must outlive its scope (state kept in your module) is moved out of it with
+ * em_keep() (to the enclosing scope) or taken over by you. Scopes your code opens and leaves open are
+ * closed with the trainer's. A callback fails by returning a non-OK status, by returning NULL from
  * training_step with an error recorded (em_error_set, or an ember call that failed), or by recording
  * an error at all: the trainer clears the error slot before each callback and checks it after. A
  * failure stops em_trainer_fit, which returns the status and keeps the message with the place it
@@ -161,14 +170,16 @@ typedef struct em_scheduler_config {
 
 /**
  * Add an optimizer (in configure_optimizers). Takes ownership of `opt`, also when it fails: the
- * trainer frees it when fit ends.
+ * trainer keeps it (a pointer you kept stays valid after fit returns) and frees it when it fits again
+ * or is freed (em_trainer_free); em_optimizer_free refuses it meanwhile.
  * Errors: EM_EINVAL for NULL (a failed constructor: its message is kept).
  */
 EM_API em_status em_optim_setup_add(em_optim_setup *setup, em_optimizer *opt);
 
 /**
  * Add a scheduler of an optimizer added before, with its config (NULL = defaults). Takes
- * ownership of `sched`, also when it fails. In manual optimization the config's interval,
+ * ownership of `sched`, also when it fails; the trainer keeps it as it keeps the optimizers
+ * (em_optim_setup_add). In manual optimization the config's interval,
  * frequency and monitor are ignored (the user steps schedulers), as Lightning does.
  * Errors: EM_EINVAL for NULL, a scheduler whose optimizer was not added ("attached to an optimizer
  * that wasn't returned"), frequency < 0, or a plateau scheduler without a monitor (automatic mode).
@@ -256,8 +267,9 @@ EM_API em_trainer *em_module_trainer(const em_module *m);
 /**
  * The optimizers from configure_optimizers, wrapped for precision and strategy (LightningOptimizer).
  * Lightning: LightningModule.optimizers()
- * Borrowed: the array and the wrappers belong to the trainer and stay valid until em_trainer_fit()
- * returns; do not free them. `*n` (may be NULL) receives the count.
+ * Borrowed: the array and the wrappers belong to the trainer; do not free them. The array is valid
+ * until em_trainer_fit() returns, the wrappers until the trainer fits again or is freed (stepping one
+ * after fit returned fails with EM_ESTATE). `*n` (may be NULL) receives the count.
  * Stepping a wrapper counts in global_step; stepping em_optimizer_inner(wrapper) does not.
  * Errors: NULL when called outside em_trainer_fit().
  */
