@@ -19,9 +19,11 @@ static em_status check_amount(const char *name, em_amount a)
         if (!(a.value >= 0.0 && a.value <= 1.0))
             return emi_fail(EM_EINVAL, "em_trainer_new: `%s` must be a fraction in [0.0, 1.0] (EM_FRACTION) or a "
                                        "number of batches (EM_BATCHES), got EM_FRACTION(%g)", name, a.value);
-    } else if (!(a.value >= 0) || a.value != floor(a.value)) {
+    } else if (!(a.value >= 0) || a.value != floor(a.value) || !(a.value < 0x1p62)) {
+        /* beyond 2^62 (and infinity) no loader has that many batches; the count would not fit in int64 */
         return emi_fail(EM_EINVAL, "em_trainer_new: `%s` must be a fraction in [0.0, 1.0] (EM_FRACTION) or a "
-                                   "non-negative number of batches (EM_BATCHES), got EM_BATCHES(%g)", name, a.value);
+                                   "non-negative number of batches below 2^62 (EM_BATCHES), got EM_BATCHES(%g)", name,
+                        a.value);
     }
     return EM_OK;
 }
@@ -87,8 +89,9 @@ static em_status check_optimization(const em_trainer_config *c)
 
 em_status emi_config_check(const em_trainer_config *c)
 {
-    if (c->version == 0)
-        return emi_fail(EM_EINVAL, "em_trainer_new: cfg->version is 0: start from EM_TRAINER_CONFIG_INIT");
+    if (c->version < 1)
+        return emi_fail(EM_EINVAL, "em_trainer_new: cfg->version is %d: start from EM_TRAINER_CONFIG_INIT",
+                        c->version);
     if (c->version > EM_TRAINER_CONFIG_VERSION)
         return emi_fail(EM_EINVAL, "em_trainer_new: cfg->version %d is newer than this library (%d)", c->version,
                         EM_TRAINER_CONFIG_VERSION);
@@ -128,6 +131,15 @@ void emi_config_resolve(em_trainer *t)
     f->log_every_n_steps = c->log_every_n_steps;
 }
 
+/* A loader written in C may return anything from num_batches(). */
+static em_status check_loader_length(const char *stage, int64_t length)
+{
+    if (length < 0)
+        return emi_fail(EM_EINVAL, "the %s loader's num_batches() returned %lld; it must be >= 0", stage,
+                        (long long)length);
+    return EM_OK;
+}
+
 /* Lightning: _parse_num_batches: the number of batches an epoch runs under a limit. */
 static em_status parse_num_batches(const char *stage, int64_t length, em_amount limit, int64_t *out)
 {
@@ -156,10 +168,10 @@ static double estimate_stepping_batches(const em_trainer *t)
     const emi_fit_settings *f = &t->fit;
     if (f->max_epochs == -1)
         return f->max_steps == -1 ? INFINITY : (double)f->max_steps;
-    int64_t a = t->accumulate;
-    int64_t per_epoch = (f->num_training_batches + a - 1) / a;
+    int64_t a = t->accumulate, n = f->num_training_batches;
+    int64_t per_epoch = n / a + (n % a != 0); /* ceil(N / A) without overflow */
     int64_t epochs = f->max_epochs > 1 ? f->max_epochs : 1;
-    double est = (double)(per_epoch * epochs);
+    double est = (double)per_epoch * (double)epochs; /* Python's ints do not overflow; a double is exact to 2^53 */
     if (f->max_steps != -1 && (double)f->max_steps < est)
         est = (double)f->max_steps;
     return est;
@@ -192,11 +204,14 @@ em_status emi_config_setup_data(em_trainer *t)
     emi_fit_settings *f = &t->fit;
     em_status s;
     int64_t len = em_loader_num_batches(t->train);
-    if ((s = parse_num_batches("train", len, t->cfg.limit_train_batches, &f->num_training_batches)) != EM_OK)
+    if ((s = check_loader_length("train", len)) != EM_OK ||
+        (s = parse_num_batches("train", len, t->cfg.limit_train_batches, &f->num_training_batches)) != EM_OK)
         return s;
     f->num_val_batches = 0;
     if (t->val != NULL && t->module->ops->validation_step != NULL) {
         int64_t vlen = em_loader_num_batches(t->val);
+        if ((s = check_loader_length("val", vlen)) != EM_OK)
+            return s;
         if ((s = parse_num_batches("val", vlen, t->cfg.limit_val_batches, &f->num_val_batches)) != EM_OK)
             return s;
     }

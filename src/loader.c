@@ -64,11 +64,20 @@ void em_loader_free(em_loader *l)
     free(l);
 }
 
-/* Fill in the batch size (dim 0 of the first tensor) when the loader left it 0. */
-static void batch_fill_size(em_batch *b)
+/* A batch as get_batch left it: at most EM_BATCH_MAX_TENSORS tensors, none NULL; the batch size (dim 0
+ * of the first tensor) filled in when the loader left it 0. `fn` names the caller in messages. */
+static em_status batch_check(const char *fn, em_batch *b, int64_t index)
 {
+    if (b->n > EM_BATCH_MAX_TENSORS)
+        return emi_fail(EM_EINVAL, "%s: the loader returned a batch of %zu tensors (batch %lld); a batch holds at most "
+                                   "EM_BATCH_MAX_TENSORS (%d)", fn, b->n, (long long)index, EM_BATCH_MAX_TENSORS);
+    for (size_t i = 0; i < b->n; i++)
+        if (b->t[i] == NULL)
+            return emi_fail(EM_EINVAL, "%s: the loader returned a batch whose tensor %zu is NULL (batch %lld)", fn, i,
+                            (long long)index);
     if (b->size == 0 && b->n > 0 && em_tensor_dim(b->t[0]) > 0)
         b->size = em_tensor_size(b->t[0], 0);
+    return EM_OK;
 }
 
 em_status em_loader_get(em_loader *l, int64_t epoch, int64_t index, em_batch *out)
@@ -85,8 +94,7 @@ em_status em_loader_get(em_loader *l, int64_t epoch, int64_t index, em_batch *ou
     em_status s = l->ops->get_batch(l->state, index, out);
     if (s != EM_OK)
         return emi_has_error() ? s : emi_fail(s, "em_loader_get: the loader failed on batch %lld", (long long)index);
-    batch_fill_size(out);
-    return EM_OK;
+    return batch_check("em_loader_get", out, index);
 }
 
 void emi_loader_set_epoch(em_loader *l, int64_t epoch)
@@ -104,7 +112,7 @@ em_status emi_loader_fetch(em_loader *l, int64_t index, em_batch *out)
     if (s == EM_OK && emi_has_error())
         s = em_last_status();
     if (s == EM_OK)
-        batch_fill_size(out);
+        s = batch_check("train_dataloader", out, index);
     return s;
 }
 
@@ -124,7 +132,7 @@ static int64_t tl_num_batches(void *state)
 {
     tensor_loader *tl = state;
     int64_t bs = tl->opts.batch_size;
-    return tl->opts.drop_last ? tl->rows / bs : (tl->rows + bs - 1) / bs;
+    return tl->rows / bs + (!tl->opts.drop_last && tl->rows % bs != 0); /* no rows + bs overflow */
 }
 
 static void tl_set_epoch(void *state, int64_t epoch)

@@ -1069,7 +1069,9 @@ static em_status onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
     } else {
         if (!positive_int(f, "epochs", o->epochs) || !positive_int(f, "steps_per_epoch", o->steps_per_epoch))
             return EM_EINVAL;
-        *total_steps = o->epochs * o->steps_per_epoch;
+        if (__builtin_mul_overflow(o->epochs, o->steps_per_epoch, total_steps))
+            return emi_fail(EM_EINVAL, "%s: epochs * steps_per_epoch (%lld * %lld) does not fit in 64 bits", f,
+                            (long long)o->epochs, (long long)o->steps_per_epoch);
     }
     if (!(o->pct_start >= 0 && o->pct_start <= 1))
         return emi_fail(EM_EINVAL, "%s: Expected float between 0 and 1 pct_start, but got %g", f,
