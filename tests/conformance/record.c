@@ -26,6 +26,8 @@
  *     right after clipping (first call within a step: LBFGS after the first closure evaluation);
  *     manual mode measures right before a closure-less step() (nothing touches the gradients in
  *     between) or after the first evaluation of its own closure (LBFGS).
+ * A statistic over no gradient at all (params_with_grad 0) is written as null, as Lightning's
+ * recorder writes it.
  */
 #include <math.h>
 #include <stdio.h>
@@ -366,6 +368,16 @@ void rec_step_begin(conf_run *r, int k)
     }
 }
 
+/* A norm or max over no gradient at all is undefined: null, as Lightning's recorder writes it (not 0,
+ * which would equal a step whose gradients are all zero tensors). */
+static void add_grad_stat(cJSON *e, const char *key, const conf_grads *g, double v)
+{
+    if (g->with_grad == 0)
+        cJSON_AddNullToObject(e, key);
+    else
+        cJSON_AddNumberToObject(e, key, v);
+}
+
 void rec_step_end(conf_run *r, int k)
 {
     if (k < 0 || k >= CONF_MAX_OPTS)
@@ -384,12 +396,12 @@ void rec_step_end(conf_run *r, int k)
         cJSON_AddItemToObject(e, "lr", st->lr);
         st->lr = NULL;
         if (st->pre.have) {
-            cJSON_AddNumberToObject(e, "grad_norm_before_clip", st->pre.norm);
-            cJSON_AddNumberToObject(e, "grad_max_abs_before_clip", st->pre.max_abs);
+            add_grad_stat(e, "grad_norm_before_clip", &st->pre, st->pre.norm);
+            add_grad_stat(e, "grad_max_abs_before_clip", &st->pre, st->pre.max_abs);
         }
         if (st->post.have) {
-            cJSON_AddNumberToObject(e, "grad_norm", st->post.norm);
-            cJSON_AddNumberToObject(e, "grad_max_abs", st->post.max_abs);
+            add_grad_stat(e, "grad_norm", &st->post, st->post.norm);
+            add_grad_stat(e, "grad_max_abs", &st->post, st->post.max_abs);
             cJSON_AddNumberToObject(e, "params_with_grad", (double)st->post.with_grad);
         }
         cJSON_AddItemToArray(r->rec.steps, e);
