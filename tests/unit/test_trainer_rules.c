@@ -1,6 +1,9 @@
 /* test_trainer_rules.c: second, independent checks of loop rules that mutation testing found resting on
  * one assertion (or none), each written so that breaking the rule in src/ makes it fail:
  *   - a metrics row on a stepping batch when should_stop is set, whatever log_every_n_steps (§9.4);
+ *   - autocast around training_step and validation_step only (§7.2), in both optimization modes;
+ *   - bf16-mixed runs are deterministic and really under autocast (closer to float32 than the 2e-2
+ *     tolerance of the bf16 conformance cases, but not equal to it);
  *   - step counting in manual mode: steps outside training_step and raw steps never count (§4.3);
  *   - epoch-interval ReduceLROnPlateau does not step after an incomplete epoch (§3.5, §3.6);
  *   - on_validation_model_zero_grad's default: None on a stepping batch, untouched inside a window (§9.5);
@@ -213,6 +216,413 @@ static void test_rules__should_stop_writes_the_step_row(void **state)
     assert_int_equal(n, 1);
     assert_close_rel(rows[0][0], 2.0, 0);
     assert_close_rel(rows[0][1], 12.0, 1e-9);
+}
+
+/* ---- §7.2: autocast around the step functions only ------------------------------------------------------------- */
+
+enum { DT_BF16, DT_F32, DT_OTHER };
+enum {
+    H_TRAINING_STEP, H_VALIDATION_STEP, H_CONFIGURE_OPTIMIZERS, H_OPTIMIZER_STEP, H_OPTIMIZER_ZERO_GRAD,
+    H_LR_SCHEDULER_STEP, H_CONFIGURE_GRADIENT_CLIPPING, H_BACKWARD, H_ON_FIT_START, H_ON_FIT_END,
+    H_ON_TRAIN_START, H_ON_TRAIN_END, H_ON_TRAIN_EPOCH_START, H_ON_TRAIN_EPOCH_END, H_ON_TRAIN_BATCH_START,
+    H_ON_TRAIN_BATCH_END, H_ON_BEFORE_BACKWARD, H_ON_AFTER_BACKWARD, H_ON_BEFORE_OPTIMIZER_STEP,
+    H_ON_BEFORE_ZERO_GRAD, H_ON_VALIDATION_START, H_ON_VALIDATION_END, H_ON_VALIDATION_EPOCH_START,
+    H_ON_VALIDATION_EPOCH_END, H_COUNT
+};
+static const char *const hook_names[H_COUNT] = {
+    "training_step", "validation_step", "configure_optimizers", "optimizer_step", "optimizer_zero_grad",
+    "lr_scheduler_step", "configure_gradient_clipping", "backward", "on_fit_start", "on_fit_end",
+    "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start",
+    "on_train_batch_end", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+    "on_before_zero_grad", "on_validation_start", "on_validation_end", "on_validation_epoch_start",
+    "on_validation_epoch_end"};
+
+typedef struct dt_module {
+    em_module base;
+    em_nn *net; /* Linear(2, 1) */
+    int seen[H_COUNT][3];
+} dt_module;
+
+static dt_module *DT(em_module *m) { return (dt_module *)m; }
+
+/* The dtype of a Linear's output computed here (autocast casts it to bfloat16 when active). */
+static void probe(em_module *mb, int hook)
+{
+    dt_module *m = DT(mb);
+    em_scope_begin();
+    em_tensor *out = em_nn_forward(m->net, em_ones(EM_SHAPE(1, 2), NULL));
+    em_dtype d = out != NULL ? em_tensor_dtype(out) : (em_dtype)-1;
+    em_scope_end();
+    m->seen[hook][d == EM_BF16 ? DT_BF16 : d == EM_F32 ? DT_F32 : DT_OTHER]++;
+}
+
+static em_tensor *dt_training_step(em_module *mb, const em_batch *b, int64_t batch_idx)
+{
+    (void)batch_idx;
+    dt_module *m = DT(mb);
+    probe(mb, H_TRAINING_STEP);
+    em_tensor *loss = em_mean(em_nn_forward(m->net, b->t[0]));
+    if (mb->automatic_optimization || loss == NULL)
+        return loss;
+    /* manual: zero_grad, backward and step from inside training_step (under its autocast) */
+    em_optimizer *opt = em_optimizers(mb, NULL)[0];
+    if (em_optimizer_zero_grad(opt) != EM_OK || em_manual_backward(mb, loss) != EM_OK ||
+        em_optimizer_step(opt, NULL) != EM_OK)
+        return NULL;
+    size_t n = 0;
+    em_scheduler **s = em_lr_schedulers(mb, &n);
+    if (n > 0 && em_scheduler_step(s[0]) != EM_OK)
+        return NULL;
+    return loss;
+}
+
+static em_status dt_validation_step(em_module *mb, const em_batch *b, int64_t batch_idx)
+{
+    (void)b, (void)batch_idx;
+    probe(mb, H_VALIDATION_STEP);
+    return EM_OK;
+}
+
+static em_status dt_configure_optimizers(em_module *mb, em_optim_setup *setup)
+{
+    dt_module *m = DT(mb);
+    probe(mb, H_CONFIGURE_OPTIMIZERS);
+    em_params *ps = em_nn_parameters(m->net);
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.01});
+    em_params_free(ps);
+    em_status s = em_optim_setup_add(setup, opt);
+    if (s != EM_OK)
+        return s;
+    return em_optim_setup_add_scheduler(setup, em_step_lr(opt, 1, 0.9),
+                                        &(em_scheduler_config){.interval = EM_INTERVAL_STEP});
+}
+
+static em_status dt_optimizer_step(em_module *mb, int64_t epoch, int64_t batch_idx, em_optimizer *opt,
+                                   const em_closure *closure)
+{
+    (void)epoch, (void)batch_idx;
+    probe(mb, H_OPTIMIZER_STEP);
+    return em_optimizer_step(opt, closure);
+}
+
+static em_status dt_optimizer_zero_grad(em_module *mb, int64_t epoch, int64_t batch_idx, em_optimizer *opt)
+{
+    (void)epoch, (void)batch_idx;
+    probe(mb, H_OPTIMIZER_ZERO_GRAD);
+    return em_optimizer_zero_grad(opt);
+}
+
+static em_status dt_lr_scheduler_step(em_module *mb, em_scheduler *s, bool has_metric, double metric)
+{
+    probe(mb, H_LR_SCHEDULER_STEP);
+    return has_metric ? em_scheduler_step_metric(s, metric) : em_scheduler_step(s);
+}
+
+static em_status dt_configure_gradient_clipping(em_module *mb, em_optimizer *opt, double v, em_clip_algorithm a)
+{
+    probe(mb, H_CONFIGURE_GRADIENT_CLIPPING);
+    return em_clip_gradients(mb, opt, v, a);
+}
+
+static em_status dt_backward(em_module *mb, em_tensor *loss, bool retain_graph)
+{
+    probe(mb, H_BACKWARD);
+    return em_backward_ex(loss, NULL, retain_graph);
+}
+
+#define DT_HOOK(fn, id)                                                                                        \
+    static em_status fn(em_module *mb)                                                                         \
+    {                                                                                                          \
+        probe(mb, id);                                                                                         \
+        return EM_OK;                                                                                          \
+    }
+DT_HOOK(dt_on_fit_start, H_ON_FIT_START)
+DT_HOOK(dt_on_fit_end, H_ON_FIT_END)
+DT_HOOK(dt_on_train_start, H_ON_TRAIN_START)
+DT_HOOK(dt_on_train_end, H_ON_TRAIN_END)
+DT_HOOK(dt_on_train_epoch_start, H_ON_TRAIN_EPOCH_START)
+DT_HOOK(dt_on_train_epoch_end, H_ON_TRAIN_EPOCH_END)
+DT_HOOK(dt_on_after_backward, H_ON_AFTER_BACKWARD)
+DT_HOOK(dt_on_validation_start, H_ON_VALIDATION_START)
+DT_HOOK(dt_on_validation_end, H_ON_VALIDATION_END)
+DT_HOOK(dt_on_validation_epoch_start, H_ON_VALIDATION_EPOCH_START)
+DT_HOOK(dt_on_validation_epoch_end, H_ON_VALIDATION_EPOCH_END)
+
+static int dt_on_train_batch_start(em_module *mb, const em_batch *b, int64_t batch_idx)
+{
+    (void)b, (void)batch_idx;
+    probe(mb, H_ON_TRAIN_BATCH_START);
+    return 0;
+}
+
+static em_status dt_on_train_batch_end(em_module *mb, const em_tensor *loss, const em_batch *b, int64_t batch_idx)
+{
+    (void)loss, (void)b, (void)batch_idx;
+    probe(mb, H_ON_TRAIN_BATCH_END);
+    return EM_OK;
+}
+
+static em_status dt_on_before_backward(em_module *mb, em_tensor *loss)
+{
+    (void)loss;
+    probe(mb, H_ON_BEFORE_BACKWARD);
+    return EM_OK;
+}
+
+static em_status dt_on_before_optimizer_step(em_module *mb, em_optimizer *opt)
+{
+    (void)opt;
+    probe(mb, H_ON_BEFORE_OPTIMIZER_STEP);
+    return EM_OK;
+}
+
+static em_status dt_on_before_zero_grad(em_module *mb, em_optimizer *opt)
+{
+    (void)opt;
+    probe(mb, H_ON_BEFORE_ZERO_GRAD);
+    return EM_OK;
+}
+
+static const em_module_ops dt_ops_auto = {
+    .version = EM_MODULE_OPS_VERSION,
+    .training_step = dt_training_step,
+    .configure_optimizers = dt_configure_optimizers,
+    .validation_step = dt_validation_step,
+    .optimizer_step = dt_optimizer_step,
+    .optimizer_zero_grad = dt_optimizer_zero_grad,
+    .lr_scheduler_step = dt_lr_scheduler_step,
+    .configure_gradient_clipping = dt_configure_gradient_clipping,
+    .backward = dt_backward,
+    .on_fit_start = dt_on_fit_start,
+    .on_fit_end = dt_on_fit_end,
+    .on_train_start = dt_on_train_start,
+    .on_train_end = dt_on_train_end,
+    .on_train_epoch_start = dt_on_train_epoch_start,
+    .on_train_epoch_end = dt_on_train_epoch_end,
+    .on_train_batch_start = dt_on_train_batch_start,
+    .on_train_batch_end = dt_on_train_batch_end,
+    .on_before_backward = dt_on_before_backward,
+    .on_after_backward = dt_on_after_backward,
+    .on_before_optimizer_step = dt_on_before_optimizer_step,
+    .on_before_zero_grad = dt_on_before_zero_grad,
+    .on_validation_start = dt_on_validation_start,
+    .on_validation_end = dt_on_validation_end,
+    .on_validation_epoch_start = dt_on_validation_epoch_start,
+    .on_validation_epoch_end = dt_on_validation_epoch_end,
+};
+
+/* 2 epochs of 3 batches (2 rows each) with validation (2 batches) and the sanity check. */
+static void dt_fit(dt_module *m, const em_module_ops *ops, bool automatic, em_precision precision)
+{
+    memset(m, 0, sizeof *m);
+    m->base.ops = ops;
+    m->base.automatic_optimization = automatic;
+    m->net = em_nn_linear(2, 1, true);
+    assert_nonnull_em(m->net);
+    m->base.layers = m->net;
+    em_trainer_config cfg = config(2);
+    cfg.precision = precision;
+    if (automatic)
+        cfg.gradient_clip_val = 1.0;
+    em_trainer *t = em_trainer_new(&cfg);
+    assert_nonnull_em(t);
+    em_loader *train = rows_loader(6, 2, 2, false);
+    em_loader *val = rows_loader(4, 2, 2, false);
+    em_status s = em_trainer_fit(t, &m->base, train, val);
+    if (s != EM_OK)
+        fail_msg("fit: %s", em_trainer_error(t));
+    em_trainer_free(t);
+    em_loader_free(train);
+    em_loader_free(val);
+    em_nn_free(m->net);
+}
+
+/* Every hook in `bf16` ran only under autocast (bfloat16 output), every other hook that ran at all only
+ * without it (float32); `must_run` hooks ran. */
+static void dt_check(const dt_module *m, const int *bf16, size_t n_bf16, const int *must_run, size_t n_must)
+{
+    for (int h = 0; h < H_COUNT; h++) {
+        bool want_bf16 = false;
+        for (size_t i = 0; i < n_bf16; i++)
+            want_bf16 |= bf16[i] == h;
+        const int *c = m->seen[h];
+        if (c[DT_OTHER] != 0 || c[want_bf16 ? DT_F32 : DT_BF16] != 0)
+            fail_msg("%s: %d bfloat16, %d float32, %d other outputs; expected only %s", hook_names[h], c[DT_BF16],
+                     c[DT_F32], c[DT_OTHER], want_bf16 ? "bfloat16" : "float32");
+    }
+    for (size_t i = 0; i < n_must; i++)
+        if (m->seen[must_run[i]][DT_BF16] + m->seen[must_run[i]][DT_F32] == 0)
+            fail_msg("%s never ran", hook_names[must_run[i]]);
+}
+
+/* §7.2 (precision.py train_step_context / val_step_context; amp.py MixedPrecision.forward_context): under
+ * bf16-mixed only training_step and validation_step run under autocast; backward, the hooks around it, the
+ * optimizer step, clipping, the schedulers and every epoch / fit hook run outside it. Under 32-true nothing
+ * does. */
+static void test_rules__autocast_only_in_step_functions_automatic(void **state)
+{
+    (void)state;
+    static const int all_auto[] = {
+        H_TRAINING_STEP, H_VALIDATION_STEP, H_CONFIGURE_OPTIMIZERS, H_OPTIMIZER_STEP, H_OPTIMIZER_ZERO_GRAD,
+        H_LR_SCHEDULER_STEP, H_CONFIGURE_GRADIENT_CLIPPING, H_BACKWARD, H_ON_FIT_START, H_ON_FIT_END,
+        H_ON_TRAIN_START, H_ON_TRAIN_END, H_ON_TRAIN_EPOCH_START, H_ON_TRAIN_EPOCH_END, H_ON_TRAIN_BATCH_START,
+        H_ON_TRAIN_BATCH_END, H_ON_BEFORE_BACKWARD, H_ON_AFTER_BACKWARD, H_ON_BEFORE_OPTIMIZER_STEP,
+        H_ON_BEFORE_ZERO_GRAD, H_ON_VALIDATION_START, H_ON_VALIDATION_END, H_ON_VALIDATION_EPOCH_START,
+        H_ON_VALIDATION_EPOCH_END};
+    static const int steps[] = {H_TRAINING_STEP, H_VALIDATION_STEP};
+    dt_module m;
+    dt_fit(&m, &dt_ops_auto, true, EM_PRECISION_BF16_MIXED);
+    dt_check(&m, steps, 2, all_auto, sizeof all_auto / sizeof *all_auto);
+    dt_fit(&m, &dt_ops_auto, true, EM_PRECISION_32_TRUE);
+    dt_check(&m, NULL, 0, all_auto, sizeof all_auto / sizeof *all_auto);
+}
+
+/* The same in manual optimization: manual_backward and the optimizer step are called from inside
+ * training_step, so their hooks run under its autocast as in Lightning (the strategy's training_step holds
+ * the autocast context while the user's code runs); everything outside training_step runs without it. */
+static void test_rules__autocast_only_in_step_functions_manual(void **state)
+{
+    (void)state;
+    static const int ran[] = {H_TRAINING_STEP, H_VALIDATION_STEP, H_BACKWARD, H_ON_TRAIN_BATCH_START,
+                              H_ON_TRAIN_BATCH_END, H_ON_BEFORE_BACKWARD, H_ON_AFTER_BACKWARD,
+                              H_ON_BEFORE_OPTIMIZER_STEP, H_ON_TRAIN_EPOCH_END, H_ON_VALIDATION_EPOCH_END,
+                              H_ON_TRAIN_START, H_ON_FIT_END};
+    static const int in_step[] = {H_TRAINING_STEP, H_VALIDATION_STEP, H_BACKWARD, H_ON_BEFORE_BACKWARD,
+                                  H_ON_AFTER_BACKWARD, H_ON_BEFORE_OPTIMIZER_STEP, H_ON_BEFORE_ZERO_GRAD,
+                                  H_OPTIMIZER_ZERO_GRAD};
+    em_module_ops ops = dt_ops_auto;
+    ops.optimizer_step = NULL; /* automatic-only hooks: Lightning refuses them in manual mode */
+    ops.optimizer_zero_grad = NULL;
+    ops.configure_gradient_clipping = NULL;
+    ops.lr_scheduler_step = NULL;
+    dt_module m;
+    dt_fit(&m, &ops, false, EM_PRECISION_BF16_MIXED);
+    dt_check(&m, in_step, sizeof in_step / sizeof *in_step, ran, sizeof ran / sizeof *ran);
+    dt_fit(&m, &ops, false, EM_PRECISION_32_TRUE);
+    dt_check(&m, NULL, 0, ran, sizeof ran / sizeof *ran);
+}
+
+/* ---- bf16-mixed: deterministic, and really under autocast ------------------------------------------------------- */
+
+#define BF_MAX 64
+
+typedef struct bf_module {
+    em_module base;
+    em_nn *net; /* Linear(4, 1) */
+    double loss[BF_MAX];
+    int n;
+} bf_module;
+
+static em_tensor *bf_training_step(em_module *mb, const em_batch *b, int64_t batch_idx)
+{
+    (void)batch_idx;
+    bf_module *m = (bf_module *)mb;
+    em_tensor *loss = em_mse_loss(em_nn_forward(m->net, b->t[0]), b->t[1], EM_REDUCTION_MEAN);
+    if (loss != NULL && m->n < BF_MAX)
+        m->loss[m->n++] = em_tensor_item(loss);
+    return loss;
+}
+
+static em_status bf_configure_optimizers(em_module *mb, em_optim_setup *setup)
+{
+    bf_module *m = (bf_module *)mb;
+    em_params *ps = em_nn_parameters(m->net);
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    em_params_free(ps);
+    return em_optim_setup_add(setup, opt);
+}
+
+static const em_module_ops bf_ops = {
+    .version = EM_MODULE_OPS_VERSION,
+    .training_step = bf_training_step,
+    .configure_optimizers = bf_configure_optimizers,
+};
+
+static const float bf_w0[4] = {0.31f, -0.47f, 0.22f, 0.05f};
+static const float bf_b0 = -0.13f;
+
+static em_nn *bf_net(void)
+{
+    em_nn *net = em_nn_linear(4, 1, true);
+    assert_nonnull_em(net);
+    assert_ok(em_nn_set(net, "weight", bf_w0, EM_F32, 4));
+    assert_ok(em_nn_set(net, "bias", &bf_b0, EM_F32, 1));
+    return net;
+}
+
+/* 3 epochs of 4 batches (16 rows, batch 4); the losses and the final weights (5 floats). */
+static void bf_fit(bf_module *m, em_precision precision, float final_w[5])
+{
+    memset(m, 0, sizeof *m);
+    m->base.ops = &bf_ops;
+    m->base.automatic_optimization = true;
+    m->net = bf_net();
+    m->base.layers = m->net;
+    em_trainer_config cfg = config(3);
+    cfg.precision = precision;
+    em_trainer *t = em_trainer_new(&cfg);
+    assert_nonnull_em(t);
+    em_loader *train = rows_loader(16, 4, 4, true);
+    em_status s = em_trainer_fit(t, &m->base, train, NULL);
+    if (s != EM_OK)
+        fail_msg("fit: %s", em_trainer_error(t));
+    assert_int_equal(m->n, 12);
+    helper_values(em_nn_get(m->net, "weight"), final_w, 4);
+    helper_values(em_nn_get(m->net, "bias"), final_w + 4, 1);
+    em_trainer_free(t);
+    em_loader_free(train);
+    em_nn_free(m->net);
+}
+
+/* The same bf16-mixed fit twice in one process gives bit-identical losses and weights: nothing in the
+ * autocast path carries state from one fit to the next or depends on timing. (The bf16 conformance cases
+ * allow 2e-2, about 1e5 times the error ember actually makes; this pins the exactness they cannot.) */
+static void test_rules__bf16_mixed_fit_is_deterministic(void **state)
+{
+    (void)state;
+    bf_module a, b;
+    float wa[5], wb[5];
+    bf_fit(&a, EM_PRECISION_BF16_MIXED, wa);
+    bf_fit(&b, EM_PRECISION_BF16_MIXED, wb);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.loss, b.loss, sizeof a.loss[0] * (size_t)a.n);
+    assert_memory_equal(wa, wb, sizeof wa);
+}
+
+/* bf16-mixed against 32-true on the same data and weights: every loss within 1e-2 (relative, bfloat16 has
+ * an 8-bit mantissa) but not all within 1e-7 (so autocast was on), and the first loss is exactly the one
+ * a hand-made bfloat16 forward gives: Linear on bfloat16 copies of x, W and b (autocast's lower-precision
+ * list), mse_loss in float32 (its float32 list). */
+static void test_rules__bf16_mixed_is_close_to_float32_but_not_equal(void **state)
+{
+    (void)state;
+    bf_module h, f;
+    float wh[5], wf[5];
+    bf_fit(&h, EM_PRECISION_BF16_MIXED, wh);
+    bf_fit(&f, EM_PRECISION_32_TRUE, wf);
+    double max_diff = 0;
+    for (int i = 0; i < h.n; i++) {
+        assert_close(h.loss[i], f.loss[i], 1e-2, 1e-4);
+        max_diff = fmax(max_diff, fabs(h.loss[i] - f.loss[i]));
+    }
+    if (!(max_diff > 1e-7))
+        fail_msg("bf16-mixed losses equal the float32 ones within %g: autocast was not on", max_diff);
+    for (int i = 0; i < 5; i++)
+        assert_close(wh[i], wf[i], 1e-2, 1e-3);
+
+    em_scope_begin();
+    em_loader *train = rows_loader(16, 4, 4, true);
+    em_batch b = {0};
+    assert_ok(em_loader_get(train, 0, 0, &b));
+    em_nn *net = bf_net();
+    em_tensor *out = em_linear(em_to_dtype(b.t[0], EM_BF16), em_to_dtype(em_nn_get(net, "weight"), EM_BF16),
+                               em_to_dtype(em_nn_get(net, "bias"), EM_BF16));
+    em_tensor *loss = em_mse_loss(em_to_dtype(out, EM_F32), b.t[1], EM_REDUCTION_MEAN);
+    assert_nonnull_em(loss);
+    assert_close(h.loss[0], em_tensor_item(loss), 1e-6, 0);
+    em_nn_free(net);
+    em_loader_free(train);
+    em_scope_end();
 }
 
 /* ---- §4.3: which manual steps count in global_step ----------------------------------------------------------------- */
@@ -574,6 +984,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         TEST(test_rules__should_stop_writes_the_step_row),
+        TEST(test_rules__autocast_only_in_step_functions_automatic),
+        TEST(test_rules__autocast_only_in_step_functions_manual),
+        TEST(test_rules__bf16_mixed_fit_is_deterministic),
+        TEST(test_rules__bf16_mixed_is_close_to_float32_but_not_equal),
         TEST(test_rules__manual_steps_outside_training_step_do_not_count),
         TEST(test_rules__plateau_skips_epoch_ended_by_batch_start),
         TEST(test_rules__plateau_skips_epoch_cut_by_max_steps),
