@@ -492,7 +492,13 @@ bool build_trainer(conf_run *r)
     r->trainer = em_trainer_new(&cfg);
     if (r->trainer == NULL)
         return conf_fail(r, "em_trainer_new rejected the trainer config: %s", em_last_error());
-    return add_callbacks(r, tr);
+    if (!add_callbacks(r, tr))
+        return false;
+    /* last, so that the case's callbacks keep their indices: records the pre-clip gradients */
+    em_callback *c = rec_callback(r);
+    if (c == NULL || em_trainer_add_callback(r->trainer, c) != EM_OK)
+        return conf_fail(r, "the recording callback: %s", em_last_error());
+    return true;
 }
 
 /* ---- optimizers ------------------------------------------------------------------------------------------- */
@@ -832,6 +838,8 @@ em_status build_configure_optimizers(em_module *m, em_optim_setup *setup)
     em_optimizer *opts[CONF_MAX_OPTS];
     for (int i = 0; i < n; i++) {
         em_optimizer *opt = build_optimizer(r, cJSON_GetArrayItem(list, i), i);
+        if (opt != NULL && r->automatic) /* records its steps (record.c) */
+            opt = rec_wrap_optimizer(r, opt, i);
         if (opt == NULL)
             return conf_fail_cb(r, "%s", r->why);
         if (em_optim_setup_add(setup, opt) != EM_OK) /* the trainer owns it from here */

@@ -154,6 +154,10 @@ struct conf_run {
     em_loader *train, *val;
     em_trainer *trainer;
 
+    /* automatic mode: the built-in optimizer inside each recording optimizer (record.c), borrowed
+     * (the recording optimizer owns it); NULL in manual mode and once fit freed them */
+    em_optimizer *real_opts[CONF_MAX_OPTS];
+
     /* schedulers built by configure_optimizers, in lr_schedulers order (borrowed: the trainer owns them) */
     size_t n_scheds;
     em_scheduler *scheds[CONF_MAX_SCHEDS];
@@ -263,8 +267,16 @@ void rec_post_clip(conf_run *r, int k);
 /** Around a step call of optimizer k: remember the state before, emit an entry if it really stepped. */
 void rec_step_begin(conf_run *r, int k);
 void rec_step_end(conf_run *r, int k);
-/** End every step in progress (automatic mode: at on_train_batch_end). */
+/** End every step in progress (manual mode: at epoch and train end; a kind ends its own steps). */
 void rec_flush_steps(conf_run *r);
+/**
+ * Automatic mode: a C optimizer that owns `inner` (built-in, optimizer index k) and records each of
+ * its steps (record.c). Hand it to the trainer instead of `inner`. NULL (recorded) on failure, with
+ * `inner` freed.
+ */
+em_optimizer *rec_wrap_optimizer(conf_run *r, em_optimizer *inner, int k);
+/** The callback that records the pre-clip gradients (on_before_optimizer_step). */
+em_callback *rec_callback(conf_run *r);
 /** The recorded lr of every group of every optimizer: [[...], ...]. New cJSON. */
 cJSON *rec_lr_all(conf_run *r);
 

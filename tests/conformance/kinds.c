@@ -3,9 +3,9 @@
  * the case's `behaviour` object: training_step, validation_step and the hooks the kind overrides.
  *
  * Every kind also gets the recording hooks (record.c explains why they leave the run unchanged):
- * on_train_start / on_train_epoch_start / on_train_epoch_end / on_train_end / on_fit_end /
- * on_train_batch_end / on_before_optimizer_step (all no-ops by default) and, in automatic mode,
- * configure_gradient_clipping with Lightning's default body followed by a measurement.
+ * on_train_start / on_train_epoch_start / on_train_epoch_end / on_train_end / on_fit_end (all no-ops
+ * by default). Every other hook keeps ember's default unless the kind overrides it: the gradients are
+ * measured by a callback (before clipping) and by the recording optimizers (after), not by hooks.
  */
 #include <math.h>
 #include <stdio.h>
@@ -77,23 +77,6 @@ static em_status on_train_end(em_module *m)
     return EM_OK;
 }
 
-/* automatic mode: the batch's optimizer step (if any) and its schedulers are done */
-static em_status on_train_batch_end(em_module *m, const em_tensor *loss, const em_batch *b, int64_t batch_idx)
-{
-    (void)loss;
-    (void)b;
-    (void)batch_idx;
-    rec_flush_steps(run_of(m));
-    return EM_OK;
-}
-
-static em_status on_before_optimizer_step(em_module *m, em_optimizer *opt)
-{
-    conf_run *r = run_of(m);
-    rec_pre_clip(r, rec_opt_index(r, opt), false);
-    return EM_OK;
-}
-
 /* the manual kinds' epoch_end_metric rules (README: in on_train_epoch_end, after the epoch_ends entry) */
 static em_status epoch_end_rules(conf_run *r)
 {
@@ -123,28 +106,13 @@ static em_status on_train_epoch_end(em_module *m)
     return r->automatic ? EM_OK : epoch_end_rules(r);
 }
 
-/* Lightning's default configure_gradient_clipping body (clip_gradients with the Trainer's values), observed */
-static em_status default_configure_gradient_clipping(em_module *m, em_optimizer *opt, double clip_val,
-                                                     em_clip_algorithm algo)
-{
-    conf_run *r = run_of(m);
-    em_status s = em_clip_gradients(m, opt, clip_val, algo);
-    rec_post_clip(r, rec_opt_index(r, opt));
-    return s;
-}
-
-static void install_common(conf_run *r, em_module_ops *ops)
+static void install_common(em_module_ops *ops)
 {
     ops->on_train_start = on_train_start;
     ops->on_train_epoch_start = on_train_epoch_start;
     ops->on_train_epoch_end = on_train_epoch_end;
     ops->on_train_end = on_train_end;
     ops->on_fit_end = on_train_end;
-    ops->on_before_optimizer_step = on_before_optimizer_step;
-    if (r->automatic) {
-        ops->on_train_batch_end = on_train_batch_end;
-        ops->configure_gradient_clipping = default_configure_gradient_clipping;
-    }
 }
 
 /* ---- parameter parsing helpers ----------------------------------------------------------------------- */
@@ -338,9 +306,7 @@ static em_status clip_by_epoch(em_module *m, em_optimizer *opt, double clip_val,
     conf_run *r = run_of(m);
     double e1 = (double)(em_trainer_current_epoch(em_module_trainer(m)) + 1);
     double v = r->p.clip_times ? r->p.clip_coefficient * e1 : r->p.clip_coefficient / e1;
-    em_status s = em_clip_gradients(m, opt, v, r->p.clip_algorithm);
-    rec_post_clip(r, rec_opt_index(r, opt));
-    return s;
+    return em_clip_gradients(m, opt, v, r->p.clip_algorithm);
 }
 
 static bool auto_clip_by_epoch_parse(conf_run *r, const cJSON *b)
@@ -732,6 +698,6 @@ void conf_install(conf_run *r, em_module_ops *ops)
     memset(ops, 0, sizeof *ops);
     ops->version = EM_MODULE_OPS_VERSION;
     ops->configure_optimizers = build_configure_optimizers;
-    install_common(r, ops);
+    install_common(ops);
     r->kind->install(r, ops);
 }

@@ -3,29 +3,35 @@
  *
  * How real optimizer steps are observed without distorting the run
  * -----------------------------------------------------------------
- * The trainer drives the built-in optimizers the case asks for (no wrapping optimizer written in
- * C: that would change what the trainer, the schedulers and the precision plugin see, e.g. the
- * optimizer's name, its hyper-parameters and its param groups), and the module overrides only
- * the hooks the case's LightningModule overrides, plus hooks whose default is a no-op, plus
- * configure_gradient_clipping with its exact default body (see below). A step is bracketed by
- * rec_step_begin / rec_step_end:
- *   - automatic mode: Lightning calls on_before_optimizer_step inside every optimizer step, after
- *     the closure and before clipping and the update; its first call for an optimizer begins the
- *     step, on_train_batch_end (after the step and the step-interval schedulers) ends it. Not
- *     overriding optimizer_step matters: Lightning (and ember) warn when GradientAccumulationScheduler
- *     meets an overridden optimizer_step.
+ * The module overrides only the hooks the case's LightningModule overrides (kinds.c), plus hooks
+ * whose default is a no-op (epoch and train start / end). It leaves on_train_batch_end and
+ * configure_gradient_clipping alone unless the behaviour overrides them, so that ember's own
+ * defaults run: the default configure_gradient_clipping (em_clip_gradients with the Trainer's
+ * values) and a fit without any on_train_batch_end (the trainer then keeps no batch output).
+ * Not overriding optimizer_step matters too: Lightning (and ember) warn when
+ * GradientAccumulationScheduler meets an overridden optimizer_step.
+ *
+ * A step is bracketed by rec_step_begin / rec_step_end:
+ *   - automatic mode: each built-in optimizer of the case is wrapped in a recording optimizer, a C
+ *     optimizer (em_optimizer_new) that the trainer drives in its place (rec_wrap_optimizer). Its
+ *     step copies the hyper-parameters the schedulers and hooks set on it to the built-in one, begins
+ *     the record, calls the built-in step with a closure that runs the trainer's closure (training
+ *     step, backward, on_before_optimizer_step, clipping) and then measures, and ends the record.
+ *     It has the built-in optimizer's name, parameter groups and hyper-parameters, so schedulers and
+ *     the trainer see what they would see without it.
  *   - manual mode: the kinds bracket each step() / raw step() call they make themselves.
- * A step is "real" when the inner torch optimizer's step counter moved (em_optimizer_step_count of
- * em_optimizer_inner), which also catches raw steps that Lightning does not count in global_step.
+ * A step is "real" when the built-in optimizer's step counter moved (em_optimizer_step_count), which
+ * also catches raw steps that Lightning does not count in global_step.
  * Gradients are measured where Lightning exposes them:
- *   - before clipping: in on_before_optimizer_step (both modes; its first call within a step, for
- *     LBFGS that is after the first closure evaluation), or explicitly by a manual kind right
- *     before its own clip_gradients call (that record wins);
- *   - what the update used: automatic mode overrides configure_gradient_clipping with its default
- *     body (em_clip_gradients with the Trainer's values, or the kind's own clipping) and measures
- *     right after clipping (first call within a step: LBFGS after the first closure evaluation);
- *     manual mode measures right before a closure-less step() (nothing touches the gradients in
- *     between) or after the first evaluation of its own closure (LBFGS).
+ *   - before clipping: in a callback's on_before_optimizer_step (callbacks run before the module's
+ *     hook; its first call within a step, for LBFGS that is after the first closure evaluation), or
+ *     explicitly by a manual kind right before its own clip_gradients call (that record wins);
+ *   - what the update used: automatic mode measures when the trainer's closure returns, after
+ *     clipping (first evaluation within a step: LBFGS after the first closure evaluation); manual
+ *     mode measures right before a closure-less step() (nothing touches the gradients in between) or
+ *     after the first evaluation of its own closure (LBFGS).
+ * A statistic over no gradient at all (params_with_grad 0) is written as null, as Lightning's
+ * recorder writes it.
  */
 #include <math.h>
 #include <stdio.h>
@@ -96,6 +102,14 @@ static em_optimizer *inner(conf_run *r, int k)
     size_t n = 0;
     em_optimizer **w = wrappers(r, &n);
     return k >= 0 && (size_t)k < n ? em_optimizer_inner(w[k]) : NULL;
+}
+
+/* The optimizer whose step counter tells real steps: the built-in one inside a recording optimizer. */
+static em_optimizer *counted(conf_run *r, int k)
+{
+    if (k >= 0 && k < CONF_MAX_OPTS && r->real_opts[k] != NULL)
+        return r->real_opts[k];
+    return inner(r, k);
 }
 
 static cJSON *lr_groups(em_optimizer *opt)
@@ -238,7 +252,7 @@ void rec_train_or_fit_end(conf_run *r)
         return; /* the optimizers are gone: keep what on_train_end recorded */
     cJSON *counts = cJSON_CreateArray();
     for (size_t i = 0; i < n; i++)
-        cJSON_AddItemToArray(counts, cJSON_CreateNumber((double)em_optimizer_step_count(em_optimizer_inner(w[i]))));
+        cJSON_AddItemToArray(counts, cJSON_CreateNumber((double)em_optimizer_step_count(counted(r, (int)i))));
     set_final(r, "optimizer_step_counts", counts);
     set_final(r, "lr", rec_lr_all(r));
 }
@@ -323,11 +337,11 @@ void rec_pre_clip(conf_run *r, int k, bool explicit_record)
         r->rec.pending_pre[k] = grad_stats(r, k);
         return;
     }
-    if (!st->active && r->automatic)
-        rec_step_begin(r, k); /* automatic mode: the step's first on_before_optimizer_step */
     if (st->active) {
         if (!st->pre.have)
             st->pre = grad_stats(r, k);
+    } else if (r->automatic) {
+        /* the closure alone (an optimizer_step override that does not step): no step to record */
     } else if (!r->rec.pending_pre[k].have) {
         r->rec.pending_pre[k] = grad_stats(r, k);
     }
@@ -352,7 +366,7 @@ void rec_step_begin(conf_run *r, int k)
     em_optimizer *o = inner(r, k);
     *st = (conf_step_state){
         .active = true,
-        .count_before = em_optimizer_step_count(o),
+        .count_before = em_optimizer_step_count(counted(r, k)),
         .global_step_before = em_trainer_global_step(t),
         .epoch = em_trainer_current_epoch(t),
         .batch_idx = em_trainer_batch_idx(t),
@@ -366,6 +380,16 @@ void rec_step_begin(conf_run *r, int k)
     }
 }
 
+/* A norm or max over no gradient at all is undefined: null, as Lightning's recorder writes it (not 0,
+ * which would equal a step whose gradients are all zero tensors). */
+static void add_grad_stat(cJSON *e, const char *key, const conf_grads *g, double v)
+{
+    if (g->with_grad == 0)
+        cJSON_AddNullToObject(e, key);
+    else
+        cJSON_AddNumberToObject(e, key, v);
+}
+
 void rec_step_end(conf_run *r, int k)
 {
     if (k < 0 || k >= CONF_MAX_OPTS)
@@ -373,7 +397,7 @@ void rec_step_end(conf_run *r, int k)
     conf_step_state *st = &r->rec.st[k];
     if (!st->active)
         return;
-    int64_t count = em_optimizer_step_count(inner(r, k));
+    int64_t count = em_optimizer_step_count(counted(r, k));
     if (count > st->count_before) {
         cJSON *e = cJSON_CreateObject();
         cJSON_AddNumberToObject(e, "optimizer", k);
@@ -384,12 +408,12 @@ void rec_step_end(conf_run *r, int k)
         cJSON_AddItemToObject(e, "lr", st->lr);
         st->lr = NULL;
         if (st->pre.have) {
-            cJSON_AddNumberToObject(e, "grad_norm_before_clip", st->pre.norm);
-            cJSON_AddNumberToObject(e, "grad_max_abs_before_clip", st->pre.max_abs);
+            add_grad_stat(e, "grad_norm_before_clip", &st->pre, st->pre.norm);
+            add_grad_stat(e, "grad_max_abs_before_clip", &st->pre, st->pre.max_abs);
         }
         if (st->post.have) {
-            cJSON_AddNumberToObject(e, "grad_norm", st->post.norm);
-            cJSON_AddNumberToObject(e, "grad_max_abs", st->post.max_abs);
+            add_grad_stat(e, "grad_norm", &st->post, st->post.norm);
+            add_grad_stat(e, "grad_max_abs", &st->post, st->post.max_abs);
             cJSON_AddNumberToObject(e, "params_with_grad", (double)st->post.with_grad);
         }
         cJSON_AddItemToArray(r->rec.steps, e);
@@ -402,4 +426,147 @@ void rec_flush_steps(conf_run *r)
 {
     for (int k = 0; k < CONF_MAX_OPTS; k++)
         rec_step_end(r, k);
+}
+
+/* ---- the recording optimizer (automatic mode) ------------------------------------------------------- */
+
+/* every hyper-parameter name em_optimizer_get knows (include/ember/optim.h) */
+static const char *const hp_names[] = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "beta1",
+                                       "beta2", "eps", "amsgrad", "alpha", "centered", "lr_decay",
+                                       "initial_accumulator_value", "maximize", "max_iter", "max_eval",
+                                       "tolerance_grad", "tolerance_change", "history_size"};
+#define N_HP (sizeof hp_names / sizeof hp_names[0])
+
+typedef struct rec_opt {
+    conf_run *r;
+    int k;
+    em_optimizer *inner;     /* owned: the built-in optimizer that makes the update */
+    bool has[N_HP];          /* which hyper-parameters the built-in optimizer has */
+    const em_closure *given; /* the trainer's closure, during a step */
+} rec_opt;
+
+static void rec_opt_destroy(void *state)
+{
+    rec_opt *o = state;
+    if (o == NULL)
+        return;
+    if (o->r->real_opts[o->k] == o->inner)
+        o->r->real_opts[o->k] = NULL;
+    em_optimizer_free(o->inner);
+    free(o);
+}
+
+/* Copy the hyper-parameters `from` has (per group) to `to` where they differ. */
+static em_status copy_hparams(const rec_opt *o, em_optimizer *from, em_optimizer *to)
+{
+    for (size_t g = 0; g < em_optimizer_num_groups(from); g++) {
+        for (size_t i = 0; i < N_HP; i++) {
+            double want = NAN, have = NAN;
+            if (!o->has[i])
+                continue;
+            em_status s = em_optimizer_get(from, g, hp_names[i], &want);
+            if (s != EM_OK)
+                return s;
+            if (em_optimizer_get(to, g, hp_names[i], &have) == EM_OK && have == want)
+                continue;
+            em_clear_error(); /* `to` is the new C optimizer that does not have it yet */
+            if ((s = em_optimizer_set(to, g, hp_names[i], want)) != EM_OK)
+                return s;
+        }
+    }
+    return EM_OK;
+}
+
+/* The built-in step's closure: the trainer's closure (which ends with clipping), then a measurement. */
+static em_tensor *measuring_closure(void *ctx)
+{
+    rec_opt *o = ctx;
+    em_tensor *loss = o->given->fn(o->given->ctx);
+    if (loss != NULL || em_last_status() == EM_OK) /* a loss, or None: the gradients are final */
+        rec_post_clip(o->r, o->k);
+    return loss;
+}
+
+static em_status rec_opt_step(em_optimizer *self, const em_closure *closure)
+{
+    rec_opt *o = em_optimizer_state(self);
+    em_status s = copy_hparams(o, self, o->inner); /* what schedulers and hooks set on the wrapper */
+    if (s != EM_OK)
+        return s;
+    rec_step_begin(o->r, o->k);
+    if (closure == NULL) {
+        rec_post_clip(o->r, o->k);
+        s = em_optimizer_step(o->inner, NULL);
+    } else {
+        const em_closure *outer = o->given;
+        o->given = closure;
+        em_closure c = {.fn = measuring_closure, .ctx = o};
+        s = em_optimizer_step(o->inner, &c);
+        o->given = outer;
+    }
+    rec_step_end(o->r, o->k);
+    return s;
+}
+
+#define REC_OPS(n) {.version = EM_OPTIMIZER_OPS_VERSION, .name = n, .step = rec_opt_step, .destroy = rec_opt_destroy}
+static const em_optimizer_ops rec_ops[] = {REC_OPS("SGD"),     REC_OPS("Adam"),    REC_OPS("AdamW"),
+                                           REC_OPS("RMSprop"), REC_OPS("Adagrad"), REC_OPS("LBFGS")};
+static const em_optimizer_ops rec_ops_other = REC_OPS("Optimizer");
+
+em_optimizer *rec_wrap_optimizer(conf_run *r, em_optimizer *inner, int k)
+{
+    rec_opt *o = calloc(1, sizeof *o);
+    if (o == NULL || k < 0 || k >= CONF_MAX_OPTS) {
+        free(o);
+        em_optimizer_free(inner);
+        conf_fail(r, "rec_wrap_optimizer: out of memory or optimizer index %d out of range", k);
+        return NULL;
+    }
+    *o = (rec_opt){.r = r, .k = k, .inner = inner};
+    const em_optimizer_ops *ops = &rec_ops_other;
+    for (size_t i = 0; i < sizeof rec_ops / sizeof rec_ops[0]; i++)
+        if (strcmp(rec_ops[i].name, em_optimizer_name(inner)) == 0)
+            ops = &rec_ops[i];
+    for (size_t i = 0; i < N_HP; i++) {
+        double v = NAN;
+        o->has[i] = em_optimizer_get(inner, 0, hp_names[i], &v) == EM_OK;
+    }
+    em_clear_error(); /* the names the optimizer does not have */
+    em_optimizer *w = em_optimizer_new(ops, em_optimizer_group_params(inner, 0), em_optimizer_lr(inner, 0), o);
+    if (w == NULL) { /* the destroy freed o and inner */
+        conf_fail(r, "em_optimizer_new (recording optimizer %d) failed: %s", k, em_last_error());
+        return NULL;
+    }
+    em_status s = EM_OK;
+    for (size_t g = 1; g < em_optimizer_num_groups(inner) && s == EM_OK; g++)
+        s = em_optimizer_add_param_group(w, em_optimizer_group_params(inner, g));
+    if (s == EM_OK)
+        s = copy_hparams(o, inner, w);
+    if (s != EM_OK) {
+        conf_fail(r, "recording optimizer %d: %s", k, em_last_error());
+        em_optimizer_free(w);
+        return NULL;
+    }
+    r->real_opts[k] = inner;
+    return w;
+}
+
+static em_status cb_before_optimizer_step(em_callback *cb, em_trainer *t, em_module *m, em_optimizer *opt)
+{
+    (void)cb;
+    (void)t;
+    conf_run *r = (conf_run *)m;
+    rec_pre_clip(r, rec_opt_index(r, opt), false);
+    return EM_OK;
+}
+
+static const em_callback_ops rec_callback_ops = {
+    .version = EM_CALLBACK_OPS_VERSION,
+    .on_before_optimizer_step = cb_before_optimizer_step,
+};
+
+em_callback *rec_callback(conf_run *r)
+{
+    (void)r;
+    return em_callback_new(&rec_callback_ops, NULL);
 }
