@@ -149,7 +149,7 @@ ember_runner *ember_new(const bench_case *c, const bench_data *d, bool manual)
     if (r == NULL)
         return NULL;
     r->module = (bench_module){
-        .base = {.ops = manual ? &manual_ops : &auto_ops, .automatic_optimization = !manual},
+        .base = {.ops = manual ? &manual_ops : &auto_ops, .manual_optimization = manual},
         .c = *c,
     };
     em_clear_error();

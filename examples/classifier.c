@@ -314,7 +314,7 @@ static int run(const options *o)
     em_scope_begin(); /* owns the data for the whole run */
     em_tensor *data[4];
     em_status s = make_data(data);
-    classifier c = {.base = {.ops = &classifier_ops, .automatic_optimization = true},
+    classifier c = {.base = {.ops = &classifier_ops},
                     .net = EM_NN_SEQUENTIAL(em_nn_linear(2, HIDDEN, true), em_nn_relu(),
                                             em_nn_linear(HIDDEN, HIDDEN, true), em_nn_relu(),
                                             em_nn_linear(HIDDEN, 2, true)),

@@ -675,7 +675,7 @@ static int run(const options *o)
     em_manual_seed(o->seed);
     em_scope_begin(); /* owns the data and the fixed noise for the whole run */
     static float real[2 * N_SAMPLES], fake[2 * N_SAMPLES];
-    struct gan g = {.base = {.ops = &gan_ops, .automatic_optimization = false}, .o = o, .real = real, .fake = fake};
+    struct gan g = {.base = {.ops = &gan_ops, .manual_optimization = true}, .o = o, .real = real, .fake = fake};
     em_tensor *data = ring_data((int64_t)o->steps_per_epoch * o->batch_size, o->sigma);
     em_tensor *shown = ring_data(N_SAMPLES, o->sigma); /* the real points of the pictures */
     g.fixed_z = em_randn(EM_SHAPE(N_SAMPLES, Z_DIM), NULL);

@@ -364,7 +364,7 @@ static double fit(const options *o, bool manual, const dataset *d, em_tensor *x,
 {
     const char *name = manual ? "manual" : "automatic";
     em_manual_seed(o->seed + 1); /* the same initial weights in both modes */
-    logreg r = {.base = {.ops = manual ? &manual_ops : &automatic_ops, .automatic_optimization = !manual},
+    logreg r = {.base = {.ops = manual ? &manual_ops : &automatic_ops, .manual_optimization = manual},
                 .linear = em_nn_linear(N_FEATURES, 1, true),
                 .strong_wolfe = o->strong_wolfe};
     r.base.layers = r.linear;

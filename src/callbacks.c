@@ -31,7 +31,7 @@ static int64_t gas_factor(const grad_accum_scheduler *g, int64_t epoch)
 static em_status gas_on_train_start(em_callback *cb, em_trainer *t, em_module *m)
 {
     grad_accum_scheduler *g = em_callback_state(cb);
-    if (!m->automatic_optimization)
+    if (m->manual_optimization)
         return em_error_set(EM_EINVAL, "Automatic gradient accumulation and the `GradientAccumulationScheduler` is "
                                        "not supported for manual optimization. Please remove the callback or switch "
                                        "to automatic optimization.");

@@ -96,7 +96,7 @@ em_status emi_update_learning_rates(em_trainer *t, em_interval interval, bool pl
 {
     if (interval == EM_INTERVAL_STEP && !stepping)
         return EM_OK;
-    if (t->setup.n_scheds == 0 || !t->module->automatic_optimization)
+    if (t->setup.n_scheds == 0 || t->module->manual_optimization)
         return EM_OK;
     for (size_t i = 0; i < t->setup.n_scheds; i++) {
         emi_sched_entry *e = &t->setup.scheds[i];
@@ -193,7 +193,7 @@ static em_status train_batch(em_trainer *t, bool *stop_epoch)
 
     bool stepping = !should_accumulate(t);
     em_tensor *out = NULL;
-    s = t->module->automatic_optimization ? emi_automatic_run(t, &batch, stepping, &out)
+    s = !t->module->manual_optimization ? emi_automatic_run(t, &batch, stepping, &out)
                                           : emi_manual_run(t, &batch, &out);
     if (s != EM_OK)
         return s;

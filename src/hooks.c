@@ -82,6 +82,7 @@ void emi_user_scope_end(int depth)
 struct em_callback {
     const em_callback_ops *ops;
     void *state;
+    const em_trainer *owner; /* the trainer it was handed to (NULL: still the user's) */
 };
 
 em_callback *em_callback_new(const em_callback_ops *ops, void *state)
@@ -121,7 +122,23 @@ void emi_callback_destroy(em_callback *cb)
 
 void em_callback_free(em_callback *cb)
 {
+    if (cb != NULL && cb->owner != NULL) {
+        emi_fail(EM_EMISUSE, "em_callback_free: this callback was handed to a trainer (em_trainer_add_callback), "
+                             "which frees it in em_trainer_free");
+        return;
+    }
     emi_callback_destroy(cb);
+}
+
+em_status emi_callback_adopt(em_callback *cb, const em_trainer *t)
+{
+    if (cb->owner == t)
+        return emi_fail(EM_EMISUSE, "em_trainer_add_callback: this callback was already added to this trainer");
+    if (cb->owner != NULL)
+        return emi_fail(EM_EMISUSE, "em_trainer_add_callback: this callback belongs to another trainer; create one "
+                                    "callback per trainer");
+    cb->owner = t;
+    return EM_OK;
 }
 
 bool emi_callback_reads_batch_output(const em_callback *cb)

@@ -69,6 +69,8 @@ em_status emi_hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args
 
 /** Free a callback and its state (em_callback_free without the public name's checks). */
 void emi_callback_destroy(em_callback *cb);
+/** Mark `cb` as `t`'s. Errors: EM_EMISUSE when it already belongs to a trainer (this one or another). */
+em_status emi_callback_adopt(em_callback *cb, const em_trainer *t);
 /** Whether `cb` implements on_train_batch_end (the trainer then keeps the batch's loss for it). */
 bool emi_callback_reads_batch_output(const em_callback *cb);
 

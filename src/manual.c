@@ -41,9 +41,9 @@ static em_status manual_backward(em_module *m, em_tensor *loss, bool retain)
     em_trainer *t = m->trainer_;
     if (t == NULL)
         return emi_fail(EM_ESTATE, "em_manual_backward: called outside em_trainer_fit");
-    if (m->automatic_optimization)
+    if (!m->manual_optimization)
         return emi_fail(EM_ESTATE, "em_manual_backward: to use manual_backward, disable automatic optimization: set "
-                                   "`automatic_optimization = false` in your module");
+                                   "`manual_optimization = true` in your module (Lightning: automatic_optimization = False)");
     /* hooks inside run the clear-call-check discipline; keep the caller's hook name for messages */
     const char *prev = t->hook;
     em_status s = emi_strategy_backward(t, loss, retain);

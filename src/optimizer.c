@@ -25,7 +25,7 @@ static em_status lightning_step(em_optimizer *self, const em_closure *closure)
     if (!t->fitting)
         return emi_fail(EM_ESTATE, "em_optimizer_step: this optimizer belongs to a fit that has ended");
     /* manual optimization counts wrapped steps made during training_step (_ManualOptimization._on_after_step) */
-    bool counting = !t->module->automatic_optimization && t->in_training_step;
+    bool counting = t->module->manual_optimization && t->in_training_step;
     emi_grad_probe probe = {.norm_before = NAN, .norm_after = NAN};
     em_status s = emi_strategy_optimizer_step(t, lo->index, closure, t->trace != NULL ? &probe : NULL);
     if (s != EM_OK)

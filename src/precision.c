@@ -109,7 +109,7 @@ em_status em_clip_gradients(em_module *m, em_optimizer *opt, double clip_val, em
  * called with the Trainer's values (NAN / EM_CLIP_DEFAULT when unset). */
 static em_status configure_gradient_clipping(em_trainer *t, em_optimizer *raw)
 {
-    if (!t->module->automatic_optimization)
+    if (t->module->manual_optimization)
         return EM_OK;
     const em_module_ops *ops = t->module->ops;
     const char *prev = emi_hook_enter(t, "configure_gradient_clipping");

@@ -82,7 +82,7 @@ static em_status scheduler_config_check(const em_trainer *t, const em_scheduler 
                         (long long)c->frequency);
     if (c->frequency == 0)
         c->frequency = 1;
-    if (!t->module->automatic_optimization)
+    if (t->module->manual_optimization)
         return EM_OK;
     bool plateau = em_scheduler_is_plateau(sched);
     if (plateau && (c->monitor == NULL || c->monitor[0] == '\0'))
@@ -185,13 +185,13 @@ static em_status setup_validate(em_optim_setup *s)
 {
     em_trainer *t = s->t;
     em_module *m = t->module;
-    if (m->automatic_optimization && s->n_opts > 1)
+    if (!m->manual_optimization && s->n_opts > 1)
         return emi_fail(EM_EINVAL, "Training with multiple optimizers is only supported with manual optimization. "
-                                   "Set `automatic_optimization = false` in the module, then use em_optimizers(m, &n) "
+                                   "Set `manual_optimization = true` in the module, then use em_optimizers(m, &n) "
                                    "and step them yourself in training_step.");
     if (s->n_opts == 0)
         emi_warn("`configure_optimizers` added no optimizer: this fit will run without an optimizer.");
-    if (m->automatic_optimization && m->ops->lr_scheduler_step == NULL) {
+    if (!m->manual_optimization && m->ops->lr_scheduler_step == NULL) {
         for (size_t i = 0; i < s->n_scheds; i++)
             if (em_scheduler_state(s->scheds[i].sched) != NULL || !scheduler_is_builtin(s->scheds[i].sched))
                 return emi_fail(EM_EINVAL, "The provided lr scheduler `%s` is not a built-in scheduler. To use a "

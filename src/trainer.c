@@ -76,6 +76,8 @@ em_status em_trainer_add_callback(em_trainer *t, em_callback *cb)
     em_status s;
     if (t == NULL || cb == NULL)
         s = emi_fail(EM_EINVAL, "em_trainer_add_callback: NULL argument");
+    else if ((s = emi_callback_adopt(cb, t)) != EM_OK)
+        return s; /* it belongs to a trainer already: left to it */
     else if (t->fitting)
         s = emi_fail(EM_ESTATE, "em_trainer_add_callback: cannot add a callback during fit");
     else if ((s = callbacks_push(t, cb)) == EM_OK)
@@ -179,7 +181,7 @@ static em_status verify_module(em_trainer *t, em_module *m, em_loader *train)
                                    "`configure_optimizers()` to be defined.");
     if (train == NULL)
         return emi_fail(EM_EINVAL, "em_trainer_fit: a train loader is required");
-    if (m->automatic_optimization)
+    if (!m->manual_optimization)
         return EM_OK;
     if (!isnan(t->cfg.gradient_clip_val) && t->cfg.gradient_clip_val > 0)
         return emi_fail(EM_EINVAL, "em_trainer_fit: Automatic gradient clipping is not supported for manual "
@@ -280,6 +282,20 @@ static em_status fit_loop_run(em_trainer *t)
     return emi_hooks_call(t, EMI_ON_TRAIN_END, NULL);
 }
 
+/* Manual optimization where no optimizer ever stepped: a module left zero-initialised by mistake is
+ * automatic, so this is the opposite slip, or a training_step that forgets its step; say so. */
+static void warn_if_nothing_stepped(const em_trainer *t)
+{
+    if (!t->module->manual_optimization || t->total_batch_idx == 0 || t->setup.n_opts == 0)
+        return;
+    for (size_t i = 0; i < t->setup.n_opts; i++)
+        if (em_optimizer_step_count(t->setup.opts[i]) > 0)
+            return;
+    emi_warn("manual optimization (manual_optimization = true) ran %lld training batches and no optimizer stepped: "
+             "the parameters did not change. Step the optimizers of em_optimizers() in training_step, or leave "
+             "manual_optimization false for automatic optimization.", (long long)t->total_batch_idx);
+}
+
 /* Everything between configure_optimizers and teardown; the caller cleans up. */
 static em_status fit_body(em_trainer *t)
 {
@@ -294,6 +310,7 @@ static em_status fit_body(em_trainer *t)
     /* skipped when there is nothing to train; on_fit_end runs all the same (Trainer._run) */
     if (!fit_done(t) && (s = fit_loop_run(t)) != EM_OK)
         return s;
+    warn_if_nothing_stepped(t);
     return emi_hooks_call(t, EMI_ON_FIT_END, NULL);
 }
 

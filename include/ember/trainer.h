@@ -27,7 +27,7 @@
  *            .training_step = training_step,
  *            .configure_optimizers = configure_optimizers,
  *        };
- *        struct regressor model = {.base = {.ops = &regressor_ops, .automatic_optimization = true}};
+ *        struct regressor model = {.base = {.ops = &regressor_ops}}; // automatic optimization
  *
  * 2. Configure a trainer from EM_TRAINER_CONFIG_INIT (Lightning's defaults) and fit:
  *
@@ -249,12 +249,15 @@ typedef struct em_module_ops {
 #define EM_MODULE_OPS_VERSION 1
 
 /**
- * The LightningModule. Embed it FIRST in your own struct, set `ops` and `automatic_optimization`.
+ * The LightningModule. Embed it FIRST in your own struct and set `ops`; set `manual_optimization` for
+ * manual optimization. A zero-initialised em_module is Lightning's default, automatic optimization.
  * The remaining fields belong to ember.
  */
 struct em_module {
     const em_module_ops *ops;
-    bool automatic_optimization; /* Lightning's default is True: set it explicitly */
+    bool manual_optimization;    /* false: automatic optimization (Lightning's default,
+                                    automatic_optimization = True); true: automatic_optimization = False,
+                                    training_step drives the optimizers (em_manual_backward, ...) */
     em_nn *layers;               /* optional: the module's layers (a container for several nets); the
                                     trainer switches them to eval() during validation and back */
     /* ---- private: set by em_trainer_fit ---- */
@@ -390,7 +393,8 @@ typedef struct em_callback_ops {
 EM_API em_callback *em_callback_new(const em_callback_ops *ops, void *state);
 /** The state pointer given to em_callback_new(). */
 EM_API void *em_callback_state(const em_callback *cb);
-/** Free a callback that was not handed to a trainer. NULL is ignored. */
+/** Free a callback that was not handed to a trainer. NULL is ignored. One handed to a trainer is not
+ *  freed: that records EM_EMISUSE (em_trainer_free frees it). */
 EM_API void em_callback_free(em_callback *cb);
 
 /**
@@ -468,9 +472,10 @@ typedef struct em_trainer_config {
 EM_API em_trainer *em_trainer_new(const em_trainer_config *cfg);
 
 /**
- * Add a callback. Takes ownership of `cb`, also when it fails. Callbacks run in the order added,
- * before the module's hook of the same name (as Lightning's).
- * Errors: EM_EINVAL for NULL; EM_ESTATE during fit.
+ * Add a callback. Takes ownership of `cb`, also when it fails, unless it already belongs to a trainer.
+ * Callbacks run in the order added, before the module's hook of the same name (as Lightning's).
+ * Errors: EM_EINVAL for NULL; EM_ESTATE during fit; EM_EMISUSE for a callback added before, to this
+ * trainer or another (it stays with that trainer): create one callback per trainer.
  */
 EM_API em_status em_trainer_add_callback(em_trainer *t, em_callback *cb);
 

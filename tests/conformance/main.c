@@ -100,7 +100,7 @@ static bool setup(conf_run *r)
         return false;
     conf_install(r, &r->ops);
     r->base.ops = &r->ops;
-    r->base.automatic_optimization = r->automatic;
+    r->base.manual_optimization = !r->automatic;
     rec_init(r);
     return true;
 }

@@ -19,7 +19,7 @@ step() { printf '\n== %s\n' "$*"; }
 step "cmake --install $build --prefix $prefix"
 "$cmake" --install "$build" --prefix "$prefix" >"$work/install.log"
 for f in include/ember.h include/ember/common.h include/ember/tensor.h lib/libember.a \
-         lib/pkgconfig/ember.pc lib/cmake/ember/emberConfig.cmake \
+         lib/pkgconfig/ember.pc lib/pkgconfig/ember-static.pc lib/cmake/ember/emberConfig.cmake \
          lib/cmake/ember/emberConfigVersion.cmake lib/cmake/ember/emberTargets.cmake; do
     test -f "$prefix/$f" || { echo "missing after install: $f"; exit 1; }
 done
@@ -39,11 +39,11 @@ step "pkg-config --cflags --libs ember: $(pkg-config --cflags --libs ember)"
     $(pkg-config --cflags --libs ember) $ldflags
 LD_LIBRARY_PATH="$prefix/lib" "$work/app_pc"
 
-libs=$(pkg-config --static --libs ember)
-step "pkg-config --static --libs ember: $libs (libember.a through -l:libember.a)"
+libs=$(pkg-config --libs ember-static)
+step "pkg-config --libs ember-static: $libs"
 # shellcheck disable=SC2046,SC2086
 "$cc" -std=c11 -Wall -Wextra -Werror $cflags -o "$work/app_pc_static" "$here/app.c" \
-    $(pkg-config --cflags ember) $(echo "$libs" | sed 's/-lember\b/-l:libember.a/') $ldflags
+    $(pkg-config --cflags ember-static) $libs $ldflags
 if ldd "$work/app_pc_static" | grep -q libember; then
     echo "app_pc_static is linked to libember.so, not libember.a"; exit 1
 fi

@@ -150,7 +150,7 @@ static void test_trace__one_line_per_training_step_and_optimizer_step(void **sta
     em_manual_seed(0);
     em_tensor *x = em_randn(EM_SHAPE(12, 3), NULL);
     em_tensor *y = em_randn(EM_SHAPE(12, 1), NULL);
-    struct reg m = {.base = {.ops = &reg_ops, .automatic_optimization = true}, .net = em_nn_linear(3, 1, true)};
+    struct reg m = {.base = {.ops = &reg_ops, .manual_optimization = false}, .net = em_nn_linear(3, 1, true)};
     em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
     cfg.max_epochs = 1;
     cfg.accumulate_grad_batches = 2;
@@ -250,7 +250,7 @@ static void test_ownership__the_trainers_optimizers_and_schedulers_refuse_free(v
     (void)state;
     em_tensor *x = em_ones(EM_SHAPE(4, 3), NULL);
     em_tensor *y = em_zeros(EM_SHAPE(4, 1), NULL);
-    struct reg m = {.base = {.ops = &owning_ops, .automatic_optimization = true}, .net = em_nn_linear(3, 1, true)};
+    struct reg m = {.base = {.ops = &owning_ops, .manual_optimization = false}, .net = em_nn_linear(3, 1, true)};
     em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
     cfg.max_epochs = 1;
     cfg.enable_progress_bar = false;

@@ -70,7 +70,7 @@ static const em_module_ops tiny_ops = {
 static em_status fit_tiny(em_trainer_config cfg, bool stop)
 {
     em_manual_seed(0);
-    struct tiny m = {.base = {.ops = &tiny_ops, .automatic_optimization = true},
+    struct tiny m = {.base = {.ops = &tiny_ops, .manual_optimization = false},
                      .net = em_nn_linear(1, 1, true), .stop = stop};
     em_scope_begin();
     em_tensor *x = em_randn(EM_SHAPE(8, 1), NULL);
@@ -129,6 +129,39 @@ static void test_log__notices_have_the_info_level(void **state)
     em_set_log_handler(NULL, NULL);
 }
 
+/* Manual optimization where training_step never steps an optimizer: fit warns that nothing changed (a
+ * zero-initialised module is automatic; setting manual_optimization and forgetting the step is the slip). */
+static void test_log__a_manual_fit_without_a_step_is_warned(void **state)
+{
+    (void)state;
+    seen.n = 0;
+    em_set_log_handler(keep, NULL);
+    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
+    cfg.max_epochs = 1;
+    em_manual_seed(0);
+    struct tiny m = {.base = {.ops = &tiny_ops, .manual_optimization = true}, .net = em_nn_linear(1, 1, true)};
+    em_scope_begin();
+    em_tensor *x = em_randn(EM_SHAPE(8, 1), NULL);
+    em_loader *l = em_tensor_loader((em_tensor *[]){x, x}, 2, &(em_loader_opts){.batch_size = 4});
+    em_scope_end();
+    cfg.enable_progress_bar = false;
+    cfg.enable_csv_logger = false;
+    em_trainer *t = em_trainer_new(&cfg);
+    assert_ok(em_trainer_fit(t, &m.base, l, NULL));
+    int i = find("ran 2 training batches and no optimizer stepped");
+    assert_true(i >= 0);
+    assert_int_equal(seen.level[i], EM_LEVEL_WARNING);
+    /* the same module in automatic optimization steps, and nothing is said */
+    seen.n = 0;
+    m.base.manual_optimization = false;
+    assert_ok(em_trainer_fit(t, &m.base, l, NULL));
+    assert_true(find("no optimizer stepped") < 0);
+    em_set_log_handler(NULL, NULL);
+    em_trainer_free(t);
+    em_loader_free(l);
+    em_nn_free(m.net);
+}
+
 /* OPENBLAS_CORETYPE is read when the process starts: CTest runs this binary again with
  * OPENBLAS_CORETYPE=Prescott (EMBER_TEST_BLAS_WARNING=1) and =Core2 (=0). */
 static void test_log__openblas_generic_kernels_are_warned_once(void **state)
@@ -169,6 +202,8 @@ int main(void)
                                         helper_teardown),
         cmocka_unit_test_setup_teardown(test_log__warnings_reach_the_handler, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_log__notices_have_the_info_level, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_log__a_manual_fit_without_a_step_is_warned, helper_setup,
+                                        helper_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -50,7 +50,7 @@ static em_status fit_tiny_gated(struct tiny *m, em_trainer_config cfg, int64_t b
 {
     em_manual_seed(0);
     m->base.ops = &tiny_ops;
-    m->base.automatic_optimization = true;
+    m->base.manual_optimization = false;
     m->net = em_nn_linear(1, 1, true);
     em_scope_begin();
     em_tensor *x = em_randn(EM_SHAPE(2 * batches, 1), NULL);

@@ -404,7 +404,7 @@ static am *am_new(double w0, double lr)
     am *m = calloc(1, sizeof *m);
     assert_non_null(m);
     m->base.ops = &am_ops;
-    m->base.automatic_optimization = true;
+    m->base.manual_optimization = false;
     m->net = em_nn_linear(1, 1, false);
     assert_nonnull_em(m->net);
     m->base.layers = m->net;

@@ -87,7 +87,7 @@ static const em_module_ops owner_ops = {
 static em_trainer *fit_owner(struct owner *o, em_status *status)
 {
     em_manual_seed(0);
-    o->base = (em_module){.ops = &owner_ops, .automatic_optimization = true};
+    o->base = (em_module){.ops = &owner_ops, .manual_optimization = false};
     o->net = em_nn_linear(2, 1, true);
     em_scope_begin();
     em_tensor *x = em_randn(EM_SHAPE(8, 2), NULL);

@@ -387,7 +387,7 @@ static lm *lm_new(void)
     lm *m = calloc(1, sizeof *m);
     assert_non_null(m);
     m->base.ops = &lm_ops;
-    m->base.automatic_optimization = true;
+    m->base.manual_optimization = false;
     m->net = em_nn_linear(1, 1, false);
     assert_nonnull_em(m->net);
     m->base.layers = m->net;
@@ -1266,7 +1266,7 @@ static void test_trainer_loop__grad_accum_scheduler_rejected_configurations(void
         em_trainer_config cfg = config(1);
         if (i == 0) {
             ops.training_step = manual_step;
-            m->base.automatic_optimization = false;
+            m->base.manual_optimization = true;
         } else {
             cfg.accumulate_grad_batches = 2;
         }

@@ -432,7 +432,7 @@ static mm *mm_new(enum mode mode, int n_opts)
     mm *m = calloc(1, sizeof *m);
     assert_non_null(m);
     m->base.ops = &mm_ops;
-    m->base.automatic_optimization = false;
+    m->base.manual_optimization = true;
     m->mode = mode;
     m->n_opts = n_opts;
     m->layer = em_nn_linear(1, 1, false);
@@ -913,7 +913,7 @@ static void test_trainer_manual__manual_backward_in_automatic_mode_fails(void **
     em_module_ops ops = {.version = EM_MODULE_OPS_VERSION, .training_step = auto_training_step,
                          .configure_optimizers = mm_configure_optimizers};
     m->base.ops = &ops;
-    m->base.automatic_optimization = true;
+    m->base.manual_optimization = false;
     char err[1024];
     assert_int_not_equal(fit(m, 2, 1, NAN, 1, NULL, err, sizeof err), EM_OK);
     double st[1] = {0};

@@ -86,7 +86,7 @@ static void simple_init(simple *m, const em_module_ops *ops, bool automatic)
 {
     memset(m, 0, sizeof *m);
     m->base.ops = ops;
-    m->base.automatic_optimization = automatic;
+    m->base.manual_optimization = !automatic;
     m->net = em_nn_linear(1, 1, false);
     assert_nonnull_em(m->net);
     m->base.layers = m->net;
@@ -262,7 +262,7 @@ static em_tensor *dt_training_step(em_module *mb, const em_batch *b, int64_t bat
     dt_module *m = DT(mb);
     probe(mb, H_TRAINING_STEP);
     em_tensor *loss = em_mean(em_nn_forward(m->net, b->t[0]));
-    if (mb->automatic_optimization || loss == NULL)
+    if (!mb->manual_optimization || loss == NULL)
         return loss;
     /* manual: zero_grad, backward and step from inside training_step (under its autocast) */
     em_optimizer *opt = em_optimizers(mb, NULL)[0];
@@ -416,7 +416,7 @@ static void dt_fit(dt_module *m, const em_module_ops *ops, bool automatic, em_pr
 {
     memset(m, 0, sizeof *m);
     m->base.ops = ops;
-    m->base.automatic_optimization = automatic;
+    m->base.manual_optimization = !automatic;
     m->net = em_nn_linear(2, 1, true);
     assert_nonnull_em(m->net);
     m->base.layers = m->net;
@@ -555,7 +555,7 @@ static void bf_fit(bf_module *m, em_precision precision, float final_w[5])
 {
     memset(m, 0, sizeof *m);
     m->base.ops = &bf_ops;
-    m->base.automatic_optimization = true;
+    m->base.manual_optimization = false;
     m->net = bf_net();
     m->base.layers = m->net;
     em_trainer_config cfg = config(3);
