@@ -184,9 +184,14 @@ EM_API void *em_optimizer_state(const em_optimizer *opt);
 EM_API em_status em_optimizer_step(em_optimizer *opt, const em_closure *closure);
 
 /**
- * Run a closure inside its own scope and return the loss as a double (NaN when it returned a
- * tensor that is not a single element). For optimizers written in C. `*loss_out` may be NULL.
- * Errors: the closure's error, or EM_EUSER when it returned NULL without recording one.
+ * Run a closure inside its own scope and return the loss as a double. For optimizers written in C.
+ * `*loss_out` may be NULL. A closure that returns NULL without recording an error returned no loss
+ * (Python's `return None`, what Lightning's closure does when training_step returns None): EM_OK
+ * with *loss_out = NAN, as em_optimizer_step treats it; NAN too for a loss that is not a single
+ * element.
+ * Errors: EM_EINVAL for a NULL closure or closure->fn; the closure's own error when it returned NULL
+ * having recorded one (its message is kept), or EM_EUSER "the closure returned NULL" when an error
+ * was already recorded before the call.
  */
 EM_API em_status em_closure_call(const em_closure *closure, double *loss_out);
 
