@@ -156,7 +156,7 @@ template <class R, class Body> R emi_guard(const char *func, R on_error, Body &&
 // behind the barrier, its errors recorded under `func`.
 
 // Whether an op given a NULL tensor records "func: argument N is NULL" (include/ember/common.h, "Errors").
-constexpr bool emi_ops_record_null = false;
+constexpr bool emi_ops_record_null = true;
 
 // A new tensor computed from one: op(a->t) in a new handle (emi_wrap); NULL for a NULL or freed `a`
 // (argument `arg`).

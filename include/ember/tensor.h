@@ -17,7 +17,8 @@
  * The trainer opens a scope around every batch, so code in training_step never frees tensors.
  *
  * Errors follow ember/common.h: a failing function returns NULL and records the first message;
- * a NULL argument makes a function return NULL without touching the message.
+ * a NULL argument makes an op return NULL, keeping the message already recorded or, with none,
+ * recording which argument was NULL ("em_mse_loss: argument 2 is NULL").
  *
  * Shapes are passed as (const int64_t *shape, int ndim); EM_SHAPE(2, 3) expands to both in C.
  */
@@ -96,7 +97,7 @@ EM_API void em_scope_begin(void);
 /**
  * Close the innermost scope and free every tensor it still owns. Their handles are freed handles from
  * then on: one returned from a helper after its scope ended is reported like any freed handle
- * (EM_EMISUSE, "argument N is a tensor that was already freed"); em_keep() or em_tensor_persist()
+ * (EM_EMISUSE, "argument N is a freed tensor"); em_keep() or em_tensor_persist()
  * is how a tensor outlives its scope.
  * Errors: EM_ESTATE when no scope is open (an unbalanced end); EM_EMISUSE when the innermost open
  * scope is one the trainer opened (around each batch) rather than one of yours - an unbalanced end

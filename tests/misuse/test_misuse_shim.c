@@ -183,6 +183,46 @@ static void params_and_optimizer_double_free(void **state)
     assert_int_equal(em_last_status(), EM_OK);
 }
 
+/* ---- 4: a NULL argument with no error recorded ------------------------------------------------------------- */
+
+static void null_argument_is_named(void **state)
+{
+    (void)state;
+    em_scope_begin();
+    em_tensor *x = em_zeros(EM_SHAPE(4, 1), NULL);
+    em_tensor *batch[2] = {x, NULL}; /* the user's batch had no second tensor */
+    assert_null(em_mse_loss(batch[0], batch[1], EM_REDUCTION_MEAN));
+    assert_int_equal(em_last_status(), EM_EINVAL);
+    assert_string_equal(em_last_error(), "em_mse_loss: argument 2 is NULL");
+    em_clear_error();
+    em_nn *lin = em_nn_linear(1, 1, true);
+    assert_null(em_nn_forward(lin, NULL));
+    assert_string_equal(em_last_error(), "em_nn_forward: argument 2 is NULL");
+    em_clear_error();
+    assert_null(em_nn_forward(NULL, x));
+    assert_string_equal(em_last_error(), "em_nn_forward: argument 1 is NULL");
+    em_clear_error();
+    assert_int_equal(em_add_(x, NULL, 1.0), EM_EINVAL);
+    assert_string_equal(em_last_error(), "em_add_: argument 2 is NULL");
+    em_clear_error();
+    assert_null(em_sgd(NULL, &(em_sgd_opts){.lr = 0.1}));
+    assert_error_contains("em_sgd: params is NULL");
+    em_clear_error();
+    /* the chain-check pattern: an error recorded first keeps its message */
+    em_tensor *bad = em_matmul(x, em_zeros(EM_SHAPE(3, 3), NULL));
+    assert_null(bad);
+    assert_int_equal(em_last_status(), EM_ETORCH);
+    assert_null(em_mse_loss(em_relu(bad), x, EM_REDUCTION_MEAN));
+    assert_int_equal(em_last_status(), EM_ETORCH);
+    assert_error_contains("em_matmul");
+    em_clear_error();
+    /* optional arguments stay optional */
+    assert_nonnull_em(em_linear(x, em_nn_parameter(lin, 0), NULL));
+    assert_int_equal(em_last_status(), EM_OK);
+    em_nn_free(lin);
+    assert_ok(em_scope_end());
+}
+
 /* ---- 3: scopes ------------------------------------------------------------------------------------------ */
 
 static void scope_floor_refuses_to_close_the_trainers_scope(void **state)
@@ -478,6 +518,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(wrong_kind_of_handle, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(layer_double_free_and_use_after_free, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(params_and_optimizer_double_free, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(null_argument_is_named, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(scope_floor_refuses_to_close_the_trainers_scope, helper_setup,
                                         helper_teardown),
         cmocka_unit_test_setup_teardown(free_a_scope_owned_tensor, helper_setup, helper_teardown),
