@@ -245,10 +245,17 @@ bool forward_custom(em_nn *m, const at::Tensor &x, const em_tensor *xh, const fo
     em_scope_begin();
     int depth = em_scope_depth();
     em_tensor *r = m->ops->forward(m, xh);
+    if (r != nullptr && !emi_live(r)) {
+        // e.g. a result made inside a scope the forward had already closed
+        emi_fail(EM_EMISUSE, "em_nn_forward: %s: forward returned a freed tensor handle%s", m->kind.c_str(),
+                 path_suffix(where).c_str());
+        r = nullptr;
+    }
     if (r != nullptr)
         *out = r->t;
-    while (em_scope_depth() > depth) // a forward that left scopes open: close them
-        em_scope_end();
+    // a forward that left scopes open: close them (stopping should one refuse, under a scope floor)
+    while (em_scope_depth() > depth && em_scope_end() == EM_OK) {
+    }
     if (em_scope_depth() == depth)
         em_scope_end();
     if (r == nullptr && !emi_has_error())

@@ -80,13 +80,18 @@ at::Tensor run_closure(const em_closure *c)
         ~scope_guard()
         {
             // also closes scopes the closure left open, so the caller's stay balanced
-            while (em_scope_depth() > depth)
-                em_scope_end();
+            while (em_scope_depth() > depth && em_scope_end() == EM_OK) {
+            }
         }
     } guard{em_scope_depth()};
     bool had_error = emi_has_error();
     em_scope_begin();
     em_tensor *loss = c->fn(c->ctx);
+    if (loss != nullptr && !emi_live(loss)) {
+        // e.g. a loss made inside a scope the closure had already closed
+        emi_fail(EM_EMISUSE, "em_optimizer_step: the closure returned a freed tensor handle");
+        throw closure_failed{};
+    }
     if (loss == nullptr) {
         // NULL with nothing recorded is a closure that returns no loss (Python's None): Lightning's
         // automatic closure does that when training_step returns None, and the step still runs.

@@ -283,6 +283,48 @@ static void handle_released_by_its_scope(void **state)
     assert_misuse("em_tensor_free: this tensor was already freed");
 }
 
+static em_tensor *forward_returning_a_freed_tensor(em_nn *self, const em_tensor *x)
+{
+    (void)self;
+    em_scope_begin();
+    em_tensor *y = em_mul_scalar(x, 2);
+    em_scope_end(); /* forgot em_keep: y is freed */
+    return y;
+}
+
+static em_tensor *closure_returning_a_freed_tensor(void *ctx)
+{
+    em_nn *lin = ctx;
+    em_scope_begin();
+    em_tensor *loss = em_sum(em_nn_forward(lin, vec3()));
+    em_scope_end(); /* forgot em_keep */
+    return loss;
+}
+
+static void callbacks_returning_freed_handles(void **state)
+{
+    (void)state;
+    static const em_nn_ops ops = {.version = EM_NN_OPS_VERSION, .forward = forward_returning_a_freed_tensor};
+    em_nn *custom = em_nn_custom(&ops, NULL);
+    assert_nonnull_em(custom);
+    em_scope_begin();
+    assert_null(em_nn_forward(custom, vec3()));
+    assert_misuse("em_nn_forward: Custom: forward returned a freed tensor handle");
+    assert_ok(em_scope_end());
+    em_nn_free(custom);
+
+    em_nn *lin = em_nn_linear(3, 1, true);
+    em_params *ps = em_nn_parameters(lin);
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1});
+    assert_int_equal(em_optimizer_step(opt, &(em_closure){closure_returning_a_freed_tensor, lin}), EM_EMISUSE);
+    assert_misuse("the closure returned a freed tensor handle");
+    assert_int_equal(em_scope_depth(), 0);
+    em_optimizer_free(opt);
+    em_params_free(ps);
+    em_nn_free(lin);
+    assert_int_equal(em_last_status(), EM_OK);
+}
+
 static void persist_takes_a_tensor_out_of_its_scope(void **state)
 {
     (void)state;
@@ -523,6 +565,7 @@ int main(void)
                                         helper_teardown),
         cmocka_unit_test_setup_teardown(free_a_scope_owned_tensor, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(handle_released_by_its_scope, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(callbacks_returning_freed_handles, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(persist_takes_a_tensor_out_of_its_scope, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(out_of_memory_is_an_error_not_an_abort, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(losses_warn_or_refuse_on_different_sizes, helper_setup, helper_teardown),
