@@ -45,6 +45,15 @@ void emi_info(const char *fmt, ...) EM_PRINTF(1, 2);
 em_tensor *emi_own(em_tensor *t);
 /** The identity of the tensor behind a handle (its TensorImpl): equal for two handles of one tensor. */
 const void *emi_tensor_id(const em_tensor *t);
+/**
+ * Set the scope floor to the current scope depth and return the previous floor. While it is set,
+ * em_scope_end refuses (EM_EMISUSE, recorded) to close a scope at or below the floor: the trainer
+ * calls it just after opening its scope around a batch, so a user's unbalanced em_scope_end is
+ * reported instead of releasing the trainer's tensors. Never fails.
+ */
+int emi_scope_floor_push(void);
+/** Restore the floor emi_scope_floor_push() returned, before closing the scope it protected. */
+void emi_scope_floor_pop(int previous);
 
 /* ---- runtime (shim/runtime.cpp): autocast and RNG state --------------------------------------------- */
 

@@ -30,15 +30,105 @@ void emi_fail_current_exception(const char *func) noexcept
     }
 }
 
+// ---- the handle armor (internal.hpp) -----------------------------------------------------------------
+
+em_status emi_bad_handle(const char *func, int arg, const void *h, uint32_t magic, const char *noun,
+                         bool record_null) noexcept
+{
+    (void)magic;
+    if (h == nullptr)
+        return record_null ? emi_fail(EM_EINVAL, "%s: argument %d is NULL", func, arg) : EM_EINVAL;
+    if (emi_tag_of(h) == EMI_MAGIC_FREED)
+        return emi_fail(EM_EMISUSE,
+                        "%s: argument %d is a freed %s (freed by its free function, with its owner, or at the end "
+                        "of the scope that owned it)",
+                        func, arg, noun);
+    return emi_fail(EM_EMISUSE,
+                    "%s: argument %d is not a valid %s handle (a handle freed long ago, or a pointer of "
+                    "another kind)",
+                    func, arg, noun);
+}
+
+namespace {
+
+// Freed handle shells, kept from malloc for the next EMI_QUARANTINE frees of the thread (a ring
+// allocated on first use). Per thread: no lock on the path of every scope's end.
+struct quarantine_ring {
+    void **ring = nullptr;
+    size_t next = 0;
+    ~quarantine_ring();
+};
+thread_local quarantine_ring quarantine;
+thread_local bool quarantine_gone = false; // trivially destructible: readable after the ring is gone
+
+quarantine_ring::~quarantine_ring()
+{
+    quarantine_gone = true;
+    if (ring == nullptr)
+        return;
+    for (size_t i = 0; i < EMI_QUARANTINE; i++)
+        ::operator delete(ring[i]);
+    delete[] ring;
+    ring = nullptr;
+}
+
+} // namespace
+
+void emi_quarantine(void *shell) noexcept
+{
+    if (quarantine_gone) { // the thread is exiting
+        ::operator delete(shell);
+        return;
+    }
+    quarantine_ring &q = quarantine;
+    if (q.ring == nullptr) {
+        q.ring = new (std::nothrow) void *[EMI_QUARANTINE]();
+        if (q.ring == nullptr) {
+            ::operator delete(shell);
+            return;
+        }
+    }
+    void *old = q.ring[q.next];
+    q.ring[q.next] = shell;
+    q.next = (q.next + 1) % EMI_QUARANTINE;
+    ::operator delete(old); // nullptr: nothing
+}
+
+// The check at the top of each free function: true to go on freeing `h`; false for a freed handle or
+// a pointer of another kind (recorded as EM_EMISUSE under `func`).
+template <class H> static bool free_check(const char *func, const H *h)
+{
+    if (emi_live(h))
+        return true;
+    if (emi_tag_of(h) == EMI_MAGIC_FREED)
+        emi_fail(EM_EMISUSE, "%s: this %s was already freed (a double free, or its owner already released it)",
+                 func, H::kNoun);
+    else
+        emi_fail(EM_EMISUSE, "%s: this pointer is not a live %s handle (freed long ago, or of another kind)", func,
+                 H::kNoun);
+    return false;
+}
+
 // ---- scopes -------------------------------------------------------------------------------------------
 // A thread-local stack of frames; each frame lists the handles it owns. Handles are usually kept or
 // freed in LIFO order, so removals search from the end.
 
 namespace {
 
+enum { MAX_LOST = 64 };
+
 struct scope_stack {
     std::vector<std::vector<em_tensor *>> frames;
     std::vector<std::vector<em_tensor *>> spare; // closed frames, kept with their capacity for reuse
+    // em_scope_begin calls that failed for lack of memory, each at the number of frames open then:
+    // the matching em_scope_end closes nothing, so the user's begin/end pairs stay matched. A fixed
+    // array: recording one cannot fail (past MAX_LOST nested failures, the count is off).
+    int lost[MAX_LOST];
+    int nlost = 0;
+    // The depth at or below which em_scope_end refuses to close (emi_scope_floor_push): the scopes
+    // the trainer opened around the user's code.
+    int floor = 0;
+    int depth() const { return static_cast<int>(frames.size()) + nlost; }
     ~scope_stack()
     {
         // A thread that exits with scopes open: release what they hold.
@@ -49,7 +139,14 @@ struct scope_stack {
 };
 
 thread_local scope_stack scopes;
-thread_local std::vector<bool> no_grad_stack;
+
+// em_no_grad_begin's saved modes; `lost` as in scope_stack.
+struct no_grad_stack_t {
+    std::vector<bool> saved;
+    size_t lost[MAX_LOST];
+    int nlost = 0;
+};
+thread_local no_grad_stack_t no_grad_stack;
 
 void frame_remove(std::vector<em_tensor *> &frame, em_tensor *h)
 {
@@ -61,13 +158,30 @@ void frame_remove(std::vector<em_tensor *> &frame, em_tensor *h)
     }
 }
 
+// Take a scope-owned handle out of its frame: the caller owns it afterwards.
+void detach_from_scope(em_tensor *t)
+{
+    if (t->owner != EMI_OWNER_SCOPE)
+        return;
+    if (t->depth >= 1 && static_cast<size_t>(t->depth) <= scopes.frames.size())
+        frame_remove(scopes.frames[static_cast<size_t>(t->depth - 1)], t);
+    t->owner = EMI_OWNER_CALLER;
+    t->depth = 0;
+}
+
 } // namespace
 
 em_tensor *emi_wrap(at::Tensor t)
 {
-    auto *h = new em_tensor{std::move(t), EMI_OWNER_CALLER, 0};
+    auto *h = new em_tensor;
+    h->t = std::move(t);
     if (!scopes.frames.empty()) {
-        scopes.frames.back().push_back(h);
+        try {
+            scopes.frames.back().push_back(h);
+        } catch (...) {
+            delete h; // not listed anywhere yet
+            throw;
+        }
         h->owner = EMI_OWNER_SCOPE;
         h->depth = static_cast<int>(scopes.frames.size());
     }
@@ -76,57 +190,99 @@ em_tensor *emi_wrap(at::Tensor t)
 
 em_tensor *emi_borrowed(at::Tensor t)
 {
-    return new em_tensor{std::move(t), EMI_OWNER_BORROWED, 0};
+    auto *h = new em_tensor;
+    h->t = std::move(t);
+    h->owner = EMI_OWNER_BORROWED;
+    return h;
 }
 
 void emi_borrowed_free(em_tensor *h)
 {
-    delete h;
+    if (h != nullptr)
+        emi_retire(h);
 }
 
 extern "C" void em_scope_begin(void)
 {
     // a training loop opens and closes a scope per batch (and per closure call): reuse closed frames
     // so that a steady state allocates nothing here
-    if (!scopes.spare.empty()) {
-        scopes.frames.push_back(std::move(scopes.spare.back()));
-        scopes.spare.pop_back();
-    } else {
-        scopes.frames.emplace_back();
+    try {
+        if (!scopes.spare.empty()) {
+            scopes.frames.push_back(std::move(scopes.spare.back())); // strong guarantee: spare intact on a throw
+            scopes.spare.pop_back();
+        } else {
+            scopes.frames.emplace_back();
+        }
+    } catch (...) {
+        emi_fail_current_exception(__func__);
+        if (scopes.nlost < MAX_LOST)
+            scopes.lost[scopes.nlost++] = static_cast<int>(scopes.frames.size());
     }
 }
 
 extern "C" em_status em_scope_end(void)
 {
-    if (scopes.frames.empty())
+    scope_stack &s = scopes;
+    if (s.depth() == 0)
         return emi_fail(EM_ESTATE, "em_scope_end: no scope is open (unbalanced em_scope_begin/em_scope_end)");
-    std::vector<em_tensor *> frame = std::move(scopes.frames.back());
-    scopes.frames.pop_back();
+    if (s.depth() <= s.floor)
+        return emi_fail(EM_EMISUSE,
+                        "em_scope_end: the innermost open scope is one ember opened (the trainer's scope around "
+                        "each batch), not one of yours: unbalanced em_scope_begin/em_scope_end");
+    if (s.nlost > 0 && s.lost[s.nlost - 1] == static_cast<int>(s.frames.size())) {
+        s.nlost--; // its em_scope_begin failed: nothing to close
+        return EM_OK;
+    }
+    std::vector<em_tensor *> frame = std::move(s.frames.back());
+    s.frames.pop_back();
     for (em_tensor *h : frame)
-        delete h;
+        emi_retire(h);
     frame.clear();
-    if (scopes.spare.size() < 16)
-        scopes.spare.push_back(std::move(frame));
+    if (s.spare.size() < 16) {
+        try {
+            s.spare.push_back(std::move(frame));
+        } catch (...) {
+            // out of memory: the frame is simply not kept for reuse
+        }
+    }
     return EM_OK;
 }
 
 extern "C" int em_scope_depth(void)
 {
-    return static_cast<int>(scopes.frames.size());
+    return scopes.depth();
+}
+
+extern "C" int emi_scope_floor_push(void)
+{
+    int prev = scopes.floor;
+    scopes.floor = scopes.depth();
+    return prev;
+}
+
+extern "C" void emi_scope_floor_pop(int prev)
+{
+    scopes.floor = prev;
 }
 
 extern "C" em_tensor *em_keep(em_tensor *t)
 {
-    if (t == nullptr)
+    if (emi_check(__func__, 1, t) != EM_OK)
         return nullptr;
-    int depth = static_cast<int>(scopes.frames.size());
-    if (t->owner != EMI_OWNER_SCOPE || t->depth != depth)
+    size_t depth = scopes.frames.size();
+    if (t->owner != EMI_OWNER_SCOPE || static_cast<size_t>(t->depth) != depth)
         return t;
-    frame_remove(scopes.frames.back(), t);
     if (depth >= 2) {
-        scopes.frames[static_cast<size_t>(depth - 2)].push_back(t);
-        t->depth = depth - 1;
+        try {
+            scopes.frames[depth - 2].push_back(t); // first: on a throw t stays where it was
+        } catch (...) {
+            emi_fail_current_exception(__func__);
+            return nullptr;
+        }
+        frame_remove(scopes.frames.back(), t);
+        t->depth = static_cast<int>(depth - 1);
     } else {
+        frame_remove(scopes.frames.back(), t);
         t->owner = EMI_OWNER_CALLER;
         t->depth = 0;
     }
@@ -135,34 +291,41 @@ extern "C" em_tensor *em_keep(em_tensor *t)
 
 extern "C" em_tensor *emi_own(em_tensor *t)
 {
-    if (t == nullptr)
+    if (emi_check(__func__, 1, t) != EM_OK)
         return nullptr;
-    if (t->owner == EMI_OWNER_SCOPE && t->depth >= 1 && static_cast<size_t>(t->depth) <= scopes.frames.size())
-        frame_remove(scopes.frames[static_cast<size_t>(t->depth - 1)], t);
-    if (t->owner == EMI_OWNER_SCOPE) {
-        t->owner = EMI_OWNER_CALLER;
-        t->depth = 0;
+    detach_from_scope(t);
+    return t;
+}
+
+extern "C" em_tensor *em_tensor_persist(em_tensor *t)
+{
+    if (emi_check(__func__, 1, t, emi_ops_record_null) != EM_OK)
+        return nullptr;
+    if (t->owner == EMI_OWNER_BORROWED) {
+        emi_fail(EM_EINVAL, "em_tensor_persist: this handle is borrowed from a layer, a parameter list or an "
+                            "optimizer, which frees it; em_tensor_persist(em_tensor_ref(t)) gives one of your own");
+        return nullptr;
     }
+    detach_from_scope(t);
     return t;
 }
 
 extern "C" const void *emi_tensor_id(const em_tensor *t)
 {
-    return t == nullptr ? nullptr : static_cast<const void *>(t->t.unsafeGetTensorImpl());
+    return emi_live(t) ? static_cast<const void *>(t->t.unsafeGetTensorImpl()) : nullptr;
 }
 
 extern "C" void em_tensor_free(em_tensor *t)
 {
-    if (t == nullptr)
+    if (t == nullptr || !free_check(__func__, t))
         return;
     if (t->owner == EMI_OWNER_BORROWED) {
         emi_fail(EM_EINVAL, "em_tensor_free: this handle is borrowed from a layer, a parameter list or "
                             "an optimizer; it is freed with its owner");
         return;
     }
-    if (t->owner == EMI_OWNER_SCOPE && t->depth >= 1 && static_cast<size_t>(t->depth) <= scopes.frames.size())
-        frame_remove(scopes.frames[static_cast<size_t>(t->depth - 1)], t);
-    delete t;
+    detach_from_scope(t); // a scope-owned tensor: taken out of its scope, then freed
+    emi_retire(t);
 }
 
 extern "C" em_tensor *em_tensor_ref(const em_tensor *t)
@@ -248,9 +411,21 @@ bool emi_check_shape(const char *func, const int64_t *shape, int ndim)
         emi_fail(EM_EINVAL, "%s: shape is NULL with ndim %d", func, ndim);
         return false;
     }
+    bool empty = false;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) {
             emi_fail(EM_EINVAL, "%s: dimension %d is negative (%lld)", func, i, static_cast<long long>(shape[i]));
+            return false;
+        }
+        empty = empty || shape[i] == 0;
+    }
+    // a hostile shape whose product overflows int64 (signed overflow: undefined behaviour in torch's own
+    // size arithmetic); a shape with a 0 holds no element whatever the other sizes
+    int64_t numel = 1;
+    for (int i = 0; i < ndim && !empty; i++) {
+        if (__builtin_mul_overflow(numel, shape[i], &numel)) {
+            emi_fail(EM_EINVAL, "%s: the shape's number of elements overflows int64 (at dimension %d, size %lld)",
+                     func, i, static_cast<long long>(shape[i]));
             return false;
         }
     }
@@ -362,16 +537,22 @@ extern "C" em_tensor *em_tensor_from(const void *data, em_dtype dtype, const int
         return nullptr;
     EM_TRY
         auto st = emi_scalar_type(dtype);
-        int64_t numel = 1;
-        for (int i = 0; i < ndim; i++)
+        int64_t numel = 1; // cannot overflow: emi_check_shape checked the product
+        for (int i = 0; i < ndim && numel > 0; i++)
             numel *= shape[i];
+        size_t bytes = 0;
+        if (__builtin_mul_overflow(static_cast<size_t>(numel), em_dtype_size(dtype), &bytes)) {
+            emi_fail(EM_EINVAL, "em_tensor_from: %lld elements of %s overflow size_t", static_cast<long long>(numel),
+                     em_dtype_name(dtype));
+            return nullptr;
+        }
         if (numel > 0 && data == nullptr) {
             emi_fail(EM_EINVAL, "em_tensor_from: data is NULL for %lld elements", static_cast<long long>(numel));
             return nullptr;
         }
         at::Tensor t = at::empty(shape_ref(shape, ndim), at::TensorOptions().dtype(st));
         if (numel > 0)
-            std::memcpy(t.data_ptr(), data, static_cast<size_t>(numel) * em_dtype_size(dtype));
+            std::memcpy(t.data_ptr(), data, bytes);
         if (opts != nullptr && opts->device.type != EM_CPU)
             t = t.to(emi_device(opts->device));
         return emi_wrap(finish(std::move(t), opts));
@@ -465,51 +646,71 @@ extern "C" em_tensor *em_randperm(int64_t n, const em_tensor_opts *opts)
 
 extern "C" int em_tensor_dim(const em_tensor *t)
 {
-    return t == nullptr ? -1 : static_cast<int>(t->t.dim());
+    if (emi_check(__func__, 1, t) != EM_OK)
+        return -1;
+    EM_TRY
+        return static_cast<int>(t->t.dim());
+    EM_CATCH(-1)
 }
 
 extern "C" int64_t em_tensor_size(const em_tensor *t, int dim)
 {
-    if (t == nullptr)
+    if (emi_check(__func__, 1, t) != EM_OK)
         return -1;
-    int64_t nd = t->t.dim();
-    int64_t d = dim < 0 ? dim + nd : dim;
-    if (d < 0 || d >= nd) {
-        emi_fail(EM_EINVAL, "em_tensor_size: dimension %d out of range for a %lld-dim tensor", dim,
-                 static_cast<long long>(nd));
-        return -1;
-    }
-    return t->t.size(d);
+    EM_TRY
+        int64_t nd = t->t.dim();
+        int64_t d = dim < 0 ? dim + nd : dim;
+        if (d < 0 || d >= nd) {
+            emi_fail(EM_EINVAL, "em_tensor_size: dimension %d out of range for a %lld-dim tensor", dim,
+                     static_cast<long long>(nd));
+            return -1;
+        }
+        return t->t.size(d);
+    EM_CATCH(-1)
 }
 
 extern "C" int em_tensor_shape(const em_tensor *t, int64_t *shape, int max)
 {
-    if (t == nullptr)
+    if (emi_check(__func__, 1, t) != EM_OK)
         return -1;
-    int nd = static_cast<int>(t->t.dim());
-    for (int i = 0; i < nd && i < max && shape != nullptr; i++)
-        shape[i] = t->t.size(i);
-    return nd;
+    EM_TRY
+        int nd = static_cast<int>(t->t.dim());
+        for (int i = 0; i < nd && i < max && shape != nullptr; i++)
+            shape[i] = t->t.size(i);
+        return nd;
+    EM_CATCH(-1)
 }
 
 extern "C" int64_t em_tensor_numel(const em_tensor *t)
 {
-    return t == nullptr ? -1 : t->t.numel();
+    if (emi_check(__func__, 1, t) != EM_OK)
+        return -1;
+    EM_TRY
+        return t->t.numel();
+    EM_CATCH(-1)
 }
 
 extern "C" em_dtype em_tensor_dtype(const em_tensor *t)
 {
-    return t == nullptr ? EM_F32 : emi_dtype_of(t->t.scalar_type(), nullptr);
+    if (emi_check(__func__, 1, t) != EM_OK)
+        return EM_F32;
+    EM_TRY
+        return emi_dtype_of(t->t.scalar_type(), nullptr);
+    EM_CATCH(EM_F32)
 }
 
 extern "C" em_device em_tensor_device(const em_tensor *t)
 {
-    return t == nullptr ? em_device{EM_CPU, 0} : emi_device_of(t->t.device());
+    if (emi_check(__func__, 1, t) != EM_OK)
+        return em_device{EM_CPU, 0};
+    EM_TRY
+        return emi_device_of(t->t.device());
+    EM_CATCH((em_device{EM_CPU, 0}))
 }
 
 extern "C" double em_tensor_item(const em_tensor *t)
 {
-    if (t == nullptr)
+    if (emi_check(__func__, 1, t) != EM_OK)
         return NAN;
     if (t->t.numel() != 1) {
         emi_fail(EM_EINVAL, "em_tensor_item: the tensor has %lld elements %s, item() needs exactly one",
@@ -523,8 +724,8 @@ extern "C" double em_tensor_item(const em_tensor *t)
 
 extern "C" em_status em_tensor_copy_to(const em_tensor *t, void *out, size_t capacity, em_dtype dtype)
 {
-    if (t == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, t); st != EM_OK)
+        return st;
     EM_TRY
         size_t need = static_cast<size_t>(t->t.numel()) * em_dtype_size(dtype);
         if (capacity < need)
@@ -545,6 +746,8 @@ extern "C" size_t em_tensor_describe(const em_tensor *t, char *buf, size_t len)
     try {
         if (t == nullptr) {
             s = "tensor(NULL)";
+        } else if (!emi_live(t)) {
+            s = emi_tag_of(t) == EMI_MAGIC_FREED ? "tensor(freed)" : "tensor(not a tensor handle)";
         } else {
             bool ok = false;
             em_dtype d = emi_dtype_of(t->t.scalar_type(), &ok);
@@ -569,8 +772,10 @@ extern "C" size_t em_tensor_describe(const em_tensor *t, char *buf, size_t len)
 
 extern "C" em_status em_tensor_print(const em_tensor *t, FILE *f)
 {
-    if (t == nullptr || f == nullptr)
-        return emi_fail(EM_EINVAL, "em_tensor_print: NULL argument");
+    if (em_status st = emi_check(__func__, 1, t, true); st != EM_OK)
+        return st;
+    if (f == nullptr)
+        return emi_fail(EM_EINVAL, "em_tensor_print: argument 2 (the FILE) is NULL");
     EM_TRY
         std::ostringstream o;
         o << t->t << "\n";
@@ -650,12 +855,16 @@ extern "C" em_status em_tensor_set_requires_grad(em_tensor *t, bool flag)
 
 extern "C" bool em_tensor_requires_grad(const em_tensor *t)
 {
-    return t != nullptr && t->t.requires_grad();
+    if (emi_check(__func__, 1, t) != EM_OK)
+        return false;
+    EM_TRY
+        return t->t.requires_grad();
+    EM_CATCH(false)
 }
 
 extern "C" em_tensor *em_tensor_grad(const em_tensor *t)
 {
-    if (t == nullptr)
+    if (emi_check(__func__, 1, t, emi_ops_record_null) != EM_OK)
         return nullptr;
     EM_TRY
         const at::Tensor &g = t->t.grad();
@@ -665,8 +874,33 @@ extern "C" em_tensor *em_tensor_grad(const em_tensor *t)
     EM_CATCH(nullptr)
 }
 
+// Tensor.grad = g. torch 1.13's setter (THPVariable_set_grad) refuses a gradient of another type
+// (dtype or device type), on another CUDA device, or of another size; and the tensor itself.
 extern "C" em_status em_tensor_set_grad(em_tensor *t, const em_tensor *grad)
 {
+    if (em_status st = emi_check(__func__, 1, t, emi_ops_record_null); st != EM_OK)
+        return st;
+    if (grad != nullptr) {
+        if (em_status st = emi_check(__func__, 2, grad); st != EM_OK)
+            return st;
+        const at::Tensor &x = t->t, &g = grad->t;
+        if (x.is_same(g))
+            return emi_fail(EM_EINVAL, "em_tensor_set_grad: can't assign Variable as its own grad");
+        if (g.scalar_type() != x.scalar_type() || g.device().type() != x.device().type() ||
+            g.layout() != x.layout())
+            return emi_fail(EM_EINVAL,
+                            "em_tensor_set_grad: assigned grad has data of a different type (a %s gradient on %s "
+                            "for a %s tensor on %s)",
+                            c10::toString(g.scalar_type()), g.device().str().c_str(), c10::toString(x.scalar_type()),
+                            x.device().str().c_str());
+        if (x.is_cuda() && g.get_device() != x.get_device())
+            return emi_fail(EM_EINVAL, "em_tensor_set_grad: assigned grad has data located on a different device");
+        if (!g.sizes().equals(x.sizes()))
+            return emi_fail(EM_EINVAL,
+                            "em_tensor_set_grad: assigned grad has data of a different size (a %s gradient for a %s "
+                            "tensor)",
+                            emi_shape_str(g).c_str(), emi_shape_str(x).c_str());
+    }
     return emi_tensor_do(__func__, t,
                          [&](at::Tensor &x) { x.mutable_grad() = grad != nullptr ? grad->t : at::Tensor(); });
 }
@@ -683,6 +917,9 @@ extern "C" em_status em_backward(const em_tensor *t)
 
 extern "C" em_status em_backward_ex(const em_tensor *t, const em_tensor *grad, bool retain_graph)
 {
+    if (grad != nullptr)
+        if (em_status st = emi_check(__func__, 2, grad); st != EM_OK)
+            return st;
     return emi_tensor_do(__func__, t, [&](const at::Tensor &x) {
         x.backward(grad != nullptr ? grad->t : at::Tensor(), retain_graph);
     });
@@ -690,16 +927,30 @@ extern "C" em_status em_backward_ex(const em_tensor *t, const em_tensor *grad, b
 
 extern "C" void em_no_grad_begin(void)
 {
-    no_grad_stack.push_back(c10::GradMode::is_enabled());
+    no_grad_stack_t &s = no_grad_stack;
+    try {
+        s.saved.push_back(c10::GradMode::is_enabled());
+    } catch (...) {
+        // out of memory: recorded; grad mode stays as it is and the matching end restores nothing
+        emi_fail_current_exception(__func__);
+        if (s.nlost < MAX_LOST)
+            s.lost[s.nlost++] = s.saved.size();
+        return;
+    }
     c10::GradMode::set_enabled(false);
 }
 
 extern "C" em_status em_no_grad_end(void)
 {
-    if (no_grad_stack.empty())
+    no_grad_stack_t &s = no_grad_stack;
+    if (s.nlost > 0 && s.lost[s.nlost - 1] == s.saved.size()) {
+        s.nlost--;
+        return EM_OK;
+    }
+    if (s.saved.empty())
         return emi_fail(EM_ESTATE, "em_no_grad_end: no em_no_grad_begin() is open");
-    c10::GradMode::set_enabled(no_grad_stack.back());
-    no_grad_stack.pop_back();
+    c10::GradMode::set_enabled(s.saved.back());
+    s.saved.pop_back();
     return EM_OK;
 }
 
@@ -710,7 +961,7 @@ extern "C" bool em_is_grad_enabled(void)
 
 extern "C" int emi_no_grad_depth(void)
 {
-    return (int)no_grad_stack.size();
+    return static_cast<int>(no_grad_stack.saved.size()) + no_grad_stack.nlost; // lost begins end too
 }
 
 void emi_zero_grad(at::Tensor &param, bool set_to_none)
@@ -743,7 +994,7 @@ em_params *emi_params_from(const std::vector<at::Tensor> &ts)
 std::vector<at::Tensor> emi_params_tensors(const em_params *p)
 {
     std::vector<at::Tensor> out;
-    if (p == nullptr)
+    if (!emi_live(p))
         return out;
     out.reserve(p->items.size());
     for (em_tensor *h : p->items)
@@ -760,8 +1011,10 @@ extern "C" em_params *em_params_new(void)
 
 extern "C" em_status em_params_add(em_params *p, const em_tensor *t)
 {
-    if (p == nullptr || t == nullptr)
-        return emi_fail(EM_EINVAL, "em_params_add: NULL argument");
+    if (em_status st = emi_check(__func__, 1, p, true); st != EM_OK)
+        return st;
+    if (em_status st = emi_check(__func__, 2, t, true); st != EM_OK)
+        return st;
     EM_TRY
         p->items.push_back(emi_borrowed(t->t));
         return EM_OK;
@@ -770,12 +1023,12 @@ extern "C" em_status em_params_add(em_params *p, const em_tensor *t)
 
 extern "C" size_t em_params_size(const em_params *p)
 {
-    return p == nullptr ? 0 : p->items.size();
+    return emi_check(__func__, 1, p) != EM_OK ? 0 : p->items.size();
 }
 
 extern "C" em_tensor *em_params_get(const em_params *p, size_t i)
 {
-    if (p == nullptr)
+    if (emi_check(__func__, 1, p) != EM_OK)
         return nullptr;
     if (i >= p->items.size()) {
         emi_fail(EM_EINVAL, "em_params_get: index %zu out of range (the list holds %zu)", i, p->items.size());
@@ -786,9 +1039,9 @@ extern "C" em_tensor *em_params_get(const em_params *p, size_t i)
 
 extern "C" void em_params_free(em_params *p)
 {
-    if (p == nullptr)
+    if (p == nullptr || !free_check(__func__, p))
         return;
     for (em_tensor *h : p->items)
         emi_borrowed_free(h);
-    delete p;
+    emi_retire(p);
 }

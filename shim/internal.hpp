@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -11,6 +13,21 @@
 #include "compat.h"
 
 // ---- handles --------------------------------------------------------------------------------------
+//
+// API armor (SQLite's): every handle type starts with a 32-bit tag, its type's magic while it lives
+// and EMI_MAGIC_FREED once freed. Every public function checks the tag of each handle it takes (one
+// load and one compare on the fast path: emi_live); the free functions poison it and keep the freed
+// shell on a bounded per-thread quarantine (emi_retire) instead of returning it to malloc at once, so
+// that a double free or a use after free finds the poisoned tag rather than reused memory. Best
+// effort: a handle used again after 4096 later frees may have been reused.
+enum : uint32_t {
+    EMI_MAGIC_TENSOR = 0x454d5431u,    // "EMT1"
+    EMI_MAGIC_NN = 0x454d4e31u,        // "EMN1"
+    EMI_MAGIC_PARAMS = 0x454d5031u,    // "EMP1"
+    EMI_MAGIC_OPTIMIZER = 0x454d4f31u, // "EMO1"
+    EMI_MAGIC_FREED = 0xdeadf7eeu,
+};
+enum { EMI_QUARANTINE = 4096 };
 
 // Who frees a tensor handle.
 enum emi_owner : int {
@@ -20,6 +37,9 @@ enum emi_owner : int {
 };
 
 struct em_tensor {
+    static constexpr uint32_t kMagic = EMI_MAGIC_TENSOR;
+    static constexpr const char *kNoun = "tensor";
+    uint32_t magic = kMagic; // first: see "API armor" above
     at::Tensor t;
     int owner = EMI_OWNER_CALLER;
     int depth = 0; // scope depth (1-based) when owner == EMI_OWNER_SCOPE
@@ -30,8 +50,54 @@ struct em_generator {
 };
 
 struct em_params {
+    static constexpr uint32_t kMagic = EMI_MAGIC_PARAMS;
+    static constexpr const char *kNoun = "parameter list";
+    uint32_t magic = kMagic; // first: see "API armor" above
     std::vector<em_tensor *> items; // EMI_OWNER_BORROWED handles, freed with the list
 };
+
+// ---- checking and retiring handles (shim/core.cpp) ------------------------------------------------------
+
+// The tag of a handle's memory (live or retired). Never called with NULL.
+inline uint32_t emi_tag_of(const void *h)
+{
+    uint32_t m;
+    std::memcpy(&m, h, sizeof m);
+    return m;
+}
+
+// Whether `h` is a live handle of its type: the fast path of every entry check.
+template <class H> inline bool emi_live(const H *h)
+{
+    return __builtin_expect(h != nullptr && emi_tag_of(h) == H::kMagic, 1);
+}
+
+// The slow path of a check that failed: NULL: EM_EINVAL, recorded as "func: argument N is NULL" when
+// `record_null` (kept only if no error is recorded yet, so a chain of ops reports its first failure);
+// a freed handle or a pointer that is no `noun` handle: EM_EMISUSE, always recorded.
+em_status emi_bad_handle(const char *func, int arg, const void *h, uint32_t magic, const char *noun,
+                         bool record_null) noexcept;
+
+// The entry check: EM_OK for a live handle, else emi_bad_handle's status (`arg` is 1-based).
+template <class H> inline em_status emi_check(const char *func, int arg, const H *h, bool record_null = false)
+{
+    if (emi_live(h))
+        return EM_OK;
+    return emi_bad_handle(func, arg, h, H::kMagic, H::kNoun, record_null);
+}
+
+// Keep `shell` (already destroyed, its tag poisoned) out of malloc for the next EMI_QUARANTINE frees
+// of this thread; then ::operator delete.
+void emi_quarantine(void *shell) noexcept;
+
+// Destroy a handle, poison its tag, quarantine its memory. For handles made with `new`.
+template <class H> void emi_retire(H *h) noexcept
+{
+    h->~H();
+    const uint32_t dead = EMI_MAGIC_FREED;
+    std::memcpy(static_cast<void *>(h), &dead, sizeof dead);
+    emi_quarantine(h);
+}
 
 // ---- making handles (shim/core.cpp) ----------------------------------------------------------------
 
@@ -84,23 +150,29 @@ template <class R, class Body> R emi_guard(const char *func, R on_error, Body &&
 }
 
 // ---- the shapes most extern "C" functions share ------------------------------------------------------
-// A NULL handle returns at once with nothing recorded (the call that made it NULL recorded why); the
-// work runs behind the barrier, its errors recorded under `func`.
+// Each handle is checked first (emi_check): a freed handle is EM_EMISUSE, recorded; a NULL one returns at
+// once, recorded as "func: argument N is NULL" for the ops when emi_ops_record_null (a NULL with an error
+// already recorded keeps that first message: a chain of ops is checked once at its end). The work runs
+// behind the barrier, its errors recorded under `func`.
 
-// A new tensor computed from one: op(a->t) in a new handle (emi_wrap); NULL for a NULL `a`.
-template <class Op> em_tensor *emi_tensor_op(const char *func, const em_tensor *a, Op &&op)
+// Whether an op given a NULL tensor records "func: argument N is NULL" (include/ember/common.h, "Errors").
+constexpr bool emi_ops_record_null = true;
+
+// A new tensor computed from one: op(a->t) in a new handle (emi_wrap); NULL for a NULL or freed `a`
+// (argument `arg`).
+template <class Op> em_tensor *emi_tensor_op(const char *func, const em_tensor *a, Op &&op, int arg = 1)
 {
-    if (a == nullptr)
+    if (emi_check(func, arg, a, emi_ops_record_null) != EM_OK)
         return nullptr;
     return emi_guard<em_tensor *>(func, nullptr, [&] { return emi_wrap(op(a->t)); });
 }
 
-// Work on one tensor in place (or on its autograd state): EM_OK; EM_EINVAL for a NULL `h` (not
-// recorded); EM_ETORCH when torch refuses.
+// Work on one tensor in place (or on its autograd state): EM_OK; EM_EINVAL for a NULL `h`, EM_EMISUSE for
+// a freed one; EM_ETORCH when torch refuses.
 template <class Handle, class Op> em_status emi_tensor_do(const char *func, Handle *h, Op &&op)
 {
-    if (h == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(func, 1, h, emi_ops_record_null); st != EM_OK)
+        return st;
     return emi_guard(func, EM_ETORCH, [&] {
         op(h->t);
         return EM_OK;

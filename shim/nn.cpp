@@ -44,6 +44,9 @@ struct named_handles {
 } // namespace
 
 struct em_nn {
+    static constexpr uint32_t kMagic = EMI_MAGIC_NN;
+    static constexpr const char *kNoun = "layer";
+    uint32_t magic = kMagic; // first: the handle armor (internal.hpp)
     std::shared_ptr<torch::nn::Module> mod;
     std::string kind;                                    // "Linear", "Sequential", ...
     nn_tag tag = nn_tag::builtin;
@@ -127,13 +130,13 @@ void destroy_tree(em_nn *m)
         emi_borrowed_free(h);
     if (m->tag == nn_tag::custom && m->ops != nullptr && m->ops->destroy != nullptr)
         m->ops->destroy(m->state);
-    delete m;
+    emi_retire(m); // poisoned and quarantined: a later use or free of this handle is reported
 }
 
 // Free a parentless layer handed to a function that takes ownership; may not throw.
 void free_orphan(em_nn *m)
 {
-    if (m != nullptr && m->parent == nullptr)
+    if (emi_live(m) && m->parent == nullptr)
         destroy_tree(m);
 }
 
@@ -164,8 +167,8 @@ template <typename Make> em_nn *new_builtin(const char *func, const char *kind, 
 // Work on a layer: EM_OK; EM_EINVAL for a NULL `m` (not recorded); EM_ETORCH when torch refuses.
 template <typename Op> em_status layer_do(const char *func, em_nn *m, Op &&op)
 {
-    if (m == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(func, 1, m); st != EM_OK)
+        return st;
     return emi_guard(func, EM_ETORCH, [&] {
         op(m);
         return EM_OK;
@@ -242,10 +245,17 @@ bool forward_custom(em_nn *m, const at::Tensor &x, const em_tensor *xh, const fo
     em_scope_begin();
     int depth = em_scope_depth();
     em_tensor *r = m->ops->forward(m, xh);
+    if (r != nullptr && !emi_live(r)) {
+        // e.g. a result made inside a scope the forward had already closed
+        emi_fail(EM_EMISUSE, "em_nn_forward: %s: forward returned a freed tensor handle%s", m->kind.c_str(),
+                 path_suffix(where).c_str());
+        r = nullptr;
+    }
     if (r != nullptr)
         *out = r->t;
-    while (em_scope_depth() > depth) // a forward that left scopes open: close them
-        em_scope_end();
+    // a forward that left scopes open: close them (stopping should one refuse, under a scope floor)
+    while (em_scope_depth() > depth && em_scope_end() == EM_OK) {
+    }
     if (em_scope_depth() == depth)
         em_scope_end();
     if (r == nullptr && !emi_has_error())
@@ -368,7 +378,7 @@ em_tensor *register_checked(const char *func, em_nn *m, const char *name, const 
 // em_nn_register_parameter / em_nn_register_buffer: NULL for a NULL handle (not recorded).
 em_tensor *register_tensor(const char *func, em_nn *m, const char *name, const em_tensor *init, bool parameter)
 {
-    if (m == nullptr || init == nullptr)
+    if (emi_check(func, 1, m) != EM_OK || emi_check(func, 3, init, emi_ops_record_null) != EM_OK)
         return nullptr;
     return emi_guard<em_tensor *>(func, nullptr, [&] { return register_checked(func, m, name, init, parameter); });
 }
@@ -642,7 +652,15 @@ extern "C" em_nn *em_nn_sequential(em_nn *const *children, size_t n)
     }
     for (size_t i = 0; i < n; i++) {
         if (children[i] == nullptr) { // an earlier constructor failed: its message stays first
+            if (emi_ops_record_null)
+                emi_fail(EM_EINVAL, "em_nn_sequential: child %zu is NULL", i);
             free_children(children, n);
+            return nullptr;
+        }
+        if (!emi_live(children[i])) {
+            emi_fail(EM_EMISUSE, "em_nn_sequential: child %zu is not a live layer (already freed, or not a layer "
+                                 "handle)", i);
+            free_children(children, n); // the live ones only
             return nullptr;
         }
     }
@@ -684,12 +702,11 @@ extern "C" em_nn *em_nn_container(void)
 
 extern "C" em_status em_nn_add(em_nn *parent, const char *name, em_nn *child)
 {
-    if (child == nullptr) {
-        return EM_EINVAL; // an earlier constructor failed: its message stays first
-    }
-    if (parent == nullptr) {
+    if (em_status st = emi_check(__func__, 3, child); st != EM_OK)
+        return st; // NULL: an earlier constructor failed, its message stays first
+    if (em_status st = emi_check(__func__, 1, parent); st != EM_OK) {
         free_orphan(child);
-        return EM_EINVAL;
+        return st;
     }
     if (child->parent != nullptr)
         return emi_fail(EM_EINVAL, "em_nn_add: the %s layer already belongs to a container", child->kind.c_str());
@@ -723,7 +740,7 @@ extern "C" em_status em_nn_add(em_nn *parent, const char *name, em_nn *child)
 
 extern "C" em_nn *em_nn_child(const em_nn *m, const char *name)
 {
-    if (m == nullptr || name == nullptr)
+    if (emi_check(__func__, 1, m) != EM_OK || name == nullptr)
         return nullptr;
     EM_TRY
         const em_nn *cur = m;
@@ -778,7 +795,7 @@ extern "C" em_nn *em_nn_custom(const em_nn_ops *ops, void *state)
 
 extern "C" void *em_nn_state(const em_nn *m)
 {
-    return m != nullptr && m->tag == nn_tag::custom ? m->state : nullptr;
+    return emi_check(__func__, 1, m) == EM_OK && m->tag == nn_tag::custom ? m->state : nullptr;
 }
 
 extern "C" em_tensor *em_nn_register_parameter(em_nn *m, const char *name, const em_tensor *init)
@@ -795,7 +812,8 @@ extern "C" em_tensor *em_nn_register_buffer(em_nn *m, const char *name, const em
 
 extern "C" em_tensor *em_nn_forward(em_nn *m, const em_tensor *x)
 {
-    if (m == nullptr || x == nullptr)
+    if (emi_check(__func__, 1, m, emi_ops_record_null) != EM_OK ||
+        emi_check(__func__, 2, x, emi_ops_record_null) != EM_OK)
         return nullptr;
     EM_TRY
         at::Tensor y;
@@ -812,12 +830,18 @@ extern "C" em_status em_nn_train(em_nn *m, bool mode)
 
 extern "C" bool em_nn_is_training(const em_nn *m)
 {
-    return m != nullptr && m->mod->is_training();
+    if (emi_check(__func__, 1, m) != EM_OK)
+        return false;
+    EM_TRY
+        return m->mod->is_training();
+    EM_CATCH(false)
 }
 
 extern "C" const char *em_nn_kind(const em_nn *m)
 {
-    return m == nullptr ? "NULL" : m->kind.c_str();
+    if (m == nullptr)
+        return "NULL";
+    return emi_check(__func__, 1, m) == EM_OK ? m->kind.c_str() : "(freed)";
 }
 
 namespace {
@@ -831,7 +855,7 @@ const named_handles &cache_of(const em_nn *m, bool buffers)
 
 size_t cache_size(const char *func, const em_nn *m, bool buffers)
 {
-    if (m == nullptr)
+    if (emi_check(func, 1, m) != EM_OK)
         return 0;
     return emi_guard<size_t>(func, 0, [&] { return cache_of(m, buffers).handles.size(); });
 }
@@ -843,7 +867,7 @@ auto cache_at(const char *func, const em_nn *m, bool buffers, size_t i)
     -> std::conditional_t<Name, const char *, em_tensor *>
 {
     using result = std::conditional_t<Name, const char *, em_tensor *>;
-    if (m == nullptr)
+    if (emi_check(func, 1, m) != EM_OK)
         return nullptr;
     return emi_guard<result>(func, nullptr, [&]() -> result {
         const named_handles &c = cache_of(m, buffers);
@@ -893,7 +917,7 @@ extern "C" const char *em_nn_buffer_name(const em_nn *m, size_t i)
 
 extern "C" em_tensor *em_nn_get(const em_nn *m, const char *name)
 {
-    if (m == nullptr)
+    if (emi_check(__func__, 1, m) != EM_OK)
         return nullptr;
     if (name == nullptr) {
         emi_fail(EM_EINVAL, "em_nn_get: name is NULL");
@@ -910,8 +934,8 @@ extern "C" em_tensor *em_nn_get(const em_nn *m, const char *name)
 
 extern "C" em_status em_nn_set(em_nn *m, const char *name, const void *data, em_dtype dtype, size_t count)
 {
-    if (m == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, m); st != EM_OK)
+        return st;
     if (name == nullptr)
         return emi_fail(EM_EINVAL, "em_nn_set: name is NULL");
     EM_TRY
@@ -938,7 +962,7 @@ extern "C" em_status em_nn_set(em_nn *m, const char *name, const void *data, em_
 
 extern "C" em_params *em_nn_parameters(const em_nn *m)
 {
-    if (m == nullptr)
+    if (emi_check(__func__, 1, m) != EM_OK)
         return nullptr;
     EM_TRY
         refresh(mut(m));
@@ -951,8 +975,10 @@ extern "C" em_params *em_nn_parameters(const em_nn *m)
 
 extern "C" em_status em_params_add_nn(em_params *p, const em_nn *m)
 {
-    if (p == nullptr || m == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, p); st != EM_OK)
+        return st;
+    if (em_status st = emi_check(__func__, 2, m); st != EM_OK)
+        return st;
     EM_TRY
         refresh(mut(m));
         p->items.reserve(p->items.size() + m->params.handles.size());
@@ -972,8 +998,8 @@ extern "C" em_status em_nn_to_device(em_nn *m, em_device device)
 
 extern "C" em_status em_nn_to_dtype(em_nn *m, em_dtype dtype)
 {
-    if (m == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, m); st != EM_OK)
+        return st;
     if (dtype != EM_F32 && dtype != EM_F64 && dtype != EM_F16 && dtype != EM_BF16)
         return emi_fail(EM_EINVAL, "em_nn_to_dtype: nn.Module.to only accepts floating point dtypes, but got %s",
                         em_dtype_name(dtype));
@@ -998,6 +1024,14 @@ extern "C" void em_nn_free(em_nn *m)
 {
     if (m == nullptr)
         return;
+    if (!emi_live(m)) {
+        emi_fail(EM_EMISUSE, emi_tag_of(m) == EMI_MAGIC_FREED
+                                 ? "em_nn_free: this layer was already freed (a double free, or it was freed with "
+                                   "the container that held it)"
+                                 : "em_nn_free: this pointer is not a live layer handle (freed long ago, or of "
+                                   "another kind)");
+        return;
+    }
     if (m->parent != nullptr) {
         emi_fail(EM_EINVAL, "em_nn_free: this %s layer belongs to a container (a %s); it is freed with it",
                  m->kind.c_str(), m->parent->kind.c_str());

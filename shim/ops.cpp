@@ -6,7 +6,8 @@
 // (F.mse_loss -> broadcast_tensors + at::mse_loss, F.cross_entropy -> at::cross_entropy_loss, ...),
 // so results are bit-identical to PyTorch 1.13. Where Python does work before the ATen call (a size
 // check, broadcast_tensors, an expand), it is done here too, in the same order.
-// Every extern "C" function: NULL handles first (return NULL / EM_EINVAL, nothing recorded), then
+// Every extern "C" function: handles first (emi_check: a freed one is EM_EMISUSE, a NULL one returns NULL /
+// EM_EINVAL, recorded as "argument N is NULL" when emi_ops_record_null), then
 // argument checks (emi_fail), then the work behind the exception barrier (emi_guard and the helpers
 // built on it: emi_tensor_op, emi_tensor_do, binary_op, ...).
 #include "internal.hpp"
@@ -92,6 +93,21 @@ bool check_dims_arg(const char *func, const char *what, const int64_t *dims, int
         emi_fail(EM_EINVAL, "%s: %s is NULL with ndim %d", func, what, ndim);
         return false;
     }
+    if (std::string(what) == "shape") {
+        // sizes (reshape, view; -1 infers one): a product that overflows int64 is refused here, before
+        // torch's own size arithmetic overflows (undefined behaviour)
+        int64_t numel = 1;
+        bool empty = false;
+        for (int i = 0; i < ndim; i++)
+            empty = empty || dims[i] == 0;
+        for (int i = 0; i < ndim && !empty; i++) {
+            if (dims[i] > 0 && __builtin_mul_overflow(numel, dims[i], &numel)) {
+                emi_fail(EM_EINVAL, "%s: the shape's number of elements overflows int64 (at dimension %d, size %lld)",
+                         func, i, static_cast<long long>(dims[i]));
+                return false;
+            }
+        }
+    }
     return true;
 }
 
@@ -100,8 +116,8 @@ at::IntArrayRef ref_of(const int64_t *dims, int ndim)
     return at::IntArrayRef(dims, static_cast<size_t>(ndim));
 }
 
-// The tensors of a cat/stack argument. 1: ok; 0: a NULL element (propagated, nothing recorded);
-// -1: a NULL array or n == 0 (recorded).
+// The tensors of a cat/stack argument. 1: ok; 0: a NULL or freed element (see emi_check); -1: a NULL
+// array or n == 0 (recorded).
 int gather(const char *func, em_tensor *const *ts, size_t n, std::vector<at::Tensor> &out)
 {
     if (ts == nullptr || n == 0) {
@@ -109,9 +125,16 @@ int gather(const char *func, em_tensor *const *ts, size_t n, std::vector<at::Ten
                  ts == nullptr ? "NULL" : "an array", n);
         return -1;
     }
-    for (size_t i = 0; i < n; i++)
-        if (ts[i] == nullptr)
+    for (size_t i = 0; i < n; i++) {
+        if (!emi_live(ts[i])) {
+            if (ts[i] != nullptr)
+                emi_fail(EM_EMISUSE, "%s: element %zu of argument 1 is not a live tensor (freed, or not a tensor "
+                         "handle)", func, i);
+            else if (emi_ops_record_null)
+                emi_fail(EM_EINVAL, "%s: element %zu of argument 1 is NULL", func, i);
             return 0;
+        }
+    }
     out.reserve(n);
     for (size_t i = 0; i < n; i++)
         out.push_back(ts[i]->t);
@@ -124,11 +147,30 @@ std::string torch_size(const at::Tensor &t)
     return "torch.Size(" + emi_shape_str(t) + ")";
 }
 
+// The handle checks of an op's tensor arguments, in order (argument 1, 2, ...): true when all are live;
+// else the first bad one is reported (emi_check) and false.
+bool args_ok(const char *func, std::initializer_list<const em_tensor *> ts)
+{
+    int arg = 1;
+    for (const em_tensor *t : ts) {
+        if (emi_check(func, arg, t, emi_ops_record_null) != EM_OK)
+            return false;
+        arg++;
+    }
+    return true;
+}
+
+// An optional tensor argument (a weight, a bias): NULL means none; a freed handle is reported.
+bool optional_ok(const char *func, int arg, const em_tensor *t)
+{
+    return t == nullptr || emi_check(func, arg, t) == EM_OK;
+}
+
 // A new tensor from two: op(a->t, b->t) in a new handle, a libtorch error naming both shapes; NULL for
-// a NULL operand.
+// a NULL or freed operand.
 template <class Op> em_tensor *binary_op(const char *func, const em_tensor *a, const em_tensor *b, Op &&op)
 {
-    if (a == nullptr || b == nullptr)
+    if (!args_ok(func, {a, b}))
         return nullptr;
     return emi_guard<em_tensor *>(
         func, nullptr, [&] { return emi_wrap(with_shapes({&a->t, &b->t}, [&] { return op(a->t, b->t); })); });
@@ -139,7 +181,7 @@ template <class Op> em_tensor *binary_op(const char *func, const em_tensor *a, c
 template <class Op>
 em_tensor *dims_op(const char *func, const char *what, const em_tensor *a, const int64_t *dims, int ndim, Op &&op)
 {
-    if (a == nullptr)
+    if (!args_ok(func, {a}))
         return nullptr;
     if (!check_dims_arg(func, what, dims, ndim))
         return nullptr;
@@ -150,16 +192,29 @@ em_tensor *dims_op(const char *func, const char *what, const em_tensor *a, const
 // NULL handle (not recorded); EM_ETORCH when torch refuses.
 template <class Op> em_status update_from(const char *func, em_tensor *dst, const em_tensor *src, Op &&op)
 {
-    if (src == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(func, 1, dst, emi_ops_record_null); st != EM_OK)
+        return st;
+    if (em_status st = emi_check(func, 2, src, emi_ops_record_null); st != EM_OK)
+        return st;
     return emi_tensor_do(func, dst, [&](at::Tensor &d) { with_shapes({&d, &src->t}, [&] { return op(d, src->t); }); });
 }
 
-// The arguments every loss checks before its work: both operands (NULL: nothing recorded) and the
-// reduction (recorded). False to return NULL.
+// The arguments every loss checks before its work: both operands (emi_check) and the reduction
+// (recorded). False to return NULL.
 bool loss_args(const char *func, const em_tensor *input, const em_tensor *target, em_reduction r, int64_t *red)
 {
-    return input != nullptr && target != nullptr && reduction_of(func, r, red);
+    return args_ok(func, {input, target}) && reduction_of(func, r, red);
+}
+
+// F.mse_loss, l1_loss, smooth_l1_loss (and huber_loss) in torch 1.13 warn before broadcasting when the
+// sizes differ: a [16, 1] prediction against a [16] target gives a [16, 16] loss.
+void warn_broadcast(const char *func, const at::Tensor &input, const at::Tensor &target)
+{
+    if (target.sizes().equals(input.sizes()))
+        return;
+    emi_warn("%s: Using a target size (%s) that is different to the input size (%s). This will likely lead to "
+             "incorrect results due to broadcasting. Please ensure they have the same size.",
+             func, torch_size(target).c_str(), torch_size(input).c_str());
 }
 
 // torch.broadcast_tensors(input, target), which F.mse_loss, l1_loss and smooth_l1_loss call first.
@@ -174,7 +229,7 @@ em_tensor *max_min_dim(const char *func, const em_tensor *a, int dim, bool keepd
 {
     if (indices != nullptr)
         *indices = nullptr;
-    if (a == nullptr)
+    if (!args_ok(func, {a}))
         return nullptr;
     return emi_guard<em_tensor *>(func, nullptr, [&] {
         std::tuple<at::Tensor, at::Tensor> r = is_max ? at::max(a->t, dim, keepdim) : at::min(a->t, dim, keepdim);
@@ -406,7 +461,7 @@ extern "C" em_tensor *em_narrow(const em_tensor *a, int dim, int64_t start, int6
 // adding the size and clamps both into [0, size] (so INT64_MAX means "to the end").
 extern "C" em_tensor *em_slice(const em_tensor *a, int dim, int64_t start, int64_t end, int64_t step)
 {
-    if (a == nullptr)
+    if (!args_ok(__func__, {a}))
         return nullptr;
     if (step <= 0) {
         emi_fail(EM_EINVAL, "em_slice: slice step must be positive (got %lld)", static_cast<long long>(step));
@@ -422,7 +477,7 @@ extern "C" em_tensor *em_select(const em_tensor *a, int dim, int64_t index)
 
 extern "C" em_tensor *em_index_select(const em_tensor *a, int dim, const em_tensor *index)
 {
-    if (index == nullptr)
+    if (!args_ok(__func__, {a}) || emi_check(__func__, 3, index, emi_ops_record_null) != EM_OK)
         return nullptr;
     return emi_tensor_op(__func__, a, [&](const at::Tensor &x) { return at::index_select(x, dim, index->t); });
 }
@@ -441,7 +496,7 @@ EMI_SCALAR(em_gt_scalar, at::gt(x, scalar_for(x, s)))
 
 extern "C" em_tensor *em_where(const em_tensor *cond, const em_tensor *a, const em_tensor *b)
 {
-    if (cond == nullptr || a == nullptr || b == nullptr)
+    if (!args_ok(__func__, {cond, a, b}))
         return nullptr;
     return emi_guard<em_tensor *>(__func__, nullptr, [&] {
         return emi_wrap(with_shapes({&cond->t, &a->t, &b->t}, [&] { return at::where(cond->t, a->t, b->t); }));
@@ -480,6 +535,7 @@ extern "C" em_tensor *em_mse_loss(const em_tensor *input, const em_tensor *targe
     int64_t red;
     if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
+    warn_broadcast(__func__, input->t, target->t);
     return binary_op(__func__, input, target, [&](const at::Tensor &x, const at::Tensor &y) {
         std::vector<at::Tensor> e = broadcast_pair(x, y);
         return at::mse_loss(e[0], e[1], red);
@@ -491,6 +547,7 @@ extern "C" em_tensor *em_l1_loss(const em_tensor *input, const em_tensor *target
     int64_t red;
     if (!loss_args(__func__, input, target, r, &red))
         return nullptr;
+    warn_broadcast(__func__, input->t, target->t);
     return binary_op(__func__, input, target, [&](const at::Tensor &x, const at::Tensor &y) {
         std::vector<at::Tensor> e = broadcast_pair(x, y);
         return at::l1_loss(e[0], e[1], red);
@@ -509,6 +566,7 @@ extern "C" em_tensor *em_smooth_l1_loss(const em_tensor *input, const em_tensor 
                  beta);
         return nullptr;
     }
+    warn_broadcast(__func__, input->t, target->t);
     return binary_op(__func__, input, target, [&](const at::Tensor &x, const at::Tensor &y) {
         std::vector<at::Tensor> e = broadcast_pair(x, y);
         return at::smooth_l1_loss(e[0], e[1], red, beta);
@@ -543,7 +601,7 @@ extern "C" em_tensor *em_bce_loss(const em_tensor *input, const em_tensor *targe
                                   em_reduction r)
 {
     int64_t red;
-    if (!loss_args(__func__, input, target, r, &red))
+    if (!loss_args(__func__, input, target, r, &red) || !optional_ok(__func__, 3, weight))
         return nullptr;
     return emi_guard<em_tensor *>(__func__, nullptr, [&]() -> em_tensor * {
         if (!target->t.sizes().equals(input->t.sizes())) {
@@ -567,7 +625,8 @@ extern "C" em_tensor *em_bce_with_logits(const em_tensor *input, const em_tensor
                                          const em_tensor *weight, const em_tensor *pos_weight, em_reduction r)
 {
     int64_t red;
-    if (!loss_args(__func__, input, target, r, &red))
+    if (!loss_args(__func__, input, target, r, &red) || !optional_ok(__func__, 3, weight) ||
+        !optional_ok(__func__, 4, pos_weight))
         return nullptr;
     return emi_guard<em_tensor *>(__func__, nullptr, [&]() -> em_tensor * {
         if (!target->t.sizes().equals(input->t.sizes())) {
@@ -589,6 +648,8 @@ extern "C" em_tensor *em_bce_with_logits(const em_tensor *input, const em_tensor
 // F.linear(x, weight, bias) -> torch._C._nn.linear.
 extern "C" em_tensor *em_linear(const em_tensor *x, const em_tensor *weight, const em_tensor *bias)
 {
+    if (!args_ok(__func__, {x, weight}) || !optional_ok(__func__, 3, bias))
+        return nullptr;
     c10::optional<at::Tensor> b;
     if (bias != nullptr)
         b = bias->t;
@@ -599,7 +660,7 @@ extern "C" em_tensor *em_linear(const em_tensor *x, const em_tensor *weight, con
 // F.dropout(x, p, training) -> _VF.dropout, after Python's range check on p.
 extern "C" em_tensor *em_dropout(const em_tensor *x, double p, bool training)
 {
-    if (x == nullptr)
+    if (!args_ok(__func__, {x}))
         return nullptr;
     if (!(p >= 0.0 && p <= 1.0)) {
         emi_fail(EM_EINVAL, "em_dropout: dropout probability has to be between 0 and 1, but got %g", p);

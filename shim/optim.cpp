@@ -80,13 +80,18 @@ at::Tensor run_closure(const em_closure *c)
         ~scope_guard()
         {
             // also closes scopes the closure left open, so the caller's stay balanced
-            while (em_scope_depth() > depth)
-                em_scope_end();
+            while (em_scope_depth() > depth && em_scope_end() == EM_OK) {
+            }
         }
     } guard{em_scope_depth()};
     bool had_error = emi_has_error();
     em_scope_begin();
     em_tensor *loss = c->fn(c->ctx);
+    if (loss != nullptr && !emi_live(loss)) {
+        // e.g. a loss made inside a scope the closure had already closed
+        emi_fail(EM_EMISUSE, "em_optimizer_step: the closure returned a freed tensor handle");
+        throw closure_failed{};
+    }
     if (loss == nullptr) {
         // NULL with nothing recorded is a closure that returns no loss (Python's None): Lightning's
         // automatic closure does that when training_step returns None, and the step still runs.
@@ -125,6 +130,11 @@ bool take_params(const char *func, const em_params *params, std::vector<at::Tens
 {
     if (params == nullptr) {
         emi_fail(EM_EINVAL, "%s: params is NULL", func);
+        return false;
+    }
+    if (!emi_live(params)) {
+        emi_fail(EM_EMISUSE, "%s: params is not a live parameter list (already freed with em_params_free, or "
+                             "not a parameter list)", func);
         return false;
     }
     if (params->items.empty()) {
@@ -655,7 +665,7 @@ extern "C" em_optimizer *emi_optimizer_wrap(em_optimizer *inner, const em_optimi
             ops->destroy(state);
         return nullptr;
     };
-    if (inner == nullptr)
+    if (emi_check(__func__, 1, inner) != EM_OK)
         return fail_free();
     if (ops == nullptr || ops->step == nullptr) {
         emi_fail(EM_EINVAL, "emi_optimizer_wrap: ops or ops->step is NULL");
@@ -677,11 +687,13 @@ extern "C" em_optimizer *emi_optimizer_wrap(em_optimizer *inner, const em_optimi
 
 extern "C" void *emi_optimizer_wrapper_state(const em_optimizer *wrapper)
 {
-    return wrapper != nullptr && wrapper->kind == EMI_OPT_WRAPPER ? wrapper->state : nullptr;
+    return emi_check(__func__, 1, wrapper) == EM_OK && wrapper->kind == EMI_OPT_WRAPPER ? wrapper->state : nullptr;
 }
 
 extern "C" void *em_optimizer_state(const em_optimizer *opt)
 {
+    if (emi_check(__func__, 1, opt) != EM_OK)
+        return nullptr;
     const em_optimizer *base = emi_optimizer_base(opt);
     return base != nullptr && base->kind == EMI_OPT_C ? base->state : nullptr;
 }
@@ -690,8 +702,8 @@ extern "C" void *em_optimizer_state(const em_optimizer *opt)
 
 extern "C" em_status em_optimizer_step(em_optimizer *opt, const em_closure *closure)
 {
-    if (opt == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
     if (closure != nullptr && closure->fn == nullptr)
         return emi_fail(EM_EINVAL, "em_optimizer_step: closure->fn is NULL");
     return closure_guard(__func__, [&] { return step_impl(opt, closure); });
@@ -713,8 +725,8 @@ extern "C" em_status em_closure_call(const em_closure *closure, double *loss_out
 
 extern "C" em_status em_optimizer_zero_grad_ex(em_optimizer *opt, bool set_to_none)
 {
-    if (opt == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
     EM_TRY
         // torch/optim/optimizer.py Optimizer.zero_grad (1.13), foreach=False
         for (const em_params *g : emi_optimizer_base(opt)->groups)
@@ -726,6 +738,8 @@ extern "C" em_status em_optimizer_zero_grad_ex(em_optimizer *opt, bool set_to_no
 
 extern "C" em_status em_optimizer_zero_grad(em_optimizer *opt)
 {
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
     return em_optimizer_zero_grad_ex(opt, emi::compat::zero_grad_sets_to_none);
 }
 
@@ -736,8 +750,8 @@ extern "C" bool em_zero_grad_sets_to_none(void)
 
 extern "C" em_status em_optimizer_add_param_group(em_optimizer *opt, const em_params *params)
 {
-    if (opt == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
     em_optimizer *base = emi_optimizer_base(opt);
     std::vector<at::Tensor> ts;
     if (!take_params(__func__, params, &ts))
@@ -777,13 +791,15 @@ extern "C" em_status em_optimizer_add_param_group(em_optimizer *opt, const em_pa
 
 extern "C" size_t em_optimizer_num_groups(const em_optimizer *opt)
 {
+    if (emi_check(__func__, 1, opt) != EM_OK)
+        return 0;
     const em_optimizer *base = emi_optimizer_base(opt);
     return base == nullptr ? 0 : base->groups.size();
 }
 
 extern "C" const em_params *em_optimizer_group_params(const em_optimizer *opt, size_t group)
 {
-    if (opt == nullptr)
+    if (emi_check(__func__, 1, opt) != EM_OK)
         return nullptr;
     const em_optimizer *base = emi_optimizer_base(opt);
     return check_group(__func__, base, group) ? base->groups[group] : nullptr;
@@ -791,8 +807,8 @@ extern "C" const em_params *em_optimizer_group_params(const em_optimizer *opt, s
 
 extern "C" em_status em_optimizer_get(const em_optimizer *opt, size_t group, const char *name, double *out)
 {
-    if (opt == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
     if (out == nullptr)
         return emi_fail(EM_EINVAL, "%s: out is NULL", __func__);
     EM_TRY
@@ -821,8 +837,8 @@ extern "C" em_status em_optimizer_get(const em_optimizer *opt, size_t group, con
 
 extern "C" em_status em_optimizer_set(em_optimizer *opt, size_t group, const char *name, double value)
 {
-    if (opt == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
     EM_TRY
         em_optimizer *base = hp_target(__func__, opt, group, name);
         if (base == nullptr)
@@ -871,36 +887,49 @@ extern "C" em_status em_optimizer_set_lr(em_optimizer *opt, size_t group, double
 
 extern "C" int64_t em_optimizer_step_count(const em_optimizer *opt)
 {
+    if (emi_check(__func__, 1, opt) != EM_OK)
+        return 0;
     const em_optimizer *base = emi_optimizer_base(opt);
     return base == nullptr ? 0 : base->step_count;
 }
 
 extern "C" const char *em_optimizer_name(const em_optimizer *opt)
 {
+    if (emi_check(__func__, 1, opt) != EM_OK)
+        return nullptr;
     const em_optimizer *base = emi_optimizer_base(opt);
     return base == nullptr ? nullptr : base->name.c_str();
 }
 
 extern "C" em_optimizer *em_optimizer_inner(em_optimizer *opt)
 {
-    if (opt == nullptr)
+    if (emi_check(__func__, 1, opt) != EM_OK)
         return nullptr;
     return opt->kind == EMI_OPT_WRAPPER && opt->inner != nullptr ? opt->inner : opt;
 }
 
 extern "C" void em_optimizer_free(em_optimizer *opt)
 {
-    if (opt != nullptr && opt->trainer_owned) {
+    if (opt == nullptr)
+        return;
+    if (!emi_live(opt)) {
+        emi_fail(EM_EMISUSE, emi_tag_of(opt) == EMI_MAGIC_FREED
+                                 ? "em_optimizer_free: this optimizer was already freed (a double free)"
+                                 : "em_optimizer_free: this pointer is not a live optimizer handle (freed long ago, "
+                                   "or of another kind)");
+        return;
+    }
+    if (opt->trainer_owned) {
         emi_fail(EM_EINVAL, "em_optimizer_free: this optimizer belongs to a trainer (it was handed to one); "
                             "the trainer frees it when it fits again or is freed (em_trainer_free)");
         return;
     }
-    delete opt; // a wrapper's destructor leaves `inner` alone
+    emi_retire(opt); // a wrapper's destructor leaves `inner` alone; the handle is poisoned and quarantined
 }
 
 extern "C" void emi_optimizer_set_owned(em_optimizer *opt, bool owned)
 {
-    if (opt != nullptr)
+    if (emi_live(opt))
         opt->trainer_owned = owned;
 }
 
@@ -921,8 +950,8 @@ at::Tensor py_norm(const at::Tensor &t, double p)
 
 extern "C" em_status em_clip_grad_norm(const em_params *params, double max_norm, double norm_type, double *total_norm)
 {
-    if (params == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, params); st != EM_OK)
+        return st;
     if (!(norm_type > 0))
         return emi_fail(EM_EINVAL, "em_clip_grad_norm: norm_type must be > 0 (got %g)", norm_type);
     EM_TRY
@@ -968,8 +997,8 @@ extern "C" em_status em_clip_grad_norm(const em_params *params, double max_norm,
 
 extern "C" em_status em_clip_grad_value(const em_params *params, double clip_value)
 {
-    if (params == nullptr)
-        return EM_EINVAL;
+    if (em_status st = emi_check(__func__, 1, params); st != EM_OK)
+        return st;
     EM_TRY
         // torch/nn/utils/clip_grad.py clip_grad_value_ (1.13): p.grad.data.clamp_(min=-v, max=v)
         for (const em_tensor *h : params->items) {

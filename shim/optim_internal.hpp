@@ -38,6 +38,9 @@ enum emi_torch_optim : int {
 };
 
 struct em_optimizer {
+    static constexpr uint32_t kMagic = EMI_MAGIC_OPTIMIZER;
+    static constexpr const char *kNoun = "optimizer";
+    uint32_t magic = kMagic; // first: the handle armor (internal.hpp)
     emi_optimizer_kind kind = EMI_OPT_TORCH;
     emi_torch_optim builtin = EMI_TORCH_SGD; // kind == EMI_OPT_TORCH only
     std::string name;                        // "SGD", ..., or ops->name

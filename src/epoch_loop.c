@@ -243,9 +243,9 @@ em_status emi_epoch_loop_run(em_trainer *t, bool *reached_end)
         t->batch_idx++;
         t->is_last_batch = t->batch_idx + 1 == t->fit.num_training_batches;
         bool stop_epoch = false;
-        int depth = emi_user_scope_begin();
+        emi_user_scope scope = emi_user_scope_begin();
         em_status s = train_batch(t, &stop_epoch);
-        emi_user_scope_end(depth);
+        emi_user_scope_end(scope);
         t->batch = NULL;
         if (s != EM_OK)
             return s;

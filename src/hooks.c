@@ -64,16 +64,18 @@ em_status emi_hook_leave(em_trainer *t, const char *prev, const char *hook, em_s
     return emi_trainer_check(t, hook, s);
 }
 
-int emi_user_scope_begin(void)
+emi_user_scope emi_user_scope_begin(void)
 {
-    int depth = em_scope_depth();
+    emi_user_scope s = {.depth = em_scope_depth()};
     em_scope_begin();
-    return depth;
+    s.prev_floor = emi_scope_floor_push();
+    return s;
 }
 
-void emi_user_scope_end(int depth)
+void emi_user_scope_end(emi_user_scope s)
 {
-    while (em_scope_depth() > depth && em_scope_end() == EM_OK)
+    emi_scope_floor_pop(s.prev_floor);
+    while (em_scope_depth() > s.depth && em_scope_end() == EM_OK)
         ;
 }
 
@@ -246,9 +248,9 @@ em_status emi_hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args
 {
     if (!outside_batch(hook))
         return hooks_call(t, hook, args);
-    int depth = emi_user_scope_begin();
+    emi_user_scope scope = emi_user_scope_begin();
     em_status s = hooks_call(t, hook, args);
-    emi_user_scope_end(depth);
+    emi_user_scope_end(scope);
     return s;
 }
 

@@ -23,11 +23,19 @@ const char *emi_hook_enter(em_trainer *t, const char *hook);
 /** After it: restores `prev` and checks the call (emi_trainer_check). */
 em_status emi_hook_leave(em_trainer *t, const char *prev, const char *hook, em_status s);
 
+/** A scope the trainer opened for user code: where to come back to. */
+typedef struct emi_user_scope {
+    int depth;      /* the depth before it */
+    int prev_floor; /* the scope floor before it (emi_scope_floor_push) */
+} emi_user_scope;
+
 /** A scope for user code: a batch, or a hook that runs outside a batch (configure_optimizers,
- *  on_fit_start, epoch hooks). Opens one and returns the depth to come back to. */
-int emi_user_scope_begin(void);
-/** Close every scope down to `depth`: the hook's, and any the user's code left open in it. */
-void emi_user_scope_end(int depth);
+ *  on_fit_start, epoch hooks). Opens one and makes it the floor: a user em_scope_end that would close
+ *  it is refused (EM_EMISUSE). */
+emi_user_scope emi_user_scope_begin(void);
+/** Lift the floor and close every scope down to where `s` began: the trainer's, and any the user's
+ *  code left open in it. */
+void emi_user_scope_end(emi_user_scope s);
 
 /* ---- hooks that run every callback, then the module ---------------------------------------------- */
 

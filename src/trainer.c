@@ -224,11 +224,11 @@ static em_status setup_fit(em_trainer *t)
     em_module *m = t->module;
     em_status s;
     emi_setup_init(&t->setup, t);
-    int depth = emi_user_scope_begin();
+    emi_user_scope scope = emi_user_scope_begin();
     const char *prev = emi_hook_enter(t, "configure_optimizers");
     s = m->ops->configure_optimizers(m, &t->setup);
     s = emi_hook_leave(t, prev, "configure_optimizers", s);
-    emi_user_scope_end(depth);
+    emi_user_scope_end(scope);
     if (s != EM_OK)
         return t->fail_status;
     em_clear_error();
@@ -318,8 +318,8 @@ static em_status fit_body(em_trainer *t)
  * the failure to close what the fit wrote (the trace), which counts when the fit itself succeeded. */
 static em_status teardown(em_trainer *t, int scope_depth, int no_grad_depth)
 {
-    while (em_scope_depth() > scope_depth)
-        em_scope_end();
+    while (em_scope_depth() > scope_depth && em_scope_end() == EM_OK)
+        ;
     while (emi_no_grad_depth() > no_grad_depth && em_no_grad_end() == EM_OK)
         ; /* regions a hook left open; the caller's own stay as they were */
     builtin_callbacks_remove(t);

@@ -18,7 +18,7 @@ bool emi_validation_enabled(const em_trainer *t)
 /* One validation batch, in a scope of its own. */
 static em_status validation_batch(em_trainer *t, int64_t i)
 {
-    int depth = emi_user_scope_begin();
+    emi_user_scope scope = emi_user_scope_begin();
     em_batch batch;
     em_clear_error();
     t->val_batch_idx = i;
@@ -28,7 +28,7 @@ static em_status validation_batch(em_trainer *t, int64_t i)
         s = emi_trainer_fail(t, "val_dataloader", s);
     else
         s = emi_strategy_validation_step(t, &batch, i);
-    emi_user_scope_end(depth);
+    emi_user_scope_end(scope);
     t->batch = NULL;
     if (s == EM_OK)
         emi_metrics_refresh(t);

@@ -86,11 +86,18 @@ EM_API const char *em_status_name(em_status s);
  *  - a failing function returns NULL (or a non-zero em_status) and records a one-line message,
  *    prefixed with the name of the ember function that failed;
  *  - the FIRST message since the last em_clear_error() is kept; later failures do not overwrite it;
- *  - a function given a NULL tensor (or other handle) returns NULL / EM_EINVAL without recording
- *    anything, so a chain of calls can be checked once at the end:
+ *  - an op or constructor given a NULL tensor, layer or optimizer handle returns NULL / EM_EINVAL.
+ *    If an error is already recorded (the call that made the NULL failed), that first message stays,
+ *    so a chain of calls can be checked once at the end:
  *
  *        em_tensor *loss = em_mse_loss(em_nn_forward(net, x), y, EM_REDUCTION_MEAN);
  *        if (loss == NULL) fprintf(stderr, "%s\n", em_last_error());
+ *
+ *    If nothing is recorded (a NULL that came from elsewhere, e.g. a batch without a second tensor),
+ *    the NULL itself is recorded: "em_mse_loss: argument 2 is NULL". Accessors (em_tensor_numel,
+ *    em_optimizer_num_groups, ...), methods given a NULL object (em_optimizer_step(NULL, ...)) and
+ *    the free functions record nothing for NULL; em_tensor_grad returns NULL for a None gradient.
+ *  - a freed handle, wherever it is passed, is EM_EMISUSE, always recorded (see "Misuse" below);
  *
  * Every failure goes through one internal function, emi_fail(): put a breakpoint there to see
  * each error where it starts.
@@ -123,6 +130,14 @@ EM_API em_status em_error_set(em_status code, const char *fmt, ...) EM_PRINTF(2,
  * effort, as SQLite's "API armor" is: a handle's memory may have been reused by the time it is
  * passed again, and then the mistake is undefined behaviour like any use-after-free in C. The
  * README's "Errors and misuse" section lists what is caught.
+ *
+ * How tensors, layers, parameter lists and optimizers are armored: each handle carries a tag that
+ * every public function checks (one compare); freeing a handle - with its free function, with the
+ * layer, list or optimizer that lent it, or at the end of the scope that owned it - poisons the tag,
+ * and the freed memory is kept from reuse for the next 4096 frees on that thread. So a double free,
+ * or a use of a freed handle, within that window is reported reliably ("em_tensor_free: this tensor
+ * was already freed ...", "em_add: argument 1 is a freed tensor ..."); a pointer of another kind
+ * ("argument 1 is not a valid tensor handle") too. Out of memory is EM_ENOMEM, never an abort.
  */
 
 /* ---- diagnostics: warnings and notices ----------------------------------------------------------

@@ -51,7 +51,12 @@ EM_API em_status em_params_add_nn(em_params *p, const em_nn *m);
 EM_API size_t em_params_size(const em_params *p);
 /** The i-th parameter. Borrowed: valid until the list is freed. Errors: NULL when i is out of range. */
 EM_API em_tensor *em_params_get(const em_params *p, size_t i);
-/** Free the list (not the parameters). NULL is ignored. */
+/**
+ * Free the list (not the parameters) and the handles em_params_get gave out. NULL is ignored.
+ * Misuse (best effort, common.h): freeing it twice, or passing it anywhere after, records
+ * EM_EMISUSE ("em_params_free: this parameter list was already freed ...") and does nothing; the
+ * freed memory is kept from reuse for the next 4096 frees on the thread.
+ */
 EM_API void em_params_free(em_params *p);
 
 /* ---- built-in layers -------------------------------------------------------------------------
@@ -225,6 +230,10 @@ EM_API em_status em_nn_zero_grad(em_nn *m, bool set_to_none);
  * Free a layer and its children. Borrowed handles into it become invalid.
  * A layer registered in a container is freed with the container: freeing it alone records EM_EINVAL
  * and does nothing. NULL is ignored.
+ * Misuse (best effort, common.h): freeing a layer twice (or a child after its container), or passing
+ * a freed layer or one of its parameter handles anywhere, records EM_EMISUSE ("em_nn_free: this layer
+ * was already freed ...") and does nothing; the freed memory is kept from reuse for the next 4096
+ * frees on the thread.
  */
 EM_API void em_nn_free(em_nn *m);
 

@@ -17,7 +17,8 @@
  * The trainer opens a scope around every batch, so code in training_step never frees tensors.
  *
  * Errors follow ember/common.h: a failing function returns NULL and records the first message;
- * a NULL argument makes a function return NULL without touching the message.
+ * a NULL argument makes an op return NULL, keeping the message already recorded or, with none,
+ * recording which argument was NULL ("em_mse_loss: argument 2 is NULL").
  *
  * Shapes are passed as (const int64_t *shape, int ndim); EM_SHAPE(2, 3) expands to both in C.
  */
@@ -88,13 +89,19 @@ typedef struct em_tensor_opts {
 
 /**
  * Open a scope on this thread. Tensors created until the matching em_scope_end() belong to it.
- * Scopes nest. Never fails.
+ * Scopes nest. Never fails in practice: out of memory it records EM_ENOMEM, and the matching
+ * em_scope_end() then closes nothing (tensors made meanwhile belong to the enclosing scope).
  */
 EM_API void em_scope_begin(void);
 
 /**
- * Close the innermost scope and free every tensor it still owns.
- * Errors: EM_ESTATE when no scope is open (an unbalanced end); nothing is freed then.
+ * Close the innermost scope and free every tensor it still owns. Their handles are freed handles from
+ * then on: one returned from a helper after its scope ended is reported like any freed handle
+ * (EM_EMISUSE, "argument N is a freed tensor"); em_keep() or em_tensor_persist()
+ * is how a tensor outlives its scope.
+ * Errors: EM_ESTATE when no scope is open (an unbalanced end); EM_EMISUSE when the innermost open
+ * scope is one the trainer opened (around each batch) rather than one of yours - an unbalanced end
+ * inside a training step. Nothing is freed then.
  */
 EM_API em_status em_scope_end(void);
 
@@ -110,12 +117,30 @@ EM_API int em_scope_depth(void);
 EM_API em_tensor *em_keep(em_tensor *t);
 
 /**
- * Free a tensor handle the caller owns (or, early, one owned by a scope: it is taken out of it).
+ * Free a tensor handle the caller owns. A tensor a scope owns may be freed early: it is taken out of
+ * its scope first, so the scope's end does not free it again (chosen over refusing, as Python's
+ * `del t` inside a block is fine).
  * The data is released when no other handle or autograd graph refers to it.
  * Handles borrowed from a layer or an optimizer (em_nn_parameter, ...) must not be freed: doing so
  * records EM_EINVAL and changes nothing. NULL is ignored.
+ * Misuse (best effort, see common.h): freeing a handle twice, or one its scope already released,
+ * records EM_EMISUSE ("em_tensor_free: this tensor was already freed ...") and does nothing. Freed
+ * handles are poisoned and their memory is kept from reuse for the next 4096 frees on the thread,
+ * so this is caught reliably within that window; after it the memory may be reused, and the double
+ * free is then undefined behaviour as in any C API.
  */
 EM_API void em_tensor_free(em_tensor *t);
+
+/**
+ * Take `t` out of whatever scope owns it: the caller owns it from now on and frees it with
+ * em_tensor_free() (torch's idiom of optimizer state created lazily inside a step: the state tensor
+ * is made inside the step's scope and must outlive it). A tensor the caller already owns is returned
+ * unchanged. Returns `t`.
+ * Errors: NULL for a handle borrowed from a layer, a parameter list or an optimizer (EM_EINVAL: its
+ * owner frees it; em_tensor_persist(em_tensor_ref(t)) gives a handle of your own), and for a freed
+ * handle (EM_EMISUSE).
+ */
+EM_API em_tensor *em_tensor_persist(em_tensor *t);
 
 /**
  * A second handle to the same tensor (shares data and autograd history; torch: `b = a`).
@@ -274,7 +299,12 @@ EM_API bool em_tensor_requires_grad(const em_tensor *t);
  * The handle shares t.grad's data. Owned by the open scope; with no scope open, the caller frees it.
  */
 EM_API em_tensor *em_tensor_grad(const em_tensor *t);
-/** Set t.grad (a copy of the handle; NULL clears it to None). torch: t.grad = g. */
+/**
+ * Set t.grad (a copy of the handle; NULL clears it to None). torch: t.grad = g.
+ * Errors: EM_EINVAL, as torch 1.13's setter, for a gradient of another dtype or device type
+ * ("assigned grad has data of a different type"), on another CUDA device ("... located on a different
+ * device"), of another shape ("assigned grad has data of a different size"), or `t` itself.
+ */
 EM_API em_status em_tensor_set_grad(em_tensor *t, const em_tensor *grad);
 /** torch: t.detach(). */
 EM_API em_tensor *em_detach(const em_tensor *t);

@@ -170,10 +170,12 @@ static void test_nn__forward_error_names_the_layer(void **state)
     assert_int_equal(em_last_status(), EM_ETORCH);
     assert_error_contains("em_nn_forward: Linear: mat1 and mat2 shapes cannot be multiplied (8x3 and 4x3)");
     assert_null(strstr(em_last_error(), "\n")); /* one line, no C++ backtrace */
-    /* a NULL input propagates without a new message */
+    /* a NULL input (a batch without that tensor) is reported naming the argument */
     em_clear_error();
     assert_null(em_nn_forward(lin, NULL));
-    assert_int_equal(em_last_status(), EM_OK);
+    assert_int_equal(em_last_status(), EM_EINVAL);
+    assert_error_contains("em_nn_forward: argument 2 is NULL");
+    em_clear_error();
     assert_ok(em_scope_end());
     em_nn_free(lin);
 }
