@@ -232,6 +232,7 @@ struct em_scheduler {
     bool has_last_lr;
     double *values;        /* scratch: what get_lr returns [cap_values] */
     size_t cap_values;
+    const char *api;       /* the public function now stepping it (messages), NULL: em_scheduler_step */
 
     sched_params u;
 };
@@ -727,15 +728,24 @@ static em_status closed_form_lr(em_scheduler *s, size_t *n)
 
 static em_status sched_step(em_scheduler *s);
 
+/* A C scheduler's ops->step, then _last_lr. A failure it did not explain gets a message naming
+ * the scheduler and `api`, the public function that stepped it. */
+static em_status user_step(em_scheduler *s, const char *api, bool has_metric, double metric)
+{
+    em_status st = s->u.user.ops->step(s, has_metric, metric);
+    if (st != EM_OK && !emi_has_error())
+        return emi_fail(st, "%s: %s's step failed without a message (it returned %s)", api,
+                        sched_name(s), em_status_name(st));
+    return st != EM_OK ? st : record_last_lr(s);
+}
+
 /* torch: _LRScheduler.step(epoch): epoch None = `at_zero` false, 0 = true. */
 static em_status lr_step(em_scheduler *s, bool at_zero)
 {
     s->step_count++;
     s->last_epoch = at_zero ? 0 : s->last_epoch + 1;
-    if (s->kind == K_USER) {
-        em_status st = s->u.user.ops->step(s, false, 0.0);
-        return st != EM_OK ? st : record_last_lr(s);
-    }
+    if (s->kind == K_USER)
+        return user_step(s, s->api != NULL ? s->api : "em_scheduler_step", false, 0.0);
     size_t n = em_optimizer_num_groups(s->opt);
     em_status st = reserve(&s->values, &s->cap_values, n > s->n_base ? n : s->n_base);
     if (st == EM_OK)
@@ -1362,8 +1372,10 @@ em_scheduler *em_sequential_lr(em_optimizer *opt, em_scheduler *const *scheduler
         schedulers[i]->last_epoch -= 1;
     /* Perform the initial step for only the first scheduler */
     em_scheduler *first = schedulers[0];
+    first->api = f;
     if (st == EM_OK)
         st = sched_initial_step(first);
+    first->api = NULL;
     if (st == EM_OK)
         st = copy_last_lr(s, first);
     return sched_finish(s, st);
@@ -1412,7 +1424,13 @@ em_scheduler *em_scheduler_new(const em_scheduler_ops *ops, em_optimizer *opt, v
     }
     s->u.user.ops = ops;
     s->u.user.state = state;
-    return ops->reduce_on_plateau ? plateau_init(s) : lr_init(s);
+    if (ops->reduce_on_plateau)
+        return plateau_init(s);
+    s->api = "em_scheduler_new"; /* the initial step's messages */
+    s = lr_init(s);
+    if (s != NULL)
+        s->api = NULL;
+    return s;
 }
 
 void *em_scheduler_state(const em_scheduler *s)
@@ -1443,8 +1461,7 @@ em_status em_scheduler_step_metric(em_scheduler *s, double metric)
     if (s->kind == K_PLATEAU)
         return plateau_step(s, metric);
     s->last_epoch += 1;
-    em_status st = s->u.user.ops->step(s, true, metric);
-    return st != EM_OK ? st : record_last_lr(s);
+    return user_step(s, "em_scheduler_step_metric", true, metric);
 }
 
 double em_scheduler_last_lr(const em_scheduler *s, size_t group)

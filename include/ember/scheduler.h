@@ -299,7 +299,9 @@ typedef struct em_scheduler_ops {
  * Returns a new scheduler; the caller frees it with em_scheduler_free().
  * Takes ownership of `state` (ops->destroy frees it), also when it fails.
  * Errors: NULL for a NULL opt (no new message), NULL ops or step, an ops version of 0 or newer than
- * this library's, or a failing initial step (its message is kept).
+ * this library's, or a failing initial step (its message is kept; a step that fails without
+ * recording one leaves "em_scheduler_new: <name>'s step failed without a message", and likewise
+ * "em_scheduler_step: ..." or "em_scheduler_step_metric: ..." at a later step).
  */
 EM_API em_scheduler *em_scheduler_new(const em_scheduler_ops *ops, em_optimizer *opt, void *state);
 /** The state pointer given to em_scheduler_new(); NULL for built-in schedulers and NULL. */

@@ -2137,6 +2137,71 @@ static void test_scheduler__onecycle_rejects_what_torch_rejects(void **state)
     em_optimizer_free(adagrad);
 }
 
+/* ---- a C scheduler that fails without a message --------------------------------------------------------------- */
+
+/* Fails (EM_EUSER, nothing recorded) once it has been called *state times. */
+static em_status silent_step(em_scheduler *self, bool has_metric, double metric)
+{
+    (void)has_metric, (void)metric;
+    int *budget = em_scheduler_state(self);
+    return (*budget)-- > 0 ? EM_OK : EM_EUSER;
+}
+
+static void test_scheduler__c_scheduler_failing_without_a_message_gets_one(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    static const em_scheduler_ops silent = {.version = EM_SCHEDULER_OPS_VERSION, .name = "Silent",
+                                            .step = silent_step};
+    int budget = 0; /* the initial step fails */
+    assert_null(em_scheduler_new(&silent, opt, &budget));
+    assert_int_equal(em_last_status(), EM_EUSER);
+    assert_error_contains("em_scheduler_new: Silent's step failed without a message");
+    em_clear_error();
+
+    static const em_scheduler_ops unnamed = {.version = EM_SCHEDULER_OPS_VERSION, .step = silent_step};
+    budget = 0;
+    assert_null(em_scheduler_new(&unnamed, opt, &budget));
+    assert_error_contains("em_scheduler_new: Scheduler's step failed without a message");
+    em_clear_error();
+
+    budget = 2; /* the initial step and one more succeed */
+    em_scheduler *s = em_scheduler_new(&silent, opt, &budget);
+    assert_nonnull_em(s);
+    assert_ok(em_scheduler_step(s));
+    assert_int_equal(em_scheduler_step(s), EM_EUSER);
+    assert_error_contains("em_scheduler_step: Silent's step failed without a message");
+    em_clear_error();
+    em_scheduler_free(s);
+
+    /* the initial step SequentialLR takes again */
+    budget = 1;
+    s = em_scheduler_new(&silent, opt, &budget);
+    assert_nonnull_em(s);
+    assert_null(em_sequential_lr(opt, (em_scheduler *[]){s}, 1, NULL));
+    assert_error_contains("em_sequential_lr: Silent's step failed without a message");
+    em_clear_error();
+
+    /* a plateau one, stepped with a metric */
+    static const em_scheduler_ops silent_plateau = {.version = EM_SCHEDULER_OPS_VERSION,
+                                                    .name = "SilentPlateau", .step = silent_step,
+                                                    .reduce_on_plateau = true};
+    budget = 0;
+    s = em_scheduler_new(&silent_plateau, opt, &budget);
+    assert_nonnull_em(s);
+    assert_int_equal(em_scheduler_step_metric(s, 1.0), EM_EUSER);
+    assert_error_contains("em_scheduler_step_metric: SilentPlateau's step failed without a message");
+    em_clear_error();
+    em_scheduler_free(s);
+
+    /* a step that explains its failure keeps its own message */
+    budget = 0;
+    em_error_set(EM_EUSER, "my own reason");
+    assert_null(em_scheduler_new(&silent, opt, &budget));
+    assert_error_contains("my own reason");
+    em_clear_error();
+    em_optimizer_free(opt);
+}
+
 /* ---- SequentialLR and ChainedScheduler --------------------------------------------------------------------- */
 
 static void test_scheduler__sequential_linear_then_exponential_matches_torch(void **state)
@@ -2717,6 +2782,7 @@ int main(void)
         T_(test_scheduler__onecycle_three_phase),
         T_(test_scheduler__onecycle_without_momentum_cycling_leaves_momentum),
         T_(test_scheduler__onecycle_rejects_what_torch_rejects),
+        T_(test_scheduler__c_scheduler_failing_without_a_message_gets_one),
         T_(test_scheduler__sequential_linear_then_exponential_matches_torch),
         T_(test_scheduler__sequential_of_three_uses_closed_forms_at_milestones),
         T_(test_scheduler__sequential_without_closed_forms_matches_torch),
