@@ -2,7 +2,8 @@
  *
  * torch: torch/optim/lr_scheduler.py (torch 1.13): _LRScheduler.__init__/_initial_step/step,
  *        and each class's get_lr (recursive) and _get_closed_form_lr (only for SequentialLR's
- *        step(0)), ReduceLROnPlateau, SequentialLR, ChainedScheduler.
+ *        step(0)), OneCycleLR with its _format_param lists, ReduceLROnPlateau,
+ *        SequentialLR, ChainedScheduler.
  * Pure arithmetic on doubles: learning rates are read and written through the public
  * em_optimizer_get / em_optimizer_set_lr / em_optimizer_set. Every formula keeps Python's operation
  * order (left to right, ints converted to double where Python mixes int and float), so results
@@ -202,7 +203,8 @@ typedef union sched_params {
         bool cycle_momentum;
         const char *momentum_key; /* "beta1" (torch: use_beta1) or "momentum" */
         size_t n_groups;          /* groups that got max_lr, min_lr, momenta (torch: KeyError after) */
-        double max_lr, min_lr, max_momentum, base_momentum;
+        double *v;                /* [4 * n_groups]: group['max_lr'], ['min_lr'], ['max_momentum'],
+                                     ['base_momentum'] of group g at v[g], v[n + g], v[2n + g], v[3n + g] */
     } onecycle;
     struct { double start_factor, end_factor; int64_t total_iters; } linear;
     struct { double factor; int64_t total_iters; } constant;
@@ -574,10 +576,10 @@ static em_status onecycle_value_of(const em_scheduler *s, size_t group, onecycle
             return emi_fail(EM_EINVAL, "em_scheduler_step: OneCycleLR: param group %zu has no "
                                        "'initial_lr' (torch raises KeyError)", group);
         return EM_OK;
-    case OC_MAX_LR: *out = s->u.onecycle.max_lr; return EM_OK;
-    case OC_MIN_LR: *out = s->u.onecycle.min_lr; return EM_OK;
-    case OC_MAX_MOM: *out = s->u.onecycle.max_momentum; return EM_OK;
-    case OC_BASE_MOM: *out = s->u.onecycle.base_momentum; return EM_OK;
+    case OC_MAX_LR: *out = s->u.onecycle.v[group]; return EM_OK;
+    case OC_MIN_LR: *out = s->u.onecycle.v[s->u.onecycle.n_groups + group]; return EM_OK;
+    case OC_MAX_MOM: *out = s->u.onecycle.v[2 * s->u.onecycle.n_groups + group]; return EM_OK;
+    case OC_BASE_MOM: *out = s->u.onecycle.v[3 * s->u.onecycle.n_groups + group]; return EM_OK;
     }
     return EM_EINVAL;
 }
@@ -919,6 +921,9 @@ static void sched_destroy(em_scheduler *s)
     case K_PLATEAU:
         free((double *)s->u.plateau.o.min_lrs); /* our copy */
         break;
+    case K_ONECYCLE:
+        free(s->u.onecycle.v);
+        break;
     default:
         break;
     }
@@ -1062,7 +1067,27 @@ static bool optimizer_has(em_optimizer *opt, const char *name)
     return has;
 }
 
-/* OneCycleLR's argument checks, in torch's order: EM_OK, or the failure recorded. */
+/* torch: OneCycleLR's _format_param(name, optimizer, param): `list` (n_list long)
+ * when given, else `scalar` for each of the n groups, into out[n]. false (recorded) for a list
+ * whose length is not n. */
+static bool format_param(const char *f, const char *name, double scalar, const double *list,
+                         size_t n_list, size_t n, double *out)
+{
+    if (list == NULL && n_list != 0) {
+        emi_fail(EM_EINVAL, "%s: %ss is NULL but n_%ss is %zu", f, name, name, n_list);
+        return false;
+    }
+    if (list != NULL && n_list != n) {
+        emi_fail(EM_EINVAL, "%s: expected %zu values for %s, got %zu", f, n, name, n_list);
+        return false;
+    }
+    for (size_t g = 0; g < n; g++)
+        out[g] = list != NULL ? list[g] : scalar;
+    return true;
+}
+
+/* OneCycleLR's argument checks, in torch's order: EM_OK, or the failure recorded. max_lr is
+ * checked by the caller, after anneal_strategy. */
 static em_status onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
 {
     const char *f = "em_onecycle_lr";
@@ -1089,12 +1114,34 @@ static em_status onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
     if (o->anneal_strategy != EM_ANNEAL_COS && o->anneal_strategy != EM_ANNEAL_LINEAR)
         return emi_fail(EM_EINVAL, "%s: anneal_strategy must by one of 'cos' or 'linear', instead got "
                                    "%d", f, (int)o->anneal_strategy);
-    if (!(o->max_lr > 0))
-        return emi_fail(EM_EINVAL, "%s: max_lr is required (got %g; it must be > 0)", f, o->max_lr);
     if (o->div_factor == 0 || o->final_div_factor == 0)
         return emi_fail(EM_EINVAL, "%s: div_factor and final_div_factor must not be 0 (got %g, %g; "
                                    "torch raises ZeroDivisionError)", f, o->div_factor, o->final_div_factor);
     return EM_OK;
+}
+
+/* OneCycleLR's per-group values: max_lrs, then max_momentums and base_momentums (torch's order),
+ * into v[0..n), v[2n..3n), v[3n..4n). Version 1 options have no lists. false (recorded) when a
+ * list's length is wrong or a max_lr is not > 0. */
+static bool onecycle_values(const em_onecycle_opts *o, bool momentum, size_t n, double *v)
+{
+    const char *f = "em_onecycle_lr";
+    bool v2 = o->version >= 2; /* a version-1 struct ends at three_phase */
+    if (!format_param(f, "max_lr", o->max_lr, v2 ? o->max_lrs : NULL, v2 ? o->n_max_lrs : 0, n, v))
+        return false;
+    for (size_t g = 0; g < n; g++) {
+        if (!(v[g] > 0)) {
+            emi_fail(EM_EINVAL, "%s: max_lr is required (got %g for group %zu; it must be > 0)", f,
+                     v[g], g);
+            return false;
+        }
+    }
+    if (!momentum)
+        return true;
+    return format_param(f, "max_momentum", o->max_momentum, v2 ? o->max_momentums : NULL,
+                        v2 ? o->n_max_momentums : 0, n, v + 2 * n) &&
+           format_param(f, "base_momentum", o->base_momentum, v2 ? o->base_momentums : NULL,
+                        v2 ? o->n_base_momentums : 0, n, v + 3 * n);
 }
 
 em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
@@ -1106,21 +1153,39 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
     int64_t total = 0;
     if (onecycle_check(opts, &total) != EM_OK)
         return NULL;
+    size_t n = em_optimizer_num_groups(opt);
+    double *v = malloc(4 * (n ? n : 1) * sizeof *v);
+    if (v == NULL)
+        return no_scheduler(out_of_memory());
+    /* torch: max_lrs = self._format_param('max_lr', ...), then the momentum checks */
+    if (!onecycle_values(opts, false, n, v)) {
+        free(v);
+        return NULL;
+    }
     const char *momentum_key = NULL;
     if (opts->cycle_momentum) {
         if (optimizer_has(opt, "beta1"))
             momentum_key = "beta1"; /* torch: 'betas' in optimizer.defaults */
         else if (optimizer_has(opt, "momentum"))
             momentum_key = "momentum";
-        else
+        else {
+            free(v);
             return no_scheduler(emi_fail(EM_EINVAL, "em_onecycle_lr: optimizer must support momentum "
                                                     "with `cycle_momentum` option enabled (%s has "
                                                     "neither momentum nor beta1)",
                                          em_optimizer_name(opt)));
+        }
+        if (!onecycle_values(opts, true, n, v)) {
+            free(v);
+            return NULL;
+        }
     }
     em_scheduler *s = sched_alloc(K_ONECYCLE, opt);
-    if (s == NULL)
+    if (s == NULL) {
+        free(v);
         return NULL;
+    }
+    s->u.onecycle.v = v;
     s->u.onecycle.total_steps = total;
     s->u.onecycle.linear = opts->anneal_strategy == EM_ANNEAL_LINEAR;
     s->u.onecycle.cycle_momentum = opts->cycle_momentum;
@@ -1138,20 +1203,18 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
         ph[1] = (onecycle_phase){(double)(total - 1), OC_MAX_LR, OC_MIN_LR, OC_BASE_MOM, OC_MAX_MOM};
         s->u.onecycle.n_phases = 2;
     }
-    /* torch: group['initial_lr'] = max_lr / div_factor; group['max_lr']; group['min_lr'] */
-    const double initial_lr = opts->max_lr / opts->div_factor;
-    s->u.onecycle.max_lr = opts->max_lr;
-    s->u.onecycle.min_lr = initial_lr / opts->final_div_factor;
-    s->u.onecycle.max_momentum = opts->max_momentum;
-    s->u.onecycle.base_momentum = opts->base_momentum;
-    size_t n = em_optimizer_num_groups(opt);
+    /* torch: group['initial_lr'] = max_lrs[idx] / div_factor; group['max_lr'] = max_lrs[idx];
+     * group['min_lr'] = group['initial_lr'] / final_div_factor */
     s->u.onecycle.n_groups = n;
     em_status st = (s->record = record_acquire(opt)) != NULL ? EM_OK : EM_ENOMEM;
-    for (size_t g = 0; st == EM_OK && g < n; g++)
+    for (size_t g = 0; st == EM_OK && g < n; g++) {
+        const double initial_lr = v[g] / opts->div_factor;
+        v[n + g] = initial_lr / opts->final_div_factor;
         st = record_put(s->record, g, initial_lr, true);
-    /* torch: group['momentum'] (or betas[0]) = max_momentum */
+    }
+    /* torch: group['momentum'] (or betas[0]) = m_momentum */
     for (size_t g = 0; st == EM_OK && momentum_key != NULL && g < n; g++)
-        st = em_optimizer_set(opt, g, momentum_key, opts->max_momentum);
+        st = em_optimizer_set(opt, g, momentum_key, v[2 * n + g]);
     return st != EM_OK ? sched_finish(s, st) : lr_init(s);
 }
 

@@ -115,13 +115,23 @@ typedef struct em_onecycle_opts {
     double div_factor;                  /* 25: initial_lr = max_lr / div_factor */
     double final_div_factor;            /* 1e4: min_lr = initial_lr / final_div_factor */
     bool three_phase;                   /* false */
+    /* ---- version 1 ends here; version 2 appends (read only when version >= 2) ---- */
+    /* torch's lists: NULL, or one value per parameter group (copied; the length must equal the
+     * number of groups: "expected 2 values for max_lr, got 3"); when set, the scalar is ignored */
+    const double *max_lrs;              /* NULL = max_lr for every group */
+    size_t n_max_lrs;                   /* 0; the length of max_lrs */
+    const double *base_momentums;       /* NULL = base_momentum for every group */
+    size_t n_base_momentums;            /* 0 */
+    const double *max_momentums;        /* NULL = max_momentum for every group */
+    size_t n_max_momentums;             /* 0 */
 } em_onecycle_opts;
-#define EM_ONECYCLE_OPTS_VERSION 1
+#define EM_ONECYCLE_OPTS_VERSION 2 /* 1: up to three_phase; 2: the per-group lists */
 #define EM_ONECYCLE_OPTS_INIT                                                                       \
     {.version = EM_ONECYCLE_OPTS_VERSION, .max_lr = 0.0, .total_steps = 0, .epochs = 0,             \
      .steps_per_epoch = 0, .pct_start = 0.3, .anneal_strategy = EM_ANNEAL_COS,                      \
      .cycle_momentum = true, .base_momentum = 0.85, .max_momentum = 0.95, .div_factor = 25.0,       \
-     .final_div_factor = 1e4, .three_phase = false}
+     .final_div_factor = 1e4, .three_phase = false, .max_lrs = NULL, .n_max_lrs = 0,                \
+     .base_momentums = NULL, .n_base_momentums = 0, .max_momentums = NULL, .n_max_momentums = 0}
 
 /**
  * The 1cycle policy: lr from max_lr/div_factor up to max_lr, then down to
@@ -129,11 +139,14 @@ typedef struct em_onecycle_opts {
  * With cycle_momentum the momentum is cycled inversely between max_momentum and base_momentum:
  * the optimizer's "beta1" when it has one (Adam, AdamW: torch checks 'betas' in defaults),
  * otherwise its "momentum" (SGD, RMSprop, a C optimizer that set "momentum").
- * torch: OneCycleLR(optimizer, max_lr, total_steps, epochs, steps_per_epoch, ...)
- * Errors: "max_lr is required", "You must define either total_steps OR (epochs AND
- * steps_per_epoch)", "Expected positive integer total_steps, but got -1", "Expected float between 0
- * and 1 pct_start, but got 1.5", "optimizer must support momentum with `cycle_momentum` option
- * enabled", div_factor or final_div_factor of 0, an options version of 0 (the INIT was forgotten).
+ * torch: OneCycleLR(optimizer, max_lr, total_steps, epochs, steps_per_epoch, ...); max_lrs,
+ * base_momentums, max_momentums (version 2) are torch's lists, one value per group.
+ * Errors: "max_lr is required" (also for a group's max_lrs value <= 0), "expected 2 values for
+ * max_lr, got 3" (likewise base_momentum, max_momentum), "You must define either total_steps OR
+ * (epochs AND steps_per_epoch)", "Expected positive integer total_steps, but got -1", "Expected
+ * float between 0 and 1 pct_start, but got 1.5", "optimizer must support momentum with
+ * `cycle_momentum` option enabled", div_factor or final_div_factor of 0, an options version of 0
+ * (the INIT was forgotten).
  * Stepping more than total_steps times fails with EM_EINVAL ("Tried to step 102 times. The
  * specified number of total steps is 100").
  */

@@ -103,6 +103,28 @@ _Static_assert(offsetof(em_loader_ops, get_batch) == 2 * PTR, "em_loader_ops v1 
 _Static_assert(offsetof(em_loader_ops, set_epoch) == 3 * PTR, "em_loader_ops v1 layout: set_epoch moved");
 _Static_assert(offsetof(em_loader_ops, destroy) == 4 * PTR, "em_loader_ops v1 layout: destroy moved");
 
+/* ---- em_onecycle_opts: version 1 ends at three_phase, version 2 appends the per-group lists ---- */
+
+_Static_assert(EM_ONECYCLE_OPTS_VERSION >= 2, "em_onecycle_opts: version numbers only grow");
+_Static_assert(offsetof(em_onecycle_opts, max_lr) < offsetof(em_onecycle_opts, total_steps) &&
+                   offsetof(em_onecycle_opts, total_steps) < offsetof(em_onecycle_opts, epochs) &&
+                   offsetof(em_onecycle_opts, epochs) < offsetof(em_onecycle_opts, steps_per_epoch) &&
+                   offsetof(em_onecycle_opts, steps_per_epoch) < offsetof(em_onecycle_opts, pct_start) &&
+                   offsetof(em_onecycle_opts, pct_start) < offsetof(em_onecycle_opts, anneal_strategy) &&
+                   offsetof(em_onecycle_opts, anneal_strategy) < offsetof(em_onecycle_opts, cycle_momentum) &&
+                   offsetof(em_onecycle_opts, cycle_momentum) < offsetof(em_onecycle_opts, base_momentum) &&
+                   offsetof(em_onecycle_opts, base_momentum) < offsetof(em_onecycle_opts, max_momentum) &&
+                   offsetof(em_onecycle_opts, max_momentum) < offsetof(em_onecycle_opts, div_factor) &&
+                   offsetof(em_onecycle_opts, div_factor) < offsetof(em_onecycle_opts, final_div_factor) &&
+                   offsetof(em_onecycle_opts, final_div_factor) < offsetof(em_onecycle_opts, three_phase),
+               "em_onecycle_opts v1 layout: a field moved");
+_Static_assert(offsetof(em_onecycle_opts, max_lrs) > offsetof(em_onecycle_opts, three_phase) &&
+                   offsetof(em_onecycle_opts, n_max_lrs) > offsetof(em_onecycle_opts, max_lrs) &&
+                   offsetof(em_onecycle_opts, base_momentums) > offsetof(em_onecycle_opts, n_max_lrs) &&
+                   offsetof(em_onecycle_opts, n_base_momentums) > offsetof(em_onecycle_opts, base_momentums) &&
+                   offsetof(em_onecycle_opts, max_momentums) > offsetof(em_onecycle_opts, n_base_momentums) &&
+                   offsetof(em_onecycle_opts, n_max_momentums) > offsetof(em_onecycle_opts, max_momentums),
+               "em_onecycle_opts v2: the lists are appended after three_phase, in this order");
 
 /* ---- the macros, expanded as a user writes them ------------------------------------------------- */
 

@@ -1790,6 +1790,119 @@ static const double ref_plateau_eps[13][2] = {
     {1.0000000000000004e-08, 5e-09},
 };
 
+/* ---- OneCycleLR with per-group lists --------------------------------------------------------------------
+ * Recorded with python3-torch 1.13.1+dfsg-4 (Debian 12) by this script (SGD/Adam as above):
+ *   def run(make_opt, make_sched, steps, mom_key=None):
+ *       ps = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+ *       opt = make_opt(ps); sched = make_sched(opt)
+ *       def row():
+ *           r = [g['lr'] for g in opt.param_groups]
+ *           if mom_key == 'momentum': r += [g['momentum'] for g in opt.param_groups]
+ *           if mom_key == 'beta1': r += [g['betas'][0] for g in opt.param_groups]
+ *           return r
+ *       rows = [row()]
+ *       for _ in range(steps):
+ *           sched.step()
+ *           assert sched.get_last_lr() == [g['lr'] for g in opt.param_groups]
+ *           rows.append(row())
+ *       print rows with repr(float)
+ * with the schedulers in the comments (steps = rows - 1). */
+/* OneCycleLR(SGD, max_lr=[0.2, 0.05], total_steps=40, base_momentum=[0.8, 0.85], max_momentum=[0.9,
+ * 0.99]); row k = lrs then momenta after k steps */
+static const double ref_onecycle_per_group[41][4] = {
+    {0.008000000000000007, 0.0020000000000000018, 0.9, 0.99},
+    {0.011888674533008237, 0.002972168633252059, 0.8979746486807249, 0.9871645081530148},
+    {0.02323966084820661, 0.005809915212051653, 0.8920626766415591, 0.9788877472981827},
+    {0.04113336954125263, 0.010283342385313157, 0.8827430366972643, 0.9658402513761699},
+    {0.0641201587518189, 0.016030039687954724, 0.8707707506500943, 0.949079050910132},
+    {0.09033777552576462, 0.022584443881441155, 0.8571157419136644, 0.92996203867913},
+    {0.11766222447423537, 0.029415556118558842, 0.8428842580863358, 0.91003796132087},
+    {0.1438798412481811, 0.035969960312045274, 0.8292292493499057, 0.890920949089868},
+    {0.16686663045874736, 0.04171665761468684, 0.8172569633027358, 0.8741597486238301},
+    {0.1847603391517934, 0.04619008478794835, 0.8079373233584409, 0.8611122527018172},
+    {0.19611132546699175, 0.04902783136674794, 0.8020253513192752, 0.8528354918469851},
+    {0.2, 0.05, 0.8, 0.85},
+    {0.19937122350444034, 0.049842805876110084, 0.800314389505338, 0.850440145307473},
+    {0.19749280124701749, 0.04937320031175437, 0.8012536043909089, 0.8517550461472723},
+    {0.19438835547750463, 0.04859708886937616, 0.8028058334845817, 0.8539281668784142},
+    {0.19009692640269477, 0.04752423160067369, 0.804951556604879, 0.8569321792468306},
+    {0.18467248123314872, 0.04616812030828718, 0.8076637900385858, 0.8607293060540201},
+    {0.17818323551421, 0.0445458088785525, 0.8109084258765985, 0.8652717962272379},
+    {0.17071079527594227, 0.04267769881898557, 0.8146446609406727, 0.8705025253169416},
+    {0.1623491307899526, 0.04058728269748815, 0.8188255099070634, 0.8763557138698886},
+    {0.15320339483870307, 0.03830084870967577, 0.8233983961742333, 0.8827577546439265},
+    {0.14338860035826018, 0.035847150089565044, 0.8283058130441221, 0.8896281382617709},
+    {0.13302817408389195, 0.03325704352097299, 0.8334860469022417, 0.8968804656631383},
+    {0.12225240438725786, 0.030563101096814465, 0.8388739533021843, 0.904423534623058},
+    {0.11119680282454035, 0.027799200706135088, 0.8444017761948346, 0.9121624866727684},
+    {0.1000004, 0.0250001, 0.8500000000000001, 0.9199999999999999},
+    {0.08880399717545966, 0.022200999293864914, 0.8555982238051654, 0.9278375133272315},
+    {0.07774839561274215, 0.019437098903185537, 0.8611260466978158, 0.935576465376942},
+    {0.0669726259161081, 0.016743156479027025, 0.8665139530977584, 0.9431195343368617},
+    {0.056612199641739844, 0.014153049910434961, 0.871694186955878, 0.9503718617382291},
+    {0.04679740516129697, 0.011699351290324242, 0.8766016038257669, 0.9572422453560735},
+    {0.0376516692100474, 0.00941291730251185, 0.8811744900929367, 0.9636442861301113},
+    {0.02929000472405773, 0.007322501181014432, 0.8853553390593274, 0.9694974746830584},
+    {0.021817564485790007, 0.005454391121447502, 0.8890915741234016, 0.974728203772762},
+    {0.015328318766851281, 0.0038320796917128202, 0.8923362099614143, 0.9792706939459799},
+    {0.009903873597305258, 0.0024759683993263145, 0.895048443395121, 0.9830678207531693},
+    {0.005612444522495366, 0.0014031111306238415, 0.8971941665154184, 0.9860718331215858},
+    {0.002507998752982511, 0.0006269996882456277, 0.8987463956090912, 0.9882449538527276},
+    {0.000629576495559697, 0.00015739412388992424, 0.8996856104946621, 0.9895598546925269},
+    {8e-07, 2e-07, 0.9, 0.99},
+    {0.000629576495559708, 0.000157394123889927, 0.8996856104946621, 0.9895598546925269},
+};
+
+/* OneCycleLR(Adam, max_lr=[0.01, 0.003], total_steps=45, anneal_strategy='linear', three_phase=True,
+ * max_momentum=[0.95, 0.9]) (beta1); row k = lrs then momenta after k steps */
+static const double ref_onecycle_per_group_adam[45][4] = {
+    {0.0004, 0.00012, 0.95, 0.9},
+    {0.0011680000000000002, 0.0003504, 0.942, 0.896},
+    {0.0019360000000000002, 0.0005808, 0.9339999999999999, 0.892},
+    {0.0027040000000000002, 0.0008112, 0.9259999999999999, 0.888},
+    {0.0034720000000000007, 0.0010416000000000002, 0.9179999999999999, 0.884},
+    {0.004240000000000001, 0.0012720000000000001, 0.9099999999999999, 0.88},
+    {0.005008, 0.0015024, 0.9019999999999999, 0.876},
+    {0.005776000000000002, 0.0017328000000000003, 0.8939999999999999, 0.872},
+    {0.006544000000000001, 0.0019632, 0.886, 0.868},
+    {0.007312000000000001, 0.0021936, 0.878, 0.864},
+    {0.00808, 0.002424, 0.87, 0.86},
+    {0.008848, 0.0026544, 0.862, 0.856},
+    {0.009616, 0.0028848, 0.854, 0.852},
+    {0.009616, 0.0028848, 0.854, 0.852},
+    {0.008848, 0.0026544, 0.862, 0.856},
+    {0.00808, 0.002424, 0.87, 0.86},
+    {0.007311999999999999, 0.0021936, 0.878, 0.864},
+    {0.0065439999999999995, 0.0019632, 0.886, 0.868},
+    {0.005776, 0.0017328, 0.894, 0.872},
+    {0.005007999999999999, 0.0015023999999999999, 0.9019999999999999, 0.876},
+    {0.00424, 0.001272, 0.9099999999999999, 0.88},
+    {0.0034719999999999994, 0.0010415999999999997, 0.9179999999999999, 0.884},
+    {0.002704, 0.0008111999999999998, 0.9259999999999999, 0.888},
+    {0.0019360000000000002, 0.0005807999999999998, 0.9339999999999999, 0.892},
+    {0.001167999999999999, 0.00035039999999999984, 0.942, 0.896},
+    {0.0003999999999999993, 0.00011999999999999988, 0.95, 0.9},
+    {0.00037894947368421057, 0.00011368484210526316, 0.95, 0.9},
+    {0.00035789894736842106, 0.00010736968421052632, 0.95, 0.9},
+    {0.0003368484210526316, 0.00010105452631578948, 0.95, 0.9},
+    {0.0003157978947368421, 9.473936842105263e-05, 0.95, 0.9},
+    {0.00029474736842105266, 8.842421052631579e-05, 0.95, 0.9},
+    {0.00027369684210526316, 8.210905263157894e-05, 0.95, 0.9},
+    {0.0002526463157894737, 7.579389473684211e-05, 0.95, 0.9},
+    {0.00023159578947368423, 6.947873684210528e-05, 0.95, 0.9},
+    {0.00021054526315789475, 6.316357894736843e-05, 0.95, 0.9},
+    {0.00018949473684210527, 5.6848421052631585e-05, 0.95, 0.9},
+    {0.00016844421052631577, 5.053326315789474e-05, 0.95, 0.9},
+    {0.00014739368421052635, 4.421810526315789e-05, 0.95, 0.9},
+    {0.00012634315789473684, 3.790294736842105e-05, 0.95, 0.9},
+    {0.00010529263157894739, 3.1587789473684215e-05, 0.95, 0.9},
+    {8.424210526315789e-05, 2.527263157894737e-05, 0.95, 0.9},
+    {6.319157894736844e-05, 1.8957473684210537e-05, 0.95, 0.9},
+    {4.2141052631578934e-05, 1.2642315789473677e-05, 0.95, 0.9},
+    {2.1090526315789484e-05, 6.327157894736845e-06, 0.95, 0.9},
+    {3.999999999997929e-08, 1.1999999999999207e-08, 0.95, 0.9},
+};
+
 /* ---- fixture and helpers ------------------------------------------------------------------------------ */
 
 typedef struct fixture {
@@ -2135,6 +2248,102 @@ static void test_scheduler__onecycle_rejects_what_torch_rejects(void **state)
     assert_true(em_optimizer_lr(adagrad, 0) == 0.0040000000000000036);
     em_scheduler_free(s);
     em_optimizer_free(adagrad);
+}
+
+/* ---- OneCycleLR with per-group lists (em_onecycle_opts version 2) ------------------------------------------ */
+
+static void test_scheduler__onecycle_per_group_values_match_torch(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    em_onecycle_opts o = EM_ONECYCLE_OPTS_INIT;
+    assert_int_equal(o.version, 2);
+    o.max_lrs = (const double[]){0.2, 0.05};
+    o.n_max_lrs = 2;
+    o.base_momentums = (const double[]){0.8, 0.85};
+    o.n_base_momentums = 2;
+    o.max_momentums = (const double[]){0.9, 0.99};
+    o.n_max_momentums = 2;
+    o.total_steps = 40;
+    em_scheduler *s = em_onecycle_lr(opt, &o);
+    assert_nonnull_em(s);
+    assert_true(em_scheduler_base_lr(s, 0) == 0.2 / 25 && em_scheduler_base_lr(s, 1) == 0.05 / 25);
+    RUN(s, opt, ref_onecycle_per_group);
+}
+
+static void test_scheduler__onecycle_per_group_beta1_three_phase_linear(void **state)
+{
+    em_optimizer *opt = adam2(*state);
+    em_onecycle_opts o = EM_ONECYCLE_OPTS_INIT;
+    o.max_lrs = (const double[]){0.01, 0.003};
+    o.n_max_lrs = 2;
+    o.max_momentums = (const double[]){0.95, 0.9};
+    o.n_max_momentums = 2;
+    o.total_steps = 45;
+    o.anneal_strategy = EM_ANNEAL_LINEAR;
+    o.three_phase = true;
+    em_scheduler *s = em_onecycle_lr(opt, &o);
+    run_table(s, opt, TABLE(ref_onecycle_per_group_adam), "beta1", NULL);
+    em_scheduler_free(s);
+    em_optimizer_free(opt);
+}
+
+static void test_scheduler__onecycle_lists_are_checked_and_version_1_ignores_them(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    em_onecycle_opts o = EM_ONECYCLE_OPTS_INIT;
+    o.total_steps = 10;
+    o.max_lrs = (const double[]){0.1};
+    o.n_max_lrs = 1;
+    assert_null(em_onecycle_lr(opt, &o));
+    assert_error_contains("expected 2 values for max_lr, got 1"); /* torch's ValueError */
+    em_clear_error();
+    o.max_lrs = (const double[]){0.1, 0.0};
+    o.n_max_lrs = 2;
+    assert_null(em_onecycle_lr(opt, &o));
+    assert_error_contains("max_lr is required (got 0 for group 1");
+    em_clear_error();
+    o.max_lrs = (const double[]){0.1, 0.2};
+    o.base_momentums = (const double[]){0.8, 0.8, 0.8};
+    o.n_base_momentums = 3;
+    assert_null(em_onecycle_lr(opt, &o));
+    assert_error_contains("expected 2 values for base_momentum, got 3");
+    em_clear_error();
+    o.base_momentums = NULL;
+    o.n_base_momentums = 0;
+    o.max_momentums = (const double[]){0.9};
+    o.n_max_momentums = 1;
+    assert_null(em_onecycle_lr(opt, &o));
+    assert_error_contains("expected 2 values for max_momentum, got 1");
+    em_clear_error();
+    /* without momentum cycling the momentum lists are not read, as torch */
+    o.cycle_momentum = false;
+    em_scheduler *s = em_onecycle_lr(opt, &o);
+    assert_nonnull_em(s);
+    assert_true(em_scheduler_base_lr(s, 1) == 0.2 / 25);
+    em_scheduler_free(s);
+
+    /* A program compiled against version 1 of the struct: the fields after three_phase are not
+     * its own (here: garbage a version-2 reader would reject), so they must not be read. */
+    o = (em_onecycle_opts)EM_ONECYCLE_OPTS_INIT;
+    o.version = 1;
+    o.max_lr = 0.2;
+    o.total_steps = 10;
+    o.max_lrs = (const double[]){-1};
+    o.n_max_lrs = 7;
+    o.base_momentums = NULL;
+    o.n_base_momentums = 5;
+    s = em_onecycle_lr(opt, &o);
+    assert_nonnull_em(s);
+    assert_true(em_scheduler_base_lr(s, 0) == 0.2 / 25 && em_scheduler_base_lr(s, 1) == 0.2 / 25);
+    double m = 0;
+    assert_ok(em_optimizer_get(opt, 1, "momentum", &m));
+    assert_close_rel(m, 0.95, 1e-15); /* max_momentum's 0.95, not a list's */
+    em_scheduler_free(s);
+    o.version = 3; /* from a newer header */
+    assert_null(em_onecycle_lr(opt, &o));
+    assert_error_contains("EM_ONECYCLE_OPTS_INIT");
+    em_clear_error();
+    em_optimizer_free(opt);
 }
 
 /* ---- a C scheduler that fails without a message --------------------------------------------------------------- */
@@ -2782,6 +2991,9 @@ int main(void)
         T_(test_scheduler__onecycle_three_phase),
         T_(test_scheduler__onecycle_without_momentum_cycling_leaves_momentum),
         T_(test_scheduler__onecycle_rejects_what_torch_rejects),
+        T_(test_scheduler__onecycle_per_group_values_match_torch),
+        T_(test_scheduler__onecycle_per_group_beta1_three_phase_linear),
+        T_(test_scheduler__onecycle_lists_are_checked_and_version_1_ignores_them),
         T_(test_scheduler__c_scheduler_failing_without_a_message_gets_one),
         T_(test_scheduler__sequential_linear_then_exponential_matches_torch),
         T_(test_scheduler__sequential_of_three_uses_closed_forms_at_milestones),
