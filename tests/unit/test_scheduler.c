@@ -1,7 +1,8 @@
 /* test_scheduler.c: learning-rate schedulers against torch 1.13.1's torch/optim/lr_scheduler.py.
  *
  * Each built-in scheduler runs for 12 to 120 steps on an optimizer with two parameter groups
- * (lr 0.1 and 0.05) and must reproduce the learning rates (and OneCycleLR's momentum or beta1)
+ * (lr 0.1 and 0.05) and must reproduce the learning rates (and OneCycleLR's and CyclicLR's
+ * momentum or beta1)
  * that Python torch recorded, to rtol 1e-12 (they are bit-identical on the machine they were
  * recorded on: the run prints how many of the comparisons were exact).
  */
@@ -1790,8 +1791,9 @@ static const double ref_plateau_eps[13][2] = {
     {1.0000000000000004e-08, 5e-09},
 };
 
-/* ---- OneCycleLR with per-group lists --------------------------------------------------------------------
- * Recorded with python3-torch 1.13.1+dfsg-4 (Debian 12) by this script (SGD/Adam as above):
+/* ---- CyclicLR and OneCycleLR with per-group lists -------------------------------------------------------
+ * Recorded with python3-torch 1.13.1+dfsg-4 (Debian 12) by this script (SGD/Adam as above; RMSprop:
+ * torch.optim.RMSprop(<the same two groups>, lr=0.1, momentum=0.5)):
  *   def run(make_opt, make_sched, steps, mom_key=None):
  *       ps = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
  *       opt = make_opt(ps); sched = make_sched(opt)
@@ -1807,6 +1809,329 @@ static const double ref_plateau_eps[13][2] = {
  *           rows.append(row())
  *       print rows with repr(float)
  * with the schedulers in the comments (steps = rows - 1). */
+/* CyclicLR(SGD, base_lr=0.001, max_lr=0.1, step_size_up=4, cycle_momentum=False); row k = lrs after k
+ * steps */
+static const double ref_cyclic_triangular[41][2] = {
+    {0.001, 0.001},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.0505, 0.0505},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.1, 0.1},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.0505, 0.0505},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.001, 0.001},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.0505, 0.0505},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.1, 0.1},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.0505, 0.0505},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.001, 0.001},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.0505, 0.0505},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.1, 0.1},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.0505, 0.0505},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.001, 0.001},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.0505, 0.0505},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.1, 0.1},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.0505, 0.0505},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.001, 0.001},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.0505, 0.0505},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.1, 0.1},
+    {0.07525000000000001, 0.07525000000000001},
+    {0.0505, 0.0505},
+    {0.025750000000000002, 0.025750000000000002},
+    {0.001, 0.001},
+};
+
+/* CyclicLR(SGD, base_lr=0.01, max_lr=0.2, step_size_up=3, step_size_down=5, mode='triangular2',
+ * cycle_momentum=False); row k = lrs after k steps */
+static const double ref_cyclic_triangular2[41][2] = {
+    {0.01, 0.01},
+    {0.07333333333333332, 0.07333333333333332},
+    {0.13666666666666666, 0.13666666666666666},
+    {0.2, 0.2},
+    {0.16200000000000003, 0.16200000000000003},
+    {0.12399999999999999, 0.12399999999999999},
+    {0.08600000000000001, 0.08600000000000001},
+    {0.04800000000000001, 0.04800000000000001},
+    {0.01, 0.01},
+    {0.041666666666666664, 0.041666666666666664},
+    {0.07333333333333332, 0.07333333333333332},
+    {0.105, 0.105},
+    {0.08600000000000001, 0.08600000000000001},
+    {0.06699999999999999, 0.06699999999999999},
+    {0.04800000000000001, 0.04800000000000001},
+    {0.029000000000000005, 0.029000000000000005},
+    {0.01, 0.01},
+    {0.025833333333333333, 0.025833333333333333},
+    {0.041666666666666664, 0.041666666666666664},
+    {0.0575, 0.0575},
+    {0.04800000000000001, 0.04800000000000001},
+    {0.0385, 0.0385},
+    {0.029000000000000005, 0.029000000000000005},
+    {0.019500000000000003, 0.019500000000000003},
+    {0.01, 0.01},
+    {0.017916666666666664, 0.017916666666666664},
+    {0.025833333333333333, 0.025833333333333333},
+    {0.03375, 0.03375},
+    {0.029000000000000005, 0.029000000000000005},
+    {0.02425, 0.02425},
+    {0.019500000000000003, 0.019500000000000003},
+    {0.014750000000000001, 0.014750000000000001},
+    {0.01, 0.01},
+    {0.013958333333333333, 0.013958333333333333},
+    {0.017916666666666664, 0.017916666666666664},
+    {0.021875, 0.021875},
+    {0.019500000000000003, 0.019500000000000003},
+    {0.017125, 0.017125},
+    {0.014750000000000001, 0.014750000000000001},
+    {0.012375, 0.012375},
+    {0.01, 0.01},
+};
+
+/* CyclicLR(SGD, base_lr=0.001, max_lr=0.05, step_size_up=5, mode='exp_range', gamma=0.97) (momentum cycled
+ * 0.8..0.9); row k = lrs then momenta after k steps */
+static const double ref_cyclic_exp_range[41][4] = {
+    {0.001, 0.001, 0.9, 0.9},
+    {0.010506000000000008, 0.010506000000000008, 0.8806, 0.8806},
+    {0.019441639999999996, 0.019441639999999996, 0.862364, 0.862364},
+    {0.027832586200000006, 0.027832586200000006, 0.8452396200000001, 0.8452396200000001},
+    {0.03570347815199999, 0.03570347815199999, 0.8291765752000001, 0.8291765752000001},
+    {0.0430779672593, 0.0430779672593, 0.81412659743, 0.81412659743},
+    {0.03365250259321679, 0.03365250259321679, 0.8333622396056801, 0.8333622396056801},
+    {0.02475469563656522, 0.02475469563656522, 0.8515210293131322, 0.8515210293131322},
+    {0.016361369844978838, 0.016361369844978838, 0.8686502656224921, 0.8686502656224921},
+    {0.008450264374814744, 0.008450264374814744, 0.8847953788269087, 0.8847953788269087},
+    {0.001, 0.001, 0.9, 0.9},
+    {0.008009953750263192, 0.008009953750263192, 0.8856939719382384, 0.8856939719382384},
+    {0.01459931027551059, 0.01459931027551059, 0.8722463055601825, 0.8722463055601825},
+    {0.020786996450867883, 0.020786996450867883, 0.8596183745900656, 0.8596183745900656},
+    {0.026591182076455805, 0.026591182076455805, 0.8477730978031515, 0.8477730978031515},
+    {0.032029308267702665, 0.032029308267702665, 0.8366748810863212, 0.8366748810863212},
+    {0.025078743215737265, 0.025078743215737265, 0.8508597077229852, 0.8508597077229852},
+    {0.018517285689448857, 0.018517285689448857, 0.8642504373684717, 0.8642504373684717},
+    {0.012327844745843607, 0.012327844745843607, 0.8768819494982784, 0.8768819494982784},
+    {0.006494004701734149, 0.006494004701734149, 0.8887877455066651, 0.8887877455066651},
+    {0.001, 0.001, 0.9, 0.9},
+    {0.006169309023861661, 0.006169309023861661, 0.8894503897472211, 0.8894503897472211},
+    {0.011028459506291624, 0.011028459506291624, 0.8795337561096089, 0.8795337561096089},
+    {0.015591408581654288, 0.015591408581654288, 0.870221615139481, 0.870221615139481},
+    {0.019871555098939554, 0.019871555098939554, 0.8614866222470622, 0.8614866222470622},
+    {0.023881760557464216, 0.023881760557464216, 0.8533025294745629, 0.8533025294745629},
+    {0.018756246192592224, 0.018756246192592224, 0.8637627628722608, 0.8637627628722608},
+    {0.013917669105110837, 0.013917669105110837, 0.8736374099895697, 0.8736374099895697},
+    {0.009353426021305022, 0.009353426021305022, 0.8829521917932551, 0.8829521917932551},
+    {0.005051411620332935, 0.005051411620332935, 0.8917318130197287, 0.8917318130197287},
+    {0.001, 0.001, 0.9, 0.9},
+    {0.004811973193571241, 0.004811973193571241, 0.8922204628702628, 0.8922204628702628},
+    {0.008395227995528241, 0.008395227995528241, 0.8849076979683097, 0.8849076979683097},
+    {0.011760056733493576, 0.011760056733493576, 0.8780407005438907, 0.8780407005438907},
+    {0.01491634004198504, 0.01491634004198504, 0.8715993060367653, 0.8715993060367653},
+    {0.01787356230090685, 0.01787356230090685, 0.8655641585695779, 0.8655641585695779},
+    {0.014093884345503724, 0.014093884345503724, 0.8732777870499924, 0.8732777870499924},
+    {0.010525800861353948, 0.010525800861353948, 0.8805595900788695, 0.8805595900788695},
+    {0.007160017890342227, 0.007160017890342227, 0.8874285349176689, 0.8874285349176689},
+    {0.003987608676815966, 0.003987608676815966, 0.8939028394350694, 0.8939028394350694},
+    {0.001, 0.001, 0.9, 0.9},
+};
+
+/* CyclicLR(SGD, base_lr=[0.001, 0.002], max_lr=[0.1, 0.03], step_size_up=6, step_size_down=2,
+ * base_momentum=[0.7, 0.85], max_momentum=[0.95, 0.9]); row k = lrs then momenta after k steps */
+static const double ref_cyclic_per_group[41][4] = {
+    {0.001, 0.002, 0.95, 0.9},
+    {0.0175, 0.006666666666666666, 0.9083333333333333, 0.8916666666666667},
+    {0.034, 0.011333333333333332, 0.8666666666666666, 0.8833333333333333},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.067, 0.020666666666666667, 0.7833333333333333, 0.8666666666666667},
+    {0.0835, 0.025333333333333333, 0.7416666666666666, 0.8583333333333333},
+    {0.1, 0.03, 0.7, 0.85},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.001, 0.002, 0.95, 0.9},
+    {0.0175, 0.006666666666666666, 0.9083333333333333, 0.8916666666666667},
+    {0.034, 0.011333333333333332, 0.8666666666666666, 0.8833333333333333},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.067, 0.020666666666666667, 0.7833333333333333, 0.8666666666666667},
+    {0.0835, 0.025333333333333333, 0.7416666666666666, 0.8583333333333333},
+    {0.1, 0.03, 0.7, 0.85},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.001, 0.002, 0.95, 0.9},
+    {0.0175, 0.006666666666666666, 0.9083333333333333, 0.8916666666666667},
+    {0.034, 0.011333333333333332, 0.8666666666666666, 0.8833333333333333},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.067, 0.020666666666666667, 0.7833333333333333, 0.8666666666666667},
+    {0.0835, 0.025333333333333333, 0.7416666666666666, 0.8583333333333333},
+    {0.1, 0.03, 0.7, 0.85},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.001, 0.002, 0.95, 0.9},
+    {0.0175, 0.006666666666666666, 0.9083333333333333, 0.8916666666666667},
+    {0.034, 0.011333333333333332, 0.8666666666666666, 0.8833333333333333},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.067, 0.020666666666666667, 0.7833333333333333, 0.8666666666666667},
+    {0.0835, 0.025333333333333333, 0.7416666666666666, 0.8583333333333333},
+    {0.1, 0.03, 0.7, 0.85},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.001, 0.002, 0.95, 0.9},
+    {0.0175, 0.006666666666666666, 0.9083333333333333, 0.8916666666666667},
+    {0.034, 0.011333333333333332, 0.8666666666666666, 0.8833333333333333},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.067, 0.020666666666666667, 0.7833333333333333, 0.8666666666666667},
+    {0.0835, 0.025333333333333333, 0.7416666666666666, 0.8583333333333333},
+    {0.1, 0.03, 0.7, 0.85},
+    {0.0505, 0.016, 0.825, 0.875},
+    {0.001, 0.002, 0.95, 0.9},
+};
+
+/* CyclicLR(SGD, base_lr=0.01, max_lr=0.1, step_size_up=3, scale_fn=lambda x: 1 / (2. ** (x - 1)),
+ * scale_mode='cycle') (momentum cycled); row k = lrs then momenta after k steps */
+static const double ref_cyclic_fn_cycle[41][4] = {
+    {0.01, 0.01, 0.9, 0.9},
+    {0.040000000000000015, 0.040000000000000015, 0.8666666666666667, 0.8666666666666667},
+    {0.06999999999999999, 0.06999999999999999, 0.8333333333333334, 0.8333333333333334},
+    {0.1, 0.1, 0.8, 0.8},
+    {0.07000000000000003, 0.07000000000000003, 0.8333333333333334, 0.8333333333333334},
+    {0.03999999999999998, 0.03999999999999998, 0.8666666666666667, 0.8666666666666667},
+    {0.01, 0.01, 0.9, 0.9},
+    {0.02500000000000003, 0.02500000000000003, 0.8833333333333333, 0.8833333333333333},
+    {0.03999999999999998, 0.03999999999999998, 0.8666666666666667, 0.8666666666666667},
+    {0.05500000000000001, 0.05500000000000001, 0.8500000000000001, 0.8500000000000001},
+    {0.03999999999999998, 0.03999999999999998, 0.8666666666666667, 0.8666666666666667},
+    {0.02500000000000003, 0.02500000000000003, 0.8833333333333333, 0.8833333333333333},
+    {0.01, 0.01, 0.9, 0.9},
+    {0.017499999999999995, 0.017499999999999995, 0.8916666666666667, 0.8916666666666667},
+    {0.02500000000000001, 0.02500000000000001, 0.8833333333333333, 0.8833333333333333},
+    {0.0325, 0.0325, 0.875, 0.875},
+    {0.02500000000000001, 0.02500000000000001, 0.8833333333333333, 0.8833333333333333},
+    {0.017499999999999995, 0.017499999999999995, 0.8916666666666667, 0.8916666666666667},
+    {0.01, 0.01, 0.9, 0.9},
+    {0.013749999999999988, 0.013749999999999988, 0.8958333333333334, 0.8958333333333334},
+    {0.017500000000000016, 0.017500000000000016, 0.8916666666666667, 0.8916666666666667},
+    {0.02125, 0.02125, 0.8875000000000001, 0.8875000000000001},
+    {0.017500000000000016, 0.017500000000000016, 0.8916666666666667, 0.8916666666666667},
+    {0.013749999999999988, 0.013749999999999988, 0.8958333333333334, 0.8958333333333334},
+    {0.01, 0.01, 0.9, 0.9},
+    {0.011875000000000004, 0.011875000000000004, 0.8979166666666667, 0.8979166666666667},
+    {0.013749999999999998, 0.013749999999999998, 0.8958333333333334, 0.8958333333333334},
+    {0.015625, 0.015625, 0.89375, 0.89375},
+    {0.013749999999999998, 0.013749999999999998, 0.8958333333333334, 0.8958333333333334},
+    {0.011875000000000004, 0.011875000000000004, 0.8979166666666667, 0.8979166666666667},
+    {0.01, 0.01, 0.9, 0.9},
+    {0.010937500000000003, 0.010937500000000003, 0.8989583333333333, 0.8989583333333333},
+    {0.011874999999999998, 0.011874999999999998, 0.8979166666666667, 0.8979166666666667},
+    {0.012812500000000001, 0.012812500000000001, 0.896875, 0.896875},
+    {0.011874999999999998, 0.011874999999999998, 0.8979166666666667, 0.8979166666666667},
+    {0.010937500000000003, 0.010937500000000003, 0.8989583333333333, 0.8989583333333333},
+    {0.01, 0.01, 0.9, 0.9},
+    {0.01046875, 0.01046875, 0.8994791666666667, 0.8994791666666667},
+    {0.0109375, 0.0109375, 0.8989583333333333, 0.8989583333333333},
+    {0.01140625, 0.01140625, 0.8984375, 0.8984375},
+    {0.0109375, 0.0109375, 0.8989583333333333, 0.8989583333333333},
+};
+
+/* CyclicLR(RMSprop momentum=0.5, base_lr=0.005, max_lr=0.08, step_size_up=4, step_size_down=7,
+ * mode='triangular2' (ignored), scale_fn=lambda x: 1 / (1. + x / 8.), scale_mode='iterations') (momentum
+ * cycled); row k = lrs then momenta after k steps */
+static const double ref_cyclic_fn_iterations[41][4] = {
+    {0.005, 0.005, 0.9, 0.9},
+    {0.02166666666666665, 0.02166666666666665, 0.8777777777777778, 0.8777777777777778},
+    {0.035, 0.035, 0.86, 0.86},
+    {0.0459090909090909, 0.0459090909090909, 0.8454545454545455, 0.8454545454545455},
+    {0.054999999999999986, 0.054999999999999986, 0.8333333333333334, 0.8333333333333334},
+    {0.044560439560439556, 0.044560439560439556, 0.8472527472527472, 0.8472527472527472},
+    {0.03561224489795919, 0.03561224489795919, 0.8591836734693877, 0.8591836734693877},
+    {0.027857142857142865, 0.027857142857142865, 0.8695238095238096, 0.8695238095238096},
+    {0.02107142857142857, 0.02107142857142857, 0.8785714285714286, 0.8785714285714286},
+    {0.015084033613445371, 0.015084033613445371, 0.8865546218487396, 0.8865546218487396},
+    {0.009761904761904758, 0.009761904761904758, 0.8936507936507937, 0.8936507936507937},
+    {0.005, 0.005, 0.9, 0.9},
+    {0.012499999999999994, 0.012499999999999994, 0.89, 0.89},
+    {0.01928571428571427, 0.01928571428571427, 0.880952380952381, 0.880952380952381},
+    {0.025454545454545438, 0.025454545454545438, 0.8727272727272728, 0.8727272727272728},
+    {0.031086956521739106, 0.031086956521739106, 0.8652173913043479, 0.8652173913043479},
+    {0.026428571428571426, 0.026428571428571426, 0.8714285714285714, 0.8714285714285714},
+    {0.022142857142857148, 0.022142857142857148, 0.8771428571428571, 0.8771428571428571},
+    {0.018186813186813176, 0.018186813186813176, 0.8824175824175825, 0.8824175824175825},
+    {0.014523809523809515, 0.014523809523809515, 0.8873015873015874, 0.8873015873015874},
+    {0.011122448979591831, 0.011122448979591831, 0.8918367346938776, 0.8918367346938776},
+    {0.00795566502463054, 0.00795566502463054, 0.8960591133004926, 0.8960591133004926},
+    {0.005, 0.005, 0.9, 0.9},
+    {0.00983870967741935, 0.00983870967741935, 0.8935483870967742, 0.8935483870967742},
+    {0.014374999999999992, 0.014374999999999992, 0.8875000000000001, 0.8875000000000001},
+    {0.018636363636363645, 0.018636363636363645, 0.8818181818181818, 0.8818181818181818},
+    {0.02264705882352941, 0.02264705882352941, 0.8764705882352941, 0.8764705882352941},
+    {0.019693877551020405, 0.019693877551020405, 0.8804081632653061, 0.8804081632653061},
+    {0.016904761904761905, 0.016904761904761905, 0.8841269841269841, 0.8841269841269841},
+    {0.01426640926640927, 0.01426640926640927, 0.8876447876447877, 0.8876447876447877},
+    {0.011766917293233089, 0.011766917293233089, 0.8909774436090225, 0.8909774436090225},
+    {0.009395604395604391, 0.009395604395604391, 0.8941391941391942, 0.8941391941391942},
+    {0.007142857142857142, 0.007142857142857142, 0.8971428571428571, 0.8971428571428571},
+    {0.005, 0.005, 0.9, 0.9},
+    {0.008571428571428568, 0.008571428571428568, 0.8952380952380953, 0.8952380952380953},
+    {0.011976744186046506, 0.011976744186046506, 0.8906976744186047, 0.8906976744186047},
+    {0.015227272727272752, 0.015227272727272752, 0.8863636363636364, 0.8863636363636364},
+    {0.01833333333333332, 0.01833333333333332, 0.8822222222222222, 0.8822222222222222},
+    {0.016180124223602474, 0.016180124223602474, 0.8850931677018634, 0.8850931677018634},
+    {0.01411854103343466, 0.01411854103343466, 0.8878419452887538, 0.8878419452887538},
+    {0.012142857142857136, 0.012142857142857136, 0.8904761904761905, 0.8904761904761905},
+};
+
+/* CyclicLR(Adam, base_lr=0.0001, max_lr=0.003, step_size_up=7, mode='exp_range', gamma=0.99,
+ * cycle_momentum=False) (beta1 stays 0.9); row k = lrs then momenta after k steps */
+static const double ref_cyclic_adam_nomom[41][4] = {
+    {0.0001, 0.0001, 0.9, 0.9},
+    {0.000510142857142857, 0.000510142857142857, 0.9, 0.9},
+    {0.000912082857142857, 0.000912082857142857, 0.9, 0.9},
+    {0.0013059430428571425, 0.0013059430428571425, 0.9, 0.9},
+    {0.001691844816571428, 0.001691844816571428, 0.9, 0.9},
+    {0.002069907960507143, 0.002069907960507143, 0.9, 0.9},
+    {0.002440250657082486, 0.002440250657082486, 0.9, 0.9},
+    {0.002802989508930271, 0.002802989508930271, 0.9, 0.9},
+    {0.0023936796690065443, 0.0023936796690065443, 0.9, 0.9},
+    {0.0019922857269303994, 0.0019922857269303994, 0.9, 0.9},
+    {0.0015986902957288755, 0.0015986902957288755, 0.9, 0.9},
+    {0.0012127775445786911, 0.0012127775445786911, 0.9, 0.9},
+    {0.0008344331794219354, 0.0008344331794219354, 0.9, 0.9},
+    {0.00046354442381385796, 0.00046354442381385796, 0.9, 0.9},
+    {0.0001, 0.0001, 0.9, 0.9},
+    {0.0004563098897799611, 0.0004563098897799611, 0.9, 0.9},
+    {0.0008054935817643252, 0.0008054935817643252, 0.9, 0.9},
+    {0.001147657968920024, 0.001147657968920024, 0.9, 0.9},
+    {0.0014829085189744303, 0.0014829085189744303, 0.9, 0.9},
+    {0.0018113492922308587, 0.0018113492922308587, 0.9, 0.9},
+    {0.0021330829591702603, 0.0021330829591702603, 0.9, 0.9},
+    {0.0024482108178416496, 0.0024482108178416496, 0.9, 0.9},
+    {0.002092624608282772, 0.002092624608282772, 0.9, 0.9},
+    {0.0017439153018332868, 0.0017439153018332868, 0.9, 0.9},
+    {0.001401980919051962, 0.001401980919051962, 0.9, 0.9},
+    {0.0010667208323960828, 0.0010667208323960828, 0.9, 0.9},
+    {0.0007380357493814141, 0.0007380357493814141, 0.9, 0.9},
+    {0.0004158276959437989, 0.0004158276959437989, 0.9, 0.9},
+    {0.0001, 0.0001, 0.9, 0.9},
+    {0.00040954272479451926, 0.00040954272479451926, 0.9, 0.9},
+    {0.0007128945950931463, 0.0007128945950931463, 0.9, 0.9},
+    {0.0010101484737133231, 0.0010101484737133231, 0.9, 0.9},
+    {0.0013013959853015852, 0.0013013959853015852, 0.9, 0.9},
+    {0.0015867275318107129, 0.0015867275318107129, 0.9, 0.9},
+    {0.0018662323077911253, 0.0018662323077911253, 0.9, 0.9},
+    {0.0021399983154987505, 0.0021399983154987505, 0.9, 0.9},
+    {0.0018310842848660819, 0.0018310842848660819, 0.9, 0.9},
+    {0.0015281445350145187, 0.0015281445350145187, 0.9, 0.9},
+    {0.001231090471731498, 0.001231090471731498, 0.9, 0.9},
+    {0.0009398346752606382, 0.0009398346752606382, 0.9, 0.9},
+    {0.0006542908856720206, 0.0006542908856720206, 0.9, 0.9},
+};
+
 /* OneCycleLR(SGD, max_lr=[0.2, 0.05], total_steps=40, base_momentum=[0.8, 0.85], max_momentum=[0.9,
  * 0.99]); row k = lrs then momenta after k steps */
 static const double ref_onecycle_per_group[41][4] = {
@@ -2248,6 +2573,291 @@ static void test_scheduler__onecycle_rejects_what_torch_rejects(void **state)
     assert_true(em_optimizer_lr(adagrad, 0) == 0.0040000000000000036);
     em_scheduler_free(s);
     em_optimizer_free(adagrad);
+}
+
+/* ---- CyclicLR ------------------------------------------------------------------------------------------------ */
+
+static void test_scheduler__cyclic_triangular_matches_torch(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT;
+    o.base_lr = 0.001;
+    o.max_lr = 0.1;
+    o.step_size_up = 4;
+    o.cycle_momentum = false;
+    em_scheduler *s = em_cyclic_lr(opt, &o);
+    assert_nonnull_em(s);
+    assert_string_equal(em_scheduler_name(s), "CyclicLR");
+    assert_true(em_scheduler_base_lr(s, 0) == 0.001 && em_scheduler_base_lr(s, 1) == 0.001);
+    double m = 0;
+    assert_ok(em_optimizer_get(opt, 1, "momentum", &m));
+    assert_true(m == 0.9); /* not cycled */
+    RUN(s, opt, ref_cyclic_triangular);
+}
+
+static void test_scheduler__cyclic_triangular2_with_step_size_down_matches_torch(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT;
+    o.base_lr = 0.01;
+    o.max_lr = 0.2;
+    o.step_size_up = 3;
+    o.step_size_down = 5;
+    o.mode = EM_CYCLIC_TRIANGULAR2;
+    o.cycle_momentum = false;
+    RUN(em_cyclic_lr(opt, &o), opt, ref_cyclic_triangular2);
+}
+
+static void test_scheduler__cyclic_exp_range_cycles_sgd_momentum(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT; /* cycle_momentum, 0.8 .. 0.9 */
+    o.base_lr = 0.001;
+    o.max_lr = 0.05;
+    o.step_size_up = 5;
+    o.mode = EM_CYCLIC_EXP_RANGE;
+    o.gamma = 0.97;
+    RUN(em_cyclic_lr(opt, &o), opt, ref_cyclic_exp_range); /* lrs, then momenta */
+}
+
+static void test_scheduler__cyclic_per_group_values_match_torch(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT;
+    double base_lrs[] = {0.001, 0.002}, max_lrs[] = {0.1, 0.03};
+    double base_moms[] = {0.7, 0.85}, max_moms[] = {0.95, 0.9};
+    o.base_lrs = base_lrs;
+    o.n_base_lrs = 2;
+    o.max_lrs = max_lrs;
+    o.n_max_lrs = 2;
+    o.base_momentums = base_moms;
+    o.n_base_momentums = 2;
+    o.max_momentums = max_moms;
+    o.n_max_momentums = 2;
+    o.step_size_up = 6;
+    o.step_size_down = 2;
+    em_scheduler *s = em_cyclic_lr(opt, &o);
+    assert_nonnull_em(s);
+    base_lrs[0] = max_lrs[0] = base_moms[0] = max_moms[0] = 99; /* the lists were copied */
+    RUN(s, opt, ref_cyclic_per_group);
+}
+
+/* torch: scale_fn=lambda x: 1 / (2. ** (x - 1)), its C twin */
+static double halve_each_cycle(int64_t x, void *ctx)
+{
+    (*(int *)ctx)++;
+    return 1 / pow(2., (double)(x - 1));
+}
+
+static void test_scheduler__cyclic_scale_fn_by_cycle_matches_torch(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    int calls = 0;
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT;
+    o.base_lr = 0.01;
+    o.max_lr = 0.1;
+    o.step_size_up = 3;
+    o.scale_fn = halve_each_cycle;
+    o.scale_ctx = &calls;
+    o.scale_mode = EM_CYCLIC_SCALE_CYCLE;
+    o.mode = (em_cyclic_mode)42; /* ignored when scale_fn is set, as in torch */
+    em_scheduler *s = em_cyclic_lr(opt, &o);
+    assert_nonnull_em(s);
+    assert_int_equal(calls, 4); /* torch calls scale_fn once per group for lrs, again for momenta */
+    RUN(s, opt, ref_cyclic_fn_cycle);
+}
+
+/* torch: scale_fn=lambda x: 1 / (1. + x / 8.), scale_mode='iterations' */
+static double decay_by_iteration(int64_t x, void *ctx)
+{
+    (void)ctx;
+    return 1 / (1. + (double)x / 8.);
+}
+
+static void test_scheduler__cyclic_scale_fn_by_iterations_cycles_rmsprop_momentum(void **state)
+{
+    fixture *f = *state;
+    em_rmsprop_opts ro = EM_RMSPROP_OPTS_INIT;
+    ro.lr = 0.1;
+    ro.momentum = 0.5;
+    em_optimizer *opt = em_rmsprop(f->g1, &ro);
+    assert_nonnull_em(opt);
+    assert_ok(em_optimizer_add_param_group(opt, f->g2));
+    assert_ok(em_optimizer_set_lr(opt, 1, 0.05));
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT;
+    o.base_lr = 0.005;
+    o.max_lr = 0.08;
+    o.step_size_up = 4;
+    o.step_size_down = 7;
+    o.mode = EM_CYCLIC_TRIANGULAR2; /* ignored */
+    o.scale_fn = decay_by_iteration;
+    o.scale_mode = EM_CYCLIC_SCALE_ITERATIONS;
+    RUN(em_cyclic_lr(opt, &o), opt, ref_cyclic_fn_iterations);
+}
+
+static void test_scheduler__cyclic_on_adam_without_momentum_cycling(void **state)
+{
+    em_optimizer *opt = adam2(*state);
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT;
+    o.base_lr = 0.0001;
+    o.max_lr = 0.003;
+    o.step_size_up = 7;
+    o.mode = EM_CYCLIC_EXP_RANGE;
+    o.gamma = 0.99;
+    /* torch 1.13's CyclicLR checks 'momentum' only, which Adam lacks */
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("em_cyclic_lr: optimizer must support momentum with `cycle_momentum` option enabled");
+    em_clear_error();
+    assert_true(em_optimizer_lr(opt, 0) == 0.1 && em_optimizer_lr(opt, 1) == 0.05); /* untouched */
+    o.cycle_momentum = false;
+    em_scheduler *s = em_cyclic_lr(opt, &o);
+    run_table(s, opt, TABLE(ref_cyclic_adam_nomom), "beta1", NULL); /* beta1 stays 0.9 */
+    em_scheduler_free(s);
+    em_optimizer_free(opt);
+}
+
+/* torch's quirk: with initial_lr already recorded (an ExponentialLR alive on the optimizer) the
+ * initial step uses those initial_lrs as base_lrs; CyclicLR's own base_lr takes over after it:
+ *   e = ExponentialLR(opt, 0.5)
+ *   c = CyclicLR(opt, base_lr=0.001, max_lr=0.01, step_size_up=2, cycle_momentum=False)
+ *   lrs: [0.1, 0.05], then per step [0.0055000000000000005] * 2, [0.010000000000000002] * 2,
+ *   [0.0055000000000000005] * 2, [0.001] * 2; c.base_lrs == [0.001, 0.001] */
+static void test_scheduler__cyclic_initial_step_uses_a_recorded_initial_lr(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    em_scheduler *e = em_exponential_lr(opt, 0.5);
+    assert_nonnull_em(e);
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT;
+    o.base_lr = 0.001;
+    o.max_lr = 0.01;
+    o.step_size_up = 2;
+    o.cycle_momentum = false;
+    em_scheduler *c = em_cyclic_lr(opt, &o);
+    assert_nonnull_em(c);
+    check_value(em_optimizer_lr(opt, 0), 0.1, "cyclic_initial_lr", 0, 0);
+    check_value(em_optimizer_lr(opt, 1), 0.05, "cyclic_initial_lr", 0, 1);
+    assert_true(em_scheduler_base_lr(c, 0) == 0.001 && em_scheduler_base_lr(c, 1) == 0.001);
+    const double want[] = {0.0055000000000000005, 0.010000000000000002, 0.0055000000000000005, 0.001};
+    for (size_t k = 0; k < 4; k++) {
+        assert_ok(em_scheduler_step(c));
+        check_value(em_optimizer_lr(opt, 0), want[k], "cyclic_initial_lr", k + 1, 0);
+        check_value(em_optimizer_lr(opt, 1), want[k], "cyclic_initial_lr", k + 1, 1);
+    }
+    em_scheduler_free(c);
+    em_scheduler_free(e);
+    em_optimizer_free(opt);
+}
+
+static double failing_scale(int64_t x, void *ctx)
+{
+    int *calls = ctx;
+    if (++*calls > 2 && x >= 0)
+        em_error_set(EM_EUSER, "scale_fn gave up");
+    return 1.0;
+}
+
+static void test_scheduler__cyclic_rejects_what_torch_rejects(void **state)
+{
+    em_optimizer *opt = sgd2(*state, 0.1, 0.05);
+    em_cyclic_opts o = EM_CYCLIC_OPTS_INIT;
+    assert_null(em_cyclic_lr(opt, NULL));
+    assert_error_contains("max_lr is required");
+    em_clear_error();
+    o.base_lr = 0.01;
+    assert_null(em_cyclic_lr(opt, &o)); /* the INIT's max_lr 0 */
+    assert_error_contains("max_lr is required");
+    em_clear_error();
+    o.max_lr = 0.1;
+    /* torch: ValueError('expected 2 values for base_lr, got 1') and likewise */
+    double one[] = {0.1}, three[] = {0.1, 0.2, 0.3};
+    o.base_lrs = one;
+    o.n_base_lrs = 1;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("expected 2 values for base_lr, got 1");
+    em_clear_error();
+    o.base_lrs = NULL;
+    o.n_base_lrs = 0;
+    o.max_lrs = three;
+    o.n_max_lrs = 3;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("expected 2 values for max_lr, got 3");
+    em_clear_error();
+    o.max_lrs = NULL;
+    assert_null(em_cyclic_lr(opt, &o)); /* n_max_lrs 3 without a list */
+    assert_error_contains("max_lrs is NULL but n_max_lrs is 3");
+    em_clear_error();
+    o.n_max_lrs = 0;
+    o.base_momentums = three;
+    o.n_base_momentums = 3;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("expected 2 values for base_momentum, got 3");
+    em_clear_error();
+    o.base_momentums = NULL;
+    o.n_base_momentums = 0;
+    o.max_momentums = one;
+    o.n_max_momentums = 1;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("expected 2 values for max_momentum, got 1");
+    em_clear_error();
+    o.max_momentums = NULL;
+    o.n_max_momentums = 0;
+    o.mode = (em_cyclic_mode)7;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("mode is invalid and scale_fn is None");
+    em_clear_error();
+    o.mode = EM_CYCLIC_TRIANGULAR;
+    o.scale_fn = halve_each_cycle;
+    o.scale_mode = (em_cyclic_scale_mode)5;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("scale_mode 5 is unknown");
+    em_clear_error();
+    o.scale_fn = NULL;
+    o.step_size_up = 0; /* torch divides 0 by 0 at the initial step */
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("Expected positive integer step_size_up, but got 0");
+    em_clear_error();
+    o.step_size_up = 4;
+    o.step_size_down = -2;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("step_size_down must be >= 0");
+    em_clear_error();
+    o.step_size_down = 0;
+    o.base_lr = -0.01;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("Invalid learning rate: -0.01 (base_lr of group 0)");
+    em_clear_error();
+    o.base_lr = 0.01;
+    o.max_momentum = -0.5;
+    assert_null(em_cyclic_lr(opt, &o));
+    assert_error_contains("Invalid momentum value: -0.5 (max_momentum of group 0)");
+    em_clear_error();
+    o.max_momentum = 0.9;
+    em_cyclic_opts zero = {0};
+    zero.base_lr = 0.01;
+    zero.max_lr = 0.1;
+    assert_null(em_cyclic_lr(opt, &zero));
+    assert_error_contains("EM_CYCLIC_OPTS_INIT");
+    em_clear_error();
+    /* the failures left the optimizer alone */
+    double m = 0;
+    assert_ok(em_optimizer_get(opt, 0, "momentum", &m));
+    assert_true(em_optimizer_lr(opt, 0) == 0.1 && em_optimizer_lr(opt, 1) == 0.05 && m == 0.9);
+
+    /* a scale_fn that records an error fails the step that called it */
+    int calls = 0;
+    o.scale_fn = failing_scale;
+    o.scale_mode = EM_CYCLIC_SCALE_CYCLE;
+    o.scale_ctx = &calls;
+    o.cycle_momentum = false;
+    em_scheduler *s = em_cyclic_lr(opt, &o); /* calls 1 and 2 */
+    assert_nonnull_em(s);
+    assert_int_equal(em_scheduler_step(s), EM_EUSER);
+    assert_error_contains("scale_fn gave up");
+    em_clear_error();
+    em_scheduler_free(s);
+    em_optimizer_free(opt);
+    assert_null(em_cyclic_lr(NULL, &o));
+    assert_int_equal(em_last_status(), EM_OK); /* NULL optimizer: no new message */
 }
 
 /* ---- OneCycleLR with per-group lists (em_onecycle_opts version 2) ------------------------------------------ */
@@ -2991,6 +3601,15 @@ int main(void)
         T_(test_scheduler__onecycle_three_phase),
         T_(test_scheduler__onecycle_without_momentum_cycling_leaves_momentum),
         T_(test_scheduler__onecycle_rejects_what_torch_rejects),
+        T_(test_scheduler__cyclic_triangular_matches_torch),
+        T_(test_scheduler__cyclic_triangular2_with_step_size_down_matches_torch),
+        T_(test_scheduler__cyclic_exp_range_cycles_sgd_momentum),
+        T_(test_scheduler__cyclic_per_group_values_match_torch),
+        T_(test_scheduler__cyclic_scale_fn_by_cycle_matches_torch),
+        T_(test_scheduler__cyclic_scale_fn_by_iterations_cycles_rmsprop_momentum),
+        T_(test_scheduler__cyclic_on_adam_without_momentum_cycling),
+        T_(test_scheduler__cyclic_initial_step_uses_a_recorded_initial_lr),
+        T_(test_scheduler__cyclic_rejects_what_torch_rejects),
         T_(test_scheduler__onecycle_per_group_values_match_torch),
         T_(test_scheduler__onecycle_per_group_beta1_three_phase_linear),
         T_(test_scheduler__onecycle_lists_are_checked_and_version_1_ignores_them),
