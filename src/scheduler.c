@@ -2,7 +2,8 @@
  *
  * torch: torch/optim/lr_scheduler.py (torch 1.13): _LRScheduler.__init__/_initial_step/step,
  *        and each class's get_lr (recursive) and _get_closed_form_lr (only for SequentialLR's
- *        step(0)), ReduceLROnPlateau, SequentialLR, ChainedScheduler.
+ *        step(0)), OneCycleLR and CyclicLR with their _format_param lists, ReduceLROnPlateau,
+ *        SequentialLR, ChainedScheduler.
  * Pure arithmetic on doubles: learning rates are read and written through the public
  * em_optimizer_get / em_optimizer_set_lr / em_optimizer_set. Every formula keeps Python's operation
  * order (left to right, ints converted to double where Python mixes int and float), so results
@@ -151,6 +152,7 @@ typedef enum sched_kind {
     K_COSINE,
     K_WARM_RESTARTS,
     K_ONECYCLE,
+    K_CYCLIC,
     K_LINEAR,
     K_CONSTANT,
     K_POLYNOMIAL,
@@ -169,6 +171,7 @@ static const char *const kind_names[] = {
     [K_COSINE] = "CosineAnnealingLR",
     [K_WARM_RESTARTS] = "CosineAnnealingWarmRestarts",
     [K_ONECYCLE] = "OneCycleLR",
+    [K_CYCLIC] = "CyclicLR",
     [K_LINEAR] = "LinearLR",
     [K_CONSTANT] = "ConstantLR",
     [K_POLYNOMIAL] = "PolynomialLR",
@@ -202,8 +205,21 @@ typedef union sched_params {
         bool cycle_momentum;
         const char *momentum_key; /* "beta1" (torch: use_beta1) or "momentum" */
         size_t n_groups;          /* groups that got max_lr, min_lr, momenta (torch: KeyError after) */
-        double max_lr, min_lr, max_momentum, base_momentum;
+        double *v;                /* [4 * n_groups]: group['max_lr'], ['min_lr'], ['max_momentum'],
+                                     ['base_momentum'] of group g at v[g], v[n + g], v[2n + g], v[3n + g] */
     } onecycle;
+    struct {
+        double total_size, step_ratio; /* torch: self.total_size, self.step_ratio */
+        em_cyclic_mode mode;           /* unused when scale_fn is set */
+        double gamma;
+        em_cyclic_scale_fn scale_fn;   /* NULL: mode's policy */
+        void *scale_ctx;
+        bool scale_iterations;         /* torch: self.scale_mode == 'iterations' */
+        bool cycle_momentum;
+        size_t n_groups;               /* the length of torch's lists */
+        double *v;                     /* [4 * n_groups]: base_lrs, max_lrs, base_momentums,
+                                          max_momentums, one list after the other */
+    } cyclic;
     struct { double start_factor, end_factor; int64_t total_iters; } linear;
     struct { double factor; int64_t total_iters; } constant;
     struct { int64_t total_iters; double power; } polynomial;
@@ -232,6 +248,7 @@ struct em_scheduler {
     bool has_last_lr;
     double *values;        /* scratch: what get_lr returns [cap_values] */
     size_t cap_values;
+    const char *api;       /* the public function now stepping it (messages), NULL: em_scheduler_step */
 
     sched_params u;
 };
@@ -573,10 +590,10 @@ static em_status onecycle_value_of(const em_scheduler *s, size_t group, onecycle
             return emi_fail(EM_EINVAL, "em_scheduler_step: OneCycleLR: param group %zu has no "
                                        "'initial_lr' (torch raises KeyError)", group);
         return EM_OK;
-    case OC_MAX_LR: *out = s->u.onecycle.max_lr; return EM_OK;
-    case OC_MIN_LR: *out = s->u.onecycle.min_lr; return EM_OK;
-    case OC_MAX_MOM: *out = s->u.onecycle.max_momentum; return EM_OK;
-    case OC_BASE_MOM: *out = s->u.onecycle.base_momentum; return EM_OK;
+    case OC_MAX_LR: *out = s->u.onecycle.v[group]; return EM_OK;
+    case OC_MIN_LR: *out = s->u.onecycle.v[s->u.onecycle.n_groups + group]; return EM_OK;
+    case OC_MAX_MOM: *out = s->u.onecycle.v[2 * s->u.onecycle.n_groups + group]; return EM_OK;
+    case OC_BASE_MOM: *out = s->u.onecycle.v[3 * s->u.onecycle.n_groups + group]; return EM_OK;
     }
     return EM_EINVAL;
 }
@@ -624,6 +641,74 @@ static em_status onecycle_get_lr(em_scheduler *s, size_t *n)
     return EM_OK;
 }
 
+/* torch: CyclicLR.scale_fn(x): the user's scale_fn (a message it records, with none recorded
+ * before, fails the step) or the mode's _triangular / _triangular2 / _exp_range_scale_fn. */
+static em_status cyclic_scale(const em_scheduler *s, int64_t x, double *out)
+{
+    if (s->u.cyclic.scale_fn != NULL) {
+        bool had_error = emi_has_error();
+        *out = s->u.cyclic.scale_fn(x, s->u.cyclic.scale_ctx);
+        return !had_error && emi_has_error() ? em_last_status() : EM_OK;
+    }
+    double p = 0;
+    em_status st = EM_OK;
+    switch (s->u.cyclic.mode) {
+    case EM_CYCLIC_TRIANGULAR: /* return 1. */
+        *out = 1.;
+        break;
+    case EM_CYCLIC_TRIANGULAR2: /* return 1 / (2. ** (x - 1)) */
+        st = py_pow(s, 2., (double)(x - 1), &p);
+        if (st == EM_OK)
+            st = py_div(s, 1.0, p, out);
+        break;
+    case EM_CYCLIC_EXP_RANGE: /* return self.gamma**(x) */
+        st = py_pow(s, s->u.cyclic.gamma, (double)x, out);
+        break;
+    }
+    return st;
+}
+
+/* torch: CyclicLR.get_lr, which also writes each group's momentum. */
+static em_status cyclic_get_lr(em_scheduler *s, size_t *n)
+{
+    const int64_t e = s->last_epoch;
+    const size_t m = s->u.cyclic.n_groups;
+    const double *base_lrs = s->base_lrs, *max_lrs = s->u.cyclic.v + m;
+    const double *base_moms = s->u.cyclic.v + 2 * m, *max_moms = s->u.cyclic.v + 3 * m;
+    const double total = s->u.cyclic.total_size, ratio = s->u.cyclic.step_ratio;
+    /* cycle = math.floor(1 + self.last_epoch / self.total_size) */
+    const int64_t cycle = (int64_t)floor(1 + (double)e / total);
+    /* x = 1. + self.last_epoch / self.total_size - cycle */
+    const double x = 1. + (double)e / total - (double)cycle;
+    double scale_factor = 0;
+    em_status st = x <= ratio ? py_div(s, x, ratio, &scale_factor)
+                              : py_div(s, x - 1, ratio - 1, &scale_factor);
+    const int64_t arg = s->u.cyclic.scale_iterations ? e : cycle;
+    /* zip(self.base_lrs, self.max_lrs): n_base == n_groups, the groups at construction */
+    *n = s->n_base < m ? s->n_base : m;
+    for (size_t g = 0; st == EM_OK && g < *n; g++) {
+        double base_height = (max_lrs[g] - base_lrs[g]) * scale_factor, f = 0;
+        st = cyclic_scale(s, arg, &f);
+        s->values[g] = base_lrs[g] + base_height * f;
+    }
+    if (st != EM_OK || !s->u.cyclic.cycle_momentum)
+        return st;
+    /* the momenta are all computed, then written (zip with the optimizer's groups) */
+    double *moms = malloc((m ? m : 1) * sizeof *moms);
+    if (moms == NULL)
+        return out_of_memory();
+    for (size_t g = 0; st == EM_OK && g < m; g++) {
+        double base_height = (max_moms[g] - base_moms[g]) * scale_factor, f = 0;
+        st = cyclic_scale(s, arg, &f);
+        moms[g] = max_moms[g] - base_height * f;
+    }
+    size_t groups = em_optimizer_num_groups(s->opt);
+    for (size_t g = 0; st == EM_OK && g < m && g < groups; g++)
+        st = em_optimizer_set(s->opt, g, "momentum", moms[g]);
+    free(moms);
+    return st;
+}
+
 static em_status get_lr(em_scheduler *s, size_t *n)
 {
     switch (s->kind) {
@@ -633,6 +718,7 @@ static em_status get_lr(em_scheduler *s, size_t *n)
     case K_COSINE: return cosine_get_lr(s, n);
     case K_WARM_RESTARTS: return restarts_get_lr(s, n);
     case K_ONECYCLE: return onecycle_get_lr(s, n);
+    case K_CYCLIC: return cyclic_get_lr(s, n);
     case K_LINEAR: return linear_get_lr(s, n);
     case K_CONSTANT: return constant_get_lr(s, n);
     case K_POLYNOMIAL: return polynomial_get_lr(s, n);
@@ -727,15 +813,24 @@ static em_status closed_form_lr(em_scheduler *s, size_t *n)
 
 static em_status sched_step(em_scheduler *s);
 
+/* A C scheduler's ops->step, then _last_lr. A failure it did not explain gets a message naming
+ * the scheduler and `api`, the public function that stepped it. */
+static em_status user_step(em_scheduler *s, const char *api, bool has_metric, double metric)
+{
+    em_status st = s->u.user.ops->step(s, has_metric, metric);
+    if (st != EM_OK && !emi_has_error())
+        return emi_fail(st, "%s: %s's step failed without a message (it returned %s)", api,
+                        sched_name(s), em_status_name(st));
+    return st != EM_OK ? st : record_last_lr(s);
+}
+
 /* torch: _LRScheduler.step(epoch): epoch None = `at_zero` false, 0 = true. */
 static em_status lr_step(em_scheduler *s, bool at_zero)
 {
     s->step_count++;
     s->last_epoch = at_zero ? 0 : s->last_epoch + 1;
-    if (s->kind == K_USER) {
-        em_status st = s->u.user.ops->step(s, false, 0.0);
-        return st != EM_OK ? st : record_last_lr(s);
-    }
+    if (s->kind == K_USER)
+        return user_step(s, s->api != NULL ? s->api : "em_scheduler_step", false, 0.0);
     size_t n = em_optimizer_num_groups(s->opt);
     em_status st = reserve(&s->values, &s->cap_values, n > s->n_base ? n : s->n_base);
     if (st == EM_OK)
@@ -909,6 +1004,12 @@ static void sched_destroy(em_scheduler *s)
     case K_PLATEAU:
         free((double *)s->u.plateau.o.min_lrs); /* our copy */
         break;
+    case K_ONECYCLE:
+        free(s->u.onecycle.v);
+        break;
+    case K_CYCLIC:
+        free(s->u.cyclic.v);
+        break;
     default:
         break;
     }
@@ -1052,7 +1153,27 @@ static bool optimizer_has(em_optimizer *opt, const char *name)
     return has;
 }
 
-/* OneCycleLR's argument checks, in torch's order: EM_OK, or the failure recorded. */
+/* torch: OneCycleLR's and CyclicLR's _format_param(name, optimizer, param): `list` (n_list long)
+ * when given, else `scalar` for each of the n groups, into out[n]. false (recorded) for a list
+ * whose length is not n. */
+static bool format_param(const char *f, const char *name, double scalar, const double *list,
+                         size_t n_list, size_t n, double *out)
+{
+    if (list == NULL && n_list != 0) {
+        emi_fail(EM_EINVAL, "%s: %ss is NULL but n_%ss is %zu", f, name, name, n_list);
+        return false;
+    }
+    if (list != NULL && n_list != n) {
+        emi_fail(EM_EINVAL, "%s: expected %zu values for %s, got %zu", f, n, name, n_list);
+        return false;
+    }
+    for (size_t g = 0; g < n; g++)
+        out[g] = list != NULL ? list[g] : scalar;
+    return true;
+}
+
+/* OneCycleLR's argument checks, in torch's order: EM_OK, or the failure recorded. max_lr is
+ * checked by the caller, after anneal_strategy. */
 static em_status onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
 {
     const char *f = "em_onecycle_lr";
@@ -1079,12 +1200,34 @@ static em_status onecycle_check(const em_onecycle_opts *o, int64_t *total_steps)
     if (o->anneal_strategy != EM_ANNEAL_COS && o->anneal_strategy != EM_ANNEAL_LINEAR)
         return emi_fail(EM_EINVAL, "%s: anneal_strategy must by one of 'cos' or 'linear', instead got "
                                    "%d", f, (int)o->anneal_strategy);
-    if (!(o->max_lr > 0))
-        return emi_fail(EM_EINVAL, "%s: max_lr is required (got %g; it must be > 0)", f, o->max_lr);
     if (o->div_factor == 0 || o->final_div_factor == 0)
         return emi_fail(EM_EINVAL, "%s: div_factor and final_div_factor must not be 0 (got %g, %g; "
                                    "torch raises ZeroDivisionError)", f, o->div_factor, o->final_div_factor);
     return EM_OK;
+}
+
+/* OneCycleLR's per-group values: max_lrs, then max_momentums and base_momentums (torch's order),
+ * into v[0..n), v[2n..3n), v[3n..4n). Version 1 options have no lists. false (recorded) when a
+ * list's length is wrong or a max_lr is not > 0. */
+static bool onecycle_values(const em_onecycle_opts *o, bool momentum, size_t n, double *v)
+{
+    const char *f = "em_onecycle_lr";
+    bool v2 = o->version >= 2; /* a version-1 struct ends at three_phase */
+    if (!format_param(f, "max_lr", o->max_lr, v2 ? o->max_lrs : NULL, v2 ? o->n_max_lrs : 0, n, v))
+        return false;
+    for (size_t g = 0; g < n; g++) {
+        if (!(v[g] > 0)) {
+            emi_fail(EM_EINVAL, "%s: max_lr is required (got %g for group %zu; it must be > 0)", f,
+                     v[g], g);
+            return false;
+        }
+    }
+    if (!momentum)
+        return true;
+    return format_param(f, "max_momentum", o->max_momentum, v2 ? o->max_momentums : NULL,
+                        v2 ? o->n_max_momentums : 0, n, v + 2 * n) &&
+           format_param(f, "base_momentum", o->base_momentum, v2 ? o->base_momentums : NULL,
+                        v2 ? o->n_base_momentums : 0, n, v + 3 * n);
 }
 
 em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
@@ -1096,21 +1239,39 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
     int64_t total = 0;
     if (onecycle_check(opts, &total) != EM_OK)
         return NULL;
+    size_t n = em_optimizer_num_groups(opt);
+    double *v = malloc(4 * (n ? n : 1) * sizeof *v);
+    if (v == NULL)
+        return no_scheduler(out_of_memory());
+    /* torch: max_lrs = self._format_param('max_lr', ...), then the momentum checks */
+    if (!onecycle_values(opts, false, n, v)) {
+        free(v);
+        return NULL;
+    }
     const char *momentum_key = NULL;
     if (opts->cycle_momentum) {
         if (optimizer_has(opt, "beta1"))
             momentum_key = "beta1"; /* torch: 'betas' in optimizer.defaults */
         else if (optimizer_has(opt, "momentum"))
             momentum_key = "momentum";
-        else
+        else {
+            free(v);
             return no_scheduler(emi_fail(EM_EINVAL, "em_onecycle_lr: optimizer must support momentum "
                                                     "with `cycle_momentum` option enabled (%s has "
                                                     "neither momentum nor beta1)",
                                          em_optimizer_name(opt)));
+        }
+        if (!onecycle_values(opts, true, n, v)) {
+            free(v);
+            return NULL;
+        }
     }
     em_scheduler *s = sched_alloc(K_ONECYCLE, opt);
-    if (s == NULL)
+    if (s == NULL) {
+        free(v);
         return NULL;
+    }
+    s->u.onecycle.v = v;
     s->u.onecycle.total_steps = total;
     s->u.onecycle.linear = opts->anneal_strategy == EM_ANNEAL_LINEAR;
     s->u.onecycle.cycle_momentum = opts->cycle_momentum;
@@ -1128,21 +1289,135 @@ em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts)
         ph[1] = (onecycle_phase){(double)(total - 1), OC_MAX_LR, OC_MIN_LR, OC_BASE_MOM, OC_MAX_MOM};
         s->u.onecycle.n_phases = 2;
     }
-    /* torch: group['initial_lr'] = max_lr / div_factor; group['max_lr']; group['min_lr'] */
-    const double initial_lr = opts->max_lr / opts->div_factor;
-    s->u.onecycle.max_lr = opts->max_lr;
-    s->u.onecycle.min_lr = initial_lr / opts->final_div_factor;
-    s->u.onecycle.max_momentum = opts->max_momentum;
-    s->u.onecycle.base_momentum = opts->base_momentum;
-    size_t n = em_optimizer_num_groups(opt);
+    /* torch: group['initial_lr'] = max_lrs[idx] / div_factor; group['max_lr'] = max_lrs[idx];
+     * group['min_lr'] = group['initial_lr'] / final_div_factor */
     s->u.onecycle.n_groups = n;
     em_status st = (s->record = record_acquire(opt)) != NULL ? EM_OK : EM_ENOMEM;
-    for (size_t g = 0; st == EM_OK && g < n; g++)
+    for (size_t g = 0; st == EM_OK && g < n; g++) {
+        const double initial_lr = v[g] / opts->div_factor;
+        v[n + g] = initial_lr / opts->final_div_factor;
         st = record_put(s->record, g, initial_lr, true);
-    /* torch: group['momentum'] (or betas[0]) = max_momentum */
+    }
+    /* torch: group['momentum'] (or betas[0]) = m_momentum */
     for (size_t g = 0; st == EM_OK && momentum_key != NULL && g < n; g++)
-        st = em_optimizer_set(opt, g, momentum_key, opts->max_momentum);
+        st = em_optimizer_set(opt, g, momentum_key, v[2 * n + g]);
     return st != EM_OK ? sched_finish(s, st) : lr_init(s);
+}
+
+/* CyclicLR's checks and lists, in torch's order, into v (see sched_params.cyclic): false
+ * (recorded) when an argument is wrong. */
+static bool cyclic_values(em_optimizer *opt, const em_cyclic_opts *o, size_t n, double *v)
+{
+    const char *f = "em_cyclic_lr";
+    if (!format_param(f, "base_lr", o->base_lr, o->base_lrs, o->n_base_lrs, n, v))
+        return false;
+    if (o->max_lrs == NULL && o->n_max_lrs == 0 && o->max_lr == 0) {
+        emi_fail(EM_EINVAL, "%s: max_lr is required (got 0: set max_lr or max_lrs)", f);
+        return false;
+    }
+    if (!format_param(f, "max_lr", o->max_lr, o->max_lrs, o->n_max_lrs, n, v + n))
+        return false;
+    for (size_t i = 0; i < 2 * n; i++) {
+        if (!(v[i] >= 0)) { /* what em_optimizer_set_lr would refuse half-way */
+            emi_fail(EM_EINVAL, "%s: Invalid learning rate: %g (%s of group %zu)", f, v[i],
+                     i < n ? "base_lr" : "max_lr", i % (n ? n : 1));
+            return false;
+        }
+    }
+    if (!positive_int(f, "step_size_up", o->step_size_up))
+        return false;
+    if (o->step_size_down < 0) {
+        emi_fail(EM_EINVAL, "%s: step_size_down must be >= 0 (0 = step_size_up, torch's None), got "
+                            "%lld", f, (long long)o->step_size_down);
+        return false;
+    }
+    if (o->scale_fn == NULL && o->mode != EM_CYCLIC_TRIANGULAR && o->mode != EM_CYCLIC_TRIANGULAR2 &&
+        o->mode != EM_CYCLIC_EXP_RANGE) {
+        emi_fail(EM_EINVAL, "%s: mode is invalid and scale_fn is None (mode %d)", f, (int)o->mode);
+        return false;
+    }
+    if (o->scale_fn != NULL && o->scale_mode != EM_CYCLIC_SCALE_CYCLE &&
+        o->scale_mode != EM_CYCLIC_SCALE_ITERATIONS) {
+        emi_fail(EM_EINVAL, "%s: scale_mode %d is unknown (EM_CYCLIC_SCALE_CYCLE or "
+                            "EM_CYCLIC_SCALE_ITERATIONS)", f, (int)o->scale_mode);
+        return false;
+    }
+    if (!o->cycle_momentum)
+        return true;
+    if (!optimizer_has(opt, "momentum")) { /* torch 1.13: 'momentum' not in optimizer.defaults */
+        emi_fail(EM_EINVAL, "%s: optimizer must support momentum with `cycle_momentum` option "
+                            "enabled (%s has no momentum; torch 1.13's CyclicLR does not cycle "
+                            "betas: set cycle_momentum = false)", f, em_optimizer_name(opt));
+        return false;
+    }
+    if (!format_param(f, "base_momentum", o->base_momentum, o->base_momentums, o->n_base_momentums,
+                      n, v + 2 * n) ||
+        !format_param(f, "max_momentum", o->max_momentum, o->max_momentums, o->n_max_momentums, n,
+                      v + 3 * n))
+        return false;
+    for (size_t i = 2 * n; i < 4 * n; i++) {
+        if (!(v[i] >= 0)) {
+            emi_fail(EM_EINVAL, "%s: Invalid momentum value: %g (%s of group %zu)", f, v[i],
+                     i < 3 * n ? "base_momentum" : "max_momentum", i % n);
+            return false;
+        }
+    }
+    return true;
+}
+
+em_scheduler *em_cyclic_lr(em_optimizer *opt, const em_cyclic_opts *opts)
+{
+    const char *f = "em_cyclic_lr";
+    if (opt == NULL)
+        return NULL;
+    if (opts == NULL)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: max_lr is required (opts is NULL)", f));
+    if (opts->version < 1 || opts->version > EM_CYCLIC_OPTS_VERSION)
+        return no_scheduler(emi_fail(EM_EINVAL, "%s: options version %d is not supported (start from "
+                                                "EM_CYCLIC_OPTS_INIT)", f, opts->version));
+    size_t n = em_optimizer_num_groups(opt);
+    double *v = malloc(4 * (n ? n : 1) * sizeof *v);
+    if (v == NULL)
+        return no_scheduler(out_of_memory());
+    if (!cyclic_values(opt, opts, n, v)) {
+        free(v);
+        return NULL;
+    }
+    em_scheduler *s = sched_alloc(K_CYCLIC, opt);
+    if (s == NULL) {
+        free(v);
+        return NULL;
+    }
+    s->u.cyclic.v = v;
+    s->u.cyclic.n_groups = n;
+    /* step_size_up = float(step_size_up); step_size_down = float(...) if not None else step_size_up */
+    const double up = (double)opts->step_size_up;
+    const double down = opts->step_size_down != 0 ? (double)opts->step_size_down : up;
+    s->u.cyclic.total_size = up + down;
+    s->u.cyclic.step_ratio = up / s->u.cyclic.total_size;
+    s->u.cyclic.mode = opts->mode;
+    s->u.cyclic.gamma = opts->gamma;
+    s->u.cyclic.scale_fn = opts->scale_fn;
+    s->u.cyclic.scale_ctx = opts->scale_ctx;
+    /* triangular and triangular2 scale by cycle, exp_range by iterations */
+    s->u.cyclic.scale_iterations = opts->scale_fn != NULL ? opts->scale_mode == EM_CYCLIC_SCALE_ITERATIONS
+                                                          : opts->mode == EM_CYCLIC_EXP_RANGE;
+    s->u.cyclic.cycle_momentum = opts->cycle_momentum;
+    /* torch: group['lr'] = base_lr; with cycle_momentum group['momentum'] = base_momentum, and
+     * self.base_momentums = [group['momentum'] ...] (the same values) */
+    em_status st = EM_OK;
+    for (size_t g = 0; st == EM_OK && g < n; g++)
+        st = em_optimizer_set_lr(opt, g, v[g]);
+    for (size_t g = 0; st == EM_OK && opts->cycle_momentum && g < n; g++)
+        st = em_optimizer_set(opt, g, "momentum", v[2 * n + g]);
+    if (st != EM_OK)
+        return sched_finish(s, st);
+    /* super().__init__: initial_lr (setdefault), base_lrs = the initial_lrs, the initial step;
+     * then self.base_lrs = base_lrs */
+    s = lr_init(s);
+    if (s != NULL)
+        memcpy(s->base_lrs, v, n * sizeof *v);
+    return s;
 }
 
 em_scheduler *em_linear_lr(em_optimizer *opt, double start_factor, double end_factor,
@@ -1362,8 +1637,10 @@ em_scheduler *em_sequential_lr(em_optimizer *opt, em_scheduler *const *scheduler
         schedulers[i]->last_epoch -= 1;
     /* Perform the initial step for only the first scheduler */
     em_scheduler *first = schedulers[0];
+    first->api = f;
     if (st == EM_OK)
         st = sched_initial_step(first);
+    first->api = NULL;
     if (st == EM_OK)
         st = copy_last_lr(s, first);
     return sched_finish(s, st);
@@ -1412,7 +1689,13 @@ em_scheduler *em_scheduler_new(const em_scheduler_ops *ops, em_optimizer *opt, v
     }
     s->u.user.ops = ops;
     s->u.user.state = state;
-    return ops->reduce_on_plateau ? plateau_init(s) : lr_init(s);
+    if (ops->reduce_on_plateau)
+        return plateau_init(s);
+    s->api = "em_scheduler_new"; /* the initial step's messages */
+    s = lr_init(s);
+    if (s != NULL)
+        s->api = NULL;
+    return s;
 }
 
 void *em_scheduler_state(const em_scheduler *s)
@@ -1443,8 +1726,7 @@ em_status em_scheduler_step_metric(em_scheduler *s, double metric)
     if (s->kind == K_PLATEAU)
         return plateau_step(s, metric);
     s->last_epoch += 1;
-    em_status st = s->u.user.ops->step(s, true, metric);
-    return st != EM_OK ? st : record_last_lr(s);
+    return user_step(s, "em_scheduler_step_metric", true, metric);
 }
 
 double em_scheduler_last_lr(const em_scheduler *s, size_t group)

@@ -155,9 +155,9 @@ em_status em_optim_setup_add_scheduler(em_optim_setup *setup, em_scheduler *sche
 static bool scheduler_is_builtin(const em_scheduler *s)
 {
     static const char *const names[] = {"StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
-                                        "CosineAnnealingWarmRestarts", "OneCycleLR", "LinearLR", "ConstantLR",
-                                        "PolynomialLR", "LambdaLR", "MultiplicativeLR", "SequentialLR",
-                                        "ChainedScheduler", "ReduceLROnPlateau"};
+                                        "CosineAnnealingWarmRestarts", "OneCycleLR", "CyclicLR", "LinearLR",
+                                        "ConstantLR", "PolynomialLR", "LambdaLR", "MultiplicativeLR",
+                                        "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau"};
     const char *n = em_scheduler_name(s);
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (strcmp(n, names[i]) == 0)

@@ -18,9 +18,9 @@
  * Each built-in scheduler is a port of its class in torch 1.13's torch/optim/lr_scheduler.py,
  * operation for operation in double: the recursive get_lr() on every step, the closed form only
  * where torch uses it (SequentialLR's step(0) at a milestone), so the learning rates equal
- * Python's bit for bit. Learning rates (and OneCycleLR's momentum) are read and written through
- * em_optimizer_lr / em_optimizer_set_lr / em_optimizer_set, so a scheduler works on every
- * optimizer, built-in or written in C. ember does not expose torch's deprecated step(epoch) nor
+ * Python's bit for bit. Learning rates (and OneCycleLR's and CyclicLR's momentum) are read and
+ * written through em_optimizer_lr / em_optimizer_set_lr / em_optimizer_set, so a scheduler works
+ * on every optimizer, built-in or written in C. ember does not expose torch's deprecated step(epoch) nor
  * a constructor's last_epoch (resuming).
  *
  * Like torch's constructors, the non-plateau ones record each group's "initial_lr" (only if it is
@@ -115,13 +115,23 @@ typedef struct em_onecycle_opts {
     double div_factor;                  /* 25: initial_lr = max_lr / div_factor */
     double final_div_factor;            /* 1e4: min_lr = initial_lr / final_div_factor */
     bool three_phase;                   /* false */
+    /* ---- version 1 ends here; version 2 appends (read only when version >= 2) ---- */
+    /* torch's lists: NULL, or one value per parameter group (copied; the length must equal the
+     * number of groups: "expected 2 values for max_lr, got 3"); when set, the scalar is ignored */
+    const double *max_lrs;              /* NULL = max_lr for every group */
+    size_t n_max_lrs;                   /* 0; the length of max_lrs */
+    const double *base_momentums;       /* NULL = base_momentum for every group */
+    size_t n_base_momentums;            /* 0 */
+    const double *max_momentums;        /* NULL = max_momentum for every group */
+    size_t n_max_momentums;             /* 0 */
 } em_onecycle_opts;
-#define EM_ONECYCLE_OPTS_VERSION 1
+#define EM_ONECYCLE_OPTS_VERSION 2 /* 1: up to three_phase; 2: the per-group lists */
 #define EM_ONECYCLE_OPTS_INIT                                                                       \
     {.version = EM_ONECYCLE_OPTS_VERSION, .max_lr = 0.0, .total_steps = 0, .epochs = 0,             \
      .steps_per_epoch = 0, .pct_start = 0.3, .anneal_strategy = EM_ANNEAL_COS,                      \
      .cycle_momentum = true, .base_momentum = 0.85, .max_momentum = 0.95, .div_factor = 25.0,       \
-     .final_div_factor = 1e4, .three_phase = false}
+     .final_div_factor = 1e4, .three_phase = false, .max_lrs = NULL, .n_max_lrs = 0,                \
+     .base_momentums = NULL, .n_base_momentums = 0, .max_momentums = NULL, .n_max_momentums = 0}
 
 /**
  * The 1cycle policy: lr from max_lr/div_factor up to max_lr, then down to
@@ -129,15 +139,100 @@ typedef struct em_onecycle_opts {
  * With cycle_momentum the momentum is cycled inversely between max_momentum and base_momentum:
  * the optimizer's "beta1" when it has one (Adam, AdamW: torch checks 'betas' in defaults),
  * otherwise its "momentum" (SGD, RMSprop, a C optimizer that set "momentum").
- * torch: OneCycleLR(optimizer, max_lr, total_steps, epochs, steps_per_epoch, ...)
- * Errors: "max_lr is required", "You must define either total_steps OR (epochs AND
- * steps_per_epoch)", "Expected positive integer total_steps, but got -1", "Expected float between 0
- * and 1 pct_start, but got 1.5", "optimizer must support momentum with `cycle_momentum` option
- * enabled", div_factor or final_div_factor of 0, an options version of 0 (the INIT was forgotten).
+ * torch: OneCycleLR(optimizer, max_lr, total_steps, epochs, steps_per_epoch, ...); max_lrs,
+ * base_momentums, max_momentums (version 2) are torch's lists, one value per group.
+ * Errors: "max_lr is required" (also for a group's max_lrs value <= 0), "expected 2 values for
+ * max_lr, got 3" (likewise base_momentum, max_momentum), "You must define either total_steps OR
+ * (epochs AND steps_per_epoch)", "Expected positive integer total_steps, but got -1", "Expected
+ * float between 0 and 1 pct_start, but got 1.5", "optimizer must support momentum with
+ * `cycle_momentum` option enabled", div_factor or final_div_factor of 0, an options version of 0
+ * (the INIT was forgotten).
  * Stepping more than total_steps times fails with EM_EINVAL ("Tried to step 102 times. The
  * specified number of total steps is 100").
  */
 EM_API em_scheduler *em_onecycle_lr(em_optimizer *opt, const em_onecycle_opts *opts);
+
+/** CyclicLR's built-in policies (torch: mode='triangular' / 'triangular2' / 'exp_range'). */
+typedef enum em_cyclic_mode {
+    EM_CYCLIC_TRIANGULAR = 0,  /* scale 1 */
+    EM_CYCLIC_TRIANGULAR2 = 1, /* scale 1 / 2**(cycle - 1): the amplitude halves every cycle */
+    EM_CYCLIC_EXP_RANGE = 2    /* scale gamma**iterations */
+} em_cyclic_mode;
+
+/** What CyclicLR's scale_fn is given (torch: scale_mode='cycle' / 'iterations'). */
+typedef enum em_cyclic_scale_mode {
+    EM_CYCLIC_SCALE_CYCLE = 0,     /* the cycle number, 1 for the first cycle */
+    EM_CYCLIC_SCALE_ITERATIONS = 1 /* the scheduler's last_epoch (steps since construction) */
+} em_cyclic_scale_mode;
+
+/**
+ * CyclicLR's custom scaling policy (torch: scale_fn, a one-argument function): `x` is the cycle
+ * number or the iteration, as scale_mode says (torch passes Python ints), `ctx` the pointer given
+ * in the options. Return a factor, 0 <= factor <= 1 in torch's words. To fail, record an error
+ * with em_error_set() and return anything: the step then fails with that status.
+ */
+typedef double (*em_cyclic_scale_fn)(int64_t x, void *ctx);
+
+/** torch.optim.lr_scheduler.CyclicLR options: start from EM_CYCLIC_OPTS_INIT. */
+typedef struct em_cyclic_opts {
+    int version;                     /* EM_CYCLIC_OPTS_VERSION, set by the INIT */
+    double base_lr;                  /* required (0 is allowed): the lower lr of every group */
+    double max_lr;                   /* required, != 0 (0 reads as unset): the upper lr */
+    int64_t step_size_up;            /* 2000: steps of the increasing half of a cycle */
+    int64_t step_size_down;          /* 0 = step_size_up (torch's None) */
+    em_cyclic_mode mode;             /* EM_CYCLIC_TRIANGULAR; ignored when scale_fn is set */
+    double gamma;                    /* 1.0: EM_CYCLIC_EXP_RANGE's base */
+    em_cyclic_scale_fn scale_fn;     /* NULL (torch's None): mode's policy */
+    void *scale_ctx;                 /* NULL; given to scale_fn (borrowed: must outlive the scheduler) */
+    em_cyclic_scale_mode scale_mode; /* EM_CYCLIC_SCALE_CYCLE; only read when scale_fn is set */
+    bool cycle_momentum;             /* true: cycle the optimizer's "momentum" inversely to the lr */
+    double base_momentum;            /* 0.8: the lower momentum of every group */
+    double max_momentum;             /* 0.9: the upper momentum */
+    /* torch's lists: NULL, or one value per parameter group (copied; the length must equal the
+     * number of groups: "expected 2 values for max_lr, got 3"); when set, the scalar is ignored */
+    const double *base_lrs;          /* NULL = base_lr for every group */
+    size_t n_base_lrs;               /* 0; the length of base_lrs */
+    const double *max_lrs;           /* NULL = max_lr for every group */
+    size_t n_max_lrs;                /* 0 */
+    const double *base_momentums;    /* NULL = base_momentum for every group */
+    size_t n_base_momentums;         /* 0 */
+    const double *max_momentums;     /* NULL = max_momentum for every group */
+    size_t n_max_momentums;          /* 0 */
+} em_cyclic_opts;
+#define EM_CYCLIC_OPTS_VERSION 1
+#define EM_CYCLIC_OPTS_INIT                                                                         \
+    {.version = EM_CYCLIC_OPTS_VERSION, .base_lr = 0.0, .max_lr = 0.0, .step_size_up = 2000,        \
+     .step_size_down = 0, .mode = EM_CYCLIC_TRIANGULAR, .gamma = 1.0, .scale_fn = NULL,             \
+     .scale_ctx = NULL, .scale_mode = EM_CYCLIC_SCALE_CYCLE, .cycle_momentum = true,                \
+     .base_momentum = 0.8, .max_momentum = 0.9, .base_lrs = NULL, .n_base_lrs = 0,                 \
+     .max_lrs = NULL, .n_max_lrs = 0, .base_momentums = NULL, .n_base_momentums = 0,               \
+     .max_momentums = NULL, .n_max_momentums = 0}
+
+/**
+ * The cyclical learning-rate policy (CLR): each group's lr goes from base_lr up to max_lr over
+ * step_size_up steps and back down over step_size_down, the amplitude scaled by the mode's policy
+ * (or scale_fn); step it once per batch. The constructor sets every group's lr to its base_lr
+ * (and, with cycle_momentum, its "momentum" to base_momentum) before torch's initial step, which
+ * then sets the epoch-0 values: lr base_lr, momentum max_momentum (torch's quirk, kept: when a
+ * scheduler alive on the optimizer already recorded initial_lr, the initial step sets that lr
+ * instead, and base_lr takes over at the next step). With cycle_momentum the
+ * optimizer's "momentum" is cycled inversely between max_momentum and base_momentum: SGD and
+ * RMSprop have one; torch 1.13's CyclicLR (unlike OneCycleLR) does not use Adam's betas, so Adam
+ * and AdamW need cycle_momentum = false.
+ * torch: CyclicLR(optimizer, base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn,
+ * scale_mode, cycle_momentum, base_momentum, max_momentum)
+ * Ownership: borrows the optimizer (it must outlive the scheduler) and opts->scale_ctx; copies the
+ * lists. The caller frees the scheduler with em_scheduler_free().
+ * Errors: "max_lr is required" (NULL opts, or max_lr 0 without max_lrs), "expected 2 values for
+ * max_lr, got 3" (likewise base_lr, base_momentum, max_momentum), "mode is invalid and scale_fn is
+ * None", an unknown scale_mode, step_size_up < 1 or step_size_down < 0 (torch divides by zero or
+ * cycles backwards), a negative lr or momentum ("Invalid learning rate", "Invalid momentum value"),
+ * "optimizer must support momentum with `cycle_momentum` option enabled" (Adam, AdamW, Adagrad, a
+ * C optimizer without "momentum"), an options version of 0 (the INIT was forgotten), and at a
+ * step (the constructor's too), the scale_fn's. A rejected argument leaves the optimizer as it
+ * was; a failing initial step has already set the base lrs and momenta, as in torch.
+ */
+EM_API em_scheduler *em_cyclic_lr(em_optimizer *opt, const em_cyclic_opts *opts);
 
 /**
  * Multiply each group's lr by a factor that goes linearly from start_factor to end_factor over
@@ -299,7 +394,9 @@ typedef struct em_scheduler_ops {
  * Returns a new scheduler; the caller frees it with em_scheduler_free().
  * Takes ownership of `state` (ops->destroy frees it), also when it fails.
  * Errors: NULL for a NULL opt (no new message), NULL ops or step, an ops version of 0 or newer than
- * this library's, or a failing initial step (its message is kept).
+ * this library's, or a failing initial step (its message is kept; a step that fails without
+ * recording one leaves "em_scheduler_new: <name>'s step failed without a message", and likewise
+ * "em_scheduler_step: ..." or "em_scheduler_step_metric: ..." at a later step).
  */
 EM_API em_scheduler *em_scheduler_new(const em_scheduler_ops *ops, em_optimizer *opt, void *state);
 /** The state pointer given to em_scheduler_new(); NULL for built-in schedulers and NULL. */
@@ -348,9 +445,9 @@ EM_API bool em_scheduler_is_plateau(const em_scheduler *s);
 
 /**
  * torch's class name: "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
- * "CosineAnnealingWarmRestarts", "OneCycleLR", "LinearLR", "ConstantLR", "PolynomialLR",
- * "LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau", or a C
- * scheduler's ops->name. Borrowed: a static string or ops->name; "" for NULL.
+ * "CosineAnnealingWarmRestarts", "OneCycleLR", "CyclicLR", "LinearLR", "ConstantLR",
+ * "PolynomialLR", "LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler",
+ * "ReduceLROnPlateau", or a C scheduler's ops->name. Borrowed: a static string or ops->name; "" for NULL.
  */
 EM_API const char *em_scheduler_name(const em_scheduler *s);
 

@@ -38,6 +38,7 @@ _Static_assert(offsetof(em_lbfgs_opts, version) == 0, "em_lbfgs_opts.version mus
 _Static_assert(offsetof(em_onecycle_opts, version) == 0, "em_onecycle_opts.version must stay first");
 _Static_assert(offsetof(em_plateau_opts, version) == 0, "em_plateau_opts.version must stay first");
 _Static_assert(offsetof(em_trainer_config, version) == 0, "em_trainer_config.version must stay first");
+_Static_assert(offsetof(em_cyclic_opts, version) == 0, "em_cyclic_opts.version must stay first");
 
 _Static_assert(offsetof(em_scheduler_ops, version) == 0, "em_scheduler_ops.version must stay first");
 _Static_assert(offsetof(em_scheduler_ops, name) == 1 * PTR, "em_scheduler_ops v1 layout: name moved");
@@ -103,6 +104,52 @@ _Static_assert(offsetof(em_loader_ops, get_batch) == 2 * PTR, "em_loader_ops v1 
 _Static_assert(offsetof(em_loader_ops, set_epoch) == 3 * PTR, "em_loader_ops v1 layout: set_epoch moved");
 _Static_assert(offsetof(em_loader_ops, destroy) == 4 * PTR, "em_loader_ops v1 layout: destroy moved");
 
+/* ---- em_onecycle_opts: version 1 ends at three_phase, version 2 appends the per-group lists ---- */
+
+_Static_assert(EM_ONECYCLE_OPTS_VERSION >= 2, "em_onecycle_opts: version numbers only grow");
+_Static_assert(offsetof(em_onecycle_opts, max_lr) < offsetof(em_onecycle_opts, total_steps) &&
+                   offsetof(em_onecycle_opts, total_steps) < offsetof(em_onecycle_opts, epochs) &&
+                   offsetof(em_onecycle_opts, epochs) < offsetof(em_onecycle_opts, steps_per_epoch) &&
+                   offsetof(em_onecycle_opts, steps_per_epoch) < offsetof(em_onecycle_opts, pct_start) &&
+                   offsetof(em_onecycle_opts, pct_start) < offsetof(em_onecycle_opts, anneal_strategy) &&
+                   offsetof(em_onecycle_opts, anneal_strategy) < offsetof(em_onecycle_opts, cycle_momentum) &&
+                   offsetof(em_onecycle_opts, cycle_momentum) < offsetof(em_onecycle_opts, base_momentum) &&
+                   offsetof(em_onecycle_opts, base_momentum) < offsetof(em_onecycle_opts, max_momentum) &&
+                   offsetof(em_onecycle_opts, max_momentum) < offsetof(em_onecycle_opts, div_factor) &&
+                   offsetof(em_onecycle_opts, div_factor) < offsetof(em_onecycle_opts, final_div_factor) &&
+                   offsetof(em_onecycle_opts, final_div_factor) < offsetof(em_onecycle_opts, three_phase),
+               "em_onecycle_opts v1 layout: a field moved");
+_Static_assert(offsetof(em_onecycle_opts, max_lrs) > offsetof(em_onecycle_opts, three_phase) &&
+                   offsetof(em_onecycle_opts, n_max_lrs) > offsetof(em_onecycle_opts, max_lrs) &&
+                   offsetof(em_onecycle_opts, base_momentums) > offsetof(em_onecycle_opts, n_max_lrs) &&
+                   offsetof(em_onecycle_opts, n_base_momentums) > offsetof(em_onecycle_opts, base_momentums) &&
+                   offsetof(em_onecycle_opts, max_momentums) > offsetof(em_onecycle_opts, n_base_momentums) &&
+                   offsetof(em_onecycle_opts, n_max_momentums) > offsetof(em_onecycle_opts, max_momentums),
+               "em_onecycle_opts v2: the lists are appended after three_phase, in this order");
+
+/* ---- em_cyclic_opts: version 1 ------------------------------------------------------------------- */
+
+_Static_assert(EM_CYCLIC_OPTS_VERSION >= 1, "em_cyclic_opts: version numbers only grow");
+_Static_assert(offsetof(em_cyclic_opts, base_lr) < offsetof(em_cyclic_opts, max_lr) &&
+                   offsetof(em_cyclic_opts, max_lr) < offsetof(em_cyclic_opts, step_size_up) &&
+                   offsetof(em_cyclic_opts, step_size_up) < offsetof(em_cyclic_opts, step_size_down) &&
+                   offsetof(em_cyclic_opts, step_size_down) < offsetof(em_cyclic_opts, mode) &&
+                   offsetof(em_cyclic_opts, mode) < offsetof(em_cyclic_opts, gamma) &&
+                   offsetof(em_cyclic_opts, gamma) < offsetof(em_cyclic_opts, scale_fn) &&
+                   offsetof(em_cyclic_opts, scale_fn) < offsetof(em_cyclic_opts, scale_ctx) &&
+                   offsetof(em_cyclic_opts, scale_ctx) < offsetof(em_cyclic_opts, scale_mode) &&
+                   offsetof(em_cyclic_opts, scale_mode) < offsetof(em_cyclic_opts, cycle_momentum) &&
+                   offsetof(em_cyclic_opts, cycle_momentum) < offsetof(em_cyclic_opts, base_momentum) &&
+                   offsetof(em_cyclic_opts, base_momentum) < offsetof(em_cyclic_opts, max_momentum) &&
+                   offsetof(em_cyclic_opts, max_momentum) < offsetof(em_cyclic_opts, base_lrs) &&
+                   offsetof(em_cyclic_opts, base_lrs) < offsetof(em_cyclic_opts, n_base_lrs) &&
+                   offsetof(em_cyclic_opts, n_base_lrs) < offsetof(em_cyclic_opts, max_lrs) &&
+                   offsetof(em_cyclic_opts, max_lrs) < offsetof(em_cyclic_opts, n_max_lrs) &&
+                   offsetof(em_cyclic_opts, n_max_lrs) < offsetof(em_cyclic_opts, base_momentums) &&
+                   offsetof(em_cyclic_opts, base_momentums) < offsetof(em_cyclic_opts, n_base_momentums) &&
+                   offsetof(em_cyclic_opts, n_base_momentums) < offsetof(em_cyclic_opts, max_momentums) &&
+                   offsetof(em_cyclic_opts, max_momentums) < offsetof(em_cyclic_opts, n_max_momentums),
+               "em_cyclic_opts v1 layout: a field moved");
 
 /* ---- the macros, expanded as a user writes them ------------------------------------------------- */
 
@@ -117,10 +164,11 @@ void header_test_macros(void)
     em_lbfgs_opts lbfgs = EM_LBFGS_OPTS_INIT;
     em_onecycle_opts onecycle = EM_ONECYCLE_OPTS_INIT;
     em_plateau_opts plateau = EM_PLATEAU_OPTS_INIT;
+    em_cyclic_opts cyclic = EM_CYCLIC_OPTS_INIT;
     em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
     em_device cpu = EM_DEVICE_CPU, gpu = EM_DEVICE_CUDA(0);
     (void)norm, (void)adam, (void)adamw, (void)rms, (void)ada, (void)lbfgs, (void)cpu, (void)gpu;
-    (void)onecycle, (void)plateau, (void)cfg;
+    (void)onecycle, (void)plateau, (void)cfg, (void)cyclic;
 
     /* Never called: only compiled (the library is not linked into this object). */
     em_tensor *t = em_zeros(EM_SHAPE(2, 3), &(em_tensor_opts){.dtype = EM_F64});
