@@ -1705,10 +1705,24 @@ void *em_scheduler_state(const em_scheduler *s)
 
 /* ---- using schedulers ----------------------------------------------------------------------------- */
 
+/* A scheduler's optimizer must still be alive to be stepped: a freed one has no groups and its handle
+ * check recorded why (EM_EMISUSE, "a freed optimizer"). */
+static em_status optimizer_alive(const em_scheduler *s, const char *func)
+{
+    if (em_optimizer_num_groups(s->opt) > 0)
+        return EM_OK;
+    if (emi_has_error())
+        return em_last_status();
+    return emi_fail(EM_EMISUSE, "%s: the %s's optimizer has no parameter groups (was it freed?)", func, sched_name(s));
+}
+
 em_status em_scheduler_step(em_scheduler *s)
 {
     if (s == NULL)
         return EM_EINVAL;
+    em_status alive = optimizer_alive(s, "em_scheduler_step");
+    if (alive != EM_OK)
+        return alive;
     if (is_plateau(s))
         return emi_fail(EM_EINVAL, "em_scheduler_step: %s needs a metric: use "
                                    "em_scheduler_step_metric() (torch: step() missing 1 required "
@@ -1720,6 +1734,9 @@ em_status em_scheduler_step_metric(em_scheduler *s, double metric)
 {
     if (s == NULL)
         return EM_EINVAL;
+    em_status alive = optimizer_alive(s, "em_scheduler_step_metric");
+    if (alive != EM_OK)
+        return alive;
     if (!is_plateau(s))
         return emi_fail(EM_EINVAL, "em_scheduler_step_metric: %s is not a ReduceLROnPlateau and "
                                    "takes no metric: use em_scheduler_step()", sched_name(s));
@@ -1782,6 +1799,11 @@ const char *em_scheduler_name(const em_scheduler *s)
 
 void em_scheduler_free(em_scheduler *s)
 {
+    if (s != NULL && s->owner != NULL) {
+        emi_fail(EM_EMISUSE, "em_scheduler_free: this scheduler belongs to the %s it was given to, which frees it",
+                 sched_name(s->owner));
+        return;
+    }
     if (s != NULL && s->trainer_owned) {
         emi_fail(EM_EINVAL, "em_scheduler_free: this scheduler belongs to a trainer (em_optim_setup_add_scheduler "
                             "or em_lr_schedulers); the trainer frees it when it fits again or is freed (em_trainer_free)");

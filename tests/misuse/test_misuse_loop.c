@@ -235,6 +235,35 @@ static void case_callback_shared(void)
 }
 static void test_misuse__callback_added_twice(void **state) { (void)state; in_child(case_callback_shared); }
 
+/* A scheduler given to a SequentialLR is the composite's: freeing it is refused (no double free when the
+ * composite is freed). A scheduler whose optimizer was freed reports the freed optimizer when stepped. */
+static void case_scheduler_ownership(void)
+{
+    em_params *ps = em_params_new();
+    em_tensor *w = em_zeros(EM_SHAPE(1), &(em_tensor_opts){.requires_grad = true});
+    em_params_add(ps, w);
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1});
+    em_scheduler *a = em_step_lr(opt, 1, 0.5), *b = em_step_lr(opt, 1, 0.9);
+    em_scheduler *seq = em_sequential_lr(opt, (em_scheduler *[]){a, b}, 2, (const int64_t[]){2});
+    expect(seq != NULL);
+    em_scheduler_free(a);
+    expect_error(EM_EMISUSE, "belongs to the SequentialLR");
+    em_clear_error();
+    expect(em_scheduler_step(seq) == EM_OK);
+    em_scheduler_free(seq); /* frees a and b once */
+    expect(em_last_status() == EM_OK);
+
+    em_scheduler *s = em_step_lr(opt, 1, 0.5);
+    em_optimizer_free(opt);
+    expect(em_scheduler_step(s) != EM_OK);
+    expect(em_last_status() == EM_EMISUSE && strstr(em_last_error(), "freed optimizer") != NULL);
+    em_clear_error();
+    em_scheduler_free(s);
+    em_params_free(ps);
+    em_tensor_free(w);
+}
+static void test_misuse__scheduler_ownership(void **state) { (void)state; in_child(case_scheduler_ownership); }
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -244,6 +273,7 @@ int main(void)
         cmocka_unit_test(test_misuse__huge_batch_size),
         cmocka_unit_test(test_misuse__huge_schedules),
         cmocka_unit_test(test_misuse__callback_added_twice),
+        cmocka_unit_test(test_misuse__scheduler_ownership),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
