@@ -35,6 +35,39 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* depends_on: torch defaults the recorded outcome depends on which changed between torch majors
+ * (cases/README.md). When the linked libtorch's major version differs from reference.torch's, a case
+ * that depends on such a default is a SKIP: its numbers are right for the torch that recorded it, and
+ * its twin recorded on the other major covers the linked one. */
+static bool check_depends_on(conf_run *r, const cJSON *ref)
+{
+    const cJSON *deps = cj_get(r->doc, "depends_on");
+    if (deps == NULL)
+        return true;
+    if (!cJSON_IsArray(deps))
+        return conf_fail(r, "depends_on is not a list of strings");
+    const char *recorded = NULL;
+    if (!cj_req_string(r, ref, "torch", "reference", &recorded))
+        return false;
+    const char *linked = em_torch_version();
+    bool other_major = atoi(recorded) != atoi(linked);
+    for (const cJSON *d = deps->child; d != NULL; d = d->next) {
+        if (!cJSON_IsString(d))
+            return conf_fail(r, "depends_on is not a list of strings");
+        if (strcmp(d->valuestring, "zero_grad_set_to_none_default") == 0) {
+            /* optimizer.zero_grad(): set_to_none=False on torch 1.x, True from 2.0 */
+            if (other_major)
+                return conf_skip(r, "recorded on torch %s, whose zero_grad default differs from the linked "
+                                    "libtorch %s; the %d.x twin covers it",
+                                 recorded, linked, atoi(linked));
+        } else {
+            return conf_fail(r, "depends_on has \"%s\", which this runner does not know "
+                                "(known: zero_grad_set_to_none_default)", d->valuestring);
+        }
+    }
+    return true;
+}
+
 bool conf_load(conf_run *r, const char *path)
 {
     r->path = path;
@@ -58,7 +91,7 @@ bool conf_load(conf_run *r, const char *path)
     static const char *const top[] = {"name", "description", "reference", "automatic_optimization",
                                       "behaviour", "model", "loss", "trainer", "optimizers",
                                       "lr_schedulers", "data", "initial_weights", "expected",
-                                      "tolerance", "python_source", "notes", NULL};
+                                      "tolerance", "python_source", "notes", "depends_on", NULL};
     if (!cj_keys(r, r->doc, "case", top))
         return false;
     const char *name = NULL;
@@ -81,6 +114,9 @@ bool conf_load(conf_run *r, const char *path)
         if (strcmp(device, "cpu") != 0)
             return conf_fail(r, "reference.device \"%s\" is not supported (cpu only)", device);
     }
+
+    if (!check_depends_on(r, ref))
+        return false;
 
     if (!cj_req_bool(r, r->doc, "automatic_optimization", "case", &r->automatic))
         return false;

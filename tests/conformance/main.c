@@ -5,7 +5,10 @@
  * compares what the run records with what Lightning recorded. Prints exactly one line per case:
  *   PASS <name>
  *   FAIL <name>: first mismatch <quantity>[<index>]: expected <e>, got <g>     (or another reason)
- *   SKIP <name>: <reason>                          (a case this build cannot run, e.g. DDP)
+ *   SKIP <name>: <reason>                          (a case this build cannot run, e.g. DDP, or one
+ *                                                   whose depends_on default differs in the linked torch)
+ * and, given several case files, a summary line at the end:
+ *   N run, P passed, S skipped                     (the N - P - S others failed)
  * Exit status: 0 when every case passes, 1 when any fails, 77 when none fails but some were skipped
  * (CTest's skip code), 2 for a usage error.
  *
@@ -217,11 +220,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: ember-conformance [-v] [--dump DIR] CASE.json [CASE.json ...]\n");
         return 2;
     }
-    int failed = 0, skipped = 0;
+    int failed = 0, skipped = 0, passed = 0, run = argc - i;
     for (; i < argc; i++) {
         outcome o = run_case(argv[i], verbose, dump_dir);
         failed += o == OUT_FAIL;
         skipped += o == OUT_SKIP;
+        passed += o == OUT_PASS;
     }
+    if (run > 1)
+        printf("%d run, %d passed, %d skipped\n", run, passed, skipped);
     return failed > 0 ? 1 : skipped > 0 ? 77 : 0;
 }
