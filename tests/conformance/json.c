@@ -58,7 +58,7 @@ static bool check_depends_on(conf_run *r, const cJSON *ref)
             /* optimizer.zero_grad(): set_to_none=False on torch 1.x, True from 2.0 */
             if (other_major)
                 return conf_skip(r, "recorded on torch %s, whose zero_grad default differs from the linked "
-                                    "libtorch %s; the %d.x twin covers it",
+                                    "libtorch %s; needs a twin recorded on torch %d.x",
                                  recorded, linked, atoi(linked));
         } else {
             return conf_fail(r, "depends_on has \"%s\", which this runner does not know "
