@@ -6,6 +6,8 @@
 #ifndef EMBER_BACKEND_H
 #define EMBER_BACKEND_H
 
+#include <string.h> /* memcpy */
+
 #include "ember/common.h"    /* em_status, EM_BEGIN_DECLS, EM_PRINTF */
 #include "ember/tensor.h"    /* em_tensor, em_dtype, em_device */
 #include "ember/optim.h"     /* em_optimizer, em_optimizer_ops */
@@ -40,6 +42,43 @@ void emi_info(const char *fmt, ...) EM_PRINTF(1, 2);
 
 
 /* ---- handles (shim/core.cpp) --------------------------------------------------------------------- */
+
+/*
+ * The API armor of src/'s handles (trainer, loader, scheduler, callback), the same as the shim's
+ * (shim/internal.hpp): a handle's struct starts with a uint32_t tag, its type's EMI_HANDLE_* magic while
+ * it lives, EMI_HANDLE_FREED once freed; its memory comes from malloc/calloc.
+ */
+enum {
+    EMI_HANDLE_TRAINER = 0x454d5231u,   /* "EMR1" */
+    EMI_HANDLE_LOADER = 0x454d4c31u,    /* "EML1" */
+    EMI_HANDLE_SCHEDULER = 0x454d5331u, /* "EMS1" */
+    EMI_HANDLE_CALLBACK = 0x454d4331u,  /* "EMC1" */
+    EMI_HANDLE_FREED = 0xdeadf7eeu
+};
+/** Whether `h` is a live handle with tag `magic` (NULL: false). One load and one compare. */
+static inline bool emi_handle_live(const void *h, uint32_t magic)
+{
+    uint32_t tag;
+    if (h == NULL)
+        return false;
+    memcpy(&tag, h, sizeof tag);
+    return tag == magic;
+}
+/**
+ * The failed entry check of `h` (argument `arg` of `func`, a `noun`): NULL records "func: argument N is
+ * NULL" (EM_EINVAL); a freed handle or a pointer of another kind EM_EMISUSE with a message.
+ */
+em_status emi_handle_bad(const char *func, int arg, const void *h, const char *noun);
+/**
+ * The check at the top of a free function: true to go on freeing `h` (live, tag `magic`); false for
+ * NULL (nothing recorded) and for a freed or foreign handle (EM_EMISUSE recorded under `func`).
+ */
+bool emi_handle_free_ok(const char *func, const void *h, uint32_t magic, const char *noun);
+/**
+ * Free a malloc'd handle whose contents are already released: its tag is poisoned and its memory kept
+ * from malloc for this thread's next 4096 handle frees, so a second free or a use finds the poison.
+ */
+void emi_handle_retire(void *h);
 
 /** Take `t` out of whatever scope owns it: the caller owns it from now on. Returns t. */
 em_tensor *emi_own(em_tensor *t);

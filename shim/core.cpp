@@ -23,6 +23,8 @@ void emi_fail_current_exception(const char *func) noexcept
         emi_fail_torch(func, e.what_without_backtrace());
     } catch (const std::bad_alloc &) {
         emi_fail(EM_ENOMEM, "%s: out of memory", func);
+    } catch (const emi_misuse &e) {
+        emi_fail(EM_EMISUSE, "%s", e.what());
     } catch (const std::exception &e) {
         emi_fail_torch(func, e.what());
     } catch (...) {
@@ -52,7 +54,9 @@ em_status emi_bad_handle(const char *func, int arg, const void *h, uint32_t magi
 namespace {
 
 // Freed handle shells, kept from malloc for the next EMI_QUARANTINE frees of the thread (a ring
-// allocated on first use). Per thread: no lock on the path of every scope's end.
+// allocated on first use). Per thread: no lock on the path of every scope's end. An entry with its
+// low bit set came from malloc (src/'s handles, emi_handle_retire) and goes back with free(); the
+// others with ::operator delete. Every handle is at least 8-byte aligned, so the bit is free.
 struct quarantine_ring {
     void **ring = nullptr;
     size_t next = 0;
@@ -61,37 +65,83 @@ struct quarantine_ring {
 thread_local quarantine_ring quarantine;
 thread_local bool quarantine_gone = false; // trivially destructible: readable after the ring is gone
 
+const uintptr_t FROM_MALLOC = 1;
+
+void release(void *entry) noexcept
+{
+    uintptr_t u = reinterpret_cast<uintptr_t>(entry);
+    if (u & FROM_MALLOC)
+        std::free(reinterpret_cast<void *>(u & ~FROM_MALLOC));
+    else
+        ::operator delete(entry); // nullptr: nothing
+}
+
 quarantine_ring::~quarantine_ring()
 {
     quarantine_gone = true;
     if (ring == nullptr)
         return;
     for (size_t i = 0; i < EMI_QUARANTINE; i++)
-        ::operator delete(ring[i]);
+        release(ring[i]);
     delete[] ring;
     ring = nullptr;
 }
 
-} // namespace
-
-void emi_quarantine(void *shell) noexcept
+void quarantine_entry(void *entry) noexcept
 {
     if (quarantine_gone) { // the thread is exiting
-        ::operator delete(shell);
+        release(entry);
         return;
     }
     quarantine_ring &q = quarantine;
     if (q.ring == nullptr) {
         q.ring = new (std::nothrow) void *[EMI_QUARANTINE]();
         if (q.ring == nullptr) {
-            ::operator delete(shell);
+            release(entry);
             return;
         }
     }
     void *old = q.ring[q.next];
-    q.ring[q.next] = shell;
+    q.ring[q.next] = entry;
     q.next = (q.next + 1) % EMI_QUARANTINE;
-    ::operator delete(old); // nullptr: nothing
+    release(old);
+}
+
+} // namespace
+
+void emi_quarantine(void *shell) noexcept
+{
+    quarantine_entry(shell);
+}
+
+extern "C" void emi_handle_retire(void *h)
+{
+    if (h == nullptr)
+        return;
+    const uint32_t dead = EMI_MAGIC_FREED;
+    std::memcpy(h, &dead, sizeof dead);
+    quarantine_entry(reinterpret_cast<void *>(reinterpret_cast<uintptr_t>(h) | FROM_MALLOC));
+}
+
+extern "C" em_status emi_handle_bad(const char *func, int arg, const void *h, const char *noun)
+{
+    return emi_bad_handle(func, arg, h, 0, noun, true);
+}
+
+extern "C" bool emi_handle_free_ok(const char *func, const void *h, uint32_t magic, const char *noun)
+{
+    if (h == nullptr)
+        return false;
+    const uint32_t tag = emi_tag_of(h);
+    if (tag == magic)
+        return true;
+    if (tag == EMI_MAGIC_FREED)
+        emi_fail(EM_EMISUSE, "%s: this %s was already freed (a double free, or its owner already released it)",
+                 func, noun);
+    else
+        emi_fail(EM_EMISUSE, "%s: this pointer is not a live %s handle (freed long ago, or of another kind)", func,
+                 noun);
+    return false;
 }
 
 // The check at the top of each free function: true to go on freeing `h`; false for a freed handle or
@@ -444,12 +494,9 @@ static at::Tensor finish(at::Tensor t, const em_tensor_opts *o)
     return t;
 }
 
-static c10::optional<at::Generator> generator_of(const em_tensor_opts *o)
-{
-    if (o != nullptr && o->generator != nullptr)
-        return o->generator->gen;
-    return c10::nullopt;
-}
+// opts->generator (checked: a freed one throws emi_misuse, recorded by the barrier as EM_EMISUSE under
+// `emi_fn`, the extern "C" function's name: __func__ would name a lambda inside it).
+#define generator_of(o) emi_generator_of(emi_fn, (o) == nullptr ? nullptr : (o)->generator)
 
 // A factory's result, made behind the barrier: make() in a new handle, requires_grad as `opts` asks.
 template <class Make> static em_tensor *made(const char *func, const em_tensor_opts *opts, Make &&make)
@@ -489,13 +536,15 @@ extern "C" em_generator *em_generator_new(uint64_t seed)
 {
     EM_TRY
         auto gen = at::detail::createCPUGenerator(seed);
-        return new em_generator{gen};
+        return new em_generator(gen);
     EM_CATCH(nullptr)
 }
 
 extern "C" void em_generator_free(em_generator *g)
 {
-    delete g;
+    if (g == nullptr || !free_check(__func__, g))
+        return;
+    emi_retire(g);
 }
 
 // ---- factories ------------------------------------------------------------------------------------------
@@ -572,6 +621,8 @@ extern "C" em_tensor *em_scalar_tensor(double value, const em_tensor_opts *opts)
 #define EMI_FACTORY(fname, expr)                                                               \
     extern "C" em_tensor *fname(const int64_t *shape, int ndim, const em_tensor_opts *opts)    \
     {                                                                                          \
+        const char *emi_fn = __func__; /* generator_of() reports under it */                   \
+        (void)emi_fn;                                                                          \
         return made_of_shape(__func__, shape, ndim, opts, [&](at::IntArrayRef sz) { return expr; }); \
     }
 
@@ -625,6 +676,7 @@ extern "C" em_tensor *em_randint(int64_t low, int64_t high, const int64_t *shape
     if (!emi_check_shape(__func__, shape, ndim))
         return nullptr;
     EM_TRY
+        const char *emi_fn = __func__;
         auto o = emi_options(opts).dtype(at::kLong);
         return emi_wrap(at::randint(low, high, shape_ref(shape, ndim), generator_of(opts), o));
     EM_CATCH(nullptr)
@@ -637,6 +689,7 @@ extern "C" em_tensor *em_randperm(int64_t n, const em_tensor_opts *opts)
         return nullptr;
     }
     EM_TRY
+        const char *emi_fn = __func__;
         auto o = emi_options(opts).dtype(at::kLong);
         return emi_wrap(at::randperm(n, generator_of(opts), o));
     EM_CATCH(nullptr)

@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend.h"
@@ -25,7 +27,9 @@ enum : uint32_t {
     EMI_MAGIC_NN = 0x454d4e31u,        // "EMN1"
     EMI_MAGIC_PARAMS = 0x454d5031u,    // "EMP1"
     EMI_MAGIC_OPTIMIZER = 0x454d4f31u, // "EMO1"
-    EMI_MAGIC_FREED = 0xdeadf7eeu,
+    EMI_MAGIC_GENERATOR = 0x454d4731u, // "EMG1"
+    EMI_MAGIC_FREED = EMI_HANDLE_FREED, // shim/backend.h: src/'s handles (trainer, loader, ...) share it
+
 };
 enum { EMI_QUARANTINE = 4096 };
 
@@ -46,7 +50,11 @@ struct em_tensor {
 };
 
 struct em_generator {
+    static constexpr uint32_t kMagic = EMI_MAGIC_GENERATOR;
+    static constexpr const char *kNoun = "generator";
+    uint32_t magic = kMagic; // first: see "API armor" above
     at::Generator gen;
+    explicit em_generator(at::Generator g) : gen(std::move(g)) {}
 };
 
 struct em_params {
@@ -99,6 +107,25 @@ template <class H> void emi_retire(H *h) noexcept
     emi_quarantine(h);
 }
 
+// Thrown (inside a barrier) where a bad handle is found deep in a helper: the barrier records
+// EM_EMISUSE with what() rather than a libtorch error.
+struct emi_misuse : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The generator behind `g` (NULL: the default one); a freed or foreign handle throws emi_misuse.
+inline c10::optional<at::Generator> emi_generator_of(const char *func, em_generator *g)
+{
+    if (g == nullptr)
+        return c10::nullopt;
+    if (!emi_live(g))
+        throw emi_misuse(std::string(func) + ": the generator is " +
+                         (emi_tag_of(g) == EMI_MAGIC_FREED ? "freed (em_generator_free was called on it)"
+                                                           : "not a valid generator handle (freed long ago, or "
+                                                             "a pointer of another kind)"));
+    return g->gen;
+}
+
 // ---- making handles (shim/core.cpp) ----------------------------------------------------------------
 
 // A new handle for `t`, owned by the innermost scope or, with none open, by the caller.
@@ -143,6 +170,10 @@ template <class R, class Body> R emi_guard(const char *func, R on_error, Body &&
 {
     try {
         return body();
+    } catch (const emi_misuse &e) { // a bad handle found inside: EM_EMISUSE, also as the status returned
+        emi_fail(EM_EMISUSE, "%s", e.what());
+        if constexpr (std::is_same_v<R, em_status>)
+            return EM_EMISUSE;
     } catch (...) {
         emi_fail_current_exception(func);
     }

@@ -51,12 +51,8 @@ auto with_shapes(std::initializer_list<const at::Tensor *> ts, F &&f) -> decltyp
     }
 }
 
-c10::optional<at::Generator> generator_of(em_generator *g)
-{
-    if (g != nullptr)
-        return g->gen;
-    return c10::nullopt;
-}
+// `g` checked (a freed one throws emi_misuse); `emi_fn` names the extern "C" function.
+#define generator_of(g) emi_generator_of(emi_fn, (g))
 
 // The Python number a C double stands for. On an integer tensor an integral value acts as a Python
 // int (a + 1, a.clamp(max=2): the result stays integer); any other value, and every value on a
@@ -348,11 +344,13 @@ extern "C" em_status em_mul_scalar_(em_tensor *dst, double s)
 
 extern "C" em_status em_uniform_(em_tensor *dst, double lo, double hi, em_generator *g)
 {
+    const char *emi_fn = __func__;
     return emi_tensor_do(__func__, dst, [&](at::Tensor &d) { d.uniform_(lo, hi, generator_of(g)); });
 }
 
 extern "C" em_status em_normal_(em_tensor *dst, double mean, double std, em_generator *g)
 {
+    const char *emi_fn = __func__;
     return emi_tensor_do(__func__, dst, [&](at::Tensor &d) { d.normal_(mean, std, generator_of(g)); });
 }
 

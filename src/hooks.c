@@ -82,6 +82,7 @@ void emi_user_scope_end(emi_user_scope s)
 /* ---- the callback protocol ------------------------------------------------------------------------------ */
 
 struct em_callback {
+    uint32_t magic; /* EMI_HANDLE_CALLBACK while it lives (backend.h: the API armor) */
     const em_callback_ops *ops;
     void *state;
     const em_trainer *owner; /* the trainer it was handed to (NULL: still the user's) */
@@ -103,6 +104,7 @@ em_callback *em_callback_new(const em_callback_ops *ops, void *state)
             ops->destroy(state);
         return NULL;
     }
+    cb->magic = EMI_HANDLE_CALLBACK;
     cb->ops = ops;
     cb->state = state;
     return cb;
@@ -110,7 +112,12 @@ em_callback *em_callback_new(const em_callback_ops *ops, void *state)
 
 void *em_callback_state(const em_callback *cb)
 {
-    return cb == NULL ? NULL : cb->state;
+    if (!emi_handle_live(cb, EMI_HANDLE_CALLBACK)) {
+        if (cb != NULL)
+            emi_handle_bad(__func__, 1, cb, "callback");
+        return NULL;
+    }
+    return cb->state;
 }
 
 void emi_callback_destroy(em_callback *cb)
@@ -119,12 +126,14 @@ void emi_callback_destroy(em_callback *cb)
         return;
     if (cb->ops->destroy != NULL && cb->state != NULL)
         cb->ops->destroy(cb->state);
-    free(cb);
+    emi_handle_retire(cb);
 }
 
 void em_callback_free(em_callback *cb)
 {
-    if (cb != NULL && cb->owner != NULL) {
+    if (!emi_handle_free_ok(__func__, cb, EMI_HANDLE_CALLBACK, "callback"))
+        return;
+    if (cb->owner != NULL) {
         emi_fail(EM_EMISUSE, "em_callback_free: this callback was handed to a trainer (em_trainer_add_callback), "
                              "which frees it in em_trainer_free");
         return;

@@ -10,6 +10,7 @@
 #include "loader.h"
 
 struct em_loader {
+    uint32_t magic; /* EMI_HANDLE_LOADER while it lives (backend.h: the API armor) */
     const em_loader_ops *ops;
     void *state;
 };
@@ -45,6 +46,7 @@ em_loader *em_loader_new(const em_loader_ops *ops, void *state)
     em_loader *l = calloc(1, sizeof *l);
     if (l == NULL)
         return loader_new_failed(ops, state, emi_fail(EM_ENOMEM, "em_loader_new: out of memory"));
+    l->magic = EMI_HANDLE_LOADER;
     l->ops = ops;
     l->state = state;
     return l;
@@ -52,16 +54,21 @@ em_loader *em_loader_new(const em_loader_ops *ops, void *state)
 
 int64_t em_loader_num_batches(const em_loader *l)
 {
-    return l == NULL ? -1 : l->ops->num_batches(l->state);
+    if (!emi_handle_live(l, EMI_HANDLE_LOADER)) {
+        if (l != NULL)
+            emi_handle_bad(__func__, 1, l, "loader");
+        return -1;
+    }
+    return l->ops->num_batches(l->state);
 }
 
 void em_loader_free(em_loader *l)
 {
-    if (l == NULL)
+    if (!emi_handle_free_ok(__func__, l, EMI_HANDLE_LOADER, "loader"))
         return;
     if (l->ops->destroy != NULL)
         l->ops->destroy(l->state);
-    free(l);
+    emi_handle_retire(l);
 }
 
 /* A batch as get_batch left it: at most EM_BATCH_MAX_TENSORS tensors, none NULL; the batch size (dim 0
@@ -84,6 +91,8 @@ em_status em_loader_get(em_loader *l, int64_t epoch, int64_t index, em_batch *ou
 {
     if (l == NULL || out == NULL)
         return emi_fail(EM_EINVAL, "em_loader_get: NULL argument");
+    if (!emi_handle_live(l, EMI_HANDLE_LOADER))
+        return emi_handle_bad(__func__, 1, l, "loader");
     int64_t n = l->ops->num_batches(l->state);
     if (index < 0 || index >= n)
         return emi_fail(EM_EINVAL, "em_loader_get: batch %lld out of range (the loader has %lld)",

@@ -80,6 +80,7 @@ typedef struct emi_fit_settings {
 } emi_fit_settings;
 
 struct em_trainer {
+    uint32_t magic;                        /* EMI_HANDLE_TRAINER while it lives (backend.h: the API armor) */
     em_trainer_config cfg;                 /* as given to em_trainer_new (strings: the copies below) */
     char *root_dir, *trace_path, *log_dir; /* owned copies of the config strings */
     em_callback **callbacks;               /* user callbacks; during fit the built-in ones follow */
@@ -125,5 +126,17 @@ struct em_trainer {
     FILE *trace;
     int trace_errno;              /* why the first failed trace write failed (0: none) */
 };
+
+/* The entry check of a public function taking a trainer: true for a live trainer; false for NULL
+ * (nothing recorded: the getters' documented NULL answers) and for a freed or foreign pointer
+ * (EM_EMISUSE recorded under `func`). */
+static inline bool emi_trainer_ok(const em_trainer *t, const char *func)
+{
+    if (emi_handle_live(t, EMI_HANDLE_TRAINER))
+        return true;
+    if (t != NULL)
+        emi_handle_bad(func, 1, t, "trainer");
+    return false;
+}
 
 #endif /* EMBER_LOOP_H */

@@ -234,6 +234,7 @@ typedef union sched_params {
 } sched_params;
 
 struct em_scheduler {
+    uint32_t magic;        /* EMI_HANDLE_SCHEDULER while it lives (backend.h: the API armor) */
     sched_kind kind;
     em_optimizer *opt;     /* borrowed */
     lr_record *record;     /* initial_lr of opt's groups (one reference); NULL for plateau */
@@ -1017,7 +1018,7 @@ static void sched_destroy(em_scheduler *s)
     free(s->base_lrs);
     free(s->last_lr);
     free(s->values);
-    free(s);
+    emi_handle_retire(s);
 }
 
 static em_scheduler *sched_alloc(sched_kind kind, em_optimizer *opt)
@@ -1025,6 +1026,7 @@ static em_scheduler *sched_alloc(sched_kind kind, em_optimizer *opt)
     em_scheduler *s = calloc(1, sizeof *s);
     if (s == NULL)
         return no_scheduler(out_of_memory());
+    s->magic = EMI_HANDLE_SCHEDULER;
     s->kind = kind;
     s->opt = opt;
     s->last_epoch = -1;
@@ -1529,7 +1531,8 @@ static bool seen_before(em_scheduler *const *children, size_t i)
 static em_scheduler *drop_children(em_scheduler *const *children, size_t n)
 {
     for (size_t i = 0; children != NULL && i < n; i++)
-        if (children[i] != NULL && !seen_before(children, i) && children[i]->owner == NULL)
+        if (emi_handle_live(children[i], EMI_HANDLE_SCHEDULER) && !seen_before(children, i) &&
+            children[i]->owner == NULL)
             sched_destroy(children[i]);
     return NULL;
 }
@@ -1544,6 +1547,11 @@ static bool composite_check(const char *f, em_scheduler *const *children, size_t
     for (size_t i = 0; i < n; i++)
         if (children[i] == NULL)
             return false; /* a failed constructor: its message stays */
+    for (size_t i = 0; i < n; i++)
+        if (!emi_handle_live(children[i], EMI_HANDLE_SCHEDULER)) {
+            emi_handle_bad(f, sequential ? 2 : 1, children[i], "scheduler");
+            return false;
+        }
     for (size_t i = 0; i < n; i++) {
         const em_scheduler *c = children[i];
         const char *why = NULL;
@@ -1698,9 +1706,20 @@ em_scheduler *em_scheduler_new(const em_scheduler_ops *ops, em_optimizer *opt, v
     return s;
 }
 
+/* The entry check of a public function taking a scheduler: true for a live one; false for NULL
+ * (nothing recorded) and for a freed or foreign pointer (EM_EMISUSE recorded under `func`). */
+static bool sched_ok(const em_scheduler *s, const char *func)
+{
+    if (emi_handle_live(s, EMI_HANDLE_SCHEDULER))
+        return true;
+    if (s != NULL)
+        emi_handle_bad(func, 1, s, "scheduler");
+    return false;
+}
+
 void *em_scheduler_state(const em_scheduler *s)
 {
-    return s != NULL && s->kind == K_USER ? s->u.user.state : NULL;
+    return sched_ok(s, __func__) && s->kind == K_USER ? s->u.user.state : NULL;
 }
 
 /* ---- using schedulers ----------------------------------------------------------------------------- */
@@ -1718,8 +1737,8 @@ static em_status optimizer_alive(const em_scheduler *s, const char *func)
 
 em_status em_scheduler_step(em_scheduler *s)
 {
-    if (s == NULL)
-        return EM_EINVAL;
+    if (!sched_ok(s, __func__))
+        return s == NULL ? EM_EINVAL : EM_EMISUSE;
     em_status alive = optimizer_alive(s, "em_scheduler_step");
     if (alive != EM_OK)
         return alive;
@@ -1732,8 +1751,8 @@ em_status em_scheduler_step(em_scheduler *s)
 
 em_status em_scheduler_step_metric(em_scheduler *s, double metric)
 {
-    if (s == NULL)
-        return EM_EINVAL;
+    if (!sched_ok(s, __func__))
+        return s == NULL ? EM_EINVAL : EM_EMISUSE;
     em_status alive = optimizer_alive(s, "em_scheduler_step_metric");
     if (alive != EM_OK)
         return alive;
@@ -1748,7 +1767,7 @@ em_status em_scheduler_step_metric(em_scheduler *s, double metric)
 
 double em_scheduler_last_lr(const em_scheduler *s, size_t group)
 {
-    if (s == NULL)
+    if (!sched_ok(s, __func__))
         return NAN;
     if (!s->has_last_lr) {
         emi_fail(EM_ESTATE, "em_scheduler_last_lr: %s has no last lr before its first step (torch "
@@ -1765,7 +1784,7 @@ double em_scheduler_last_lr(const em_scheduler *s, size_t group)
 
 double em_scheduler_base_lr(const em_scheduler *s, size_t group)
 {
-    if (s == NULL)
+    if (!sched_ok(s, __func__))
         return NAN;
     if (s->kind == K_SEQUENTIAL || s->kind == K_CHAINED)
         return em_scheduler_base_lr(s->u.composite.children[0], group);
@@ -1779,32 +1798,34 @@ double em_scheduler_base_lr(const em_scheduler *s, size_t group)
 
 int64_t em_scheduler_last_epoch(const em_scheduler *s)
 {
-    return s != NULL ? s->last_epoch : -1;
+    return sched_ok(s, __func__) ? s->last_epoch : -1;
 }
 
 em_optimizer *em_scheduler_optimizer(const em_scheduler *s)
 {
-    return s != NULL ? s->opt : NULL;
+    return sched_ok(s, __func__) ? s->opt : NULL;
 }
 
 bool em_scheduler_is_plateau(const em_scheduler *s)
 {
-    return s != NULL && is_plateau(s);
+    return sched_ok(s, __func__) && is_plateau(s);
 }
 
 const char *em_scheduler_name(const em_scheduler *s)
 {
-    return s != NULL ? sched_name(s) : "";
+    return sched_ok(s, __func__) ? sched_name(s) : "";
 }
 
 void em_scheduler_free(em_scheduler *s)
 {
-    if (s != NULL && s->owner != NULL) {
+    if (!emi_handle_free_ok(__func__, s, EMI_HANDLE_SCHEDULER, "scheduler"))
+        return;
+    if (s->owner != NULL) {
         emi_fail(EM_EMISUSE, "em_scheduler_free: this scheduler belongs to the %s it was given to, which frees it",
                  sched_name(s->owner));
         return;
     }
-    if (s != NULL && s->trainer_owned) {
+    if (s->trainer_owned) {
         emi_fail(EM_EINVAL, "em_scheduler_free: this scheduler belongs to a trainer (em_optim_setup_add_scheduler "
                             "or em_lr_schedulers); the trainer frees it when it fits again or is freed (em_trainer_free)");
         return;

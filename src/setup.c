@@ -129,6 +129,8 @@ em_status em_optim_setup_add_scheduler(em_optim_setup *setup, em_scheduler *sche
             return em_last_status();
         return emi_fail(EM_EINVAL, "em_optim_setup_add_scheduler: NULL argument");
     }
+    if (!emi_handle_live(sched, EMI_HANDLE_SCHEDULER)) /* freed: nothing to take over or free */
+        return emi_handle_bad("em_optim_setup_add_scheduler", 2, sched, "scheduler");
     em_scheduler_config c = config != NULL ? *config : (em_scheduler_config){0};
     /* _validate_optimizers_attached */
     em_optimizer *target = em_scheduler_optimizer(sched);

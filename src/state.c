@@ -10,20 +10,47 @@ em_trainer *em_module_trainer(const em_module *m)
     return m == NULL ? NULL : m->trainer_;
 }
 
-int64_t em_trainer_current_epoch(const em_trainer *t) { return t == NULL ? -1 : t->current_epoch; }
-int64_t em_trainer_global_step(const em_trainer *t) { return t == NULL ? -1 : t->global_step; }
-int64_t em_trainer_batch_idx(const em_trainer *t) { return t == NULL ? -1 : t->batch_idx; }
-bool em_trainer_is_last_batch(const em_trainer *t) { return t != NULL && t->is_last_batch; }
-int64_t em_trainer_num_training_batches(const em_trainer *t) { return t == NULL ? -1 : t->fit.num_training_batches; }
-int64_t em_trainer_accumulate_grad_batches(const em_trainer *t) { return t == NULL ? -1 : t->accumulate; }
-double em_trainer_estimated_stepping_batches(const em_trainer *t) { return t == NULL ? NAN : t->fit.estimated; }
-bool em_trainer_should_stop(const em_trainer *t) { return t != NULL && t->should_stop; }
-bool em_trainer_sanity_checking(const em_trainer *t) { return t != NULL && t->sanity_checking; }
+int64_t em_trainer_current_epoch(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? -1 : t->current_epoch;
+}
+int64_t em_trainer_global_step(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? -1 : t->global_step;
+}
+int64_t em_trainer_batch_idx(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? -1 : t->batch_idx;
+}
+bool em_trainer_is_last_batch(const em_trainer *t)
+{
+    return emi_trainer_ok(t, __func__) && t->is_last_batch;
+}
+int64_t em_trainer_num_training_batches(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? -1 : t->fit.num_training_batches;
+}
+int64_t em_trainer_accumulate_grad_batches(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? -1 : t->accumulate;
+}
+double em_trainer_estimated_stepping_batches(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? NAN : t->fit.estimated;
+}
+bool em_trainer_should_stop(const em_trainer *t)
+{
+    return emi_trainer_ok(t, __func__) && t->should_stop;
+}
+bool em_trainer_sanity_checking(const em_trainer *t)
+{
+    return emi_trainer_ok(t, __func__) && t->sanity_checking;
+}
 
 em_status em_trainer_set_accumulate_grad_batches(em_trainer *t, int64_t k)
 {
-    if (t == NULL)
-        return EM_EINVAL;
+    if (!emi_trainer_ok(t, __func__))
+        return t == NULL ? EM_EINVAL : EM_EMISUSE;
     if (k < 1)
         return emi_fail(EM_EINVAL, "em_trainer_set_accumulate_grad_batches: must be >= 1, got %lld", (long long)k);
     t->accumulate = k;
@@ -32,7 +59,7 @@ em_status em_trainer_set_accumulate_grad_batches(em_trainer *t, int64_t k)
 
 void em_trainer_set_should_stop(em_trainer *t, bool stop)
 {
-    if (t != NULL)
+    if (emi_trainer_ok(t, __func__))
         t->should_stop = stop;
 }
 
@@ -47,7 +74,7 @@ static const emi_kvlist *fresh(const em_trainer *t, bool progress_bar)
 
 bool em_trainer_callback_metric(const em_trainer *t, const char *name, double *value)
 {
-    if (t == NULL || name == NULL)
+    if (!emi_trainer_ok(t, __func__) || name == NULL)
         return false;
     double v;
     if (!emi_kvlist_get(fresh(t, false), name, &v))
@@ -68,20 +95,20 @@ static const char *kv_at(const emi_kvlist *l, size_t i, double *value)
 
 size_t em_trainer_num_callback_metrics(const em_trainer *t)
 {
-    return t == NULL ? 0 : fresh(t, false)->n;
+    return !emi_trainer_ok(t, __func__) ? 0 : fresh(t, false)->n;
 }
 
 const char *em_trainer_callback_metric_at(const em_trainer *t, size_t i, double *value)
 {
-    return t == NULL ? NULL : kv_at(&t->metrics.callback, i, value);
+    return !emi_trainer_ok(t, __func__) ? NULL : kv_at(&t->metrics.callback, i, value);
 }
 
 size_t em_trainer_num_progress_bar_metrics(const em_trainer *t)
 {
-    return t == NULL ? 0 : fresh(t, true)->n;
+    return !emi_trainer_ok(t, __func__) ? 0 : fresh(t, true)->n;
 }
 
 const char *em_trainer_progress_bar_metric_at(const em_trainer *t, size_t i, double *value)
 {
-    return t == NULL ? NULL : kv_at(&t->metrics.progbar, i, value);
+    return !emi_trainer_ok(t, __func__) ? NULL : kv_at(&t->metrics.progbar, i, value);
 }

@@ -39,6 +39,7 @@ em_trainer *em_trainer_new(const em_trainer_config *cfg)
         emi_fail(EM_ENOMEM, "em_trainer_new: out of memory");
         return NULL;
     }
+    t->magic = EMI_HANDLE_TRAINER;
     t->cfg = *cfg;
     t->root_dir = emi_strdup(cfg->default_root_dir != NULL ? cfg->default_root_dir : ".");
     t->trace_path = emi_strdup(cfg->trace_path);
@@ -76,6 +77,10 @@ em_status em_trainer_add_callback(em_trainer *t, em_callback *cb)
     em_status s;
     if (t == NULL || cb == NULL)
         s = emi_fail(EM_EINVAL, "em_trainer_add_callback: NULL argument");
+    else if (!emi_trainer_ok(t, "em_trainer_add_callback"))
+        return EM_EMISUSE; /* `cb` stays the caller's: nothing is known of this pointer */
+    else if (!emi_handle_live(cb, EMI_HANDLE_CALLBACK))
+        return emi_handle_bad("em_trainer_add_callback", 2, cb, "callback");
     else if ((s = emi_callback_adopt(cb, t)) != EM_OK)
         return s; /* it belongs to a trainer already: left to it */
     else if (t->fitting)
@@ -105,8 +110,13 @@ static void release_fit_objects(em_trainer *t)
 
 void em_trainer_free(em_trainer *t)
 {
-    if (t == NULL)
+    if (!emi_handle_free_ok("em_trainer_free", t, EMI_HANDLE_TRAINER, "trainer"))
         return;
+    if (t->fitting) { /* from inside a hook of its own fit */
+        emi_fail(EM_EMISUSE, "em_trainer_free: the trainer is fitting (called from one of its hooks); free it "
+                             "after em_trainer_fit returns");
+        return;
+    }
     release_fit_objects(t);
     for (size_t i = 0; i < t->n_callbacks; i++)
         emi_callback_destroy(t->callbacks[i]);
@@ -116,12 +126,12 @@ void em_trainer_free(em_trainer *t)
     free(t->log_dir);
     emi_kvlist_free(&t->metrics.callback);
     emi_kvlist_free(&t->metrics.progbar);
-    free(t);
+    emi_handle_retire(t);
 }
 
 const char *em_trainer_error(const em_trainer *t)
 {
-    return t == NULL ? "" : t->error;
+    return !emi_trainer_ok(t, "em_trainer_error") ? "" : t->error;
 }
 
 /* ---- one epoch: _FitLoop.on_advance_start / advance / on_advance_end ------------------------------------- */
@@ -348,9 +358,15 @@ em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loade
 {
     if (t == NULL)
         return emi_fail(EM_EINVAL, "em_trainer_fit: the trainer is NULL");
+    if (!emi_trainer_ok(t, "em_trainer_fit"))
+        return EM_EMISUSE;
     if (t->fitting)
         return emi_fail(EM_ESTATE, "em_trainer_fit: this trainer is already fitting");
     em_clear_error();
+    if (train != NULL && !emi_handle_live(train, EMI_HANDLE_LOADER))
+        return emi_handle_bad("em_trainer_fit", 3, train, "loader");
+    if (val != NULL && !emi_handle_live(val, EMI_HANDLE_LOADER))
+        return emi_handle_bad("em_trainer_fit", 4, val, "loader");
     reset_fit_state(t, m, train, val);
     em_status s = fit_prepare(t, m, train);
     if (s != EM_OK) {

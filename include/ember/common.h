@@ -131,7 +131,8 @@ EM_API em_status em_error_set(em_status code, const char *fmt, ...) EM_PRINTF(2,
  * passed again, and then the mistake is undefined behaviour like any use-after-free in C. The
  * README's "Errors and misuse" section lists what is caught.
  *
- * How tensors, layers, parameter lists and optimizers are armored: each handle carries a tag that
+ * How every handle - tensor, layer, parameter list, optimizer, scheduler, generator, loader, callback,
+ * trainer - is armored: each carries a tag that
  * every public function checks (one compare); freeing a handle - with its free function, with the
  * layer, list or optimizer that lent it, or at the end of the scope that owned it - poisons the tag,
  * and the freed memory is kept from reuse for the next 4096 frees on that thread. So a double free,

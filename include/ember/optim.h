@@ -249,17 +249,12 @@ EM_API const char *em_optimizer_name(const em_optimizer *opt);
 EM_API em_optimizer *em_optimizer_inner(em_optimizer *opt);
 /**
  * Free an optimizer you created. One that belongs to a trainer (handed to em_optim_setup_add, or a
-<<<<<<< HEAD
  * wrapper from em_optimizers) is not freed, also after fit returned: that records EM_EINVAL, and
  * the trainer frees it when it fits again or is freed (em_trainer_free). NULL is ignored.
-=======
- * wrapper from em_optimizers) is not freed: that records EM_EINVAL, and the trainer frees it when
- * fit ends. NULL is ignored.
  * Misuse (best effort, common.h): freeing it twice, or passing it anywhere after, records EM_EMISUSE
  * ("em_optimizer_free: this optimizer was already freed ...") and does nothing; the freed memory is
- * kept from reuse for the next 4096 frees on the thread. A wrapper whose `inner` was freed is not
- * detected.
->>>>>>> armor
+ * kept from reuse for the next 4096 frees on the thread. (A wrapper's inner optimizer belongs to the
+ * trainer, so user code cannot free it under the wrapper.)
  */
 EM_API void em_optimizer_free(em_optimizer *opt);
 

@@ -456,6 +456,8 @@ EM_API const char *em_scheduler_name(const em_scheduler *s);
  * learning rates as they are. One that belongs to a trainer (em_optim_setup_add_scheduler) is not
  * freed, also after fit returned: that records EM_EINVAL, and the trainer frees it when it fits
  * again or is freed (em_trainer_free). NULL is ignored.
+ * Misuse (best effort, common.h): freeing it twice, or passing it anywhere after, records EM_EMISUSE
+ * and does nothing.
  */
 EM_API void em_scheduler_free(em_scheduler *s);
 

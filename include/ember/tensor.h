@@ -163,7 +163,11 @@ EM_API void em_manual_seed(uint64_t seed);
  */
 EM_API em_generator *em_generator_new(uint64_t seed);
 
-/** Free a generator. NULL is ignored. */
+/**
+ * Free a generator. NULL is ignored.
+ * Misuse (best effort, common.h): freeing it twice, or passing it anywhere after, records EM_EMISUSE
+ * and does nothing.
+ */
 EM_API void em_generator_free(em_generator *g);
 
 /* ---- creating tensors ------------------------------------------------------------------------- */

@@ -147,7 +147,11 @@ EM_API int64_t em_loader_num_batches(const em_loader *l);
  * The tensors are owned by the open scope (by the caller when none is open).
  */
 EM_API em_status em_loader_get(em_loader *l, int64_t epoch, int64_t index, em_batch *out);
-/** Free a loader. NULL is ignored. */
+/**
+ * Free a loader. NULL is ignored.
+ * Misuse (best effort, common.h): freeing it twice, or passing it anywhere after, records EM_EMISUSE
+ * and does nothing.
+ */
 EM_API void em_loader_free(em_loader *l);
 
 /* ---- configure_optimizers ---------------------------------------------------------------------- */
@@ -393,8 +397,12 @@ typedef struct em_callback_ops {
 EM_API em_callback *em_callback_new(const em_callback_ops *ops, void *state);
 /** The state pointer given to em_callback_new(). */
 EM_API void *em_callback_state(const em_callback *cb);
-/** Free a callback that was not handed to a trainer. NULL is ignored. One handed to a trainer is not
- *  freed: that records EM_EMISUSE (em_trainer_free frees it). */
+/**
+ * Free a callback that was not handed to a trainer. NULL is ignored. One handed to a trainer is not
+ * freed: that records EM_EMISUSE (em_trainer_free frees it).
+ * Misuse (best effort, common.h): freeing it twice, or passing it anywhere after, records EM_EMISUSE
+ * and does nothing.
+ */
 EM_API void em_callback_free(em_callback *cb);
 
 /**
@@ -491,7 +499,11 @@ EM_API em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, e
 /** The message of the last failed em_trainer_fit (or ""). Borrowed: valid until the next fit or free. */
 EM_API const char *em_trainer_error(const em_trainer *t);
 
-/** Free a trainer (and the callbacks it owns). NULL is ignored. */
+/**
+ * Free a trainer (and the callbacks, optimizers and schedulers it owns). NULL is ignored.
+ * Misuse (best effort, common.h): freeing it twice, or passing it anywhere after, records EM_EMISUSE
+ * and does nothing; so does freeing it from one of its own hooks while it fits.
+ */
 EM_API void em_trainer_free(em_trainer *t);
 
 /* ---- trainer state (Lightning's trainer properties) ------------------------------------------------------ */

@@ -2,6 +2,7 @@
  * runs in a child process, so a crash is reported as a failure of that case (with the signal) instead
  * of ending the suite. Every case expects a clear error, never a crash and never a silent EM_OK. */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,6 +265,191 @@ static void case_scheduler_ownership(void)
 }
 static void test_misuse__scheduler_ownership(void **state) { (void)state; in_child(case_scheduler_ownership); }
 
+/* ---- freed handles of the loop's kinds: trainer, loader, scheduler, callback, generator ---------------------- */
+
+/* A double free or a use after free of a trainer is EM_EMISUSE with a message, never a crash. */
+static void case_freed_trainer(void)
+{
+    em_trainer_config cfg = quiet_config();
+    em_trainer *t = em_trainer_new(&cfg);
+    expect(t != NULL);
+    em_trainer_free(t);
+    expect(em_last_status() == EM_OK);
+    em_trainer_free(t);
+    expect_error(EM_EMISUSE, "em_trainer_free: this trainer was already freed");
+    em_clear_error();
+    expect(em_trainer_global_step(t) == -1);
+    expect_error(EM_EMISUSE, "em_trainer_global_step: argument 1 is a freed trainer");
+    em_clear_error();
+    expect(!em_trainer_should_stop(t));
+    expect_error(EM_EMISUSE, "em_trainer_should_stop");
+    em_clear_error();
+    em_trainer_set_should_stop(t, true);
+    expect_error(EM_EMISUSE, "em_trainer_set_should_stop");
+    em_clear_error();
+    expect(em_trainer_num_callback_metrics(t) == 0);
+    expect_error(EM_EMISUSE, "em_trainer_num_callback_metrics");
+    em_clear_error();
+    expect(strcmp(em_trainer_error(t), "") == 0);
+    expect_error(EM_EMISUSE, "em_trainer_error");
+    em_clear_error();
+    struct tiny m = {.base = {.ops = &tiny_ops}, .net = em_nn_linear(1, 1, true)};
+    em_loader *l = rows_loader(4, 2);
+    expect(em_trainer_fit(t, &m.base, l, NULL) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_trainer_fit: argument 1 is a freed trainer");
+    em_clear_error();
+    em_callback *cb = em_grad_accum_scheduler((const int64_t[][2]){{0, 1}}, 1);
+    expect(em_trainer_add_callback(t, cb) == EM_EMISUSE); /* cb stays ours */
+    em_clear_error();
+    em_callback_free(cb);
+    expect(em_last_status() == EM_OK);
+    em_loader_free(l);
+    em_nn_free(m.net);
+}
+static void test_misuse__freed_trainer(void **state) { (void)state; in_child(case_freed_trainer); }
+
+/* Freeing the trainer from inside its own fit is refused, not a use after free of the loop's state. */
+static em_status free_my_trainer(em_callback *cb, em_trainer *t, em_module *m)
+{
+    (void)cb;
+    (void)m;
+    em_trainer_free(t);
+    expect_error(EM_EMISUSE, "em_trainer_free: the trainer is fitting");
+    em_clear_error();
+    return EM_OK;
+}
+static void case_trainer_freed_during_fit(void)
+{
+    static const em_callback_ops ops = {.version = EM_CALLBACK_OPS_VERSION, .on_train_epoch_end = free_my_trainer};
+    em_trainer_config cfg = quiet_config();
+    em_trainer *t = em_trainer_new(&cfg);
+    expect(em_trainer_add_callback(t, em_callback_new(&ops, NULL)) == EM_OK);
+    struct tiny m = {.base = {.ops = &tiny_ops}, .net = em_nn_linear(1, 1, true)};
+    em_loader *l = rows_loader(4, 2);
+    expect(em_trainer_fit(t, &m.base, l, NULL) == EM_OK);
+    expect(em_trainer_global_step(t) == 2);
+    em_trainer_free(t);
+    em_loader_free(l);
+    em_nn_free(m.net);
+}
+static void test_misuse__trainer_freed_during_fit(void **state) { (void)state; in_child(case_trainer_freed_during_fit); }
+
+static void case_freed_loader(void)
+{
+    em_loader *l = rows_loader(4, 2);
+    expect(em_loader_num_batches(l) == 2);
+    em_loader_free(l);
+    expect(em_last_status() == EM_OK);
+    em_loader_free(l);
+    expect_error(EM_EMISUSE, "em_loader_free: this loader was already freed");
+    em_clear_error();
+    expect(em_loader_num_batches(l) == -1);
+    expect_error(EM_EMISUSE, "em_loader_num_batches: argument 1 is a freed loader");
+    em_clear_error();
+    em_batch b;
+    expect(em_loader_get(l, 0, 0, &b) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_loader_get: argument 1 is a freed loader");
+    em_clear_error();
+    /* handed to fit, as the training and as the validation loader */
+    em_loader *good = rows_loader(4, 2);
+    em_trainer_config cfg = quiet_config();
+    em_trainer *t = em_trainer_new(&cfg);
+    struct tiny m = {.base = {.ops = &tiny_ops}, .net = em_nn_linear(1, 1, true)};
+    expect(em_trainer_fit(t, &m.base, l, NULL) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_trainer_fit: argument 3 is a freed loader");
+    em_clear_error();
+    expect(em_trainer_fit(t, &m.base, good, l) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_trainer_fit: argument 4 is a freed loader");
+    em_clear_error();
+    expect(em_trainer_global_step(t) == 0);
+    em_trainer_free(t);
+    em_loader_free(good);
+    em_nn_free(m.net);
+}
+static void test_misuse__freed_loader(void **state) { (void)state; in_child(case_freed_loader); }
+
+static void case_freed_scheduler(void)
+{
+    em_params *ps = em_params_new();
+    em_tensor *w = em_zeros(EM_SHAPE(1), &(em_tensor_opts){.requires_grad = true});
+    em_params_add(ps, w);
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1});
+    em_scheduler *s = em_step_lr(opt, 1, 0.5);
+    expect(s != NULL);
+    em_scheduler_free(s);
+    expect(em_last_status() == EM_OK);
+    em_scheduler_free(s);
+    expect_error(EM_EMISUSE, "em_scheduler_free: this scheduler was already freed");
+    em_clear_error();
+    expect(em_scheduler_step(s) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_scheduler_step: argument 1 is a freed scheduler");
+    em_clear_error();
+    expect(isnan(em_scheduler_last_lr(s, 0)));
+    expect_error(EM_EMISUSE, "em_scheduler_last_lr");
+    em_clear_error();
+    expect(em_scheduler_last_epoch(s) == -1);
+    expect_error(EM_EMISUSE, "em_scheduler_last_epoch");
+    em_clear_error();
+    expect(strcmp(em_scheduler_name(s), "") == 0);
+    expect_error(EM_EMISUSE, "em_scheduler_name");
+    em_clear_error();
+    /* a freed child handed to a composite: refused, and the live child is freed by the failed call
+     * (the composite takes ownership of its children also when it fails) */
+    em_scheduler *live = em_step_lr(opt, 1, 0.9);
+    expect(em_chained_scheduler((em_scheduler *[]){live, s}, 2) == NULL);
+    expect_error(EM_EMISUSE, "em_chained_scheduler: argument 1 is a freed scheduler");
+    em_clear_error();
+    em_optimizer_free(opt);
+    em_params_free(ps);
+    em_tensor_free(w);
+    expect(em_last_status() == EM_OK);
+}
+static void test_misuse__freed_scheduler(void **state) { (void)state; in_child(case_freed_scheduler); }
+
+static void case_freed_callback_and_generator(void)
+{
+    int64_t schedule[][2] = {{0, 1}};
+    em_callback *cb = em_grad_accum_scheduler((const int64_t(*)[2])schedule, 1);
+    em_callback_free(cb);
+    expect(em_last_status() == EM_OK);
+    em_callback_free(cb);
+    expect_error(EM_EMISUSE, "em_callback_free: this callback was already freed");
+    em_clear_error();
+    expect(em_callback_state(cb) == NULL);
+    expect_error(EM_EMISUSE, "em_callback_state: argument 1 is a freed callback");
+    em_clear_error();
+    em_trainer_config cfg = quiet_config();
+    em_trainer *t = em_trainer_new(&cfg);
+    expect(em_trainer_add_callback(t, cb) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_trainer_add_callback: argument 2 is a freed callback");
+    em_clear_error();
+    em_trainer_free(t);
+
+    em_generator *g = em_generator_new(7);
+    em_tensor *x = em_randn(EM_SHAPE(2), &(em_tensor_opts){.generator = g});
+    expect(x != NULL);
+    em_generator_free(g);
+    expect(em_last_status() == EM_OK);
+    em_generator_free(g);
+    expect_error(EM_EMISUSE, "em_generator_free: this generator was already freed");
+    em_clear_error();
+    expect(em_randn(EM_SHAPE(2), &(em_tensor_opts){.generator = g}) == NULL);
+    expect_error(EM_EMISUSE, "em_randn: the generator is freed");
+    em_clear_error();
+    expect(em_randperm(3, &(em_tensor_opts){.generator = g}) == NULL);
+    expect_error(EM_EMISUSE, "em_randperm: the generator is freed");
+    em_clear_error();
+    expect(em_uniform_(x, 0, 1, g) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_uniform_: the generator is freed");
+    em_clear_error();
+    em_tensor_free(x);
+}
+static void test_misuse__freed_callback_and_generator(void **state)
+{
+    (void)state;
+    in_child(case_freed_callback_and_generator);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -274,6 +460,11 @@ int main(void)
         cmocka_unit_test(test_misuse__huge_schedules),
         cmocka_unit_test(test_misuse__callback_added_twice),
         cmocka_unit_test(test_misuse__scheduler_ownership),
+        cmocka_unit_test(test_misuse__freed_trainer),
+        cmocka_unit_test(test_misuse__trainer_freed_during_fit),
+        cmocka_unit_test(test_misuse__freed_loader),
+        cmocka_unit_test(test_misuse__freed_scheduler),
+        cmocka_unit_test(test_misuse__freed_callback_and_generator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
