@@ -35,15 +35,45 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* The torch version a case file names in reference.torch, read from DIR/NAME.json (DIR: the directory
+ * of `path`); false when the file cannot be read or has none. */
+static bool twin_torch(const char *path, const char *name, char *torch, size_t torch_size)
+{
+    const char *slash = strrchr(path, '/');
+    int dir_len = slash != NULL ? (int)(slash - path) + 1 : 0;
+    char twin_path[4096];
+    if (snprintf(twin_path, sizeof twin_path, "%.*s%s.json", dir_len, path, name) >= (int)sizeof twin_path)
+        return false;
+    size_t len = 0;
+    char *text = read_file(twin_path, &len);
+    if (text == NULL)
+        return false;
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *ref = doc != NULL ? cJSON_GetObjectItemCaseSensitive(doc, "reference") : NULL;
+    const cJSON *t = ref != NULL ? cJSON_GetObjectItemCaseSensitive(ref, "torch") : NULL;
+    const cJSON *n = doc != NULL ? cJSON_GetObjectItemCaseSensitive(doc, "name") : NULL;
+    bool ok = cJSON_IsString(t) && cJSON_IsString(n) && strcmp(n->valuestring, name) == 0;
+    if (ok)
+        snprintf(torch, torch_size, "%s", t->valuestring);
+    cJSON_Delete(doc);
+    return ok;
+}
+
 /* depends_on: torch defaults the recorded outcome depends on which changed between torch majors
  * (cases/README.md). When the linked libtorch's major version differs from reference.torch's, a case
- * that depends on such a default is a SKIP: its numbers are right for the torch that recorded it, and
- * its twin recorded on the other major covers the linked one. */
+ * that depends on such a default is a SKIP: its numbers are right for the torch that recorded it. Its
+ * `twin` names the case recorded on the other major (same directory), which covers the linked
+ * libtorch: the skip says so, and a twin that is named but missing, or recorded on a major other than
+ * the linked one, is a FAIL (coverage would be lost silently otherwise). */
 static bool check_depends_on(conf_run *r, const cJSON *ref)
 {
     const cJSON *deps = cj_get(r->doc, "depends_on");
+    const cJSON *twin = cj_get(r->doc, "twin");
+    if (twin != NULL && !cJSON_IsString(twin))
+        return conf_fail(r, "twin is not a string (the name of the case recorded on the other torch)");
     if (deps == NULL)
-        return true;
+        return twin == NULL ? true : conf_fail(r, "twin without depends_on: nothing says why a twin is needed");
     if (!cJSON_IsArray(deps))
         return conf_fail(r, "depends_on is not a list of strings");
     const char *recorded = NULL;
@@ -54,18 +84,28 @@ static bool check_depends_on(conf_run *r, const cJSON *ref)
     for (const cJSON *d = deps->child; d != NULL; d = d->next) {
         if (!cJSON_IsString(d))
             return conf_fail(r, "depends_on is not a list of strings");
-        if (strcmp(d->valuestring, "zero_grad_set_to_none_default") == 0) {
-            /* optimizer.zero_grad(): set_to_none=False on torch 1.x, True from 2.0 */
-            if (other_major)
-                return conf_skip(r, "recorded on torch %s, whose zero_grad default differs from the linked "
-                                    "libtorch %s; needs a twin recorded on torch %d.x",
-                                 recorded, linked, atoi(linked));
-        } else {
+        if (strcmp(d->valuestring, "zero_grad_set_to_none_default") != 0)
             return conf_fail(r, "depends_on has \"%s\", which this runner does not know "
                                 "(known: zero_grad_set_to_none_default)", d->valuestring);
-        }
     }
-    return true;
+    /* the one known default, optimizer.zero_grad(): set_to_none=False on torch 1.x, True from 2.0 */
+    if (!other_major)
+        return true;
+    if (twin == NULL)
+        return conf_skip(r, "recorded on torch %s, whose zero_grad default differs from the linked "
+                            "libtorch %s; no twin recorded on torch %d.x",
+                         recorded, linked, atoi(linked));
+    char twin_version[64];
+    if (!twin_torch(r->path, twin->valuestring, twin_version, sizeof twin_version))
+        return conf_fail(r, "recorded on torch %s, whose zero_grad default differs from the linked libtorch "
+                            "%s; its twin %s.json (next to it) is missing or unreadable",
+                         recorded, linked, twin->valuestring);
+    if (atoi(twin_version) != atoi(linked))
+        return conf_fail(r, "recorded on torch %s, and its twin %s on torch %s: neither matches the linked "
+                            "libtorch %s", recorded, twin->valuestring, twin_version, linked);
+    return conf_skip(r, "recorded on torch %s, whose zero_grad default differs from the linked libtorch %s; "
+                        "its twin %s (recorded on torch %s) runs instead",
+                     recorded, linked, twin->valuestring, twin_version);
 }
 
 bool conf_load(conf_run *r, const char *path)
@@ -91,7 +131,7 @@ bool conf_load(conf_run *r, const char *path)
     static const char *const top[] = {"name", "description", "reference", "automatic_optimization",
                                       "behaviour", "model", "loss", "trainer", "optimizers",
                                       "lr_schedulers", "data", "initial_weights", "expected",
-                                      "tolerance", "python_source", "notes", "depends_on", NULL};
+                                      "tolerance", "python_source", "notes", "depends_on", "twin", NULL};
     if (!cj_keys(r, r->doc, "case", top))
         return false;
     const char *name = NULL;

@@ -12,16 +12,22 @@
  * Exit status: 0 when every case passes, 1 when any fails, 77 when none fails but some were skipped
  * (CTest's skip code), 2 for a usage error.
  *
+ * BLAS: without OPENBLAS_CORETYPE in the environment, on a CPU with AVX2 and FMA, the runner runs
+ * itself again with OPENBLAS_CORETYPE=Haswell, the OpenBLAS kernels the cases were recorded with
+ * (pin_blas_kernels below says why).
+ *
  * Options (before the case files):
  *   -v, --verbose     also list up to 20 mismatches per case on stderr
  *   --dump DIR        write what each run recorded to DIR/<name>.json (same shape as `expected`)
  */
-#define _POSIX_C_SOURCE 200809L /* setenv */
+#define _POSIX_C_SOURCE 200809L /* setenv, execv */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "conformance.h"
 
@@ -198,8 +204,44 @@ static outcome run_case(const char *path, bool verbose, const char *dump_dir)
     return out;
 }
 
+/* The BLAS kernels. OpenBLAS picks its kernels (and with them the rounding of every matrix product)
+ * from the CPU when the library loads, unless OPENBLAS_CORETYPE names a family. The cases were
+ * recorded with OpenBLAS's Haswell kernels (AVX2 + FMA): on this project's CI CPU, OpenBLAS 0.3.21
+ * (Debian 12) with Haswell (and with SkylakeX) reproduces the recorded files byte for byte, and
+ * 0.3.29 (trixie) with Haswell too, while 0.3.29's own choice there (Cooperlake; SkylakeX alike)
+ * rounds differently enough to put rec_auto_lbfgs_clip_value_trainer at 1.05x its tolerance
+ * (docs/LIBTORCH_NOTES.md §3.1). So, when OPENBLAS_CORETYPE is not set and the CPU has AVX2 and FMA,
+ * the runner runs itself again with OPENBLAS_CORETYPE=Haswell: the kernels the numbers came from,
+ * not a looser tolerance. A value the environment already sets is left alone (a machine may need
+ * it). On a CPU without AVX2 or FMA nothing is set: OpenBLAS does not check a forced family against
+ * the CPU (its force_coretype() only matches the name), so Haswell there would be an illegal
+ * instruction; the cases then run on the CPU's own kernels and compare within their tolerance, as
+ * cases/README.md says. The thread counts are set the same way (the cases were recorded with one
+ * thread; OpenBLAS reads them when it loads too). Returns only when nothing was pinned or the exec
+ * failed. */
+static void pin_blas_kernels(char **argv)
+{
+    if (getenv("OPENBLAS_CORETYPE") != NULL)
+        return;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return;
+    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    setenv("OMP_NUM_THREADS", "1", 0);
+    setenv("OPENBLAS_NUM_THREADS", "1", 0);
+    execv("/proc/self/exe", argv);
+    fprintf(stderr, "ember-conformance: could not run again with OPENBLAS_CORETYPE=Haswell (%s); "
+                    "using the kernels OpenBLAS picked\n", strerror(errno));
+    unsetenv("OPENBLAS_CORETYPE");
+#else
+    (void)argv;
+#endif
+}
+
 int main(int argc, char **argv)
 {
+    pin_blas_kernels(argv);
     /* the cases were recorded with one thread */
     setenv("OMP_NUM_THREADS", "1", 0);
     setenv("OPENBLAS_NUM_THREADS", "1", 0);
