@@ -108,6 +108,7 @@ void em_trainer_free(em_trainer *t)
     if (t == NULL)
         return;
     release_fit_objects(t);
+    em_grad_scaler_free(t->own_scaler);
     for (size_t i = 0; i < t->n_callbacks; i++)
         emi_callback_destroy(t->callbacks[i]);
     free(t->callbacks);
@@ -232,7 +233,8 @@ static em_status setup_fit(em_trainer *t)
     if (s != EM_OK)
         return t->fail_status;
     em_clear_error();
-    if ((s = emi_setup_finish(&t->setup)) != EM_OK || (s = emi_wrappers_create(t)) != EM_OK)
+    if ((s = emi_setup_finish(&t->setup)) != EM_OK || (s = emi_wrappers_create(t)) != EM_OK ||
+        (s = emi_precision_check_optimizers(t)) != EM_OK)
         return emi_trainer_fail(t, "configure_optimizers", s);
     t->wants_batch_output = m->ops->on_train_batch_end != NULL;
     for (size_t i = 0; i < t->n_callbacks; i++)
