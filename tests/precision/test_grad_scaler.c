@@ -544,6 +544,15 @@ static void run_scaling_case(enum scaling_case c, int unskipped, int skipped, do
             helper_values(b, vb, (size_t)n);
             for (int64_t j = 0; j < n; j++)
                 assert_close(vb[j], va[j], 1e-5, atol);
+            /* and the gradients of the last iteration (unscaled on the scaled side) */
+            em_tensor *ga = em_tensor_grad(a), *gb = em_tensor_grad(b);
+            assert_true((ga == NULL) == (gb == NULL));
+            if (ga != NULL) {
+                helper_values(ga, va, (size_t)n);
+                helper_values(gb, vb, (size_t)n);
+                for (int64_t j = 0; j < n; j++)
+                    assert_close(vb[j], va[j], 1e-5, atol);
+            }
         }
         em_params_free(pc);
         em_params_free(psc);
