@@ -47,7 +47,7 @@ static bool cpu_autocast_f16(void)
 
 /* ---- the module --------------------------------------------------------------------------------------- */
 
-enum opt_kind { OPT_SGD = 0, OPT_LBFGS, OPT_FUSED };
+enum opt_kind { OPT_SGD = 0, OPT_LBFGS, OPT_FUSED, OPT_NEEDS_CLOSURE };
 
 typedef struct am {
     em_module base;
@@ -121,6 +121,16 @@ static const em_optimizer_ops fused_ops = {
     .step_supports_amp_scaling = true,
 };
 
+static em_status closure_step(em_optimizer *self, const em_closure *closure)
+{
+    (void)self;
+    return em_closure_call(closure, NULL);
+}
+
+static const em_optimizer_ops closure_ops = {
+    .version = EM_OPTIMIZER_OPS_VERSION, .name = "NeedsClosure", .step = closure_step, .requires_closure = true,
+};
+
 static em_status configure(em_module *m, em_optim_setup *setup)
 {
     am *a = AM(m);
@@ -130,6 +140,8 @@ static em_status configure(em_module *m, em_optim_setup *setup)
         em_optimizer *opt = NULL;
         if (a->kind == OPT_LBFGS) {
             opt = em_lbfgs(ps, NULL);
+        } else if (a->kind == OPT_NEEDS_CLOSURE) {
+            opt = em_optimizer_new(&closure_ops, ps, 0.1, NULL);
         } else if (a->kind == OPT_FUSED) {
             int *calls = calloc(1, sizeof *calls);
             opt = em_optimizer_new(&fused_ops, ps, 0.1, calls);
@@ -437,6 +449,14 @@ static void test_lbfgs_rejected_before_training(void **state)
     fit_result r = fit(&a, 3, EM_PRECISION_16_MIXED, s, NAN);
     assert_int_equal(r.status, EM_EINVAL);
     assert_non_null(strstr(r.error, "AMP and the LBFGS optimizer are not compatible."));
+    assert_int_equal(a.training_steps, 0);
+    /* the same for an optimizer written in C whose ops say its step needs a closure */
+    am_free(&a);
+    am_init(&a, false);
+    a.kind = OPT_NEEDS_CLOSURE;
+    r = fit(&a, 3, EM_PRECISION_16_MIXED, s, NAN);
+    assert_int_equal(r.status, EM_EINVAL);
+    assert_non_null(strstr(r.error, "AMP and the NeedsClosure optimizer are not compatible"));
     assert_int_equal(a.training_steps, 0);
     /* bf16-mixed (no scaler) takes LBFGS */
     am_free(&a);
