@@ -8,6 +8,9 @@
  */
 #include <math.h>
 
+#include <stddef.h>
+#include <string.h>
+
 #include "config.h"
 #include "loops.h"
 
@@ -91,6 +94,16 @@ static em_status check_optimization(const em_trainer_config *c)
     if (c->log_every_n_steps < 1)
         return emi_fail(EM_EINVAL, "em_trainer_new: `log_every_n_steps` must be >= 1, got %lld",
                         (long long)c->log_every_n_steps);
+    return EM_OK;
+}
+
+em_status emi_config_read(const em_trainer_config *in, em_trainer_config *out)
+{
+    memset(out, 0, sizeof *out);
+    if (in->version < 1 || in->version > EM_TRAINER_CONFIG_VERSION)
+        return emi_config_check(in); /* reads `version` only, and says what is wrong */
+    size_t n = in->version >= 2 ? sizeof *out : offsetof(em_trainer_config, grad_scaler);
+    memcpy(out, in, n);
     return EM_OK;
 }
 

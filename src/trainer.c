@@ -31,15 +31,17 @@ em_trainer *em_trainer_new(const em_trainer_config *cfg)
         emi_fail(EM_EINVAL, "em_trainer_new: cfg is NULL: start from EM_TRAINER_CONFIG_INIT");
         return NULL;
     }
-    if (emi_config_check(cfg) != EM_OK)
+    em_trainer_config c;
+    if (emi_config_read(cfg, &c) != EM_OK || emi_config_check(&c) != EM_OK)
         return NULL;
+    cfg = &c;
     emi_check_blas();
     em_trainer *t = calloc(1, sizeof *t);
     if (t == NULL) {
         emi_fail(EM_ENOMEM, "em_trainer_new: out of memory");
         return NULL;
     }
-    t->cfg = *cfg;
+    t->cfg = c;
     t->root_dir = emi_strdup(cfg->default_root_dir != NULL ? cfg->default_root_dir : ".");
     t->trace_path = emi_strdup(cfg->trace_path);
     t->log_dir = emi_strdup(cfg->log_dir);

@@ -458,6 +458,8 @@ typedef struct em_trainer_config {
                                        the directory of metrics.csv (Lightning: CSVLogger's log_dir) */
     int64_t seed;                   /* -1 = do not seed; else em_manual_seed(seed) at fit start */
     const char *trace_path;         /* NULL; a file: one JSON line per training_step call / optimizer step */
+    /* ---- version 1 ends here; version 2 adds the fields below (a version-1 caller's struct is read
+     * only up to here, the rest taken as zero) ---- */
     /* 16-mixed grad scaler */
     em_grad_scaler *grad_scaler;    /* NULL: 16-mixed on CUDA uses a scaler of the trainer's own with torch's
                                        defaults (em_trainer_grad_scaler); set: 16-mixed uses this one, on the
@@ -465,7 +467,7 @@ typedef struct em_trainer_config {
                                        scaler)]). Borrowed: it must outlive the trainer's fits. Rejected with
                                        any other precision. */
 } em_trainer_config;
-#define EM_TRAINER_CONFIG_VERSION 1
+#define EM_TRAINER_CONFIG_VERSION 2
 #define EM_TRAINER_CONFIG_INIT                                                                          \
     {.version = EM_TRAINER_CONFIG_VERSION, .max_epochs = EM_NONE, .min_epochs = EM_NONE, .max_steps = -1,  \
      .min_steps = EM_NONE, .limit_train_batches = {true, 1.0}, .limit_val_batches = {true, 1.0},          \

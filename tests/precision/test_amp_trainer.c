@@ -504,6 +504,13 @@ static void test_config_checks(void **state)
     assert_null(em_trainer_new(&cfg));
     assert_error_contains("a grad_scaler is used only with EM_PRECISION_16_MIXED");
     em_clear_error();
+    /* a program compiled against the version-1 header has no grad_scaler field: it is not read */
+    cfg.version = 1;
+    cfg.precision = EM_PRECISION_BF16_MIXED;
+    em_trainer *t = em_trainer_new(&cfg);
+    assert_nonnull_em(t);
+    assert_null(em_trainer_grad_scaler(t));
+    em_trainer_free(t);
     em_grad_scaler_free(s);
 }
 
