@@ -5,6 +5,7 @@
  *   ember/tensor.h   tensors, operations, autograd, scopes
  *   ember/nn.h       layers and parameter lists
  *   ember/optim.h    optimizers and gradient clipping
+ *   ember/amp.h      the grad scaler of mixed precision (torch.amp.GradScaler)
  *   ember/scheduler.h learning-rate schedulers
  *   ember/trainer.h  the training loop: modules, loaders, callbacks, the trainer
  */
@@ -15,6 +16,7 @@
 #include "ember/tensor.h"
 #include "ember/nn.h"
 #include "ember/optim.h"
+#include "ember/amp.h"
 #include "ember/scheduler.h"
 #include "ember/trainer.h"
 

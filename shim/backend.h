@@ -103,6 +103,23 @@ void emi_scope_floor_pop(int previous);
 em_status emi_autocast_begin(em_dtype dtype, em_device device);
 /** Leave the innermost emi_autocast_begin(). */
 void emi_autocast_end(void);
+/** Whether the linked libtorch autocasts to `dtype` on `device` (float16 on the CPU: torch 2.5+). */
+bool emi_autocast_supported(em_dtype dtype, em_device device);
+
+/* ---- AMP (shim/runtime.cpp): the grad scaler's tensor work ---------------------------------------------- */
+
+/**
+ * torch's GradScaler._unscale_grads_ on every gradient of `opt` (through wrappers): per device, a
+ * float32 found_inf and inv_scale, the fused _amp_foreach_non_finite_check_and_unscale_ where the
+ * libtorch has it (compat.h), plain ops otherwise. *found_inf: -1 when no parameter has a gradient
+ * (torch records no inf check), else 0 or 1. Errors: EM_EINVAL for a float16 gradient when
+ * !allow_fp16 (nothing unscaled); EM_ETORCH.
+ */
+em_status emi_amp_unscale(em_optimizer *opt, float inv_scale, bool allow_fp16, int *found_inf);
+/** What the scaler needs to know of an optimizer (through wrappers): whether its step unscales
+ *  itself (ops v2 step_supports_amp_scaling) and whether it needs a closure (LBFGS, ops v2
+ *  requires_closure). Never fails. */
+void emi_optimizer_amp_traits(em_optimizer *opt, bool *handles_unscaling, bool *requires_closure);
 
 /** An opaque copy of the global generator's state (CPU, and CUDA when present). */
 typedef struct emi_rng_state emi_rng_state;

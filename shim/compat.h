@@ -21,6 +21,18 @@ constexpr bool zero_grad_sets_to_none = EMI_TORCH_AT_LEAST(2, 0);
 // at::cuda::device_count() / c10::cuda::device_count(): size_t in 1.13, DeviceIndex (int8) later.
 template <typename T> inline int64_t device_count_as_int(T n) { return static_cast<int64_t>(n); }
 
+// ---- AMP: the fused grad-scaler kernels _amp_foreach_non_finite_check_and_unscale_ and
+// _amp_update_scale_ have CUDA kernels in every version and CPU ones from torch 2.3; before that
+// ember unscales CPU gradients with plain ops (docs/LIBTORCH_NOTES.md, "What libtorch does not provide").
+constexpr bool amp_unscale_cpu_kernel = EMI_TORCH_AT_LEAST(2, 3);
+inline bool amp_unscale_native(const at::Device &d) { return d.is_cuda() || amp_unscale_cpu_kernel; }
+
+// CPU autocast to float16: torch 1.13 accepts only bfloat16 (torch.autocast("cpu", dtype=torch.half)
+// warns and runs without autocast; the C++ setter throws). float16 came to CPU autocast late in 2.x
+// (pytorch#112484) and is documented from 2.5 (pytorch#136082): ember uses it from 2.5 and below
+// does what Python's 1.13 does.
+constexpr bool cpu_autocast_f16 = EMI_TORCH_AT_LEAST(2, 5);
+
 // ---- autocast: 2.4 replaced set_cpu_enabled / set_enabled / set_autocast_cpu_dtype (whose old
 // names warn) by device-generic set_autocast_enabled(device, on) / set_autocast_dtype(device, dt).
 

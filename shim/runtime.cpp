@@ -1,5 +1,8 @@
-// shim/runtime.cpp: autocast (mixed precision) and the global RNG state, for the loop in src/.
-#include "internal.hpp"
+// shim/runtime.cpp: autocast (mixed precision), the grad scaler's unscaling and the global RNG state,
+// for src/.
+#include "optim_internal.hpp"
+
+#include <algorithm>
 
 #include <ATen/core/Generator.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -66,4 +69,84 @@ extern "C" void emi_rng_restore(emi_rng_state *s)
         emi_fail_torch("emi_rng_restore", "unknown C++ exception");
     }
     delete s;
+}
+
+// ---- AMP: what the grad scaler (src/grad_scaler.c) and the precision plugin need -------------------------
+
+extern "C" bool emi_autocast_supported(em_dtype dtype, em_device device)
+{
+    if (dtype == EM_BF16)
+        return true;
+    return dtype == EM_F16 && (device.type == EM_CUDA || emi::compat::cpu_autocast_f16);
+}
+
+extern "C" void emi_optimizer_amp_traits(em_optimizer *opt, bool *handles_unscaling, bool *requires_closure)
+{
+    *handles_unscaling = *requires_closure = false;
+    try {
+        const em_optimizer *base = emi_optimizer_base(opt);
+        if (base->kind == EMI_OPT_LBFGS)
+            *requires_closure = true;
+        if (base->kind == EMI_OPT_C && base->ops != nullptr && base->ops->version >= 2) {
+            *handles_unscaling = base->ops->step_supports_amp_scaling;
+            *requires_closure = base->ops->requires_closure;
+        }
+    } catch (...) {
+    }
+}
+
+extern "C" em_status emi_amp_unscale(em_optimizer *opt, float inv_scale, bool allow_fp16, int *found_inf)
+{
+    *found_inf = -1;
+    EM_TRY
+        // torch's GradScaler._unscale_grads_: the gradients by device and dtype, one fused call each
+        struct device_group {
+            at::Device device;
+            at::Tensor found, inv;
+            std::vector<std::pair<at::ScalarType, std::vector<at::Tensor>>> by_dtype;
+        };
+        std::vector<device_group> groups;
+        for (const at::Tensor &p : emi_optimizer_params(emi_optimizer_base(opt))) {
+            const at::Tensor &g = p.grad();
+            if (!g.defined())
+                continue;
+            if (!allow_fp16 && g.scalar_type() == at::kHalf)
+                return emi_fail(EM_EINVAL, "em_grad_scaler_unscale: Attempting to unscale FP16 gradients.");
+            auto dev = std::find_if(groups.begin(), groups.end(), [&](const device_group &d) { return d.device == g.device(); });
+            if (dev == groups.end()) {
+                auto fo = at::TensorOptions().dtype(at::kFloat).device(g.device());
+                groups.push_back({g.device(), at::zeros({1}, fo), at::full({1}, inv_scale, fo), {}});
+                dev = groups.end() - 1;
+            }
+            auto dt = std::find_if(dev->by_dtype.begin(), dev->by_dtype.end(),
+                                   [&](const auto &e) { return e.first == g.scalar_type(); });
+            if (dt == dev->by_dtype.end()) {
+                dev->by_dtype.push_back({g.scalar_type(), {}});
+                dt = dev->by_dtype.end() - 1;
+            }
+            dt->second.push_back(g);
+        }
+        at::NoGradGuard no_grad;
+        double total = 0;
+        for (device_group &d : groups) {
+            for (auto &e : d.by_dtype) {
+                if (emi::compat::amp_unscale_native(d.device)) {
+                    at::_amp_foreach_non_finite_check_and_unscale_(e.second, d.found, d.inv);
+                } else {
+                    // the fallback (docs/LIBTORCH_NOTES.md): found_inf = max(found_inf, !isfinite(g).all()),
+                    // then g *= inv_scale, also when inf was found (the native kernel multiplies too)
+                    at::Tensor inv = d.inv.squeeze(0); // 0-dim: a float16 gradient stays float16
+                    for (at::Tensor &g : e.second) {
+                        if (!at::isfinite(g).all().item<bool>())
+                            d.found.fill_(1.0);
+                        g.mul_(inv);
+                    }
+                }
+            }
+            total += d.found.item<double>();
+        }
+        if (!groups.empty())
+            *found_inf = total != 0 ? 1 : 0;
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
 }

@@ -8,6 +8,9 @@
  */
 #include <math.h>
 
+#include <stddef.h>
+#include <string.h>
+
 #include "config.h"
 #include "loops.h"
 
@@ -81,9 +84,26 @@ static em_status check_optimization(const em_trainer_config *c)
         c->precision != EM_PRECISION_BF16_MIXED)
         return emi_fail(EM_EINVAL, "em_trainer_new: precision %d is not supported; use EM_PRECISION_32_TRUE, "
                                    "EM_PRECISION_16_MIXED or EM_PRECISION_BF16_MIXED", (int)c->precision);
+    /* 16-mixed grad scaler: Lightning's MixedPrecision.__init__ */
+    if (c->grad_scaler != NULL && c->precision == EM_PRECISION_BF16_MIXED)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `precision='bf16-mixed'` does not use a scaler, found a "
+                                   "grad_scaler in the config.");
+    if (c->grad_scaler != NULL && c->precision != EM_PRECISION_16_MIXED)
+        return emi_fail(EM_EINVAL, "em_trainer_new: a grad_scaler is used only with EM_PRECISION_16_MIXED (Lightning's "
+                                   "MixedPrecision('16-mixed', device, scaler)); the precision is EM_PRECISION_32_TRUE");
     if (c->log_every_n_steps < 1)
         return emi_fail(EM_EINVAL, "em_trainer_new: `log_every_n_steps` must be >= 1, got %lld",
                         (long long)c->log_every_n_steps);
+    return EM_OK;
+}
+
+em_status emi_config_read(const em_trainer_config *in, em_trainer_config *out)
+{
+    memset(out, 0, sizeof *out);
+    if (in->version < 1 || in->version > EM_TRAINER_CONFIG_VERSION)
+        return emi_config_check(in); /* reads `version` only, and says what is wrong */
+    size_t n = in->version >= 2 ? sizeof *out : offsetof(em_trainer_config, grad_scaler);
+    memcpy(out, in, n);
     return EM_OK;
 }
 

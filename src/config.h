@@ -6,6 +6,10 @@
 
 /** Lightning: Trainer.__init__'s checks (and those it lets through and crashes on later). Errors:
  *  EM_EINVAL with a message saying what to change. */
+/** Copy the caller's config into *out as far as its version has fields (a version-1 struct ends
+ *  before grad_scaler: the rest is zero). Errors: EM_EINVAL for a version of 0 or newer than this
+ *  library's (recorded). */
+em_status emi_config_read(const em_trainer_config *in, em_trainer_config *out);
 em_status emi_config_check(const em_trainer_config *c);
 /** At fit start, before the data: the limits (_parse_loop_limits) and the settings the loop reads
  *  (t->fit), precision aside (precision.c). */

@@ -77,6 +77,10 @@ typedef struct emi_fit_settings {
     int64_t num_val_batches;       /* after limit_val_batches; 0 without validation_step or val loader */
     int64_t val_check_batch;       /* validate after every val_check_batch batches */
     double estimated;              /* estimated_stepping_batches */
+    /* 16-mixed grad scaler */
+    em_grad_scaler *scaler;        /* the scaler in force (16-mixed); NULL under the other precisions */
+    bool autocast_on;              /* the step function running now is under autocast */
+    bool autocast_warned;          /* the "target dtype is not supported" warning was given this fit */
 } emi_fit_settings;
 
 struct em_trainer {
@@ -125,6 +129,8 @@ struct em_trainer {
     emi_metrics metrics;
     FILE *trace;
     int trace_errno;              /* why the first failed trace write failed (0: none) */
+    /* 16-mixed grad scaler */
+    em_grad_scaler *own_scaler;   /* the default scaler of 16-mixed on CUDA (owned; kept across fits) */
 };
 
 /* The entry check of a public function taking a trainer: true for a live trainer; false for NULL

@@ -1,16 +1,21 @@
-/* precision.c: the precision plugin - 32-true and bf16-mixed (16-mixed's grad scaler will live here).
+/* precision.c: the precision plugin - 32-true, bf16-mixed and 16-mixed with its grad scaler.
  *
  * Lightning: plugins/precision/precision.py (Precision.optimizer_step, _wrap_closure, _after_closure,
  *            _clip_gradients, clip_gradients, clip_grad_by_norm / _by_value),
- *            plugins/precision/amp.py (MixedPrecision: autocast, the scaler),
+ *            plugins/precision/amp.py (MixedPrecision: autocast, pre_backward's scaling, optimizer_step
+ *            with the scaler, clip_gradients' fused-optimizer check),
  *            trainer/connectors/accelerator_connector.py (16-mixed on the CPU becomes bf16-mixed),
  *            core/module.py (LightningModule.clip_gradients: the argument checks).
  * Order inside one step (docs/LIGHTNING_RULES.md §1.1 step 4, §1.5, §6, §7): the torch optimizer
  * calls the wrapped closure, which runs the closure, then on_before_optimizer_step (callbacks, module),
- * then - automatic only - configure_gradient_clipping; then the optimizer updates.
+ * then - automatic only - configure_gradient_clipping; then the optimizer updates. Under 16-mixed
+ * (§7.1) the closure runs outside the optimizer, the gradients are unscaled, the same hooks run, then
+ * the scaler steps (or skips) and updates.
  */
 #include <math.h>
+#include <string.h>
 
+#include "grad_scaler.h"
 #include "hooks.h"
 #include "precision.h"
 #include "setup.h"
@@ -20,29 +25,105 @@
 em_status emi_precision_resolve(em_trainer *t)
 {
     t->fit.precision = t->cfg.precision;
+    t->fit.scaler = NULL;
+    t->fit.autocast_on = t->fit.autocast_warned = false;
     if (t->fit.precision != EM_PRECISION_16_MIXED)
         return EM_OK;
+    /* a scaler given by the user is Lightning's precision plugin instance: used as it is, on any device */
+    if (t->cfg.grad_scaler != NULL) {
+        t->fit.scaler = t->cfg.grad_scaler;
+        return EM_OK;
+    }
     if (!em_cuda_is_available()) {
-        emi_warn("You passed `precision=EM_PRECISION_16_MIXED` but AMP with fp16 is not supported on CPU. Using "
-                 "`precision=EM_PRECISION_BF16_MIXED` instead.");
+        emi_warn("You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on "
+                 "CPU. Using `precision='bf16-mixed'` instead.");
         t->fit.precision = EM_PRECISION_BF16_MIXED;
         return EM_OK;
     }
-    return emi_fail(EM_EUNSUPPORTED, "em_trainer_fit: 16-mixed precision on CUDA needs the gradient scaler, which "
-                                     "this version of ember does not implement yet; use EM_PRECISION_BF16_MIXED");
+    if (t->own_scaler == NULL && (t->own_scaler = em_grad_scaler_new(NULL)) == NULL)
+        return em_last_status() != EM_OK ? em_last_status() : EM_ENOMEM;
+    t->fit.scaler = t->own_scaler;
+    return EM_OK;
+}
+
+em_grad_scaler *em_trainer_grad_scaler(const em_trainer *t)
+{
+    if (t == NULL)
+        return NULL;
+    if (t->fitting)
+        return t->fit.scaler;
+    if (t->cfg.grad_scaler != NULL && t->cfg.precision == EM_PRECISION_16_MIXED)
+        return t->cfg.grad_scaler;
+    return t->cfg.precision == EM_PRECISION_16_MIXED ? t->own_scaler : NULL;
 }
 
 em_status emi_precision_forward_begin(em_trainer *t, em_device device)
 {
+    t->fit.autocast_on = false;
     if (t->fit.precision == EM_PRECISION_32_TRUE)
         return EM_OK;
-    return emi_autocast_begin(t->fit.precision == EM_PRECISION_16_MIXED ? EM_F16 : EM_BF16, device);
+    em_dtype dtype = t->fit.precision == EM_PRECISION_16_MIXED ? EM_F16 : EM_BF16;
+    if (!emi_autocast_supported(dtype, device)) {
+        /* torch.autocast("cpu", dtype=torch.half) before torch 2.5: a warning, and no autocast */
+        if (!t->fit.autocast_warned)
+            emi_warn("In CPU autocast, but the target dtype is not supported. Disabling autocast.\nCPU Autocast only "
+                     "supports dtype of torch.bfloat16 currently.");
+        t->fit.autocast_warned = true;
+        return EM_OK;
+    }
+    em_status s = emi_autocast_begin(dtype, device);
+    t->fit.autocast_on = s == EM_OK;
+    return s;
 }
 
 void emi_precision_forward_end(em_trainer *t)
 {
-    if (t->fit.precision != EM_PRECISION_32_TRUE)
+    if (t->fit.autocast_on)
         emi_autocast_end();
+    t->fit.autocast_on = false;
+}
+
+/* ---- 16-mixed: the scaler's part ------------------------------------------------------------------------ */
+
+em_tensor *emi_precision_pre_backward(em_trainer *t, em_tensor *loss)
+{
+    if (t->fit.scaler == NULL)
+        return loss;
+    return em_grad_scaler_scale(t->fit.scaler, loss);
+}
+
+/* Lightning's MixedPrecision.optimizer_step refuses LBFGS (an isinstance check at the first step); ember
+ * also refuses a C optimizer that says it needs a closure, and does it before training. */
+static em_status check_closure_optimizer(em_optimizer *opt)
+{
+    bool fused = false, needs_closure = false;
+    emi_optimizer_amp_traits(opt, &fused, &needs_closure);
+    if (!needs_closure)
+        return EM_OK;
+    if (strcmp(em_optimizer_name(opt), "LBFGS") == 0)
+        return emi_fail(EM_EINVAL, "AMP and the LBFGS optimizer are not compatible.");
+    return emi_fail(EM_EINVAL, "AMP and the %s optimizer are not compatible: its step needs a closure "
+                               "(ops->requires_closure), which the grad scaler cannot pass.", em_optimizer_name(opt));
+}
+
+em_status emi_precision_check_optimizers(em_trainer *t)
+{
+    if (t->fit.scaler == NULL)
+        return EM_OK;
+    for (size_t i = 0; i < t->setup.n_opts; i++) {
+        em_status s = check_closure_optimizer(t->setup.opts[i]);
+        if (s != EM_OK)
+            return s;
+    }
+    return EM_OK;
+}
+
+/* Unscale `opt`'s gradients unless they were since the last step (enabled scaler only). */
+static em_status unscale_once(em_trainer *t, em_optimizer *opt)
+{
+    if (!em_grad_scaler_is_enabled(t->fit.scaler) || emi_grad_scaler_unscaled(t->fit.scaler, opt))
+        return EM_OK;
+    return em_grad_scaler_unscale(t->fit.scaler, opt);
 }
 
 /* ---- clipping: LightningModule.clip_gradients -> Precision.clip_gradients ----------------------------- */
@@ -95,6 +176,17 @@ em_status em_clip_gradients(em_module *m, em_optimizer *opt, double clip_val, em
     em_status s = clip_arguments(t, &clip_val, &algo);
     if (s != EM_OK || !(clip_val > 0))
         return s;
+    if (t->fit.precision != EM_PRECISION_32_TRUE) { /* MixedPrecision.clip_gradients */
+        bool fused = false, needs_closure = false;
+        emi_optimizer_amp_traits(opt, &fused, &needs_closure);
+        if (fused)
+            return emi_fail(EM_EINVAL, "em_clip_gradients: The current optimizer, %s, does not allow for gradient "
+                                       "clipping because it performs unscaling of gradients internally. HINT: Are you "
+                                       "using a 'fused' optimizer?", em_optimizer_name(opt));
+    }
+    /* the deliberate difference (Lightning #18089): manual optimization clips unscaled gradients */
+    if (t->fit.scaler != NULL && t->module->manual_optimization && (s = unscale_once(t, opt)) != EM_OK)
+        return s;
     int idx = emi_optimizer_index(t, opt);
     if (idx >= 0)
         return clip(t->setup.params[idx], clip_val, algo);
@@ -137,34 +229,75 @@ static double grad_norm(const em_params *all)
     return norm;
 }
 
+/* Lightning: Precision._after_closure: on_before_optimizer_step, then (automatic) clipping; the probe
+ * measures the gradients around it. */
+static em_status after_closure(em_trainer *t, size_t index, emi_grad_probe *probe)
+{
+    em_optimizer *raw = t->setup.opts[index];
+    bool measure = probe != NULL && !probe->measured;
+    if (measure)
+        probe->norm_before = grad_norm(t->setup.params[index]);
+    em_status s = emi_hooks_call(t, EMI_ON_BEFORE_OPTIMIZER_STEP, &(emi_hook_args){.opt = raw});
+    if (s != EM_OK || (s = configure_gradient_clipping(t, raw)) != EM_OK)
+        return s;
+    if (measure) {
+        probe->norm_after = grad_norm(t->setup.params[index]);
+        probe->measured = true;
+    }
+    return EM_OK;
+}
+
 /* Lightning: Precision._wrap_closure: the closure, then _after_closure. */
 static em_tensor *wrapped_closure_call(void *ctx)
 {
     wrapped_closure *w = ctx;
     em_trainer *t = w->t;
-    em_optimizer *raw = t->setup.opts[w->index];
     em_tensor *loss = NULL;
     if (w->user != NULL) {
         loss = w->user->fn(w->user->ctx);
         if (loss == NULL && emi_has_error())
             return NULL;
     }
-    bool measure = w->probe != NULL && !w->probe->measured;
-    if (measure)
-        w->probe->norm_before = grad_norm(t->setup.params[w->index]);
-    if (emi_hooks_call(t, EMI_ON_BEFORE_OPTIMIZER_STEP, &(emi_hook_args){.opt = raw}) != EM_OK)
+    if (after_closure(t, w->index, w->probe) != EM_OK)
         return NULL;
-    if (configure_gradient_clipping(t, raw) != EM_OK)
-        return NULL;
-    if (measure) {
-        w->probe->norm_after = grad_norm(t->setup.params[w->index]);
-        w->probe->measured = true;
-    }
     return loss;
+}
+
+/* Lightning: MixedPrecision.optimizer_step with a scaler (§7.1). */
+static em_status scaler_optimizer_step(em_trainer *t, size_t index, const em_closure *closure, emi_grad_probe *probe)
+{
+    em_optimizer *raw = t->setup.opts[index];
+    em_status s = check_closure_optimizer(raw);
+    if (s != EM_OK)
+        return s;
+    /* the closure once, outside the optimizer (NULL: Lightning's do_nothing_closure returns None) */
+    em_tensor *result = NULL;
+    if (closure != NULL) {
+        em_clear_error();
+        result = closure->fn(closure->ctx);
+        if (result == NULL && emi_has_error())
+            return em_last_status();
+    }
+    /* backward was skipped in automatic optimization (training_step returned None): no unscaling */
+    bool skip = result == NULL && !t->module->manual_optimization;
+    bool fused = false, needs_closure = false;
+    emi_optimizer_amp_traits(raw, &fused, &needs_closure);
+    if (!fused && !skip && (s = unscale_once(t, raw)) != EM_OK)
+        return s;
+    if ((s = after_closure(t, index, probe)) != EM_OK)
+        return s;
+    if (skip)
+        return EM_OK;
+    /* the scaler skips the optimizer's update when a gradient is inf/NaN */
+    if ((s = em_grad_scaler_step(t->fit.scaler, raw, NULL, NULL)) != EM_OK)
+        return s;
+    return em_grad_scaler_update(t->fit.scaler);
 }
 
 em_status emi_precision_optimizer_step(em_trainer *t, size_t index, const em_closure *closure, emi_grad_probe *probe)
 {
+    if (t->fit.scaler != NULL)
+        return scaler_optimizer_step(t, index, closure, probe);
     wrapped_closure w = {.t = t, .index = index, .user = closure, .probe = probe};
     em_closure wc = {.fn = wrapped_closure_call, .ctx = &w};
     return em_optimizer_step(t->setup.opts[index], &wc);

@@ -42,6 +42,9 @@ em_status emi_strategy_validation_step(em_trainer *t, em_batch *b, int64_t batch
 
 em_status emi_strategy_backward(em_trainer *t, em_tensor *loss, bool retain_graph)
 {
+    /* Precision.pre_backward: 16-mixed scales the loss; on_before_backward and backward see the result */
+    if ((loss = emi_precision_pre_backward(t, loss)) == NULL)
+        return emi_trainer_fail(t, "backward", em_last_status());
     em_status s = emi_hooks_call(t, EMI_ON_BEFORE_BACKWARD, &(emi_hook_args){.loss = loss});
     if (s != EM_OK)
         return s;

@@ -31,8 +31,10 @@ em_trainer *em_trainer_new(const em_trainer_config *cfg)
         emi_fail(EM_EINVAL, "em_trainer_new: cfg is NULL: start from EM_TRAINER_CONFIG_INIT");
         return NULL;
     }
-    if (emi_config_check(cfg) != EM_OK)
+    em_trainer_config c;
+    if (emi_config_read(cfg, &c) != EM_OK || emi_config_check(&c) != EM_OK)
         return NULL;
+    cfg = &c;
     emi_check_blas();
     em_trainer *t = calloc(1, sizeof *t);
     if (t == NULL) {
@@ -40,7 +42,7 @@ em_trainer *em_trainer_new(const em_trainer_config *cfg)
         return NULL;
     }
     t->magic = EMI_HANDLE_TRAINER;
-    t->cfg = *cfg;
+    t->cfg = c;
     t->root_dir = emi_strdup(cfg->default_root_dir != NULL ? cfg->default_root_dir : ".");
     t->trace_path = emi_strdup(cfg->trace_path);
     t->log_dir = emi_strdup(cfg->log_dir);
@@ -118,6 +120,7 @@ void em_trainer_free(em_trainer *t)
         return;
     }
     release_fit_objects(t);
+    em_grad_scaler_free(t->own_scaler);
     for (size_t i = 0; i < t->n_callbacks; i++)
         emi_callback_destroy(t->callbacks[i]);
     free(t->callbacks);
@@ -242,7 +245,8 @@ static em_status setup_fit(em_trainer *t)
     if (s != EM_OK)
         return t->fail_status;
     em_clear_error();
-    if ((s = emi_setup_finish(&t->setup)) != EM_OK || (s = emi_wrappers_create(t)) != EM_OK)
+    if ((s = emi_setup_finish(&t->setup)) != EM_OK || (s = emi_wrappers_create(t)) != EM_OK ||
+        (s = emi_precision_check_optimizers(t)) != EM_OK)
         return emi_trainer_fail(t, "configure_optimizers", s);
     t->wants_batch_output = m->ops->on_train_batch_end != NULL;
     for (size_t i = 0; i < t->n_callbacks; i++)

@@ -158,8 +158,17 @@ typedef struct em_optimizer_ops {
     /** Optional: releases the state when the optimizer is freed. */
     void (*destroy)(void *state);
     /* ---- version 1 ends here; new entries are appended below, never inserted ---- */
+    /**
+     * Version 2. The step unscales the gradients itself (torch: _step_supports_amp_scaling, the
+     * fused optimizers): em_grad_scaler_step (amp.h) does not unscale or skip it but calls it with
+     * the scale and the inf flag readable through em_grad_scaler_step_info, and the trainer's
+     * clipping refuses it under 16-mixed as Lightning does.
+     */
+    bool step_supports_amp_scaling;
+    /** Version 2. The step needs a closure it re-evaluates (as LBFGS): 16-mixed refuses it. */
+    bool requires_closure;
 } em_optimizer_ops;
-#define EM_OPTIMIZER_OPS_VERSION 1
+#define EM_OPTIMIZER_OPS_VERSION 2
 
 /**
  * An optimizer whose step is `ops->step`, with one parameter group from `params` holding the

@@ -68,6 +68,7 @@
 
 #include <math.h>
 
+#include "amp.h"
 #include "optim.h"
 #include "scheduler.h"
 
@@ -291,9 +292,9 @@ EM_API em_scheduler **em_lr_schedulers(em_module *m, size_t *n);
 /**
  * Back-propagate in manual optimization. Lightning: manual_backward(loss)
  * Runs on_before_backward, the backward hook (default em_backward), on_after_backward. No
- * normalisation. (Lightning also scales the loss under 16-mixed and all-reduces gradients under DDP;
- * this version of ember has neither: 16-mixed runs as bf16-mixed on the CPU and stops fit on CUDA,
- * and there is no DDP strategy yet.)
+ * normalisation. Under 16-mixed the loss is multiplied by the grad scaler's scale first, and the
+ * hooks receive the scaled loss (as Lightning's). (Lightning also all-reduces gradients under DDP;
+ * this version of ember has no DDP strategy yet.)
  * Errors: EM_ESTATE in automatic optimization ("to use manual_backward, disable automatic
  * optimization") or outside fit; the backward's own failure.
  */
@@ -314,8 +315,14 @@ EM_API em_status em_untoggle_optimizer(em_module *m, em_optimizer *opt);
  * Clip the gradients of `opt`'s parameters. Lightning: clip_gradients(opt, val, algo)
  * `clip_val` NAN = the Trainer's value (or 0: no clipping); `algo` EM_CLIP_DEFAULT = the Trainer's
  * (or norm). clip_val <= 0 does nothing.
+ * Under 16-mixed in manual optimization it first unscales `opt`'s gradients when they were not
+ * unscaled since its last step (a deliberate difference from Lightning, which clips the scaled
+ * gradients there: issue #18089), so the value means what it means in 32-true; in automatic
+ * optimization the gradients are already unscaled when configure_gradient_clipping runs.
  * Errors: EM_EINVAL when a value differs from one set in the Trainer config ("set it in the Trainer
- * or pass it here, not both").
+ * or pass it here, not both"); under 16-mixed or bf16-mixed, EM_EINVAL for clip_val > 0 with an
+ * optimizer whose step unscales itself (ops step_supports_amp_scaling: "does not allow for gradient
+ * clipping because it performs unscaling of gradients internally"); the unscaling's errors (amp.h).
  */
 EM_API em_status em_clip_gradients(em_module *m, em_optimizer *opt, double clip_val, em_clip_algorithm algo);
 
@@ -421,8 +428,9 @@ EM_API em_callback *em_grad_accum_scheduler(const int64_t (*schedule)[2], size_t
 /** Precision (Lightning's `precision=`). */
 typedef enum em_precision {
     EM_PRECISION_32_TRUE = 0, /* "32-true" */
-    EM_PRECISION_16_MIXED,    /* "16-mixed": bf16-mixed on the CPU, as Lightning; on CUDA fit stops with
-                                 EM_EUNSUPPORTED (the grad scaler is not implemented yet) */
+    EM_PRECISION_16_MIXED,    /* "16-mixed": autocast float16 and a grad scaler (amp.h). Without CUDA and
+                                 without a grad_scaler in the config it runs as bf16-mixed, with Lightning's
+                                 warning; see "16-mixed" below em_trainer_config */
     EM_PRECISION_BF16_MIXED   /* "bf16-mixed": autocast bfloat16 */
 } em_precision;
 
@@ -458,8 +466,16 @@ typedef struct em_trainer_config {
                                        the directory of metrics.csv (Lightning: CSVLogger's log_dir) */
     int64_t seed;                   /* -1 = do not seed; else em_manual_seed(seed) at fit start */
     const char *trace_path;         /* NULL; a file: one JSON line per training_step call / optimizer step */
+    /* ---- version 1 ends here; version 2 adds the fields below (a version-1 caller's struct is read
+     * only up to here, the rest taken as zero) ---- */
+    /* 16-mixed grad scaler */
+    em_grad_scaler *grad_scaler;    /* NULL: 16-mixed on CUDA uses a scaler of the trainer's own with torch's
+                                       defaults (em_trainer_grad_scaler); set: 16-mixed uses this one, on the
+                                       CPU too (Lightning: plugins=[MixedPrecision("16-mixed", device,
+                                       scaler)]). Borrowed: it must outlive the trainer's fits. Rejected with
+                                       any other precision. */
 } em_trainer_config;
-#define EM_TRAINER_CONFIG_VERSION 1
+#define EM_TRAINER_CONFIG_VERSION 2
 #define EM_TRAINER_CONFIG_INIT                                                                          \
     {.version = EM_TRAINER_CONFIG_VERSION, .max_epochs = EM_NONE, .min_epochs = EM_NONE, .max_steps = -1,  \
      .min_steps = EM_NONE, .limit_train_batches = {true, 1.0}, .limit_val_batches = {true, 1.0},          \
@@ -469,13 +485,42 @@ typedef struct em_trainer_config {
      .log_every_n_steps = 50, .default_root_dir = NULL, .log_dir = NULL, .seed = -1,               \
      .trace_path = NULL}
 
+/*
+ * 16-mixed (Lightning 2.2.5's MixedPrecision("16-mixed") with torch's GradScaler):
+ *  - training_step and validation_step run under autocast float16 on the batch's device. On the CPU
+ *    libtorch autocasts to float16 from torch 2.5; with an older libtorch (Debian's 1.13) ember does
+ *    what Python's torch.autocast("cpu", dtype=torch.half) does there: it warns once per fit ("In CPU
+ *    autocast, but the target dtype is not supported. Disabling autocast.") and runs them in float32,
+ *    while the scaler still works.
+ *  - backward (automatic, and em_manual_backward) gets the loss multiplied by the scale: on_before_backward
+ *    and the backward hook receive the scaled loss (a float32 tensor of shape (1,), as torch's).
+ *  - at each optimizer step: the closure runs once, outside the optimizer; the gradients are unscaled
+ *    (once) before on_before_optimizer_step and clipping, so both see true gradients; then the scaler
+ *    steps the optimizer unless a gradient is inf/NaN and updates the scale. global_step, schedulers
+ *    and callbacks count a skipped update as a step, as Lightning does. A training_step that returns
+ *    none (automatic) skips unscale, step and update; the hooks and clipping still run.
+ *  - LBFGS, or an optimizer written in C whose ops set requires_closure, stops fit before training
+ *    ("AMP and the LBFGS optimizer are not compatible."; Lightning finds it at the first step).
+ *  - clipping with an optimizer whose ops set step_supports_amp_scaling (torch's fused optimizers) and a
+ *    clip value > 0 fails, as Lightning's ("does not allow for gradient clipping ...").
+ *  - one deliberate difference: em_clip_gradients in manual optimization unscales the optimizer's
+ *    gradients first (once per step; the step then does not unscale again), so a clip value means what
+ *    it means in 32-true. Lightning clips the still-scaled gradients there (its issue #18089).
+ * Which scaler: the config's grad_scaler, or without one (on CUDA) a default scaler the trainer creates
+ * at the first such fit and keeps until em_trainer_free; em_trainer_grad_scaler returns it. Without
+ * CUDA and without a grad_scaler, 16-mixed runs as bf16-mixed with Lightning's warning ("You passed
+ * `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on CPU. Using
+ * `precision='bf16-mixed'` instead.").
+ */
+
 /**
  * A trainer with configuration `cfg` (copied, strings included). Lightning: Trainer(...)
  * The caller frees it with em_trainer_free().
  * Errors: NULL with a message that says what to change for every invalid value Lightning rejects at
  * construction (max_epochs < -1, a limit outside [0, 1] that is not a count, an unknown clip
  * algorithm, ...) and for those it lets through and crashes on later (accumulate_grad_batches < 1,
- * negative min_epochs or min_steps), and for a version of 0 (the INIT was forgotten).
+ * negative min_epochs or min_steps), for a version of 0 (the INIT was forgotten), and for a
+ * grad_scaler with a precision other than 16-mixed ("`precision='bf16-mixed'` does not use a scaler").
  */
 EM_API em_trainer *em_trainer_new(const em_trainer_config *cfg);
 
@@ -527,6 +572,13 @@ EM_API em_status em_trainer_set_accumulate_grad_batches(em_trainer *t, int64_t k
  * when unbounded). Available from configure_optimizers on.
  */
 EM_API double em_trainer_estimated_stepping_batches(const em_trainer *t);
+/**
+ * The grad scaler 16-mixed uses (Lightning: trainer.precision_plugin.scaler): the config's, or the
+ * trainer's own once a fit ran 16-mixed on CUDA without one; NULL otherwise (32-true, bf16-mixed,
+ * 16-mixed run as bf16-mixed). Borrowed: the trainer's own lives until em_trainer_free. Read or set
+ * its state with em_grad_scaler_get_state / em_grad_scaler_set_state (what a checkpoint saves).
+ */
+EM_API em_grad_scaler *em_trainer_grad_scaler(const em_trainer *t);
 /** Lightning: trainer.should_stop */
 EM_API bool em_trainer_should_stop(const em_trainer *t);
 /** Ask the loop to stop (honoured once min_epochs / min_steps are met). */

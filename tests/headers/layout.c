@@ -26,7 +26,11 @@ _Static_assert(offsetof(em_optimizer_ops, version) == 0, "em_optimizer_ops.versi
 _Static_assert(offsetof(em_optimizer_ops, name) == 1 * PTR, "em_optimizer_ops v1 layout: name moved");
 _Static_assert(offsetof(em_optimizer_ops, step) == 2 * PTR, "em_optimizer_ops v1 layout: step moved");
 _Static_assert(offsetof(em_optimizer_ops, destroy) == 3 * PTR, "em_optimizer_ops v1 layout: destroy moved");
-_Static_assert(EM_OPTIMIZER_OPS_VERSION >= 1, "em_optimizer_ops: version numbers only grow");
+_Static_assert(EM_OPTIMIZER_OPS_VERSION >= 2, "em_optimizer_ops: version numbers only grow");
+_Static_assert(offsetof(em_optimizer_ops, step_supports_amp_scaling) == 4 * PTR,
+               "em_optimizer_ops v2 layout: step_supports_amp_scaling moved");
+_Static_assert(offsetof(em_optimizer_ops, requires_closure) == 4 * PTR + 1,
+               "em_optimizer_ops v2 layout: requires_closure moved");
 
 /* ---- options structs with an EM_*_INIT: version first -------------------------------------------- */
 
@@ -39,6 +43,10 @@ _Static_assert(offsetof(em_onecycle_opts, version) == 0, "em_onecycle_opts.versi
 _Static_assert(offsetof(em_plateau_opts, version) == 0, "em_plateau_opts.version must stay first");
 _Static_assert(offsetof(em_trainer_config, version) == 0, "em_trainer_config.version must stay first");
 _Static_assert(offsetof(em_cyclic_opts, version) == 0, "em_cyclic_opts.version must stay first");
+_Static_assert(offsetof(em_grad_scaler_opts, version) == 0, "em_grad_scaler_opts.version must stay first");
+_Static_assert(EM_TRAINER_CONFIG_VERSION >= 2, "em_trainer_config: version numbers only grow");
+_Static_assert(offsetof(em_trainer_config, grad_scaler) > offsetof(em_trainer_config, trace_path),
+               "em_trainer_config v2: grad_scaler comes after every version-1 field");
 
 _Static_assert(offsetof(em_scheduler_ops, version) == 0, "em_scheduler_ops.version must stay first");
 _Static_assert(offsetof(em_scheduler_ops, name) == 1 * PTR, "em_scheduler_ops v1 layout: name moved");
@@ -165,10 +173,11 @@ void header_test_macros(void)
     em_onecycle_opts onecycle = EM_ONECYCLE_OPTS_INIT;
     em_plateau_opts plateau = EM_PLATEAU_OPTS_INIT;
     em_cyclic_opts cyclic = EM_CYCLIC_OPTS_INIT;
+    em_grad_scaler_opts scaler = EM_GRAD_SCALER_OPTS_INIT;
     em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
     em_device cpu = EM_DEVICE_CPU, gpu = EM_DEVICE_CUDA(0);
     (void)norm, (void)adam, (void)adamw, (void)rms, (void)ada, (void)lbfgs, (void)cpu, (void)gpu;
-    (void)onecycle, (void)plateau, (void)cfg, (void)cyclic;
+    (void)onecycle, (void)plateau, (void)cfg, (void)cyclic, (void)scaler;
 
     /* Never called: only compiled (the library is not linked into this object). */
     em_tensor *t = em_zeros(EM_SHAPE(2, 3), &(em_tensor_opts){.dtype = EM_F64});
