@@ -22,7 +22,7 @@
 
 extern char **environ;
 
-static double now_s(void)
+static inline double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -31,7 +31,7 @@ static double now_s(void)
 
 /* A port nobody listens on now (bound to port 0, then released): MASTER_PORT for the tests that
  * set torchrun's variables themselves, so that parallel ctest runs do not collide. */
-static int free_port(void)
+static inline int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = 0};
@@ -47,7 +47,7 @@ static int free_port(void)
 
 /* Start `path argv...` with the environment minus every rank variable, plus `extra` (NULL-terminated
  * "NAME=value" strings). Returns the pid. */
-static pid_t spawn(const char *path, char *const argv[], char *const extra[])
+static inline pid_t spawn(const char *path, char *const argv[], char *const extra[])
 {
     static const char *const drop[] = {"RANK=", "LOCAL_RANK=", "GROUP_RANK=", "LOCAL_WORLD_SIZE=", "WORLD_SIZE=",
                                        "NODE_RANK=", "MASTER_ADDR=", "MASTER_PORT=", "SLURM_", "TORCHELASTIC_",
@@ -81,7 +81,7 @@ static pid_t spawn(const char *path, char *const argv[], char *const extra[])
 
 /* Wait for `pid` until `deadline` (now_s() seconds); kill it past that. Returns the wait status, or
  * -1 when it had to be killed. */
-static int wait_deadline(pid_t pid, double deadline)
+static inline int wait_deadline(pid_t pid, double deadline)
 {
     int st;
     for (;;) {
@@ -113,7 +113,7 @@ typedef struct rank_result {
     char error[1024];
 } rank_result;
 
-static void result_write(const char *path, const rank_result *r)
+static inline void result_write(const char *path, const rank_result *r)
 {
     FILE *f = fopen(path, "w");
     if (f == NULL)
@@ -126,7 +126,7 @@ static void result_write(const char *path, const rank_result *r)
     fclose(f);
 }
 
-static bool result_read(const char *path, rank_result *r)
+static inline bool result_read(const char *path, rank_result *r)
 {
     memset(r, 0, sizeof *r);
     FILE *f = fopen(path, "r");
