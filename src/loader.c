@@ -190,6 +190,8 @@ typedef struct tensor_loader {
     em_tensor *perm;      /* int64 permutation of the current epoch (shuffle), or this rank's indices */
     int64_t perm_epoch;
     int64_t dist_rank, dist_world; /* under DDP with the distributed sampler: world > 1 */
+    bool dist_shuffle;             /* the sampler's shuffle: always for training (Lightning's) */
+    uint64_t dist_seed;            /* the sampler's seed: the trainer's seed, else 0 (PL_GLOBAL_SEED) */
 } tensor_loader;
 
 /* The samples one epoch yields: all rows, or this rank's DistributedSampler share. */
@@ -220,12 +222,12 @@ static em_status tl_permutation(tensor_loader *tl)
         return EM_OK;
     em_tensor_free(tl->perm);
     tl->perm = NULL;
-    if (tl->dist_world > 1) { /* DistributedSampler(shuffle=opts.shuffle, seed=opts.seed, drop_last=False) */
+    if (tl->dist_world > 1) { /* DistributedSampler(shuffle, seed, drop_last=False), as Lightning injects it */
         int64_t n = tl_samples(tl);
         int64_t *idx = malloc((size_t)(n > 0 ? n : 1) * sizeof *idx);
         if (idx == NULL)
             return emi_fail(EM_ENOMEM, "the tensor loader: out of memory");
-        if (em_distributed_sampler_indices(tl->rows, tl->dist_world, tl->dist_rank, tl->opts.shuffle, tl->opts.seed,
+        if (em_distributed_sampler_indices(tl->rows, tl->dist_world, tl->dist_rank, tl->dist_shuffle, tl->dist_seed,
                                            tl->epoch, false, idx, n) < 0) {
             free(idx);
             return em_last_status();
@@ -342,12 +344,15 @@ em_loader *em_tensor_loader(em_tensor *const *tensors, size_t n, const em_loader
 
 /* ---- DDP ----------------------------------------------------------------------------------------------- */
 
-void emi_loader_set_distributed(em_loader *l, int64_t rank, int64_t world, bool use_sampler)
+void emi_loader_set_distributed(em_loader *l, int64_t rank, int64_t world, bool use_sampler, bool train,
+                                uint64_t seed)
 {
     if (l->ops == &tensor_loader_ops) {
         tensor_loader *tl = l->state;
         tl->dist_rank = rank;
         tl->dist_world = use_sampler ? world : 1;
+        tl->dist_shuffle = train || tl->opts.shuffle;
+        tl->dist_seed = seed;
         em_tensor_free(tl->perm);
         tl->perm = NULL;
         tl->perm_epoch = -1;

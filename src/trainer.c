@@ -332,9 +332,9 @@ static em_status teardown(em_trainer *t, int scope_depth, int no_grad_depth)
     emi_toggle_free(t);
     emi_strategy_teardown(t);
     if (t->env.distributed) {
-        emi_loader_set_distributed(t->train, 0, 1, false);
+        emi_loader_set_distributed(t->train, 0, 1, false, false, 0);
         if (t->val != NULL)
-            emi_loader_set_distributed(t->val, 0, 1, false);
+            emi_loader_set_distributed(t->val, 0, 1, false, false, 0);
     }
     em_status s = emi_trace_close(t);
     emi_metrics_close(t);
@@ -356,9 +356,11 @@ static em_status fit_prepare(em_trainer *t, em_module *m, em_loader *train)
     if ((s = emi_precision_resolve(t)) != EM_OK || (s = emi_dist_setup(t)) != EM_OK)
         return s;
     if (t->env.distributed) { /* Lightning's _requires_distributed_sampler / the loaders' rank and world size */
-        emi_loader_set_distributed(train, t->env.rank, t->env.world, t->cfg.use_distributed_sampler);
+        /* the seed: seed_everything's (PL_GLOBAL_SEED), else 0 */
+        uint64_t seed = t->cfg.seed >= 0 ? (uint64_t)t->cfg.seed : 0;
+        emi_loader_set_distributed(train, t->env.rank, t->env.world, t->cfg.use_distributed_sampler, true, seed);
         if (t->val != NULL)
-            emi_loader_set_distributed(t->val, t->env.rank, t->env.world, t->cfg.use_distributed_sampler);
+            emi_loader_set_distributed(t->val, t->env.rank, t->env.world, t->cfg.use_distributed_sampler, false, seed);
     }
     return EM_OK;
 }
@@ -375,9 +377,9 @@ em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loade
     if (s != EM_OK) {
         if (t->env.distributed) {
             emi_dist_fit_failed(t);
-            emi_loader_set_distributed(train, 0, 1, false);
+            emi_loader_set_distributed(train, 0, 1, false, false, 0);
             if (val != NULL)
-                emi_loader_set_distributed(val, 0, 1, false);
+                emi_loader_set_distributed(val, 0, 1, false, false, 0);
         }
         t->module = NULL;
         return emi_trainer_fail(t, "em_trainer_fit", s);

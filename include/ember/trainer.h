@@ -504,8 +504,8 @@ typedef struct em_trainer_config {
                                        launcher: fit starts N-1 more processes running this program (DDP) */
     int64_t num_nodes;              /* 1 */
     em_strategy strategy;           /* auto */
-    bool use_distributed_sampler;   /* true: under DDP the built-in loader samples as torch's
-                                       DistributedSampler (Lightning's use_distributed_sampler) */
+    bool use_distributed_sampler;   /* true: under DDP the built-in loader samples as the DistributedSampler
+                                       Lightning injects (training: shuffled, seed cfg.seed or 0) */
     double ddp_timeout;             /* 60: seconds a rank waits for the others (rendezvous, each collective)
                                        before fit fails naming the rank that is gone */
 } em_trainer_config;
@@ -569,8 +569,11 @@ EM_API void em_trainer_free(em_trainer *t);
  * that launched them (PR_SET_PDEATHSIG) and are collected when rank 0 exits (killed if they outlive
  * it by ddp_timeout) or at once when rank 0's fit fails. A rank that fails or is killed makes the
  * others' fit return an error naming it within ddp_timeout. Only rank 0 shows the progress bar and
- * writes metrics.csv. The built-in loader samples as torch's DistributedSampler (shuffle from its own
- * options, seed = its seed); loaders written in C get the rank through ops->set_distributed.
+ * writes metrics.csv. The built-in loader samples as the DistributedSampler Lightning injects
+ * (use_distributed_sampler): the training loader shuffled (also when its own shuffle is off, as
+ * Lightning's), the validation loader as its own option, seeded with cfg.seed (0 when unset); its
+ * batch_size and drop_last apply to each rank's share. Loaders written in C get the rank through
+ * ops->set_distributed.
  */
 
 /** This process's rank among all (Lightning: trainer.global_rank): 0 without DDP; known from

@@ -6,9 +6,10 @@
  * as 2 nodes x 1 process, or from the real torchrun when python3-torch installed it.
  *
  * What is compared: every rank's final weights against ONE process trained on the same global
- * batches (rank r takes rows r, r+2, ... of 32; its batch k of 4 rows together with the other rank's
- * is rows 8k..8k+7, the single process's batch k of 8), |diff| <= 1e-5 + 1e-5 |w| (float32 sums in
- * another order). The ranks start from different random weights (seeded with their rank): equal
+ * batches: the training loader's DistributedSampler shuffles (Lightning's, seed 0 + epoch), so rank r
+ * takes perm[r], perm[r + 2], ... of 32 rows; its batch k of 4 rows together with the other rank's is
+ * perm[8k..8k+7], the single process's batch k of 8 when its loader shuffles with the same seed.
+ * |diff| <= 1e-5 + 1e-5 |w| (float32 sums in another order). The ranks start from different random weights (seeded with their rank): equal
  * results also prove rank 0's broadcast. Gradient all-reduces are counted per rank.
  */
 #include "ddp_worker.h"
@@ -130,7 +131,7 @@ static void run(const char *mode, bool reference, const char *root, rank_result 
     em_tensor *x = em_tensor_from(xs, EM_F32, (int64_t[]){ROWS, 4}, 2, NULL);
     em_tensor *y = em_tensor_from(ys, EM_F32, (int64_t[]){ROWS, 1}, 2, NULL);
     em_loader *train = em_tensor_loader((em_tensor *[]){x, y}, 2,
-                                        &(em_loader_opts){.batch_size = reference ? 8 : 4});
+                                        &(em_loader_opts){.batch_size = reference ? 8 : 4, .shuffle = reference});
     out->status = em_trainer_fit(t, &m.base, train, NULL);
     snprintf(out->error, sizeof out->error, "%s", em_trainer_error(t));
     out->steps = em_trainer_global_step(t);
