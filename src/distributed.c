@@ -333,6 +333,8 @@ out:
 void emi_dist_fit_failed(em_trainer *t)
 {
     (void)t;
+    if (g_dist.joined)
+        g_dist.broken = true; /* the other ranks may be anywhere in their collectives */
     if (g_dist.n_children == 0)
         return;
     for (size_t i = 0; i < g_dist.n_children; i++)

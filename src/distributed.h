@@ -14,7 +14,8 @@ void emi_dist_env_read(em_trainer *t);
  * the environment, EM_ETORCH for a failed rendezvous (recorded).
  */
 em_status emi_dist_setup(em_trainer *t);
-/** After a fit failed on a rank that launched the others: end them (Lightning's launcher.kill). */
+/** After a DDP fit failed: the process group is not used again; the ranks this process launched
+ *  are killed and collected (Lightning's launcher.kill). */
 void emi_dist_fit_failed(em_trainer *t);
 /**
  * Turn a failed collective into a message that names the rank(s) gone, where this process can see
