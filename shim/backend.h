@@ -123,15 +123,16 @@ em_status emi_dist_barrier(void);
 em_status emi_dist_broadcast_tensors(em_tensor *const *ts, size_t n, int root);
 
 /**
- * The gradient reducer of `n` parameters (torch's Reducer): buckets of at most `bucket_bytes` in
- * reverse order. emi_dist_reducer_prepare arms it before a backward that syncs: each bucket's
+ * The gradient reducer of `n` parameters (torch's Reducer): buckets in reverse order, each closed
+ * once it holds `first_bucket_bytes` (the first) or `bucket_bytes` (the rest) or more. emi_dist_reducer_prepare arms it before a backward that syncs: each bucket's
  * all-reduce (mean) starts from autograd hooks as its gradients become ready; emi_dist_reducer_finish
  * after the backward launches the rest, waits and writes the averaged gradients back. A backward
  * without prepare syncs nothing (no_sync). Keeps its own references to the parameters.
  * Free with emi_dist_reducer_free. Errors: NULL (recorded) without a group.
  */
 typedef struct emi_dist_reducer emi_dist_reducer;
-emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size_t n, size_t bucket_bytes);
+emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size_t n, size_t first_bucket_bytes,
+                                       size_t bucket_bytes);
 size_t emi_dist_reducer_num_buckets(const emi_dist_reducer *r);
 em_status emi_dist_reducer_prepare(emi_dist_reducer *r);
 em_status emi_dist_reducer_finish(emi_dist_reducer *r);

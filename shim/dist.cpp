@@ -224,8 +224,9 @@ extern "C" em_status emi_dist_broadcast_tensors(em_tensor *const *ts, size_t n, 
 
 // ---- the gradient reducer ----------------------------------------------------------------------------------
 //
-// Buckets hold parameters in reverse order (the order backward produces their gradients), at most
-// `bucket_bytes` each (one parameter may exceed it alone), one dtype and device each. While armed
+// Buckets hold parameters in reverse order (the order backward produces their gradients), closed
+// once they reach `first_bucket_bytes` (the first) or `bucket_bytes` (the others), one dtype and
+// device each. While armed
 // (emi_dist_reducer_prepare), a post-hook on each parameter's gradient accumulator marks it ready;
 // when every parameter of the next bucket in order is ready, its gradients are copied into one flat
 // tensor, divided by the world size, and its all-reduce starts (asynchronously: the backward goes
@@ -333,7 +334,8 @@ void register_hooks(emi_dist_reducer *r)
 
 } // namespace
 
-extern "C" emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size_t n, size_t bucket_bytes)
+extern "C" emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size_t n, size_t first_bucket_bytes,
+                                                   size_t bucket_bytes)
 {
     for (size_t i = 0; i < n; i++)
         if (emi_check(__func__, 1, params[i], true) != EM_OK)
@@ -350,14 +352,17 @@ extern "C" emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size
         r->bucket_of.assign(n, 0);
         r->hooks.resize(n);
         r->ready.assign(n, false);
+        // torch's compute_bucket_assignment_by_size: a parameter joins the open bucket of its dtype and
+        // device; the bucket closes once it holds at least the limit, which is first_bucket_bytes for
+        // the first bucket (the last layers: its all-reduce starts early in the backward) and
+        // bucket_bytes after it
         bucket cur;
         size_t bytes = 0;
         for (size_t j = n; j-- > 0;) {
             const at::Tensor &p = r->params[j];
             size_t pb = static_cast<size_t>(p.numel()) * p.element_size();
-            if (!cur.params.empty() &&
-                (bytes + pb > bucket_bytes || p.scalar_type() != r->params[cur.params[0]].scalar_type() ||
-                 p.device() != r->params[cur.params[0]].device())) {
+            if (!cur.params.empty() && (p.scalar_type() != r->params[cur.params[0]].scalar_type() ||
+                                        p.device() != r->params[cur.params[0]].device())) {
                 r->buckets.push_back(std::move(cur));
                 cur = bucket();
                 bytes = 0;
@@ -366,6 +371,11 @@ extern "C" emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size
             cur.params.push_back(j);
             cur.numel += p.numel();
             bytes += pb;
+            if (bytes >= (r->buckets.empty() ? first_bucket_bytes : bucket_bytes)) {
+                r->buckets.push_back(std::move(cur));
+                cur = bucket();
+                bytes = 0;
+            }
         }
         if (!cur.params.empty())
             r->buckets.push_back(std::move(cur));

@@ -17,8 +17,9 @@
 #include "hooks.h"
 #include "strategy.h"
 
-/* torch DDP's bucket_cap_mb default */
+/* torch DDP's bucket_cap_mb default, and its smaller first bucket (_DEFAULT_FIRST_BUCKET_BYTES) */
 #define EMI_BUCKET_BYTES ((size_t)25 * 1024 * 1024)
+#define EMI_FIRST_BUCKET_BYTES ((size_t)1024 * 1024)
 
 /* ---- DDP: the replicas' parameters -------------------------------------------------------------------- */
 
@@ -61,7 +62,8 @@ em_status emi_strategy_setup(em_trainer *t)
         s = push_unique(&ps, &n, &cap, em_nn_buffer(layers, i));
     if (s == EM_OK && n > 0 && (s = emi_dist_broadcast_tensors(ps, n, 0)) != EM_OK)
         s = emi_dist_explain(t, s, "the broadcast of rank 0's parameters");
-    if (s == EM_OK && n_params > 0 && (t->reducer = emi_dist_reducer_new(ps, n_params, EMI_BUCKET_BYTES)) == NULL)
+    if (s == EM_OK && n_params > 0 &&
+        (t->reducer = emi_dist_reducer_new(ps, n_params, EMI_FIRST_BUCKET_BYTES, EMI_BUCKET_BYTES)) == NULL)
         s = em_last_status();
     free(ps);
     if (s != EM_OK)

@@ -557,9 +557,9 @@ EM_API void em_trainer_free(em_trainer *t);
  *
  * With strategy DDP (EM_STRATEGY_DDP, or AUTO with more than one process), every process runs the
  * whole program and trains one replica; gradients are averaged across them (c10d Gloo all-reduce in
- * 25 MiB buckets, started from autograd hooks as buckets fill, none on accumulating batches) and
- * rank 0's parameters and buffers (those of the module's `layers`, and every optimizer's parameters)
- * are broadcast when fit starts. Ranks come from torchrun (`torchrun --no-python --nproc_per_node=N
+ * buckets, 1 MiB first and 25 MiB after as torch's, started from autograd hooks as buckets fill,
+ * none on accumulating batches) and rank 0's parameters and buffers (those of the module's
+ * `layers`, and every optimizer's parameters) are broadcast when fit starts. Ranks come from torchrun (`torchrun --no-python --nproc_per_node=N
  * ./app`; --nnodes for several machines), from SLURM (`srun ./app`), or from ember itself: with
  * devices = N > 1 and no launcher's variables, em_trainer_fit re-executes this program
  * (/proc/self/exe, same arguments) N-1 times with LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR and

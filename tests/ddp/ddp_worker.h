@@ -101,7 +101,7 @@ static inline int wait_deadline(pid_t pid, double deadline)
 
 /* ---- the result file one rank writes ------------------------------------------------------------ */
 
-#define MAX_W 128
+#define MAX_W 256
 
 typedef struct rank_result {
     bool present;

@@ -80,7 +80,8 @@ static em_status configure(em_module *m, em_optim_setup *setup)
 {
     struct net_module *n = (struct net_module *)m;
     em_params *ps = em_nn_parameters(n->net);
-    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    bool wide = strcmp(n->mode, "buckets") == 0; /* a 512-wide net diverges at lr 0.1 */
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = wide ? 0.01 : 0.1, .momentum = 0.9});
     em_params_free(ps);
     return em_optim_setup_add(setup, opt);
 }
@@ -120,7 +121,12 @@ static void run(const char *mode, bool reference, const char *root, rank_result 
     bool manual = strncmp(mode, "manual", 6) == 0;
     struct net_module m = {.base = {.ops = manual ? &manual_ops : &auto_ops, .manual_optimization = manual},
                            .mode = mode, .rank = out->rank};
-    m.net = em_nn_sequential((em_nn *[]){em_nn_linear(4, 8, true), em_nn_tanh(), em_nn_linear(8, 1, true)}, 3);
+    if (strcmp(mode, "buckets") == 0) /* 1.0 MiB in the middle weight: two buckets, 1 MiB then the rest */
+        m.net = em_nn_sequential((em_nn *[]){em_nn_linear(4, 512, true), em_nn_tanh(), em_nn_linear(512, 512, true),
+                                             em_nn_tanh(), em_nn_linear(512, 1, true)},
+                                 5);
+    else
+        m.net = em_nn_sequential((em_nn *[]){em_nn_linear(4, 8, true), em_nn_tanh(), em_nn_linear(8, 1, true)}, 3);
     m.base.layers = m.net;
     float xs[ROWS * 4], ys[ROWS];
     for (int i = 0; i < ROWS; i++) {
@@ -139,15 +145,18 @@ static void run(const char *mode, bool reference, const char *root, rank_result 
     em_trainer_callback_metric(t, "rank_mean", &out->metric_mean);
     em_trainer_callback_metric(t, "rank_max", &out->metric_max);
     em_trainer_callback_metric(t, "rank_local", &out->metric_local);
+    /* up to 32 values of each parameter, evenly spaced */
     for (size_t i = 0; i < em_nn_num_parameters(m.net); i++) {
         em_tensor *p = em_nn_parameter(m.net, i);
-        int64_t k = em_tensor_numel(p);
-        float buf[64];
-        if (out->n_w + k > MAX_W || k > 64)
+        int64_t k = em_tensor_numel(p), stride = k > 32 ? k / 32 : 1;
+        float *buf = malloc((size_t)k * sizeof *buf);
+        if (buf == NULL || em_tensor_copy_to(p, buf, (size_t)k * sizeof *buf, EM_F32) != EM_OK) {
+            free(buf);
             break;
-        em_tensor_copy_to(p, buf, sizeof buf, EM_F32);
-        for (int64_t j = 0; j < k; j++)
+        }
+        for (int64_t j = 0; j < k && j / stride < 32 && out->n_w < MAX_W; j += stride)
             out->w[out->n_w++] = buf[j];
+        free(buf);
     }
     em_loader_free(train);
     em_tensor_free(x);
@@ -255,8 +264,10 @@ static void expect_equal_to_reference(launch *l)
         assert_int_equal(rr->n_w, ref.n_w);
         for (int i = 0; i < ref.n_w; i++)
             assert_close(rr->w[i], ref.w[i], 1e-5, 1e-5);
-        /* one bucket: one all-reduce per synced backward */
-        if (strcmp(l->mode, "manual") == 0 || strcmp(l->mode, "auto") == 0 || strcmp(l->mode, "accum") == 0 ||
+        /* two buckets for "buckets" (1 MiB, then the rest), else one: all-reduces per synced backward */
+        if (strcmp(l->mode, "buckets") == 0)
+            assert_int_equal(rr->allreduces, 2 * rr->steps);
+        else if (strcmp(l->mode, "manual") == 0 || strcmp(l->mode, "auto") == 0 || strcmp(l->mode, "accum") == 0 ||
             strcmp(l->mode, "manual_nosync") == 0)
             assert_int_equal(rr->allreduces, rr->steps);
     }
@@ -304,6 +315,14 @@ static void test_ember_launcher_manual_no_sync(void **state)
 {
     (void)state;
     launch l = {.mode = "manual_nosync"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+}
+
+static void test_ember_launcher_two_buckets(void **state)
+{
+    (void)state;
+    launch l = {.mode = "buckets"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
 }
@@ -380,6 +399,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ember_launcher_accumulate, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_manual, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_manual_no_sync, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_ember_launcher_two_buckets, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_torchrun_variables, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_two_nodes_one_process_each, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_real_torchrun, helper_setup, helper_teardown),
