@@ -184,6 +184,7 @@ typedef struct options {
     int mode;      /* 0 = both ember modes, 1 = auto only, 2 = manual only */
     long accumulate; /* 0 = 1 and 4 */
     long clip;     /* -1 = off and on */
+    long ddp;      /* > 0: --ddp N instead of the loop comparison */
 } options;
 
 /* Batches per repetition when --steps is not given: ~10-50 ms of work per repetition. */
@@ -215,6 +216,9 @@ static void usage(FILE *f)
             "  --clip 0|1      only without / with clipping (default: both)\n"
 "  --aa            an A/A run: the raw loop also takes the auto and manual slots, so the\n"
             "                  ratios show the noise floor of this machine (1.0 +- noise)\n"
+            "  --ddp N         instead: the per-rank step of DDP on N processes (ember's launcher, Gloo)\n"
+            "                  against one process, same batch per process, tiny_mlp and mid_mlp;\n"
+            "                  --csv rows workload,ddp,N,0,one_rank_us,n_rank_us,ratio\n"
             "  --quick         a smoke run: 2 repetitions of 8 steps, 1 warm-up (for CI)\n"
             "  --csv           print workload,mode,accumulate,clip,raw_us,ember_us,ratio rows\n"
             "  --wall          time with the wall clock (CLOCK_MONOTONIC); the default is the CPU time\n"
@@ -304,6 +308,10 @@ static int parse_args(int argc, char **argv, options *o)
                 fprintf(stderr, "ember-bench: --clip needs 0 or 1\n");
                 return 2;
             }
+            i++;
+        } else if (strcmp(a, "--ddp") == 0) {
+            if (!parse_long(a, v, 2, &o->ddp))
+                return 2;
             i++;
         } else if (strcmp(a, "--quick") == 0) {
             o->quick = true;
@@ -490,6 +498,8 @@ int main(int argc, char **argv)
         return rc == 1 ? 0 : 2;
     single_thread_env(argv);
     raw_set_threads(1);
+    if (o.ddp > 0)
+        return bench_ddp(o.ddp, o.reps, o.warmup, o.steps, o.workload, o.csv);
     if (o.wall)
         bench_clock = CLOCK_MONOTONIC;
     bool malloc_tuned = false;

@@ -23,13 +23,20 @@
  * `--bf16` trains under bf16-mixed precision (autocast bfloat16 around training_step and
  * validation_step; the optimizer and the clipping stay float32).
  *
+ * `--devices N` trains with DDP on N processes (Gloo on the CPU): em_trainer_fit runs this program
+ * again N-1 times (ember's launcher); it also runs unchanged under `torchrun --no-python
+ * --nproc_per_node=N ./classifier`. Every process runs main from the top, so the data and the
+ * weights come from the same seed in each; each trains on its DistributedSampler share (a batch of
+ * 32 per process: N x 32 per optimizer step), val_loss and val_acc are logged with EM_LOG_SYNC_DIST
+ * (means over all validation points), and only rank 0 prints.
+ *
  * Each epoch prints the training loss, val_loss and val_acc (the values validation_step logged, read
  * back from trainer.callback_metrics in on_train_epoch_end, which Lightning runs after the epoch's
  * validation) and the learning rate at that point (before the plateau scheduler's epoch step, after
  * the epoch's last OneCycleLR step). Training takes about a second for the default 30 epochs.
  *
  *     ./build/bin/classifier [--epochs N] [--plateau] [--bf16] [--min-accuracy X] [--seed N]
- *                            [--progress-bar] [--log-dir DIR]
+ *                            [--progress-bar] [--log-dir DIR] [--devices N]
  */
 #include <ember.h>
 
@@ -53,13 +60,14 @@ typedef struct options {
     unsigned long long seed;
     bool progress_bar;
     const char *log_dir; /* NULL: no metrics.csv */
+    long devices;        /* 0: auto (1, or what torchrun started) */
 } options;
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: classifier [--epochs N] [--plateau] [--bf16] [--min-accuracy X] [--seed N]\n"
-            "                  [--progress-bar] [--log-dir DIR]\n"
+            "                  [--progress-bar] [--log-dir DIR] [--devices N]\n"
             "Trains an MLP on two interleaved spirals with em_trainer_fit (automatic optimization,\n"
             "accumulate_grad_batches 2, gradient clipping, validation) and prints the validation\n"
             "accuracy of every epoch.\n"
@@ -71,11 +79,14 @@ static void usage(FILE *f)
             "  --seed N          seed of the data, the weights and the shuffling (default 0)\n"
             "  --progress-bar    show the trainer's progress bar on stderr (default: off)\n"
             "  --log-dir DIR     write the logged metrics to DIR/metrics.csv (default: no metrics.csv)\n"
+            "  --devices N       DDP on N processes (this program started N-1 more times; default: 1, or\n"
+            "                    the processes torchrun started)\n"
             "  -h, --help        this text\n");
 }
 
 /* Long-only options get values above any character. */
-enum { OPT_EPOCHS = 256, OPT_PLATEAU, OPT_BF16, OPT_MIN_ACCURACY, OPT_SEED, OPT_PROGRESS_BAR, OPT_LOG_DIR };
+enum { OPT_EPOCHS = 256, OPT_PLATEAU, OPT_BF16, OPT_MIN_ACCURACY, OPT_SEED, OPT_PROGRESS_BAR, OPT_LOG_DIR,
+       OPT_DEVICES };
 
 static const struct option long_options[] = {
     {"epochs", required_argument, NULL, OPT_EPOCHS},
@@ -85,6 +96,7 @@ static const struct option long_options[] = {
     {"seed", required_argument, NULL, OPT_SEED},
     {"progress-bar", no_argument, NULL, OPT_PROGRESS_BAR},
     {"log-dir", required_argument, NULL, OPT_LOG_DIR},
+    {"devices", required_argument, NULL, OPT_DEVICES},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -125,6 +137,9 @@ static int parse_args(int argc, char **argv, options *o)
             if (!ok)
                 fprintf(stderr, "classifier: --log-dir needs a directory name\n");
             o->log_dir = optarg;
+            break;
+        case OPT_DEVICES:
+            ok = opts_long("classifier", "--devices", optarg, 1, &o->devices);
             break;
         default: /* '?' or ':' */
             opts_rejected("classifier", long_options, argv, c);
@@ -210,9 +225,10 @@ static em_status validation_step(em_module *m, const em_batch *b, int64_t batch_
     c->val_correct += (int64_t)n_correct;
     c->val_seen += b->size;
     /* on_epoch by default in validation_step: the epoch value is the mean weighted by batch size */
-    em_status s = em_log(m, "val_loss", em_tensor_item(loss), EM_LOG_PROG_BAR);
+    /* sync_dist: under DDP the epoch values are means over every process's validation share */
+    em_status s = em_log(m, "val_loss", em_tensor_item(loss), EM_LOG_PROG_BAR | EM_LOG_SYNC_DIST);
     if (s == EM_OK)
-        s = em_log(m, "val_acc", n_correct / (double)b->size, EM_LOG_PROG_BAR);
+        s = em_log(m, "val_acc", n_correct / (double)b->size, EM_LOG_PROG_BAR | EM_LOG_SYNC_DIST);
     return s;
 }
 
@@ -241,13 +257,16 @@ static em_status on_train_epoch_end(em_module *m)
     if (!em_trainer_callback_metric(t, "val_loss", &val_loss) || !em_trainer_callback_metric(t, "val_acc", &val_acc))
         return em_error_set(EM_EUSER, "val_loss / val_acc were not logged");
     double counted = c->val_seen > 0 ? (double)c->val_correct / (double)c->val_seen : NAN;
-    if (!(fabs(counted - val_acc) < 1e-5))
+    bool zero = em_trainer_is_global_zero(t);
+    /* (under DDP this process counted only its share; the logged value covers all) */
+    if (zero && em_trainer_world_size(t) == 1 && !(fabs(counted - val_acc) < 1e-5))
         printf("warning: logged val_acc %.6f differs from the counted accuracy %.6f\n", val_acc, counted);
     em_optimizer **opts = em_optimizers(m, NULL);
     double lr = opts != NULL ? em_optimizer_lr(opts[0], 0) : NAN;
-    printf("epoch %3lld  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.2e\n",
-           (long long)em_trainer_current_epoch(t), c->train_loss_sum / (double)c->train_batches, val_loss,
-           val_acc, lr);
+    if (zero)
+        printf("epoch %3lld  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.2e\n",
+               (long long)em_trainer_current_epoch(t), c->train_loss_sum / (double)c->train_batches, val_loss,
+               val_acc, lr);
     fflush(stdout);
     c->last_val_acc = val_acc;
     if (!(val_acc <= c->best_val_acc))
@@ -329,7 +348,9 @@ static int run(const options *o)
     cfg.enable_progress_bar = o->progress_bar;
     cfg.enable_csv_logger = o->log_dir != NULL;
     cfg.log_dir = o->log_dir;
+    cfg.devices = o->devices;
     em_trainer *t = em_trainer_new(&cfg);
+    bool zero = em_trainer_is_global_zero(t); /* prints once: rank 0 */
     em_loader *train = NULL, *val = NULL;
     if (s == EM_OK) {
         train = em_tensor_loader(data, 2, &(em_loader_opts){.batch_size = BATCH, .shuffle = true, .seed = o->seed});
@@ -341,16 +362,20 @@ static int run(const options *o)
         fprintf(stderr, "classifier: setup failed: %s\n", em_last_error());
         status = 1;
     } else {
-        printf("classifier: two spirals, %d train / %d validation points; MLP 2-%d-%d-2, AdamW, batch %d, "
-               "accumulate_grad_batches 2, gradient_clip_val 1, %s, %s, %ld epochs\n",
-               N_POINTS - N_VAL, N_VAL, HIDDEN, HIDDEN, BATCH,
-               o->plateau ? "ReduceLROnPlateau(val_loss) per epoch" : "OneCycleLR per step",
-               o->bf16 ? "bf16-mixed" : "32-true", o->epochs);
+        if (zero)
+            printf("classifier: two spirals, %d train / %d validation points; MLP 2-%d-%d-2, AdamW, batch %d, "
+                   "accumulate_grad_batches 2, gradient_clip_val 1, %s, %s, %ld epochs\n",
+                   N_POINTS - N_VAL, N_VAL, HIDDEN, HIDDEN, BATCH,
+                   o->plateau ? "ReduceLROnPlateau(val_loss) per epoch" : "OneCycleLR per step",
+                   o->bf16 ? "bf16-mixed" : "32-true", o->epochs);
+        if (zero && em_trainer_world_size(t) > 1)
+            printf("DDP: %lld processes (Gloo), batch %d per process\n", (long long)em_trainer_world_size(t),
+                   BATCH);
         fflush(stdout);
         if (em_trainer_fit(t, &c.base, train, val) != EM_OK) {
             fprintf(stderr, "classifier: fit failed: %s\n", em_trainer_error(t));
             status = 1;
-        } else {
+        } else if (zero) {
             printf("final val_acc %.4f (best %.4f) after %lld epochs, %lld optimizer steps, %.2f s\n",
                    c.last_val_acc, c.best_val_acc, (long long)c.epochs_done,
                    (long long)em_trainer_global_step(t), now_seconds() - start);

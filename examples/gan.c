@@ -49,8 +49,15 @@
  * kernel). So unless OMP_NUM_THREADS or OPENBLAS_NUM_THREADS is set, main() asks for one thread
  * (use_one_thread); set either variable to choose yourself.
  *
+ * DDP. `--devices N` trains on N processes (Gloo on the CPU; em_trainer_fit starts this program
+ * N-1 more times, or torchrun starts them all: `torchrun --no-python --nproc_per_node=N ./gan`).
+ * Every process runs main from the top with the same seed; each takes its DistributedSampler share
+ * of the data, every manual_backward averages the gradients across processes, and only rank 0
+ * prints, draws and writes files (metrics.csv too).
+ *
  *     ./build/bin/gan [--epochs N] [--steps-per-epoch N] [--batch-size N] [--lr X] [--d-every K]
  *                     [--sigma X] [--seed N] [--out DIR] [--plot-every N] [--quiet] [--no-progress]
+ *                     [--devices N]
  */
 #define _POSIX_C_SOURCE 200809L /* mkdir, clock_gettime, setenv, dlopen */
 
@@ -92,6 +99,8 @@ typedef struct options {
     const char *out;
     long plot_every;
     bool quiet;
+    long devices; /* 0: auto (1, or what torchrun started) */
+    bool zero;    /* rank 0: the one that prints and writes */
     bool progress;
 } options;
 
@@ -117,6 +126,7 @@ static void usage(FILE *f)
             "  --plot-every N       write samples_epoch_NNN.png every N epochs; 0 = never (default 5)\n"
             "  --no-progress        no progress bar (default: a progress bar on stderr)\n"
             "  -q, --quiet          no progress bar and only the last line on stdout (default: off)\n"
+            "  --devices N          DDP on N processes (this program started N-1 more times; default 1)\n"
             "  -h, --help           this text\n"
             "\n"
             "Threads: unless OMP_NUM_THREADS or OPENBLAS_NUM_THREADS is set, libtorch and OpenBLAS\n"
@@ -137,6 +147,7 @@ enum {
     OPT_OUT,
     OPT_PLOT_EVERY,
     OPT_NO_PROGRESS,
+    OPT_DEVICES,
 };
 
 static const struct option long_options[] = {
@@ -150,6 +161,7 @@ static const struct option long_options[] = {
     {"out", required_argument, NULL, OPT_OUT},
     {"plot-every", required_argument, NULL, OPT_PLOT_EVERY},
     {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+    {"devices", required_argument, NULL, OPT_DEVICES},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -198,6 +210,9 @@ static int parse_args(int argc, char **argv, options *o)
             break;
         case OPT_NO_PROGRESS:
             o->progress = false;
+            break;
+        case OPT_DEVICES:
+            ok = opts_long("gan", "--devices", optarg, 1, &o->devices);
             break;
         case 'q':
             o->quiet = true;
@@ -565,7 +580,7 @@ static em_status gan_on_train_epoch_end(em_module *m)
 {
     struct gan *g = (struct gan *)m;
     int64_t epoch = em_trainer_current_epoch(em_module_trainer(m)) + 1; /* epochs completed */
-    bool picture = g->o->plot_every > 0 && epoch % g->o->plot_every == 0;
+    bool picture = g->o->zero && g->o->plot_every > 0 && epoch % g->o->plot_every == 0;
     char path[4200] = "";
     coverage cv = {0};
     if (picture) {
@@ -579,7 +594,7 @@ static em_status gan_on_train_epoch_end(em_module *m)
         if (plot_samples(path, title, g, &cv) != 0)
             return em_error_set(EM_EIO, "gan: %s", plot_error());
     }
-    if (!g->o->quiet) {
+    if (!g->o->quiet && g->o->zero) {
         printf("epoch %3lld/%ld  g_loss %.3f  d_loss %.3f", (long long)epoch, g->o->epochs,
                g->g_n ? g->g_sum / (double)g->g_n : NAN, g->d_n ? g->d_sum / (double)g->d_n : NAN);
         if (picture)
@@ -660,13 +675,22 @@ static int finish(struct gan *g, double seconds, int64_t global_step)
     return 0;
 }
 
-static int run(const options *o)
+static int run(options *o)
 {
+    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
+    cfg.max_epochs = o->epochs;
+    cfg.enable_progress_bar = o->progress;
+    cfg.log_dir = o->out; /* metrics.csv lands in --out */
+    cfg.log_every_n_steps = LOG_EVERY_N_STEPS;
+    cfg.devices = o->devices;
+    em_trainer *t = em_trainer_new(&cfg);
+    o->zero = em_trainer_is_global_zero(t);
     if (make_dirs(o->out) != 0) {
         fprintf(stderr, "gan: cannot create %s: %s\n", o->out, strerror(errno));
+        em_trainer_free(t);
         return 1;
     }
-    if (!o->quiet)
+    if (!o->quiet && o->zero)
         printf("gan: ring of 8 Gaussians (radius 2, sigma %g); %ld epochs x %ld batches of %ld; Adam lr %g "
                "betas (0.5, 0.999); D every %ld batch%s; seed %llu; output in %s/\n",
                o->sigma, o->epochs, o->steps_per_epoch, o->batch_size, o->lr, o->d_every,
@@ -686,12 +710,6 @@ static int run(const options *o)
     g.G = em_nn_child(layers, "G");
     g.D = em_nn_child(layers, "D");
 
-    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
-    cfg.max_epochs = o->epochs;
-    cfg.enable_progress_bar = o->progress;
-    cfg.log_dir = o->out; /* metrics.csv lands in --out */
-    cfg.log_every_n_steps = LOG_EVERY_N_STEPS;
-    em_trainer *t = em_trainer_new(&cfg);
     em_loader *train = data != NULL ? em_tensor_loader((em_tensor *[]){data}, 1,
                                                        &(em_loader_opts){.batch_size = o->batch_size, .shuffle = true,
                                                                          .seed = o->seed, .drop_last = true})
@@ -708,7 +726,7 @@ static int run(const options *o)
         if (em_trainer_fit(t, &g.base, train, NULL) != EM_OK) {
             fprintf(stderr, "gan: training failed: %s\n", em_trainer_error(t));
             status = 1;
-        } else {
+        } else if (o->zero) {
             status = finish(&g, now_seconds() - t0, em_trainer_global_step(t));
         }
     }

@@ -4,8 +4,9 @@
 # run as another user it prints the command to run instead.
 set -eu
 
+# python3-torch: only for /usr/bin/torchrun, which test_ddp_train launches ranks with (skipped without it)
 PKGS="cmake g++ make pkg-config libtorch-dev libgloo-dev libcmocka-dev libopenblas0-pthread \
-      libcjson-dev libcairo2-dev"
+      libcjson-dev libcairo2-dev python3-torch"
 
 missing=""
 for p in $PKGS; do

@@ -150,6 +150,50 @@ void emi_scheduler_set_owned(em_scheduler *s, bool owned);
 /** The `state` given to emi_optimizer_wrap(); NULL for an optimizer that is not a wrapper. */
 void *emi_optimizer_wrapper_state(const em_optimizer *wrapper);
 
+/* ---- the process group (shim/dist.cpp): c10d TCPStore + ProcessGroupGloo, one per process ---------- */
+
+/** Reductions of emi_dist_allreduce_f64. */
+typedef enum emi_dist_op { EMI_DIST_SUM = 0, EMI_DIST_MAX, EMI_DIST_MIN } emi_dist_op;
+
+/**
+ * Open the rendezvous store (c10d TCPStore) at host:port, as its server (rank 0, unless torchrun's
+ * agent hosts it) or a client; `port` 0 with `server` binds a free port, returned in *bound_port
+ * (may be NULL). Errors: EM_ETORCH, "the rendezvous port P on H is already in use: ..." for a port
+ * in use, else c10d's message; EM_ESTATE when a store is open already.
+ */
+em_status emi_dist_store_open(const char *host, int port, bool server, int world, double timeout_s, int *bound_port);
+/** Join the process group (ProcessGroupGloo) as `rank` of `world` through the store: waits for every
+ *  rank up to timeout_s, which also bounds every later collective. Errors: EM_ETORCH (recorded). */
+em_status emi_dist_group_open(const char *host, int rank, int world, double timeout_s);
+/** Whether this process has joined a process group. */
+bool emi_dist_active(void);
+/** Gradient all-reduces (buckets) this process launched so far. */
+int64_t emi_dist_grad_collectives(void);
+/** All-reduce n doubles in place. Errors: EM_ESTATE without a group; EM_ETORCH (a rank gone, timeout). */
+em_status emi_dist_allreduce_f64(double *values, size_t n, emi_dist_op op);
+/** Broadcast n bytes from `root` in place. Errors as emi_dist_allreduce_f64. */
+em_status emi_dist_broadcast_bytes(void *buf, size_t n, int root);
+/** Wait until every rank gets here. Errors as emi_dist_allreduce_f64. */
+em_status emi_dist_barrier(void);
+/** Rank `root`'s values of the tensors, copied into them in place on every rank (under no_grad). */
+em_status emi_dist_broadcast_tensors(em_tensor *const *ts, size_t n, int root);
+
+/**
+ * The gradient reducer of `n` parameters (torch's Reducer): buckets in reverse order, each closed
+ * once it holds `first_bucket_bytes` (the first) or `bucket_bytes` (the rest) or more. emi_dist_reducer_prepare arms it before a backward that syncs: each bucket's
+ * all-reduce (mean) starts from autograd hooks as its gradients become ready; emi_dist_reducer_finish
+ * after the backward launches the rest, waits and writes the averaged gradients back. A backward
+ * without prepare syncs nothing (no_sync). Keeps its own references to the parameters.
+ * Free with emi_dist_reducer_free. Errors: NULL (recorded) without a group.
+ */
+typedef struct emi_dist_reducer emi_dist_reducer;
+emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size_t n, size_t first_bucket_bytes,
+                                       size_t bucket_bytes);
+size_t emi_dist_reducer_num_buckets(const emi_dist_reducer *r);
+em_status emi_dist_reducer_prepare(emi_dist_reducer *r);
+em_status emi_dist_reducer_finish(emi_dist_reducer *r);
+void emi_dist_reducer_free(emi_dist_reducer *r);
+
 EM_END_DECLS
 
 #endif /* EMBER_BACKEND_H */

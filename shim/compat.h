@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #define EMI_TORCH_AT_LEAST(major, minor) \
     (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -86,5 +87,22 @@ template <typename Map> typename Map::key_type optimizer_state_key(const Map &, 
         return static_cast<key>(p.unsafeGetTensorImpl());
     }
 }
+
+// ---- c10d (shim/dist.cpp; these templates keep c10d's headers out of every other shim file) ----------
+// TCPStoreOptions gained useLibUV in 2.2 (the libuv server, default from 2.4): ember keeps the
+// socket server 1.13 has, so both behave alike (port 0, a port in use).
+template <class Opts, class = void> struct has_use_libuv : std::false_type {};
+template <class Opts>
+struct has_use_libuv<Opts, std::void_t<decltype(std::declval<Opts &>().useLibUV)>> : std::true_type {};
+template <class Opts> Opts tcp_store_options()
+{
+    Opts o;
+    if constexpr (has_use_libuv<Opts>::value)
+        o.useLibUV = false;
+    return o;
+}
+// ProcessGroupGloo derives from c10d::ProcessGroup in 1.13 and from c10d::Backend in 2.x; dist.cpp
+// holds the concrete c10d::ProcessGroupGloo and calls only what both declare (allreduce, broadcast,
+// barrier with Work::wait), so the base class never appears in ember's code.
 
 } // namespace emi::compat

@@ -97,6 +97,31 @@ static em_status check_optimization(const em_trainer_config *c)
     return EM_OK;
 }
 
+/* accelerator, devices, num_nodes, strategy, ddp_timeout (the accelerator connector's checks). */
+static em_status check_devices(const em_trainer_config *c)
+{
+    if (c->accelerator < EM_ACCELERATOR_AUTO || c->accelerator > EM_ACCELERATOR_CUDA)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `accelerator` %d is not one of EM_ACCELERATOR_AUTO, CPU, CUDA",
+                        (int)c->accelerator);
+    if (c->strategy < EM_STRATEGY_AUTO || c->strategy > EM_STRATEGY_DDP)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `strategy` %d is not one of EM_STRATEGY_AUTO, SINGLE, DDP",
+                        (int)c->strategy);
+    if (c->devices < 0)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `devices` must be a positive number of processes per node or 0 "
+                                   "(auto), got %lld", (long long)c->devices);
+    if (c->num_nodes < 1)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `num_nodes` must be a positive integer, got %lld",
+                        (long long)c->num_nodes);
+    if (!(c->ddp_timeout > 0) || isinf(c->ddp_timeout))
+        return emi_fail(EM_EINVAL, "em_trainer_new: `ddp_timeout` must be a positive number of seconds, got %g",
+                        c->ddp_timeout);
+    if (c->strategy == EM_STRATEGY_SINGLE && (c->devices > 1 || c->num_nodes > 1))
+        return emi_fail(EM_EINVAL, "em_trainer_new: strategy \"single\" runs one process, but devices=%lld and "
+                                   "num_nodes=%lld ask for more: use EM_STRATEGY_DDP or AUTO",
+                        (long long)c->devices, (long long)c->num_nodes);
+    return EM_OK;
+}
+
 em_status emi_config_read(const em_trainer_config *in, em_trainer_config *out)
 {
     memset(out, 0, sizeof *out);
@@ -104,6 +129,11 @@ em_status emi_config_read(const em_trainer_config *in, em_trainer_config *out)
         return emi_config_check(in); /* reads `version` only, and says what is wrong */
     size_t n = in->version >= 2 ? sizeof *out : offsetof(em_trainer_config, grad_scaler);
     memcpy(out, in, n);
+    if (n < sizeof *out) { /* a version-1 caller: the later fields take their EM_TRAINER_CONFIG_INIT values */
+        const em_trainer_config defaults = EM_TRAINER_CONFIG_INIT;
+        memcpy((char *)out + n, (const char *)&defaults + n, sizeof *out - n);
+        out->version = in->version;
+    }
     return EM_OK;
 }
 
@@ -116,7 +146,8 @@ em_status emi_config_check(const em_trainer_config *c)
         return emi_fail(EM_EINVAL, "em_trainer_new: cfg->version %d is newer than this library (%d)", c->version,
                         EM_TRAINER_CONFIG_VERSION);
     em_status s;
-    if ((s = check_limits(c)) != EM_OK || (s = check_validation(c)) != EM_OK || (s = check_optimization(c)) != EM_OK)
+    if ((s = check_limits(c)) != EM_OK || (s = check_validation(c)) != EM_OK || (s = check_optimization(c)) != EM_OK ||
+        (s = check_devices(c)) != EM_OK)
         return s;
     return EM_OK;
 }

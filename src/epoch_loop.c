@@ -14,6 +14,7 @@
 #include "loops.h"
 #include "metrics.h"
 #include "optimization.h"
+#include "strategy.h"
 
 /* ---- limits ------------------------------------------------------------------------------------------- */
 
@@ -193,8 +194,11 @@ static em_status train_batch(em_trainer *t, bool *stop_epoch)
 
     bool stepping = !should_accumulate(t);
     em_tensor *out = NULL;
+    /* automatic optimization: DDP syncs only when the optimizer steps (_block_parallel_sync_behavior) */
+    emi_strategy_block_sync(t, !t->module->manual_optimization && !stepping);
     s = !t->module->manual_optimization ? emi_automatic_run(t, &batch, stepping, &out)
                                           : emi_manual_run(t, &batch, &out);
+    emi_strategy_block_sync(t, false);
     if (s != EM_OK)
         return s;
 

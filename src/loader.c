@@ -1,7 +1,9 @@
 /* loader.c: data loaders - the em_loader_ops protocol and the built-in in-memory tensor loader.
  *
  * torch: DataLoader(TensorDataset(*tensors), batch_size, shuffle, drop_last) with the default
- * sequential / random samplers. Written on the public tensor API only.
+ * sequential / random samplers, and utils/data/distributed.py (DistributedSampler) under DDP
+ * (Lightning: trainer/connectors/data_connector.py, _get_distributed_sampler). Written on the public
+ * tensor API only.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +108,67 @@ em_status em_loader_get(em_loader *l, int64_t epoch, int64_t index, em_batch *ou
     return batch_check("em_loader_get", out, index);
 }
 
+/* ---- torch's DistributedSampler ------------------------------------------------------------------- */
+
+/* torch.randperm(n, generator=torch.Generator().manual_seed(seed)) into out[0..n-1]. */
+static em_status seeded_permutation(int64_t n, uint64_t seed, int64_t *out)
+{
+    em_generator *g = em_generator_new(seed);
+    if (g == NULL)
+        return em_last_status();
+    em_tensor *p = em_randperm(n, &(em_tensor_opts){.dtype = EM_I64, .generator = g});
+    em_generator_free(g);
+    if (p == NULL)
+        return em_last_status();
+    p = emi_own(p);
+    em_status s = em_tensor_copy_to(p, out, (size_t)n * sizeof *out, EM_I64);
+    em_tensor_free(p);
+    return s;
+}
+
+int64_t em_distributed_sampler_indices(int64_t n, int64_t world_size, int64_t rank, bool shuffle, uint64_t seed,
+                                       int64_t epoch, bool drop_last, int64_t *out, int64_t cap)
+{
+    if (n < 0 || world_size < 1 || rank < 0 || rank >= world_size) {
+        emi_fail(EM_EINVAL, "em_distributed_sampler_indices: n %lld, world_size %lld, rank %lld: n must be >= 0, "
+                            "world_size >= 1 and rank in [0, world_size)", (long long)n, (long long)world_size,
+                 (long long)rank);
+        return -1;
+    }
+    if (cap > 0 && out == NULL) {
+        emi_fail(EM_EINVAL, "em_distributed_sampler_indices: out is NULL");
+        return -1;
+    }
+    /* num_samples: ceil((n - W) / W) when dropping a ragged tail, else ceil(n / W) */
+    int64_t num;
+    if (drop_last && n % world_size != 0)
+        num = n >= world_size ? (n - world_size + world_size - 1) / world_size : 0;
+    else
+        num = n / world_size + (n % world_size != 0);
+    int64_t total = num * world_size;
+    if (cap <= 0 || num == 0)
+        return num;
+    int64_t *base = NULL;
+    if (shuffle) {
+        if ((base = malloc((size_t)n * sizeof *base)) == NULL) {
+            emi_fail(EM_ENOMEM, "em_distributed_sampler_indices: out of memory");
+            return -1;
+        }
+        if (seeded_permutation(n, seed + (uint64_t)epoch, base) != EM_OK) {
+            free(base);
+            return -1;
+        }
+    }
+    /* the padded (or truncated) list is base[i % n] for i < total; this rank takes i = rank + k * W */
+    for (int64_t k = 0; k < num && k < cap; k++) {
+        int64_t i = (rank + k * world_size) % n;
+        out[k] = base != NULL ? base[i] : i;
+    }
+    (void)total;
+    free(base);
+    return num;
+}
+
 void emi_loader_set_epoch(em_loader *l, int64_t epoch)
 {
     if (l->ops->set_epoch != NULL)
@@ -133,15 +196,26 @@ typedef struct tensor_loader {
     int64_t rows;
     em_loader_opts opts;
     int64_t epoch;
-    em_tensor *perm;      /* int64 permutation of the current epoch (shuffle) */
+    em_tensor *perm;      /* int64 permutation of the current epoch (shuffle), or this rank's indices */
     int64_t perm_epoch;
+    int64_t dist_rank, dist_world; /* under DDP with the distributed sampler: world > 1 */
+    bool dist_shuffle;             /* the sampler's shuffle: always for training (Lightning's) */
+    uint64_t dist_seed;            /* the sampler's seed: the trainer's seed, else 0 (PL_GLOBAL_SEED) */
 } tensor_loader;
+
+/* The samples one epoch yields: all rows, or this rank's DistributedSampler share. */
+static int64_t tl_samples(const tensor_loader *tl)
+{
+    if (tl->dist_world <= 1)
+        return tl->rows;
+    return em_distributed_sampler_indices(tl->rows, tl->dist_world, tl->dist_rank, false, 0, 0, false, NULL, 0);
+}
 
 static int64_t tl_num_batches(void *state)
 {
     tensor_loader *tl = state;
-    int64_t bs = tl->opts.batch_size;
-    return tl->rows / bs + (!tl->opts.drop_last && tl->rows % bs != 0); /* no rows + bs overflow */
+    int64_t bs = tl->opts.batch_size, rows = tl_samples(tl);
+    return rows / bs + (!tl->opts.drop_last && rows % bs != 0); /* no rows + bs overflow */
 }
 
 static void tl_set_epoch(void *state, int64_t epoch)
@@ -157,6 +231,24 @@ static em_status tl_permutation(tensor_loader *tl)
         return EM_OK;
     em_tensor_free(tl->perm);
     tl->perm = NULL;
+    if (tl->dist_world > 1) { /* DistributedSampler(shuffle, seed, drop_last=False), as Lightning injects it */
+        int64_t n = tl_samples(tl);
+        int64_t *idx = malloc((size_t)(n > 0 ? n : 1) * sizeof *idx);
+        if (idx == NULL)
+            return emi_fail(EM_ENOMEM, "the tensor loader: out of memory");
+        if (em_distributed_sampler_indices(tl->rows, tl->dist_world, tl->dist_rank, tl->dist_shuffle, tl->dist_seed,
+                                           tl->epoch, false, idx, n) < 0) {
+            free(idx);
+            return em_last_status();
+        }
+        em_tensor *p = em_tensor_from(idx, EM_I64, &n, 1, NULL);
+        free(idx);
+        if (p == NULL)
+            return em_last_status();
+        tl->perm = emi_own(p);
+        tl->perm_epoch = tl->epoch;
+        return EM_OK;
+    }
     em_generator *g = em_generator_new(tl->opts.seed + (uint64_t)tl->epoch);
     if (g == NULL)
         return em_last_status();
@@ -173,10 +265,10 @@ static em_status tl_get_batch(void *state, int64_t index, em_batch *out)
 {
     tensor_loader *tl = state;
     int64_t bs = tl->opts.batch_size;
-    int64_t start = index * bs;
-    int64_t len = tl->rows - start < bs ? tl->rows - start : bs;
+    int64_t start = index * bs, rows = tl_samples(tl);
+    int64_t len = rows - start < bs ? rows - start : bs;
     em_tensor *idx = NULL;
-    if (tl->opts.shuffle) {
+    if (tl->opts.shuffle || tl->dist_world > 1) {
         em_status s = tl_permutation(tl);
         if (s != EM_OK)
             return s;
@@ -248,6 +340,7 @@ em_loader *em_tensor_loader(em_tensor *const *tensors, size_t n, const em_loader
     tl->rows = rows;
     tl->opts = o;
     tl->perm_epoch = -1;
+    tl->dist_world = 1;
     for (size_t i = 0; i < n; i++) {
         tl->t[i] = owned_ref(tensors[i]);
         if (tl->t[i] == NULL) {
@@ -256,4 +349,23 @@ em_loader *em_tensor_loader(em_tensor *const *tensors, size_t n, const em_loader
         }
     }
     return em_loader_new(&tensor_loader_ops, tl);
+}
+
+/* ---- DDP ----------------------------------------------------------------------------------------------- */
+
+void emi_loader_set_distributed(em_loader *l, int64_t rank, int64_t world, bool use_sampler, bool train,
+                                uint64_t seed)
+{
+    if (l->ops == &tensor_loader_ops) {
+        tensor_loader *tl = l->state;
+        tl->dist_rank = rank;
+        tl->dist_world = use_sampler ? world : 1;
+        tl->dist_shuffle = train || tl->opts.shuffle;
+        tl->dist_seed = seed;
+        em_tensor_free(tl->perm);
+        tl->perm = NULL;
+        tl->perm_epoch = -1;
+    } else if (l->ops->version >= 2 && l->ops->set_distributed != NULL) {
+        l->ops->set_distributed(l->state, rank, world);
+    }
 }

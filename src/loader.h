@@ -4,6 +4,12 @@
 
 #include "ember/trainer.h"
 
+/** Under DDP (world > 1) at fit start, and (0, 1, false, ...) when it ends: the built-in loader samples
+ *  as the DistributedSampler Lightning injects when `use_sampler` (shuffled for the training loader,
+ *  `train`; as the loader's own option otherwise; seeded with `seed`); a loader written in C gets
+ *  ops->set_distributed. */
+void emi_loader_set_distributed(em_loader *l, int64_t rank, int64_t world, bool use_sampler, bool train,
+                                uint64_t seed);
 /** The loader's set_epoch (a sampler's), at the start of every training epoch. */
 void emi_loader_set_epoch(em_loader *l, int64_t epoch);
 /** Batch `index` of the current epoch into `out` (tensors owned by the open scope); a loader that

@@ -40,6 +40,9 @@ typedef struct emi_metric {
     double acc;          /* epoch accumulator: Σ value * batch_size (mean), Σ value (sum), max or min */
     double weight;       /* Σ batch_size (mean) */
     bool has_value;
+    bool sync;           /* sync_dist under DDP: step values reduced when logged, epoch values when computed */
+    bool synced;         /* s_acc / s_weight hold the ranks' reduction of acc / weight */
+    double s_acc, s_weight;
 } emi_metric;
 
 /* Lightning's _ResultCollection: what one stage (train or val) logged since its last reset. */
@@ -57,6 +60,26 @@ typedef struct emi_metrics {
     emi_kvlist progbar;     /* progress bar metrics */
     emi_csv_logger *logger; /* NULL when enable_csv_logger is false */
 } emi_metrics;
+
+/* ---- ranks (distributed.c) ---------------------------------------------------------------------- */
+
+/* Who said which rank this process is (Lightning's cluster environments). */
+typedef enum emi_env_kind {
+    EMI_ENV_NONE = 0,     /* nobody: the config (devices x num_nodes); ember's launcher starts the rest */
+    EMI_ENV_TORCHELASTIC, /* torchrun: RANK, GROUP_RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, WORLD_SIZE */
+    EMI_ENV_SLURM,        /* srun: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NODEID, SLURM_NODELIST */
+    EMI_ENV_LAUNCHED      /* a rank ember's launcher started: LOCAL_RANK, NODE_RANK, WORLD_SIZE */
+} emi_env_kind;
+
+typedef struct emi_dist_env {
+    emi_env_kind kind;
+    int64_t world, rank, local_rank, node_rank, local_world;
+    char addr[256];       /* MASTER_ADDR (SLURM: the first host of SLURM_NODELIST); 127.0.0.1 */
+    int64_t port;         /* MASTER_PORT; -1 when unset */
+    bool agent_store;     /* torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE) */
+    bool distributed;     /* this fit runs the DDP strategy (resolved at fit start) */
+    char bad[256];        /* a variable that could not be read ("" when none) */
+} emi_dist_env;
 
 /* ---- the trainer ------------------------------------------------------------------------------- */
 
@@ -125,6 +148,14 @@ struct em_trainer {
     bool in_training_step;        /* manual: wrapped steps count in global_step */
     bool wants_batch_output;      /* some on_train_batch_end (module or callback) reads the loss */
     em_batch *batch;              /* the current batch (for the logging batch size) */
+
+    /* DDP (distributed.c, strategy.c) */
+    emi_dist_env env;             /* read at em_trainer_new, resolved at fit start */
+    emi_dist_reducer *reducer;    /* the gradient reducer of this fit (NULL without DDP) */
+    bool block_sync;              /* an accumulating batch: no all-reduce (Lightning's no_sync) */
+    int no_sync_depth;            /* em_no_backward_sync_begin regions open */
+    int64_t grad_allreduces;      /* gradient all-reduces (buckets) of this fit */
+    int64_t grad_allreduces_base; /* the process's count when the fit started */
 
     emi_metrics metrics;
     FILE *trace;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "distributed.h"
 #include "hooks.h"
 #include "logger_csv.h"
 #include "metrics.h"
@@ -53,9 +54,64 @@ static fx_kind fx_kind_of(const char *fx)
 
 static double metric_compute(const emi_metric *m)
 {
+    double acc = m->synced ? m->s_acc : m->acc, weight = m->synced ? m->s_weight : m->weight;
     if (m->reduce == EM_REDUCE_MEAN)
-        return m->weight > 0 ? (double)((float)m->acc / (float)m->weight) : NAN;
-    return m->acc;
+        return weight > 0 ? (double)((float)acc / (float)weight) : NAN;
+    return acc;
+}
+
+static emi_dist_op dist_op(em_reduce_fx r)
+{
+    return r == EM_REDUCE_MAX ? EMI_DIST_MAX : r == EM_REDUCE_MIN ? EMI_DIST_MIN : EMI_DIST_SUM;
+}
+
+/* Lightning: _ResultMetric.compute under sync_dist: the epoch accumulators reduced across ranks (a mean
+ * is Σ value*batch_size over Σ batch_size of all ranks). One all-reduce per reduction kind, in the
+ * order the metrics were logged, which every rank shares. */
+static em_status sync_epoch(em_trainer *t, emi_results *res)
+{
+    for (int op = EMI_DIST_SUM; op <= EMI_DIST_MIN; op++) {
+        size_t n = 0;
+        for (size_t i = 0; i < res->n; i++) {
+            const emi_metric *m = &res->items[i];
+            n += (m->sync && !m->synced && m->has_value && m->on_epoch && (int)dist_op(m->reduce) == op) ? 2 : 0;
+        }
+        if (n == 0)
+            continue;
+        double *v = malloc(n * sizeof *v);
+        if (v == NULL)
+            return emi_trainer_fail(t, "sync_dist", emi_fail(EM_ENOMEM, "sync_dist: out of memory"));
+        size_t k = 0;
+        for (size_t i = 0; i < res->n; i++) {
+            const emi_metric *m = &res->items[i];
+            if (m->sync && !m->synced && m->has_value && m->on_epoch && (int)dist_op(m->reduce) == op) {
+                v[k++] = m->acc;
+                v[k++] = m->weight;
+            }
+        }
+        em_clear_error();
+        em_status s = emi_dist_allreduce_f64(v, n, (emi_dist_op)op);
+        if (s != EM_OK) {
+            free(v);
+            return emi_trainer_fail(t, "sync_dist", emi_dist_explain(t, s, "the all-reduce of logged metrics"));
+        }
+        k = 0;
+        for (size_t i = 0; i < res->n; i++) {
+            emi_metric *m = &res->items[i];
+            if (m->sync && !m->synced && m->has_value && m->on_epoch && (int)dist_op(m->reduce) == op) {
+                m->s_acc = (double)(float)v[k++];
+                m->s_weight = v[k++];
+                m->synced = true;
+            }
+        }
+        free(v);
+    }
+    return EM_OK;
+}
+
+em_status emi_metrics_sync_epoch(em_trainer *t, emi_stage stage)
+{
+    return sync_epoch(t, stage == EMI_STAGE_TRAIN ? &t->metrics.train : &t->metrics.val);
 }
 
 /* _FxValidator and _Metadata: where logging is allowed, on_step / on_epoch defaults and checks. */
@@ -128,6 +184,7 @@ static void metric_update(emi_metric *mt, double value, double batch_size)
     float v32 = (float)value;
     mt->last = (double)v32;
     mt->has_value = true;
+    mt->synced = false;
     switch (mt->reduce) {
     case EM_REDUCE_MEAN:
         mt->acc = (double)((float)mt->acc + v32 * (float)batch_size);
@@ -148,7 +205,9 @@ em_status em_log_ex(em_module *m, const char *name, double value, const em_log_o
     if (t == NULL)
         return emi_fail(EM_ESTATE, "em_log(\"%s\"): called outside em_trainer_fit", name);
     emi_metric want = {.fx = t->hook, .reduce = o.reduce_fx, .prog_bar = (o.flags & EM_LOG_PROG_BAR) != 0,
-                       .logger = (o.flags & EM_LOG_NO_LOGGER) == 0};
+                       .logger = (o.flags & EM_LOG_NO_LOGGER) == 0,
+                       .sync = (o.flags & EM_LOG_SYNC_DIST) && !(o.flags & EM_LOG_RANK_ZERO_ONLY) &&
+                               t->env.distributed && emi_dist_active()};
     em_status s = log_resolve(t, name, &o, &want.on_step, &want.on_epoch);
     if (s != EM_OK)
         return s;
@@ -158,6 +217,14 @@ em_status em_log_ex(em_module *m, const char *name, double value, const em_log_o
     double bs = o.batch_size > 0 ? (double)o.batch_size
                                  : (t->batch != NULL && t->batch->size > 0 ? (double)t->batch->size : 1.0);
     metric_update(mt, value, bs);
+    if (mt->sync && mt->on_step) { /* the step value, reduced across ranks when logged */
+        double v = mt->last;
+        if ((s = emi_dist_allreduce_f64(&v, 1, dist_op(mt->reduce))) != EM_OK)
+            return emi_dist_explain(t, s, "the all-reduce of a logged value");
+        if (mt->reduce == EM_REDUCE_MEAN)
+            v /= (double)t->env.world;
+        mt->last = (double)(float)v;
+    }
     return EM_OK;
 }
 
@@ -261,9 +328,10 @@ void emi_metrics_reset_all(em_trainer *t)
     emi_kvlist_clear(&t->metrics.progbar);
 }
 
-void emi_metrics_train_epoch_end_reached(em_trainer *t)
+em_status emi_metrics_train_epoch_end_reached(em_trainer *t)
 {
     t->metrics.train_epoch_end = true;
+    return sync_epoch(t, &t->metrics.train);
 }
 
 /* ---- the logger connector ---------------------------------------------------------------------------------- */
@@ -271,7 +339,7 @@ void emi_metrics_train_epoch_end_reached(em_trainer *t)
 em_status emi_metrics_open(em_trainer *t)
 {
     t->metrics.train_epoch_end = false;
-    if (!t->cfg.enable_csv_logger)
+    if (!t->cfg.enable_csv_logger || t->env.rank != 0) /* loggers write on rank 0 only (rank_zero_only) */
         return EM_OK;
     return emi_csv_logger_open(&t->metrics.logger, t->root_dir, t->log_dir);
 }
@@ -300,6 +368,9 @@ em_status emi_metrics_log_step(em_trainer *t)
 em_status emi_metrics_epoch_end(em_trainer *t, emi_stage stage)
 {
     emi_metrics *mx = &t->metrics;
+    em_status s = sync_epoch(t, stage == EMI_STAGE_TRAIN ? &mx->train : &mx->val);
+    if (s != EM_OK)
+        return s;
     if (stage == EMI_STAGE_TRAIN) {
         /* on_epoch_end: epoch values into callback_metrics and the progress bar */
         apply(&mx->train, false, true, &mx->callback, &mx->progbar, NULL);

@@ -17,8 +17,12 @@ void emi_metrics_refresh(em_trainer *t);
 /** Write the step values to the logger (Lightning: log_metrics on a stepping batch). Errors: the
  *  logger's (recorded as the fit's failure, "logger: cannot write .../metrics.csv: ..."). */
 em_status emi_metrics_log_step(em_trainer *t);
-/** The train loop reached its epoch end: hooks now see epoch values. */
-void emi_metrics_train_epoch_end_reached(em_trainer *t);
+/** The train loop reached its epoch end: hooks now see epoch values (sync_dist ones reduced across
+ *  ranks). Errors: a failed all-reduce (recorded). */
+em_status emi_metrics_train_epoch_end_reached(em_trainer *t);
+/** A stage's sync_dist epoch values reduced across ranks (the val loop at its epoch end). Errors:
+ *  recorded. */
+em_status emi_metrics_sync_epoch(em_trainer *t, emi_stage stage);
 /** Reduce a stage's epoch values into callback_metrics (and, for validation, the logger). Errors: the
  *  logger's (recorded). */
 em_status emi_metrics_epoch_end(em_trainer *t, emi_stage stage);

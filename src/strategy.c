@@ -1,15 +1,108 @@
-/* strategy.c: the strategy - single device. It runs the step functions under the precision plugin's
- * context, the backward with its hooks, and hands optimizer steps to the precision plugin.
+/* strategy.c: the strategy - single device or distributed data parallel. It runs the step functions
+ * under the precision plugin's context, the backward with its hooks (under DDP with the gradient
+ * reducer armed around it), and hands optimizer steps to the precision plugin.
  *
  * Lightning: strategies/strategy.py (Strategy.training_step, validation_step, backward,
  *            optimizer_step), strategies/single_device.py, plugins/precision/precision.py
  *            (pre_backward / backward / post_backward call the on_before_backward, backward and
- *            on_after_backward hooks). Rules: docs/LIGHTNING_RULES.md §1.2 (backward), §4.4.
- * Distributed data parallel (strategies/ddp.py) will add its reducer here: sync after backward,
- * none on accumulating batches.
+ *            on_after_backward hooks), strategies/ddp.py (configure_ddp, pre_backward: prepare the
+ *            reducer; block_backward_sync), overrides/distributed.py (prepare_for_backward).
+ *            torch: nn/parallel/distributed.py (_sync_module_states, no_sync, the Reducer: the
+ *            gradients are averaged before backward returns, so on_after_backward sees them).
+ * Rules: docs/LIGHTNING_RULES.md §1.2 (backward), §4.4, §8.1.
  */
+#include <stdlib.h>
+
+#include "distributed.h"
 #include "hooks.h"
 #include "strategy.h"
+
+/* torch DDP's bucket_cap_mb default, and its smaller first bucket (_DEFAULT_FIRST_BUCKET_BYTES) */
+#define EMI_BUCKET_BYTES ((size_t)25 * 1024 * 1024)
+#define EMI_FIRST_BUCKET_BYTES ((size_t)1024 * 1024)
+
+/* ---- DDP: the replicas' parameters -------------------------------------------------------------------- */
+
+/* Append `p` unless a handle of the same tensor is there already. */
+static em_status push_unique(em_tensor ***list, size_t *n, size_t *cap, em_tensor *p)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (emi_tensor_id((*list)[i]) == emi_tensor_id(p))
+            return EM_OK;
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 16;
+        em_tensor **nl = realloc(*list, c * sizeof *nl);
+        if (nl == NULL)
+            return emi_fail(EM_ENOMEM, "DDP setup: out of memory");
+        *list = nl;
+        *cap = c;
+    }
+    (*list)[(*n)++] = p;
+    return EM_OK;
+}
+
+em_status emi_strategy_setup(em_trainer *t)
+{
+    t->grad_allreduces = 0;
+    t->grad_allreduces_base = emi_dist_grad_collectives();
+    if (!t->env.distributed)
+        return EM_OK;
+    /* the module's parameters (its layers', then any other an optimizer holds), then its buffers */
+    em_tensor **ps = NULL;
+    size_t n = 0, cap = 0, n_params;
+    em_status s = EM_OK;
+    em_nn *layers = t->module->layers;
+    for (size_t i = 0; s == EM_OK && layers != NULL && i < em_nn_num_parameters(layers); i++)
+        s = push_unique(&ps, &n, &cap, em_nn_parameter(layers, i));
+    for (size_t o = 0; s == EM_OK && o < t->setup.n_opts; o++)
+        for (size_t i = 0; s == EM_OK && i < em_params_size(t->setup.params[o]); i++)
+            s = push_unique(&ps, &n, &cap, em_params_get(t->setup.params[o], i));
+    n_params = n;
+    for (size_t i = 0; s == EM_OK && layers != NULL && i < em_nn_num_buffers(layers); i++)
+        s = push_unique(&ps, &n, &cap, em_nn_buffer(layers, i));
+    if (s == EM_OK && n > 0 && (s = emi_dist_broadcast_tensors(ps, n, 0)) != EM_OK)
+        s = emi_dist_explain(t, s, "the broadcast of rank 0's parameters");
+    if (s == EM_OK && n_params > 0 &&
+        (t->reducer = emi_dist_reducer_new(ps, n_params, EMI_FIRST_BUCKET_BYTES, EMI_BUCKET_BYTES)) == NULL)
+        s = em_last_status();
+    free(ps);
+    if (s != EM_OK)
+        return emi_trainer_fail(t, "DDP setup", s);
+    return EM_OK;
+}
+
+void emi_strategy_teardown(em_trainer *t)
+{
+    emi_dist_reducer_free(t->reducer);
+    t->reducer = NULL;
+    t->block_sync = false;
+    t->no_sync_depth = 0;
+}
+
+em_status em_no_backward_sync_begin(em_module *m)
+{
+    em_trainer *t = m != NULL ? m->trainer_ : NULL;
+    if (t == NULL || !t->fitting)
+        return emi_fail(EM_ESTATE, "em_no_backward_sync_begin: only during fit");
+    t->no_sync_depth++;
+    return EM_OK;
+}
+
+em_status em_no_backward_sync_end(em_module *m)
+{
+    em_trainer *t = m != NULL ? m->trainer_ : NULL;
+    if (t == NULL || !t->fitting)
+        return emi_fail(EM_ESTATE, "em_no_backward_sync_end: only during fit");
+    if (t->no_sync_depth == 0)
+        return emi_fail(EM_ESTATE, "em_no_backward_sync_end: no em_no_backward_sync_begin is open");
+    t->no_sync_depth--;
+    return EM_OK;
+}
+
+void emi_strategy_block_sync(em_trainer *t, bool block)
+{
+    t->block_sync = block;
+}
 
 /* The step function `hook` of the module under the precision context; the device of the batch's first
  * tensor says where autocast applies. */
@@ -49,11 +142,33 @@ em_status emi_strategy_backward(em_trainer *t, em_tensor *loss, bool retain_grap
     if (s != EM_OK)
         return s;
     const em_module_ops *ops = t->module->ops;
+    /* DDP: the reducer is armed (prepare_for_backward) unless the batch accumulates or a no-sync
+     * region is open; its buckets' all-reduces start during the backward */
+    bool sync = t->reducer != NULL && !t->block_sync && t->no_sync_depth == 0;
+    if (sync && (s = emi_dist_reducer_prepare(t->reducer)) != EM_OK)
+        return emi_trainer_fail(t, "backward", s);
     const char *prev = emi_hook_enter(t, "backward");
     if (ops->backward != NULL)
         s = ops->backward(t->module, loss, retain_graph);
     else
         s = retain_graph ? em_backward_ex(loss, NULL, true) : em_backward(loss);
+    if (sync) {
+        /* waits for every bucket, also after a failed backward (no all-reduce left running) */
+        bool failed = s != EM_OK || emi_has_error();
+        em_status r = failed ? EM_OK : emi_dist_reducer_finish(t->reducer);
+        if (failed) {
+            em_status keep = s != EM_OK ? s : em_last_status();
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", em_last_error());
+            emi_dist_reducer_finish(t->reducer);
+            em_clear_error();
+            emi_fail(keep, "%s", msg);
+            s = emi_dist_explain(t, keep, "backward");
+        } else if (r != EM_OK) {
+            s = emi_dist_explain(t, r, "the gradient all-reduce");
+        }
+        t->grad_allreduces = emi_dist_grad_collectives() - t->grad_allreduces_base;
+    }
     if ((s = emi_hook_leave(t, prev, "backward", s)) != EM_OK)
         return s;
     return emi_hooks_call(t, EMI_ON_AFTER_BACKWARD, NULL);

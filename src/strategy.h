@@ -1,6 +1,6 @@
 /* strategy.h: Lightning's Strategy - where the model's step functions, backward and optimizer steps
- * run. One strategy today: a single device. Distributed data parallel goes here (the gradient
- * all-reduce after backward, no_sync on accumulating batches). */
+ * run: a single device, or distributed data parallel (the gradient reducer armed around backward,
+ * no_sync on accumulating batches). */
 #ifndef EMBER_STRATEGY_H
 #define EMBER_STRATEGY_H
 
@@ -15,6 +15,13 @@ em_status emi_strategy_validation_step(em_trainer *t, em_batch *b, int64_t batch
 /** Lightning: Strategy.backward: on_before_backward, the module's backward (default
  *  em_backward_ex), on_after_backward. Errors: recorded. */
 em_status emi_strategy_backward(em_trainer *t, em_tensor *loss, bool retain_graph);
+/** Lightning: DDPStrategy.configure_ddp, after configure_optimizers: rank 0's parameters and buffers
+ *  broadcast, the gradient reducer made. Nothing without DDP. Errors: recorded. */
+em_status emi_strategy_setup(em_trainer *t);
+/** Free what emi_strategy_setup made. */
+void emi_strategy_teardown(em_trainer *t);
+/** Lightning: _block_parallel_sync_behavior: `block` for an accumulating batch (no all-reduce). */
+void emi_strategy_block_sync(em_trainer *t, bool block);
 /** Lightning: Strategy.optimizer_step -> Precision.optimizer_step (precision.h). */
 em_status emi_strategy_optimizer_step(em_trainer *t, size_t index, const em_closure *closure, emi_grad_probe *probe);
 

@@ -13,6 +13,7 @@
 
 #include "builtin.h"
 #include "config.h"
+#include "distributed.h"
 #include "hooks.h"
 #include "loader.h"
 #include "loops.h"
@@ -21,6 +22,7 @@
 #include "optimizer.h"
 #include "precision.h"
 #include "setup.h"
+#include "strategy.h"
 #include "trace.h"
 
 /* ---- construction ------------------------------------------------------------------------------------- */
@@ -56,6 +58,7 @@ em_trainer *em_trainer_new(const em_trainer_config *cfg)
     t->cfg.trace_path = t->trace_path;
     t->cfg.log_dir = t->log_dir;
     t->accumulate = cfg->accumulate_grad_batches;
+    emi_dist_env_read(t);
     return t;
 }
 
@@ -150,7 +153,8 @@ static em_status fit_loop_advance(em_trainer *t)
     if ((s = emi_epoch_loop_run(t, &reached_end)) != EM_OK)
         return s;
     /* on_advance_end: epoch-end hooks, epoch metrics, plateau epoch schedulers, epoch log */
-    emi_metrics_train_epoch_end_reached(t);
+    if ((s = emi_metrics_train_epoch_end_reached(t)) != EM_OK)
+        return s;
     if ((s = emi_hooks_call(t, EMI_ON_TRAIN_EPOCH_END, NULL)) != EM_OK)
         return s;
     emi_metrics_epoch_end(t, EMI_STAGE_TRAIN);
@@ -228,6 +232,7 @@ static void reset_fit_state(em_trainer *t, em_module *m, em_loader *train, em_lo
     t->stage = EMI_STAGE_NONE;
     t->batch = NULL;
     t->in_training_step = false;
+    t->env.distributed = false; /* resolved again by fit_prepare */
 }
 
 /* configure_optimizers (Lightning: strategy.setup -> _init_optimizers_and_lr_schedulers), its checks,
@@ -255,7 +260,7 @@ static em_status setup_fit(em_trainer *t)
         return emi_trainer_fail(t, "logger", s);
     if ((s = emi_trace_open(t)) != EM_OK)
         return emi_trainer_fail(t, "trace", s);
-    if (t->cfg.enable_progress_bar) {
+    if (t->cfg.enable_progress_bar && t->env.rank == 0) { /* rank 0 only, as Lightning's */
         em_callback *bar = emi_progress_bar_new();
         if (bar == NULL || (s = callbacks_push(t, bar)) != EM_OK) {
             emi_callback_destroy(bar);
@@ -314,7 +319,8 @@ static void warn_if_nothing_stepped(const em_trainer *t)
 static em_status fit_body(em_trainer *t)
 {
     em_status s;
-    if ((s = setup_fit(t)) != EM_OK || (s = emi_hooks_call(t, EMI_ON_FIT_START, NULL)) != EM_OK)
+    if ((s = setup_fit(t)) != EM_OK || (s = emi_strategy_setup(t)) != EM_OK ||
+        (s = emi_hooks_call(t, EMI_ON_FIT_START, NULL)) != EM_OK)
         return s;
     /* _run_stage: module-wide zero_grad (set_to_none=True on torch < 2.0, the 2.x default otherwise) */
     for (size_t i = 0; i < t->setup.n_opts; i++)
@@ -338,6 +344,12 @@ static em_status teardown(em_trainer *t, int scope_depth, int no_grad_depth)
         ; /* regions a hook left open; the caller's own stay as they were */
     builtin_callbacks_remove(t);
     emi_toggle_free(t);
+    emi_strategy_teardown(t);
+    if (t->env.distributed) {
+        emi_loader_set_distributed(t->train, 0, 1, false, false, 0);
+        if (t->val != NULL)
+            emi_loader_set_distributed(t->val, 0, 1, false, false, 0);
+    }
     em_status s = emi_trace_close(t);
     emi_metrics_close(t);
     t->module->trainer_ = NULL;
@@ -355,7 +367,16 @@ static em_status fit_prepare(em_trainer *t, em_module *m, em_loader *train)
     if (s != EM_OK)
         return s;
     emi_config_resolve(t);
-    return emi_precision_resolve(t);
+    if ((s = emi_precision_resolve(t)) != EM_OK || (s = emi_dist_setup(t)) != EM_OK)
+        return s;
+    if (t->env.distributed) { /* Lightning's _requires_distributed_sampler / the loaders' rank and world size */
+        /* the seed: seed_everything's (PL_GLOBAL_SEED), else 0 */
+        uint64_t seed = t->cfg.seed >= 0 ? (uint64_t)t->cfg.seed : 0;
+        emi_loader_set_distributed(train, t->env.rank, t->env.world, t->cfg.use_distributed_sampler, true, seed);
+        if (t->val != NULL)
+            emi_loader_set_distributed(t->val, t->env.rank, t->env.world, t->cfg.use_distributed_sampler, false, seed);
+    }
+    return EM_OK;
 }
 
 em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val)
@@ -374,6 +395,12 @@ em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loade
     reset_fit_state(t, m, train, val);
     em_status s = fit_prepare(t, m, train);
     if (s != EM_OK) {
+        if (t->env.distributed) {
+            emi_dist_fit_failed(t);
+            emi_loader_set_distributed(train, 0, 1, false, false, 0);
+            if (val != NULL)
+                emi_loader_set_distributed(val, 0, 1, false, false, 0);
+        }
         t->module = NULL;
         return emi_trainer_fail(t, "em_trainer_fit", s);
     }
@@ -389,6 +416,8 @@ em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loade
         s = fit_body(t);
     }
     em_clear_error();
+    if (s != EM_OK && t->env.distributed)
+        emi_dist_fit_failed(t); /* the ranks this one launched: Lightning's launcher.kill */
     em_status closed = teardown(t, depth, no_grad_depth);
     if (s == EM_OK && closed != EM_OK)
         s = emi_trainer_fail(t, "trace", closed);

@@ -46,7 +46,8 @@ static em_status validation_body(em_trainer *t, int64_t max_batches)
         if ((s = validation_batch(t, i)) != EM_OK)
             return s;
     t->val_epoch_end = true;
-    if ((s = emi_hooks_call(t, EMI_ON_VALIDATION_EPOCH_END, NULL)) != EM_OK)
+    if ((s = emi_metrics_sync_epoch(t, EMI_STAGE_VAL)) != EM_OK ||
+        (s = emi_hooks_call(t, EMI_ON_VALIDATION_EPOCH_END, NULL)) != EM_OK)
         return s;
     if ((s = emi_metrics_epoch_end(t, EMI_STAGE_VAL)) != EM_OK)
         return s;

@@ -114,8 +114,15 @@ typedef struct em_loader_ops {
     /** Optional: releases `state` when the loader is freed. */
     void (*destroy)(void *state);
     /* ---- version 1 ends here ---- */
+    /**
+     * Optional (version 2): under DDP, called at fit start with this process's global rank and the
+     * world size (and with 0, 1 when the fit ends), so that a loader written in C can take its shard
+     * (torch's DistributedSampler: em_distributed_sampler_indices). Not called without DDP.
+     */
+    void (*set_distributed)(void *state, int64_t rank, int64_t world_size);
+    /* ---- version 2 ends here ---- */
 } em_loader_ops;
-#define EM_LOADER_OPS_VERSION 1
+#define EM_LOADER_OPS_VERSION 2
 
 /**
  * A loader driven by `ops`; `state` is yours. Takes ownership of `state` (ops->destroy frees it),
@@ -140,6 +147,19 @@ typedef struct em_loader_opts {
  * differ in their first dimension.
  */
 EM_API em_loader *em_tensor_loader(em_tensor *const *tensors, size_t n, const em_loader_opts *opts);
+
+/**
+ * torch's DistributedSampler(dataset of n samples, num_replicas=world_size, rank, shuffle, seed,
+ * drop_last) at `epoch` (set_epoch): writes the sample indices of `rank`, in order, into `out`
+ * (capacity `cap`) and returns how many there are (len(sampler)), also when `cap` is smaller (call
+ * with cap 0 to size the buffer). Shuffled: torch.randperm(n) from a generator seeded with
+ * seed + epoch, the same indices as torch. Not drop_last: padded to a multiple of world_size by
+ * repeating indices from the start; drop_last: the tail is dropped instead.
+ * Errors: -1 (recorded, EM_EINVAL) for n < 0, world_size < 1 or a rank outside [0, world_size).
+ */
+EM_API int64_t em_distributed_sampler_indices(int64_t n, int64_t world_size, int64_t rank, bool shuffle,
+                                              uint64_t seed, int64_t epoch, bool drop_last, int64_t *out,
+                                              int64_t cap);
 
 /** Number of batches per epoch; -1 for NULL. */
 EM_API int64_t em_loader_num_batches(const em_loader *l);
@@ -293,14 +313,26 @@ EM_API em_scheduler **em_lr_schedulers(em_module *m, size_t *n);
  * Back-propagate in manual optimization. Lightning: manual_backward(loss)
  * Runs on_before_backward, the backward hook (default em_backward), on_after_backward. No
  * normalisation. Under 16-mixed the loss is multiplied by the grad scaler's scale first, and the
- * hooks receive the scaled loss (as Lightning's). (Lightning also all-reduces gradients under DDP;
- * this version of ember has no DDP strategy yet.)
+ * hooks receive the scaled loss (as Lightning's). Under DDP the gradients are averaged across the
+ * ranks during the backward (every call syncs, as Lightning's), except inside
+ * em_no_backward_sync_begin/end.
  * Errors: EM_ESTATE in automatic optimization ("to use manual_backward, disable automatic
  * optimization") or outside fit; the backward's own failure.
  */
 EM_API em_status em_manual_backward(em_module *m, em_tensor *loss);
 /** As em_manual_backward, keeping the graph (torch: retain_graph=True). */
 EM_API em_status em_manual_backward_retain(em_module *m, em_tensor *loss);
+
+/**
+ * Skip the gradient all-reduce of the backwards that follow, until the matching
+ * em_no_backward_sync_end. Lightning: `with trainer.strategy.block_backward_sync()` /
+ * toggle_model(opt, sync_grad=False) (= em_toggle_optimizer + this). Gradients then accumulate
+ * locally; the next backward that syncs averages the accumulated gradients. Nests. Without DDP it
+ * does nothing. Errors: EM_ESTATE outside fit.
+ */
+EM_API em_status em_no_backward_sync_begin(em_module *m);
+/** End the innermost em_no_backward_sync_begin. Errors: EM_ESTATE without one open. */
+EM_API em_status em_no_backward_sync_end(em_module *m);
 
 /**
  * Make only `opt`'s parameters require grad. Lightning: toggle_optimizer(opt)
@@ -336,8 +368,10 @@ enum {
     EM_LOG_ON_EPOCH = 1 << 3,    /* on_epoch=True */
     EM_LOG_NOT_ON_EPOCH = 1 << 4,/* on_epoch=False */
     EM_LOG_NO_LOGGER = 1 << 5,   /* logger=False */
-    EM_LOG_SYNC_DIST = 1 << 6,   /* sync_dist=True: accepted, no effect yet (one process, no DDP) */
-    EM_LOG_RANK_ZERO_ONLY = 1 << 7 /* rank_zero_only=True: accepted, no effect yet (one process) */
+    EM_LOG_SYNC_DIST = 1 << 6,   /* sync_dist=True: under DDP the value is reduced across ranks with the
+                                    metric's reduce_fx (mean: the mean of the ranks' values) when logged,
+                                    and epoch values when computed; every rank must log it alike */
+    EM_LOG_RANK_ZERO_ONLY = 1 << 7 /* rank_zero_only=True: never synced (Lightning's) */
 };
 
 /** Epoch reductions (Lightning's reduce_fx). */
@@ -434,6 +468,21 @@ typedef enum em_precision {
     EM_PRECISION_BF16_MIXED   /* "bf16-mixed": autocast bfloat16 */
 } em_precision;
 
+/** Where training runs (Lightning's `accelerator=`). */
+typedef enum em_accelerator {
+    EM_ACCELERATOR_AUTO = 0, /* "auto": the CPU in this version */
+    EM_ACCELERATOR_CPU,      /* "cpu" */
+    EM_ACCELERATOR_CUDA      /* "cuda": fit stops with EM_EUNSUPPORTED in this version */
+} em_accelerator;
+
+/** How training is spread over processes (Lightning's `strategy=`). */
+typedef enum em_strategy {
+    EM_STRATEGY_AUTO = 0, /* "auto": ddp when there is more than one process (devices x num_nodes, or the
+                             WORLD_SIZE a launcher set), else single */
+    EM_STRATEGY_SINGLE,   /* "single_device": one process */
+    EM_STRATEGY_DDP       /* "ddp": distributed data parallel over c10d (Gloo), also with one process */
+} em_strategy;
+
 /** A batch limit or an interval: a count of batches or a fraction of the epoch (Lightning's int vs float). */
 typedef struct em_amount {
     bool is_fraction;
@@ -474,6 +523,16 @@ typedef struct em_trainer_config {
                                        CPU too (Lightning: plugins=[MixedPrecision("16-mixed", device,
                                        scaler)]). Borrowed: it must outlive the trainer's fits. Rejected with
                                        any other precision. */
+    /* devices and strategy */
+    em_accelerator accelerator;     /* auto */
+    int64_t devices;                /* 0 = auto: 1, or the processes per node torchrun started; N > 1 without a
+                                       launcher: fit starts N-1 more processes running this program (DDP) */
+    int64_t num_nodes;              /* 1 */
+    em_strategy strategy;           /* auto */
+    bool use_distributed_sampler;   /* true: under DDP the built-in loader samples as the DistributedSampler
+                                       Lightning injects (training: shuffled, seed cfg.seed or 0) */
+    double ddp_timeout;             /* 60: seconds a rank waits for the others (rendezvous, each collective)
+                                       before fit fails naming the rank that is gone */
 } em_trainer_config;
 #define EM_TRAINER_CONFIG_VERSION 2
 #define EM_TRAINER_CONFIG_INIT                                                                          \
@@ -483,7 +542,8 @@ typedef struct em_trainer_config {
      .accumulate_grad_batches = 1, .gradient_clip_val = NAN, .gradient_clip_algorithm = EM_CLIP_DEFAULT,   \
      .precision = EM_PRECISION_32_TRUE, .enable_progress_bar = true, .enable_csv_logger = true,           \
      .log_every_n_steps = 50, .default_root_dir = NULL, .log_dir = NULL, .seed = -1,               \
-     .trace_path = NULL}
+     .trace_path = NULL, .accelerator = EM_ACCELERATOR_AUTO, .devices = 0, .num_nodes = 1,                 \
+     .strategy = EM_STRATEGY_AUTO, .use_distributed_sampler = true, .ddp_timeout = 60.0}
 
 /*
  * 16-mixed (Lightning 2.2.5's MixedPrecision("16-mixed") with torch's GradScaler):
@@ -550,6 +610,56 @@ EM_API const char *em_trainer_error(const em_trainer *t);
  * and does nothing; so does freeing it from one of its own hooks while it fits.
  */
 EM_API void em_trainer_free(em_trainer *t);
+
+/* ---- distributed data parallel ---------------------------------------------------------------------------
+ *
+ * With strategy DDP (EM_STRATEGY_DDP, or AUTO with more than one process), every process runs the
+ * whole program and trains one replica; gradients are averaged across them (c10d Gloo all-reduce in
+ * buckets, 1 MiB first and 25 MiB after as torch's, started from autograd hooks as buckets fill,
+ * none on accumulating batches) and rank 0's parameters and buffers (those of the module's
+ * `layers`, and every optimizer's parameters) are broadcast when fit starts. Ranks come from torchrun (`torchrun --no-python --nproc_per_node=N
+ * ./app`; --nnodes for several machines), from SLURM (`srun ./app`), or from ember itself: with
+ * devices = N > 1 and no launcher's variables, em_trainer_fit re-executes this program
+ * (/proc/self/exe, same arguments) N-1 times with LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR and
+ * MASTER_PORT set, as Lightning's subprocess launcher. THE PROGRAM RUNS FROM THE TOP IN EVERY RANK:
+ * everything before fit (data, model, config) must come out the same in each (seed it), and output
+ * meant once should be guarded by em_trainer_is_global_zero(). The launched ranks die with the thread
+ * that launched them (PR_SET_PDEATHSIG) and are collected when rank 0 exits (killed if they outlive
+ * it by ddp_timeout) or at once when rank 0's fit fails. A rank that fails or is killed makes the
+ * others' fit return an error naming it within ddp_timeout. Only rank 0 shows the progress bar and
+ * writes metrics.csv. The built-in loader samples as the DistributedSampler Lightning injects
+ * (use_distributed_sampler): the training loader shuffled (also when its own shuffle is off, as
+ * Lightning's), the validation loader as its own option, seeded with cfg.seed (0 when unset); its
+ * batch_size and drop_last apply to each rank's share. Loaders written in C get the rank through
+ * ops->set_distributed.
+ */
+
+/** This process's rank among all (Lightning: trainer.global_rank): 0 without DDP; known from
+ *  em_trainer_new on (the launcher's variables). -1 for NULL. */
+EM_API int64_t em_trainer_global_rank(const em_trainer *t);
+/** The rank within this node (trainer.local_rank). -1 for NULL. */
+EM_API int64_t em_trainer_local_rank(const em_trainer *t);
+/** The node's rank (trainer.node_rank). -1 for NULL. */
+EM_API int64_t em_trainer_node_rank(const em_trainer *t);
+/** The number of processes (trainer.world_size): devices x num_nodes, or the launcher's WORLD_SIZE. */
+EM_API int64_t em_trainer_world_size(const em_trainer *t);
+/** Whether this is rank 0 (trainer.is_global_zero): the one that prints. */
+EM_API bool em_trainer_is_global_zero(const em_trainer *t);
+/** Gradient all-reduces (one per bucket) this trainer's last or current fit ran: with one bucket,
+ *  the optimizer steps (accumulating batches and no-sync regions run none). -1 for NULL. */
+EM_API int64_t em_trainer_grad_allreduces(const em_trainer *t);
+/**
+ * Wait until every rank calls it (trainer.strategy.barrier()). A no-op without DDP.
+ * Errors: EM_ESTATE under a DDP config before the first fit made the process group; EM_ETORCH when
+ * a rank is gone or the timeout passed (the message names the rank where it can).
+ */
+EM_API em_status em_trainer_barrier(em_trainer *t);
+/**
+ * Copy `size` bytes of rank `root`'s `buf` into every rank's `buf` (trainer.strategy.broadcast). Every
+ * rank must call it with the same size and root. A no-op without DDP. Errors: as em_trainer_barrier;
+ * EM_EINVAL for a NULL buf or a root outside the world.
+ */
+EM_API em_status em_trainer_broadcast(em_trainer *t, void *buf, size_t size, int64_t root);
 
 /* ---- trainer state (Lightning's trainer properties) ------------------------------------------------------ */
 

@@ -291,6 +291,127 @@ static em_loader *build_loader(conf_run *r, const cJSON *d, const char *where)
     return l;
 }
 
+/* ---- ddp_indexed: the module's own loader, (x, y, row index) sampled by DistributedSampler ---------------- */
+
+typedef struct ddp_loader {
+    em_tensor *x, *y;  /* caller-owned */
+    int64_t n, batch_size, rank, world, epoch, have_epoch;
+    bool shuffle, drop_last;
+    int64_t *idx;      /* this rank's sample indices for `have_epoch` */
+    int64_t n_idx;
+} ddp_loader;
+
+static em_status ddp_indices(ddp_loader *d)
+{
+    if (d->idx != NULL && d->have_epoch == d->epoch)
+        return EM_OK;
+    int64_t n = em_distributed_sampler_indices(d->n, d->world, d->rank, d->shuffle, 0, d->epoch, d->drop_last, NULL, 0);
+    if (n < 0)
+        return em_last_status();
+    free(d->idx);
+    d->idx = malloc((size_t)(n > 0 ? n : 1) * sizeof *d->idx);
+    if (d->idx == NULL)
+        return em_error_set(EM_ENOMEM, "ddp loader: out of memory");
+    d->n_idx = em_distributed_sampler_indices(d->n, d->world, d->rank, d->shuffle, 0, d->epoch, d->drop_last, d->idx, n);
+    d->have_epoch = d->epoch;
+    return EM_OK;
+}
+
+static int64_t ddp_num_batches(void *state)
+{
+    ddp_loader *d = state;
+    if (ddp_indices(d) != EM_OK)
+        return 0;
+    return d->n_idx / d->batch_size + (d->n_idx % d->batch_size != 0);
+}
+
+static em_status ddp_get_batch(void *state, int64_t index, em_batch *out)
+{
+    ddp_loader *d = state;
+    em_status s = ddp_indices(d);
+    if (s != EM_OK)
+        return s;
+    int64_t start = index * d->batch_size;
+    int64_t len = d->n_idx - start < d->batch_size ? d->n_idx - start : d->batch_size;
+    em_tensor *ix = em_tensor_from(d->idx + start, EM_I64, &len, 1, NULL);
+    out->n = 3;
+    out->t[0] = em_index_select(d->x, 0, ix);
+    out->t[1] = em_index_select(d->y, 0, ix);
+    out->t[2] = ix;
+    return out->t[0] != NULL && out->t[1] != NULL ? EM_OK : em_last_status();
+}
+
+static void ddp_set_epoch(void *state, int64_t epoch)
+{
+    ((ddp_loader *)state)->epoch = epoch;
+}
+
+static void ddp_set_distributed(void *state, int64_t rank, int64_t world)
+{
+    ddp_loader *d = state;
+    d->rank = rank;
+    d->world = world;
+    d->have_epoch = -1;
+}
+
+static void ddp_destroy(void *state)
+{
+    ddp_loader *d = state;
+    em_tensor_free(d->x);
+    em_tensor_free(d->y);
+    free(d->idx);
+    free(d);
+}
+
+static const em_loader_ops ddp_loader_ops = {
+    .version = EM_LOADER_OPS_VERSION,
+    .num_batches = ddp_num_batches,
+    .get_batch = ddp_get_batch,
+    .set_epoch = ddp_set_epoch,
+    .destroy = ddp_destroy,
+    .set_distributed = ddp_set_distributed,
+};
+
+static em_loader *build_ddp_loader(conf_run *r, const cJSON *d, const char *where)
+{
+    const cJSON *x = NULL, *y = NULL;
+    int64_t num = 0, bs = 0;
+    bool shuffle = false, drop_last = false;
+    if (!cj_req_array(r, d, "x", where, &x) || !cj_req_array(r, d, "y", where, &y) ||
+        !cj_req_int(r, d, "num_samples", where, &num) || !cj_req_int(r, d, "batch_size", where, &bs) ||
+        !cj_opt_bool(r, d, "shuffle", where, &shuffle) || !cj_opt_bool(r, d, "drop_last", where, &drop_last))
+        return NULL;
+    if (shuffle || drop_last) {
+        conf_fail(r, "%s: ddp_indexed samples with its DistributedSampler; the loader's shuffle and drop_last must "
+                     "be false", where);
+        return NULL;
+    }
+    ddp_loader *dl = calloc(1, sizeof *dl);
+    if (dl == NULL) {
+        conf_fail(r, "out of memory");
+        return NULL;
+    }
+    char wx[300], wy[300];
+    snprintf(wx, sizeof wx, "%s.x", where);
+    snprintf(wy, sizeof wy, "%s.y", where);
+    dl->x = matrix(r, x, wx, EM_F32); /* no scope open: caller-owned */
+    dl->y = dl->x != NULL ? matrix(r, y, wy, EM_F32) : NULL;
+    dl->n = num;
+    dl->batch_size = bs;
+    dl->world = 1;
+    dl->have_epoch = -1;
+    dl->shuffle = r->p.sampler_shuffle;
+    dl->drop_last = r->p.sampler_drop_last;
+    if (dl->y == NULL) {
+        ddp_destroy(dl);
+        return NULL;
+    }
+    em_loader *l = em_loader_new(&ddp_loader_ops, dl);
+    if (l == NULL)
+        conf_fail(r, "%s: em_loader_new failed: %s", where, em_last_error());
+    return l;
+}
+
 bool build_data(conf_run *r)
 {
     const cJSON *data = NULL, *train = NULL;
@@ -298,7 +419,8 @@ bool build_data(conf_run *r)
     if (!cj_req_object(r, r->doc, "data", "case", &data) || !cj_keys(r, data, "data", keys) ||
         !cj_req_object(r, data, "train", "data", &train))
         return false;
-    r->train = build_loader(r, train, "data.train");
+    r->train = strcmp(r->kind->name, "ddp_indexed") == 0 ? build_ddp_loader(r, train, "data.train")
+                                                         : build_loader(r, train, "data.train");
     if (r->train == NULL)
         return false;
     if (!cj_is_null_or_absent(data, "val")) {
@@ -411,10 +533,11 @@ bool build_trainer(conf_run *r)
         else if (!cj_req_int(r, tr, "devices", "trainer", &devices))
             return false;
     }
-    if ((strategy != NULL && strncmp(strategy, "ddp", 3) == 0) || devices > 1)
-        return conf_skip(r, "needs DDP (strategy %s, %lld processes): not implemented yet",
-                         strategy != NULL ? strategy : "auto", (long long)devices);
-    if (strategy != NULL && strcmp(strategy, "auto") != 0 && strcmp(strategy, "single_device") != 0)
+    r->ddp = (strategy != NULL && strcmp(strategy, "ddp") == 0) || devices > 1;
+    r->devices = devices;
+    if (strategy != NULL && strncmp(strategy, "ddp", 3) == 0 && strcmp(strategy, "ddp") != 0)
+        return conf_fail(r, "trainer.strategy \"%s\" is not supported (ddp)", strategy);
+    if (!r->ddp && strategy != NULL && strcmp(strategy, "auto") != 0 && strcmp(strategy, "single_device") != 0)
         return conf_fail(r, "trainer.strategy \"%s\" is not supported", strategy);
 
     static const char *const keys[] = {
@@ -488,6 +611,11 @@ bool build_trainer(conf_run *r)
             return conf_fail(r, "trainer.precision is not supported (32-true, bf16-mixed, 16-mixed)");
     }
 
+    if (r->ddp) { /* ember's launcher starts ranks 1..devices-1: this program again, from the top */
+        cfg.strategy = EM_STRATEGY_DDP;
+        cfg.devices = devices;
+        cfg.use_distributed_sampler = uds;
+    }
     em_clear_error();
     r->trainer = em_trainer_new(&cfg);
     if (r->trainer == NULL)

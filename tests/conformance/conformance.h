@@ -57,6 +57,8 @@ typedef struct conf_params {
     /* auto_skip */
     conf_rule return_none_when;
     bool skip_zero_grad_set_to_none;
+    /* ddp_indexed */
+    bool sampler_shuffle, sampler_drop_last;
     /* auto_clip_by_epoch */
     em_clip_algorithm clip_algorithm;
     bool clip_times; /* true: coefficient * (epoch + 1); false: coefficient / (epoch + 1) */
@@ -140,6 +142,8 @@ struct conf_run {
     const cJSON *expected;
     double rtol, atol;
     bool automatic;
+    bool ddp;          /* strategy ddp / devices > 1: the runner is rank 0 of `devices` (ember's launcher) */
+    int64_t devices;
     conf_loss loss;
 
     /* the outcome: the first failure (or skip) reason */

@@ -671,6 +671,47 @@ static void manual_lbfgs_install(conf_run *r, em_module_ops *ops)
     ops->training_step = manual_lbfgs_training_step;
 }
 
+/* ---- ddp_indexed ---------------------------------------------------------------------------------------------- */
+
+/* the common training_step on (x, y, row indices); the record also keeps the batch's row indices */
+static em_tensor *ddp_indexed_training_step(em_module *m, const em_batch *b, int64_t batch_idx)
+{
+    conf_run *r = run_of(m);
+    em_tensor *loss = auto_training_step(m, b, batch_idx);
+    if (loss == NULL || b->n < 3)
+        return loss;
+    int64_t n = em_tensor_numel(b->t[2]);
+    int64_t idx[4096];
+    if (n > 4096 || em_tensor_copy_to(b->t[2], idx, sizeof idx, EM_I64) != EM_OK) {
+        conf_fail_cb(r, "cannot read the batch's sample indices");
+        return NULL;
+    }
+    cJSON *list = cJSON_CreateArray();
+    for (int64_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(list, cJSON_CreateNumber((double)idx[i]));
+    cJSON_AddItemToObject(cJSON_GetArrayItem(r->rec.calls, cJSON_GetArraySize(r->rec.calls) - 1), "sample_indices",
+                          list);
+    return loss;
+}
+
+static bool ddp_indexed_parse(conf_run *r, const cJSON *b)
+{
+    static const char *const keys[] = {"kind", "sampler_shuffle", "sampler_drop_last", NULL};
+    if (!cj_keys(r, b, "behaviour", keys) ||
+        !cj_req_bool(r, b, "sampler_shuffle", "behaviour", &r->p.sampler_shuffle) ||
+        !cj_req_bool(r, b, "sampler_drop_last", "behaviour", &r->p.sampler_drop_last) || !need_net(r, "net"))
+        return false;
+    if (!r->ddp)
+        return conf_fail(r, "behaviour ddp_indexed needs trainer.strategy \"ddp\"");
+    return true;
+}
+
+static void ddp_indexed_install(conf_run *r, em_module_ops *ops)
+{
+    (void)r;
+    ops->training_step = ddp_indexed_training_step;
+}
+
 /* ---- the table --------------------------------------------------------------------------------------------------- */
 
 static const conf_kind kinds[] = {
@@ -683,6 +724,7 @@ static const conf_kind kinds[] = {
     {"manual_clip", false, manual_clip_parse, manual_clip_install},
     {"manual_gan", false, manual_gan_parse, manual_gan_install},
     {"manual_lbfgs", false, manual_lbfgs_parse, manual_lbfgs_install},
+    {"ddp_indexed", true, ddp_indexed_parse, ddp_indexed_install},
 };
 
 const conf_kind *conf_find_kind(const char *name)

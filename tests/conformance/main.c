@@ -149,6 +149,88 @@ static void dump(conf_run *r, const char *dir)
     cJSON_free(s);
 }
 
+/* ---- DDP cases: every rank's records, compared on rank 0 ------------------------------------------------------ */
+
+/* The keys of `want` taken from `have` (a rank records more than a DDP case keeps, e.g. epochs). */
+static cJSON *only_keys(const cJSON *have, const cJSON *want)
+{
+    cJSON *o = cJSON_CreateObject();
+    const cJSON *w;
+    cJSON_ArrayForEach(w, want)
+    {
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(have, w->string);
+        if (h != NULL)
+            cJSON_AddItemToObject(o, w->string, cJSON_Duplicate(h, true));
+    }
+    return o;
+}
+
+/* Rank `root`'s text on every rank (length first, then the bytes). NULL on failure. */
+static char *from_rank(em_trainer *t, const char *mine, int64_t root)
+{
+    int64_t len = (int64_t)strlen(mine);
+    if (em_trainer_broadcast(t, &len, sizeof len, root) != EM_OK)
+        return NULL;
+    char *buf = malloc((size_t)len + 1);
+    if (buf == NULL)
+        return NULL;
+    if (em_trainer_global_rank(t) == root)
+        memcpy(buf, mine, (size_t)len);
+    if (em_trainer_broadcast(t, buf, (size_t)len, root) != EM_OK) {
+        free(buf);
+        return NULL;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+/* expected.per_rank[r] against rank r's records, expected.final against every rank's final (the
+ * replicas end equal). Every rank takes part in the exchange; rank 0's verdict is the case's. */
+static bool ddp_compare(conf_run *r, bool verbose, char *msg, size_t len)
+{
+    em_trainer *t = r->trainer;
+    int64_t world = em_trainer_world_size(t);
+    const cJSON *per_rank = cj_get(r->expected, "per_rank"), *final = cj_get(r->expected, "final");
+    if (!cJSON_IsArray(per_rank) || cJSON_GetArraySize(per_rank) != world) {
+        snprintf(msg, len, "expected.per_rank must list the %lld ranks", (long long)world);
+        return false;
+    }
+    cJSON *mine = cJSON_CreateObject();
+    cJSON_AddNumberToObject(mine, "rank", (double)em_trainer_global_rank(t));
+    cJSON_AddItemToObject(mine, "training_step_calls",
+                          cJSON_Duplicate(cj_get(r->rec.root, "training_step_calls"), true));
+    cJSON_AddItemToObject(mine, "optimizer_steps", cJSON_Duplicate(cj_get(r->rec.root, "optimizer_steps"), true));
+    cJSON_AddItemToObject(mine, "final", cJSON_Duplicate(cj_get(r->rec.root, "final"), true));
+    char *text = cJSON_PrintUnformatted(mine);
+    cJSON_Delete(mine);
+    bool ok = text != NULL;
+    for (int64_t k = 0; ok && k < world; k++) {
+        char *other = from_rank(t, text, k);
+        cJSON *o = other != NULL ? cJSON_Parse(other) : NULL;
+        free(other);
+        if (o == NULL) {
+            snprintf(msg, len, "the records of rank %lld did not arrive: %s", (long long)k, em_last_error());
+            ok = false;
+            break;
+        }
+        cJSON *got = cJSON_CreateObject(), *want = cJSON_CreateObject();
+        cJSON_AddItemToObject(got, "per_rank", only_keys(o, cJSON_GetArrayItem(per_rank, (int)k)));
+        cJSON_AddItemToObject(want, "per_rank", cJSON_Duplicate(cJSON_GetArrayItem(per_rank, (int)k), true));
+        cJSON_AddItemToObject(got, "final", only_keys(cj_get(o, "final"), final));
+        cJSON_AddItemToObject(want, "final", cJSON_Duplicate(final, true));
+        char m[CONF_MSG];
+        if (!conf_compare(want, got, r->rtol, r->atol, m, sizeof m, verbose, 20)) {
+            snprintf(msg, len, "rank %lld: %.900s", (long long)k, m);
+            ok = false;
+        }
+        cJSON_Delete(got);
+        cJSON_Delete(want);
+        cJSON_Delete(o);
+    }
+    cJSON_free(text);
+    return ok;
+}
+
 static outcome run_case(const char *path, bool verbose, const char *dump_dir)
 {
     conf_run *r = calloc(1, sizeof *r);
@@ -160,7 +242,13 @@ static outcome run_case(const char *path, bool verbose, const char *dump_dir)
         r->resolved_total_steps[i] = NAN;
     em_clear_error();
     outcome out = OUT_FAIL;
-    if (!conf_load(r, path) || !setup(r)) {
+    /* a rank ember's launcher started runs this program again: only the DDP cases, silently */
+    bool launched = getenv("LOCAL_RANK") != NULL;
+    if (!conf_load(r, path) || !setup(r) || (launched && !r->ddp)) {
+        if (launched) {
+            run_free(r);
+            return OUT_SKIP;
+        }
         out = r->skipped ? OUT_SKIP : OUT_FAIL;
         printf("%s %s: %s\n", r->skipped ? "SKIP" : "FAIL", r->name, r->why);
         run_free(r);
@@ -173,7 +261,13 @@ static outcome run_case(const char *path, bool verbose, const char *dump_dir)
     dump(r, dump_dir);
 
     char msg[CONF_MSG];
-    bool same = conf_compare(r->expected, r->rec.root, r->rtol, r->atol, msg, sizeof msg, verbose, 20);
+    bool same = s == EM_OK && r->ddp ? ddp_compare(r, verbose, msg, sizeof msg)
+                                     : conf_compare(r->expected, r->rec.root, r->rtol, r->atol, msg, sizeof msg,
+                                                    verbose, 20);
+    if (launched || (r->ddp && em_trainer_global_rank(r->trainer) != 0)) { /* rank 0 reports */
+        run_free(r);
+        return same ? OUT_PASS : OUT_FAIL;
+    }
     char resolved[CONF_MSG];
     bool resolved_ok = check_resolved(r, resolved, sizeof resolved);
     if (s != EM_OK) {

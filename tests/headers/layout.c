@@ -111,6 +111,7 @@ _Static_assert(offsetof(em_loader_ops, num_batches) == 1 * PTR, "em_loader_ops v
 _Static_assert(offsetof(em_loader_ops, get_batch) == 2 * PTR, "em_loader_ops v1 layout: get_batch moved");
 _Static_assert(offsetof(em_loader_ops, set_epoch) == 3 * PTR, "em_loader_ops v1 layout: set_epoch moved");
 _Static_assert(offsetof(em_loader_ops, destroy) == 4 * PTR, "em_loader_ops v1 layout: destroy moved");
+_Static_assert(offsetof(em_loader_ops, set_distributed) == 5 * PTR, "em_loader_ops v2 layout: set_distributed moved");
 
 /* ---- em_onecycle_opts: version 1 ends at three_phase, version 2 appends the per-group lists ---- */
 

@@ -1,0 +1,148 @@
+/* ddp_worker.h: what the DDP tests share - starting processes with a deadline, free ports, and
+ * reading the result files the ranks write. Included by tests/ddp/test_*.c (one translation unit
+ * each: everything here is static). */
+#ifndef EMBER_DDP_WORKER_H
+#define EMBER_DDP_WORKER_H
+
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static inline double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A port nobody listens on now (bound to port 0, then released): MASTER_PORT for the tests that
+ * set torchrun's variables themselves, so that parallel ctest runs do not collide. */
+static inline int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = 0};
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Start `path argv...` with the environment minus every rank variable, plus `extra` (NULL-terminated
+ * "NAME=value" strings). Returns the pid. */
+static inline pid_t spawn(const char *path, char *const argv[], char *const extra[])
+{
+    static const char *const drop[] = {"RANK=", "LOCAL_RANK=", "GROUP_RANK=", "LOCAL_WORLD_SIZE=", "WORLD_SIZE=",
+                                       "NODE_RANK=", "MASTER_ADDR=", "MASTER_PORT=", "SLURM_", "TORCHELASTIC_",
+                                       "EMBER_TEST_"};
+    size_t n = 0, m = 0;
+    while (environ[n] != NULL)
+        n++;
+    while (extra != NULL && extra[m] != NULL)
+        m++;
+    char **envp = calloc(n + m + 1, sizeof *envp);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool keep = true;
+        for (size_t d = 0; d < sizeof drop / sizeof *drop; d++)
+            keep &= strncmp(environ[i], drop[d], strlen(drop[d])) != 0;
+        if (keep)
+            envp[k++] = environ[i];
+    }
+    for (size_t i = 0; i < m; i++)
+        envp[k++] = extra[i];
+    envp[k] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execve(path, argv, envp);
+        _exit(127);
+    }
+    free(envp);
+    return pid;
+}
+
+/* Wait for `pid` until `deadline` (now_s() seconds); kill it past that. Returns the wait status, or
+ * -1 when it had to be killed. */
+static inline int wait_deadline(pid_t pid, double deadline)
+{
+    int st;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return st;
+        if (r < 0)
+            return -2;
+        if (now_s() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+    }
+}
+
+/* ---- the result file one rank writes ------------------------------------------------------------ */
+
+#define MAX_W 256
+
+typedef struct rank_result {
+    bool present;
+    int status;
+    long long rank, world, steps, allreduces;
+    double metric_mean, metric_max, metric_local;
+    int n_w;
+    double w[MAX_W];
+    char error[1024];
+} rank_result;
+
+static inline void result_write(const char *path, const rank_result *r)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return;
+    fprintf(f, "%d %lld %lld %lld %lld %.9g %.9g %.9g %d\n", r->status, r->rank, r->world, r->steps, r->allreduces,
+            r->metric_mean, r->metric_max, r->metric_local, r->n_w);
+    for (int i = 0; i < r->n_w; i++)
+        fprintf(f, "%.9g\n", r->w[i]);
+    fprintf(f, "%s\n", r->error);
+    fclose(f);
+}
+
+static inline bool result_read(const char *path, rank_result *r)
+{
+    memset(r, 0, sizeof *r);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    bool ok = fscanf(f, "%d %lld %lld %lld %lld %lf %lf %lf %d\n", &r->status, &r->rank, &r->world, &r->steps,
+                     &r->allreduces, &r->metric_mean, &r->metric_max, &r->metric_local, &r->n_w) == 9 &&
+              r->n_w >= 0 && r->n_w <= MAX_W;
+    for (int i = 0; ok && i < r->n_w; i++)
+        ok = fscanf(f, "%lf\n", &r->w[i]) == 1;
+    if (ok && fgets(r->error, sizeof r->error, f) == NULL)
+        r->error[0] = '\0';
+    r->error[strcspn(r->error, "\n")] = '\0';
+    fclose(f);
+    r->present = ok;
+    return ok;
+}
+
+#endif /* EMBER_DDP_WORKER_H */

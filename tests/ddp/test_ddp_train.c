@@ -1,0 +1,409 @@
+/* test_ddp_train.c: DDP on c10d Gloo, 2 processes on 127.0.0.1.
+ *
+ * The same binary is the test (CMocka, in the parent) and the ranks: `test_ddp_train worker MODE OUT`
+ * trains as one rank and writes OUT.<rank> (ddp_worker.h). The ranks come from ember's own launcher
+ * (devices = 2, no variables: rank 0 re-executes this program), from torchrun's variables set here,
+ * as 2 nodes x 1 process, or from the real torchrun when python3-torch installed it.
+ *
+ * What is compared: every rank's final weights against ONE process trained on the same global
+ * batches: the training loader's DistributedSampler shuffles (Lightning's, seed 0 + epoch), so rank r
+ * takes perm[r], perm[r + 2], ... of 32 rows; its batch k of 4 rows together with the other rank's is
+ * perm[8k..8k+7], the single process's batch k of 8 when its loader shuffles with the same seed.
+ * |diff| <= 1e-5 + 1e-5 |w| (float32 sums in another order). The ranks start from different random weights (seeded with their rank): equal
+ * results also prove rank 0's broadcast. Gradient all-reduces are counted per rank.
+ */
+#include "ddp_worker.h"
+#include "helpers.h"
+
+#define ROWS 32
+#define EPOCHS 3
+
+static const char *self_exe = "/proc/self/exe";
+
+/* ---- the model and the run ----------------------------------------------------------------------- */
+
+struct net_module {
+    em_module base;
+    em_nn *net;
+    const char *mode;
+    int64_t rank;
+};
+
+static em_tensor *loss_of(struct net_module *n, const em_batch *b)
+{
+    return em_mse_loss(em_nn_forward(n->net, b->t[0]), b->t[1], EM_REDUCTION_MEAN);
+}
+
+static em_tensor *auto_step(em_module *m, const em_batch *b, int64_t batch_idx)
+{
+    struct net_module *n = (struct net_module *)m;
+    (void)batch_idx;
+    if (strcmp(n->mode, "kill") == 0 && n->rank == 1 && em_trainer_current_epoch(em_module_trainer(m)) == 1 &&
+        batch_idx == 2)
+        raise(SIGKILL); /* mid-epoch: the other rank must end with a message naming this one */
+    double r = (double)em_trainer_global_rank(em_module_trainer(m));
+    em_log_ex(m, "rank_mean", r, &(em_log_opts){.flags = EM_LOG_SYNC_DIST | EM_LOG_ON_EPOCH | EM_LOG_NOT_ON_STEP});
+    em_log_ex(m, "rank_max", r,
+              &(em_log_opts){.flags = EM_LOG_SYNC_DIST | EM_LOG_ON_EPOCH | EM_LOG_NOT_ON_STEP,
+                             .reduce_fx = EM_REDUCE_MAX});
+    em_log_ex(m, "rank_local", r, &(em_log_opts){.flags = EM_LOG_ON_EPOCH | EM_LOG_NOT_ON_STEP});
+    return loss_of(n, b);
+}
+
+/* manual: every manual_backward syncs; "manual_nosync" accumulates two batches, the first inside a
+ * no-sync region (Lightning's toggle_model(sync_grad=False)), so one all-reduce per step. */
+static em_tensor *manual_step(em_module *m, const em_batch *b, int64_t batch_idx)
+{
+    struct net_module *n = (struct net_module *)m;
+    em_optimizer *opt = em_optimizers(m, NULL)[0];
+    em_tensor *loss = loss_of(n, b);
+    if (strcmp(n->mode, "manual") == 0) {
+        em_optimizer_zero_grad(opt);
+        em_manual_backward(m, loss);
+        em_optimizer_step(opt, NULL);
+        return loss;
+    }
+    em_tensor *half = em_div(loss, em_scalar_tensor(2.0, NULL));
+    if (batch_idx % 2 == 0) {
+        em_no_backward_sync_begin(m);
+        em_manual_backward(m, half);
+        em_no_backward_sync_end(m);
+    } else {
+        em_manual_backward(m, half);
+        em_optimizer_step(opt, NULL);
+        em_optimizer_zero_grad(opt);
+    }
+    return loss;
+}
+
+static em_status configure(em_module *m, em_optim_setup *setup)
+{
+    struct net_module *n = (struct net_module *)m;
+    em_params *ps = em_nn_parameters(n->net);
+    bool wide = strcmp(n->mode, "buckets") == 0; /* a 512-wide net diverges at lr 0.1 */
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = wide ? 0.01 : 0.1, .momentum = 0.9});
+    em_params_free(ps);
+    return em_optim_setup_add(setup, opt);
+}
+
+static const em_module_ops auto_ops = {.version = EM_MODULE_OPS_VERSION, .training_step = auto_step,
+                                       .configure_optimizers = configure};
+static const em_module_ops manual_ops = {.version = EM_MODULE_OPS_VERSION, .training_step = manual_step,
+                                         .configure_optimizers = configure};
+
+/* One run: distributed (ranks from the environment / launcher) or the single-process reference. */
+static void run(const char *mode, bool reference, const char *root, rank_result *out)
+{
+    memset(out, 0, sizeof *out);
+    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
+    cfg.max_epochs = EPOCHS;
+    cfg.enable_progress_bar = false;
+    cfg.enable_csv_logger = root != NULL;
+    cfg.default_root_dir = root;
+    cfg.log_every_n_steps = 1;
+    cfg.accumulate_grad_batches = strcmp(mode, "accum") == 0 ? 2 : 1;
+    cfg.ddp_timeout = strcmp(mode, "kill") == 0 ? 15.0 : 60.0;
+    if (!reference) {
+        const char *d = getenv("EMBER_TEST_DEVICES"), *nn = getenv("EMBER_TEST_NODES");
+        cfg.devices = d != NULL ? atoll(d) : 0;
+        cfg.num_nodes = nn != NULL ? atoll(nn) : 1;
+        cfg.strategy = EM_STRATEGY_DDP;
+    }
+    em_trainer *t = em_trainer_new(&cfg);
+    if (t == NULL) {
+        out->status = -1;
+        snprintf(out->error, sizeof out->error, "em_trainer_new: %s", em_last_error());
+        return;
+    }
+    out->rank = em_trainer_global_rank(t);
+    out->world = em_trainer_world_size(t);
+    em_manual_seed(1234 + (uint64_t)out->rank); /* different per rank: the broadcast makes them equal */
+    bool manual = strncmp(mode, "manual", 6) == 0;
+    struct net_module m = {.base = {.ops = manual ? &manual_ops : &auto_ops, .manual_optimization = manual},
+                           .mode = mode, .rank = out->rank};
+    if (strcmp(mode, "buckets") == 0) /* 1.0 MiB in the middle weight: two buckets, 1 MiB then the rest */
+        m.net = em_nn_sequential((em_nn *[]){em_nn_linear(4, 512, true), em_nn_tanh(), em_nn_linear(512, 512, true),
+                                             em_nn_tanh(), em_nn_linear(512, 1, true)},
+                                 5);
+    else
+        m.net = em_nn_sequential((em_nn *[]){em_nn_linear(4, 8, true), em_nn_tanh(), em_nn_linear(8, 1, true)}, 3);
+    m.base.layers = m.net;
+    float xs[ROWS * 4], ys[ROWS];
+    for (int i = 0; i < ROWS; i++) {
+        for (int j = 0; j < 4; j++)
+            xs[i * 4 + j] = (float)sin(0.37 * i + 1.3 * j);
+        ys[i] = (float)cos(0.21 * i);
+    }
+    em_tensor *x = em_tensor_from(xs, EM_F32, (int64_t[]){ROWS, 4}, 2, NULL);
+    em_tensor *y = em_tensor_from(ys, EM_F32, (int64_t[]){ROWS, 1}, 2, NULL);
+    em_loader *train = em_tensor_loader((em_tensor *[]){x, y}, 2,
+                                        &(em_loader_opts){.batch_size = reference ? 8 : 4, .shuffle = reference});
+    out->status = em_trainer_fit(t, &m.base, train, NULL);
+    snprintf(out->error, sizeof out->error, "%s", em_trainer_error(t));
+    out->steps = em_trainer_global_step(t);
+    out->allreduces = em_trainer_grad_allreduces(t);
+    em_trainer_callback_metric(t, "rank_mean", &out->metric_mean);
+    em_trainer_callback_metric(t, "rank_max", &out->metric_max);
+    em_trainer_callback_metric(t, "rank_local", &out->metric_local);
+    /* up to 32 values of each parameter, evenly spaced */
+    for (size_t i = 0; i < em_nn_num_parameters(m.net); i++) {
+        em_tensor *p = em_nn_parameter(m.net, i);
+        int64_t k = em_tensor_numel(p), stride = k > 32 ? k / 32 : 1;
+        float *buf = malloc((size_t)k * sizeof *buf);
+        if (buf == NULL || em_tensor_copy_to(p, buf, (size_t)k * sizeof *buf, EM_F32) != EM_OK) {
+            free(buf);
+            break;
+        }
+        for (int64_t j = 0; j < k && j / stride < 32 && out->n_w < MAX_W; j += stride)
+            out->w[out->n_w++] = buf[j];
+        free(buf);
+    }
+    em_loader_free(train);
+    em_tensor_free(x);
+    em_tensor_free(y);
+    em_nn_free(m.net);
+    em_trainer_free(t);
+}
+
+/* `test_ddp_train worker MODE OUT`: one rank. */
+static int worker_main(const char *mode, const char *out)
+{
+    rank_result r;
+    run(mode, false, out, &r);
+    char path[512];
+    snprintf(path, sizeof path, "%s.%lld", out, r.rank);
+    result_write(path, &r);
+    return r.status == 0 ? 0 : 1;
+}
+
+/* ---- the parent's side ------------------------------------------------------------------------------- */
+
+typedef struct launch {
+    const char *mode;
+    char dir[256];
+    char out[300];
+    rank_result ranks[2];
+    double seconds;
+} launch;
+
+static void launch_init(launch *l, const char *mode)
+{
+    memset(l, 0, sizeof *l);
+    l->mode = mode;
+    snprintf(l->dir, sizeof l->dir, "/tmp/ember-ddp-XXXXXX");
+    assert_non_null(mkdtemp(l->dir));
+    snprintf(l->out, sizeof l->out, "%s/out", l->dir);
+}
+
+static void launch_collect(launch *l)
+{
+    for (int r = 0; r < 2; r++) {
+        char path[400];
+        snprintf(path, sizeof path, "%s.%d", l->out, r);
+        result_read(path, &l->ranks[r]);
+    }
+}
+
+/* ember's launcher: one process with devices = 2; it starts rank 1 itself. */
+static void launch_ember(launch *l)
+{
+    launch_init(l, l->mode);
+    char *argv[] = {(char *)self_exe, "worker", (char *)l->mode, l->out, NULL};
+    char *env[] = {"EMBER_TEST_DEVICES=2", NULL};
+    double t0 = now_s();
+    pid_t p = spawn(self_exe, argv, env);
+    int st = wait_deadline(p, t0 + 150);
+    l->seconds = now_s() - t0;
+    assert_int_not_equal(st, -1); /* not killed by the deadline */
+    launch_collect(l);
+}
+
+/* torchrun's variables, set here: `nodes` x (2 / nodes) processes. */
+static void launch_env(launch *l, int nodes)
+{
+    int port = free_port();
+    assert_true(port > 0);
+    pid_t pids[2];
+    double t0 = now_s();
+    static char vars[2][8][64];
+    for (int r = 0; r < 2; r++) {
+        int per_node = 2 / nodes;
+        snprintf(vars[r][0], 64, "RANK=%d", r);
+        snprintf(vars[r][1], 64, "LOCAL_RANK=%d", r % per_node);
+        snprintf(vars[r][2], 64, "GROUP_RANK=%d", r / per_node);
+        snprintf(vars[r][3], 64, "LOCAL_WORLD_SIZE=%d", per_node);
+        snprintf(vars[r][4], 64, "WORLD_SIZE=2");
+        snprintf(vars[r][5], 64, "MASTER_ADDR=127.0.0.1");
+        snprintf(vars[r][6], 64, "MASTER_PORT=%d", port);
+        snprintf(vars[r][7], 64, "EMBER_TEST_NODES=%d", nodes);
+        char *env[] = {vars[r][0], vars[r][1], vars[r][2], vars[r][3], vars[r][4], vars[r][5], vars[r][6],
+                       vars[r][7], NULL};
+        char *argv[] = {(char *)self_exe, "worker", (char *)l->mode, l->out, NULL};
+        pids[r] = spawn(self_exe, argv, env);
+    }
+    for (int r = 0; r < 2; r++)
+        assert_int_not_equal(wait_deadline(pids[r], t0 + 150), -1);
+    l->seconds = now_s() - t0;
+    launch_collect(l);
+}
+
+static void expect_equal_to_reference(launch *l)
+{
+    rank_result ref;
+    run(l->mode, true, NULL, &ref);
+    assert_int_equal(ref.status, 0);
+    for (int r = 0; r < 2; r++) {
+        rank_result *rr = &l->ranks[r];
+        if (!rr->present)
+            fail_msg("rank %d wrote no result (%s)", r, l->out);
+        if (rr->status != 0)
+            fail_msg("rank %d: fit failed: %s", r, rr->error);
+        assert_int_equal(rr->rank, r);
+        assert_int_equal(rr->world, 2);
+        assert_int_equal(rr->steps, ref.steps);
+        assert_int_equal(rr->n_w, ref.n_w);
+        for (int i = 0; i < ref.n_w; i++)
+            assert_close(rr->w[i], ref.w[i], 1e-5, 1e-5);
+        /* two buckets for "buckets" (1 MiB, then the rest), else one: all-reduces per synced backward */
+        if (strcmp(l->mode, "buckets") == 0)
+            assert_int_equal(rr->allreduces, 2 * rr->steps);
+        else if (strcmp(l->mode, "manual") == 0 || strcmp(l->mode, "auto") == 0 || strcmp(l->mode, "accum") == 0 ||
+            strcmp(l->mode, "manual_nosync") == 0)
+            assert_int_equal(rr->allreduces, rr->steps);
+    }
+    assert_int_equal(ref.allreduces, 0);
+}
+
+static void test_ember_launcher_auto(void **state)
+{
+    (void)state;
+    launch l = {.mode = "auto"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+    /* sync_dist: mean and max over ranks 0 and 1; without it, each rank its own */
+    for (int r = 0; r < 2; r++) {
+        assert_close(l.ranks[r].metric_mean, 0.5, 0, 1e-7);
+        assert_close(l.ranks[r].metric_max, 1.0, 0, 1e-7);
+        assert_close(l.ranks[r].metric_local, (double)r, 0, 1e-7);
+    }
+    /* metrics.csv from rank 0 only: both ranks share the root directory */
+    char path[512];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/lightning_logs/version_0/metrics.csv", l.out);
+    assert_int_equal(stat(path, &sb), 0);
+    snprintf(path, sizeof path, "%s/lightning_logs/version_1", l.out);
+    assert_int_not_equal(stat(path, &sb), 0);
+}
+
+static void test_ember_launcher_accumulate(void **state)
+{
+    (void)state;
+    launch l = {.mode = "accum"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+}
+
+static void test_ember_launcher_manual(void **state)
+{
+    (void)state;
+    launch l = {.mode = "manual"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+}
+
+static void test_ember_launcher_manual_no_sync(void **state)
+{
+    (void)state;
+    launch l = {.mode = "manual_nosync"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+}
+
+static void test_ember_launcher_two_buckets(void **state)
+{
+    (void)state;
+    launch l = {.mode = "buckets"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+}
+
+static void test_torchrun_variables(void **state)
+{
+    (void)state;
+    launch l = {.mode = "accum"};
+    launch_init(&l, "accum");
+    launch_env(&l, 1);
+    expect_equal_to_reference(&l);
+}
+
+static void test_two_nodes_one_process_each(void **state)
+{
+    (void)state;
+    launch l = {.mode = "auto"};
+    launch_init(&l, "auto");
+    launch_env(&l, 2);
+    expect_equal_to_reference(&l);
+}
+
+/* the real torchrun (Debian's python3-torch), static rendezvous: its agent hosts the store */
+static void test_real_torchrun(void **state)
+{
+    (void)state;
+    if (access("/usr/bin/torchrun", X_OK) != 0) {
+        print_message("skipped: /usr/bin/torchrun is not installed (Debian's python3-torch ships it)\n");
+        skip();
+    }
+    launch l;
+    launch_init(&l, "manual");
+    int port = free_port();
+    char port_arg[64], exe[512];
+    snprintf(port_arg, sizeof port_arg, "--master_port=%d", port);
+    ssize_t n = readlink(self_exe, exe, sizeof exe - 1);
+    assert_true(n > 0);
+    exe[n] = '\0';
+    /* Debian's torchrun 1.13 on Python 3.11 fails on its default --redirects/--tee of 0 (IntFlag no longer
+     * iterates NONE): give both as per-rank maps of stderr (2), which it does parse */
+    char log_arg[400];
+    snprintf(log_arg, sizeof log_arg, "--log_dir=%s/torchrun", l.dir);
+    char *argv[] = {"/usr/bin/torchrun", "--no_python", /* 1.13 knows only this spelling */
+                    "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", port_arg,
+                    "--redirects=0:2,1:2", "--tee=0:2,1:2", log_arg, exe, "worker", "manual", l.out, NULL};
+    double t0 = now_s();
+    pid_t p = spawn("/usr/bin/torchrun", argv, (char *[]){"OMP_NUM_THREADS=1", NULL});
+    assert_int_not_equal(wait_deadline(p, t0 + 200), -1);
+    launch_collect(&l);
+    expect_equal_to_reference(&l);
+}
+
+/* rank 1 is SIGKILLed mid-epoch: rank 0's fit returns within the timeout, naming rank 1 */
+static void test_rank_killed(void **state)
+{
+    (void)state;
+    launch l = {.mode = "kill"};
+    launch_ember(&l);
+    rank_result *r0 = &l.ranks[0];
+    assert_true(r0->present);
+    assert_int_not_equal(r0->status, 0);
+    print_message("rank 0 after %.1f s: %s\n", l.seconds, r0->error);
+    assert_non_null(strstr(r0->error, "rank 1"));
+    assert_false(l.ranks[1].present); /* killed before writing */
+    assert_true(l.seconds < 15.0 + 60.0);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && strcmp(argv[1], "worker") == 0)
+        return worker_main(argv[2], argv[3]);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_ember_launcher_auto, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_ember_launcher_accumulate, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_ember_launcher_manual, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_ember_launcher_manual_no_sync, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_ember_launcher_two_buckets, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_torchrun_variables, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_two_nodes_one_process_each, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_real_torchrun, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_rank_killed, helper_setup, helper_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
