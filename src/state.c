@@ -103,7 +103,7 @@ const char *em_trainer_progress_bar_metric_at(const em_trainer *t, size_t i, dou
 
 size_t em_trainer_num_optimizers(const em_trainer *t)
 {
-    return t == NULL || !t->fitting ? 0 : t->setup.n_opts;
+    return t == NULL ? 0 : t->setup.n_opts;
 }
 
 em_optimizer *em_trainer_optimizer(const em_trainer *t, size_t i)
@@ -113,7 +113,7 @@ em_optimizer *em_trainer_optimizer(const em_trainer *t, size_t i)
 
 size_t em_trainer_num_lr_schedulers(const em_trainer *t)
 {
-    return t == NULL || !t->fitting ? 0 : t->setup.n_scheds;
+    return t == NULL ? 0 : t->setup.n_scheds;
 }
 
 em_scheduler *em_trainer_lr_scheduler(const em_trainer *t, size_t i, em_scheduler_config *config)

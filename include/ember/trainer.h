@@ -653,20 +653,22 @@ EM_API double em_trainer_estimated_stepping_batches(const em_trainer *t);
 EM_API em_amount em_trainer_val_check_interval(const em_trainer *t);
 /** Lightning: trainer.check_val_every_n_epoch (the Trainer argument; EM_NONE for None). */
 EM_API int64_t em_trainer_check_val_every_n_epoch(const em_trainer *t);
-/** Lightning: trainer.min_epochs / min_steps as the fit loop resolved them (min_epochs: the argument, or
- *  1 when only min_steps is set, else 0; min_steps: EM_NONE for None). -1 for NULL. */
+/** Lightning: trainer.min_epochs as the fit loop resolved it at fit start (the argument, or 1 when only
+ *  min_steps is set, else 0). -1 for NULL. */
 EM_API int64_t em_trainer_min_epochs(const em_trainer *t);
+/** Lightning: trainer.min_steps (EM_NONE for None), as of the last fit start. -1 for NULL. */
 EM_API int64_t em_trainer_min_steps(const em_trainer *t);
 /** Lightning: trainer.should_stop */
 EM_API bool em_trainer_should_stop(const em_trainer *t);
 /** Ask the loop to stop (honoured once min_epochs / min_steps are met). */
 EM_API void em_trainer_set_should_stop(em_trainer *t, bool stop);
-/** Lightning: len(trainer.optimizers) for the current fit (0 outside fit or before configure_optimizers). */
+/** Lightning: len(trainer.optimizers): those of configure_optimizers, from then until the next fit or
+ *  em_trainer_free (0 before). */
 EM_API size_t em_trainer_num_optimizers(const em_trainer *t);
 /** Lightning: trainer.optimizers[i]: the raw optimizer (not the LightningOptimizer wrapper em_optimizers
  *  returns). Borrowed, owned by the trainer. NULL when out of range. */
 EM_API em_optimizer *em_trainer_optimizer(const em_trainer *t, size_t i);
-/** Lightning: len(trainer.lr_scheduler_configs) (0 outside fit or before configure_optimizers). */
+/** Lightning: len(trainer.lr_scheduler_configs), kept as the optimizers are (0 before configure_optimizers). */
 EM_API size_t em_trainer_num_lr_schedulers(const em_trainer *t);
 /**
  * Lightning: trainer.lr_scheduler_configs[i]: the scheduler (borrowed, owned by the trainer) and, when

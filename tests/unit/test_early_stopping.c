@@ -1,6 +1,7 @@
 /* test_early_stopping.c: EarlyStopping (em_early_stopping) against the assertions of Lightning 2.2.5's
  * tests/tests_pytorch/callbacks/test_early_stopping.py that apply to one process:
  *   test_early_stopping_patience, test_early_stopping_patience_train (with and without validation_step),
+ *   test_early_stopping_no_val_step, test_early_stopping_no_extraneous_invocations,
  *   test_early_stopping_thresholds, test_early_stopping_on_non_finite_monitor,
  *   test_min_epochs_min_steps_global_step, test_early_stopping_mode_options,
  *   test_multiple_early_stopping_callbacks (single device), test_check_on_train_epoch_end_smart_handling;
@@ -491,6 +492,48 @@ static void test_smart_handling(void **state)
     }
 }
 
+/* ---- test_early_stopping_no_val_step and test_early_stopping_no_extraneous_invocations -------------------- */
+
+static void test_no_val_step(void **state)
+{
+    (void)state;
+    /* train_loss falls by less than min_delta 0.1 from epoch 2 on: patience 0 stops at that check */
+    const double losses[] = {1.0, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4};
+    boring m;
+    boring_init(&m, &boring_no_val_ops, LOG_TRAIN_EPOCH_END, "train_loss", losses, 10);
+    em_early_stopping_opts o = EM_EARLY_STOPPING_OPTS_INIT;
+    o.monitor = "train_loss";
+    o.min_delta = 0.1;
+    o.patience = 0;
+    o.check_on_train_epoch_end = 1;
+    em_trainer *t = fit_one(&m, config(10), o, 2, 0, NULL);
+    assert_true(em_trainer_current_epoch(t) < 10 - 1);
+    assert_int_equal(em_trainer_current_epoch(t) - 1, 2); /* 1.0 and 0.8 improve; 0.75 is not 0.1 better */
+    em_trainer_free(t);
+    em_nn_free(m.net);
+}
+
+static void test_no_extraneous_invocations(void **state)
+{
+    (void)state;
+    const double losses[] = {4, 3, 2, 1};
+    boring m;
+    boring_init(&m, &boring_ops, LOG_TRAIN_EPOCH_END, "train_loss", losses, 4);
+    em_early_stopping_opts o = EM_EARLY_STOPPING_OPTS_INIT;
+    o.monitor = "train_loss";
+    checks k = {0};
+    o.on_check = count_check;
+    o.on_check_user = &k;
+    em_trainer_config cfg = config(4);
+    cfg.limit_val_batches = EM_BATCHES(4);
+    em_trainer *t = fit_one(&m, cfg, o, 4, 4, NULL);
+    assert_int_equal(k.n, 4); /* one check per epoch, in on_train_epoch_end, none in on_validation_end */
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(k.hooks[i], "on_train_epoch_end");
+    em_trainer_free(t);
+    em_nn_free(m.net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -503,6 +546,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_strict, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_multiple_callbacks, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_smart_handling, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_no_val_step, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_no_extraneous_invocations, helper_setup, helper_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

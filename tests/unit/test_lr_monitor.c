@@ -4,6 +4,7 @@
  *   test_log_momentum_no_momentum_optimizer (Adagrad stands for ASGD, which ember does not have),
  *   test_lr_monitor_no_lr_scheduler_single_lr, test_lr_monitor_no_logger,
  *   test_lr_monitor_multi_lrs and test_lr_monitor_no_lr_scheduler_multi_lrs (step, epoch),
+ *   test_lr_monitor_no_lr_scheduler_single_lr_with_momentum, test_lr_monitor_param_groups,
  *   test_lr_monitor_multiple_param_groups_no_lr_scheduler, test_lr_monitor_custom_name,
  *   test_lr_monitor_update_callback_metrics (with EarlyStopping);
  * and what reaches metrics.csv (the columns, the step of each row).
@@ -246,6 +247,22 @@ static void test_single_lr_with_momentum(void **state)
     for (int k = 0; k < 2; k++) {
         model m;
         model_init(&m, false, kinds[k], SCHED_ONECYCLE);
+        /* test_lr_monitor_no_lr_scheduler_single_lr_with_momentum: without a scheduler, the same names and
+         * the constructor's momentum / beta1 */
+        {
+            model plain;
+            model_init(&plain, false, kinds[k], SCHED_NONE);
+            run r;
+            assert_ok(fit(&r, &plain, (em_lr_monitor_opts){.log_momentum = true}, 2, 5, 1, true, NULL));
+            assert_keys(r.lm, &names[k], 1);
+            double mom = -1;
+            assert_true(em_lr_monitor_last_momentum(r.lm, 0, &mom));
+            assert_true(mom == 0.9);
+            char col[64];
+            snprintf(col, sizeof col, "%s-momentum", names[k]);
+            assert_non_null(strstr(r.csv, col));
+            run_free(&r, &plain);
+        }
         run r;
         assert_ok(fit(&r, &m, (em_lr_monitor_opts){.log_momentum = true, .log_weight_decay = true}, 2, 5, 1, true,
                       NULL));
@@ -381,6 +398,19 @@ static void test_param_groups_no_lr_scheduler(void **state)
     run_free(&r, &m);
 }
 
+/* test_lr_monitor_param_groups: a scheduler on an optimizer with two groups */
+static void test_param_groups(void **state)
+{
+    (void)state;
+    model m;
+    model_init(&m, false, OPT_ADAM_TWO_GROUPS, SCHED_STEP);
+    run r;
+    assert_ok(fit(&r, &m, (em_lr_monitor_opts){0}, 2, 2, 50, true, NULL));
+    assert_int_equal(em_lr_monitor_num_keys(r.lm), 2 * em_trainer_num_lr_schedulers(r.t));
+    assert_keys(r.lm, (const char *[]){"lr-Adam/pg1", "lr-Adam/pg2"}, 2);
+    run_free(&r, &m);
+}
+
 static void test_custom_name(void **state)
 {
     (void)state;
@@ -429,6 +459,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_logger, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_multi_lrs, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_param_groups_no_lr_scheduler, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_param_groups, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_custom_name, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_update_callback_metrics, helper_setup, helper_teardown),
     };
