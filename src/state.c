@@ -134,5 +134,6 @@ bool em_trainer_should_update_logs(const em_trainer *t)
 {
     if (t == NULL)
         return false;
-    return (t->batches_that_stepped + 1) % t->fit.log_every_n_steps == 0 || t->should_stop;
+    int64_t every = t->fit.log_every_n_steps >= 1 ? t->fit.log_every_n_steps : t->cfg.log_every_n_steps;
+    return (t->batches_that_stepped + 1) % every == 0 || t->should_stop; /* cfg's is >= 1 (em_trainer_new) */
 }

@@ -397,7 +397,8 @@ int metrics_plot(const char *csv_path, const char *png_path, const metrics_plot_
             short_number(a, sizeof a, last);
             short_number(b, sizeof b, mn);
             short_number(d, sizeof d, mx);
-            int w = snprintf(p->subtitle, sizeof p->subtitle, "%zu points   last %s   min %s   max %s", p->n, a, b, d);
+            int w = snprintf(p->subtitle, sizeof p->subtitle, "%zu point%s   last %s   min %s   max %s", p->n,
+                             p->n == 1 ? "" : "s", a, b, d);
             if (beyond > 0 && w > 0 && (size_t)w < sizeof p->subtitle)
                 w += snprintf(p->subtitle + w, sizeof p->subtitle - (size_t)w, "   (%zu not finite, not drawn)",
                               beyond);

@@ -93,6 +93,16 @@ foreach(i RANGE 1 150)
 endforeach()
 file(WRITE ${OUT}/wide.csv "${wide}\n${row}\n${row}\n")
 run(wide 0 ${OUT}/wide.csv -o ${OUT}/wide.png)
+# random bytes from CSV's alphabet (fixed seeds): drawn or refused, never a crash
+foreach(seed RANGE 1 25)
+  string(RANDOM LENGTH 3000 ALPHABET ",,,,\"\n\r0123456789.e-+nafistep " RANDOM_SEED ${seed} junk)
+  file(WRITE ${OUT}/random_${seed}.csv "step,a,b\n${junk}")
+  execute_process(COMMAND ${PLOT} ${OUT}/random_${seed}.csv -o ${OUT}/random.png
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0 AND NOT rc EQUAL 1)
+    fail("random_${seed}.csv: exit status '${rc}'")
+  endif()
+endforeach()
 run(missing 1 ${OUT}/no_such_file.csv -o ${OUT}/missing.png)
 run(unwritable 1 ${OUT}/crlf.csv -o ${OUT}/no/such/dir/x.png)
 

@@ -333,6 +333,17 @@ static void test_no_lr_scheduler_single_lr(void **state)
 static void test_no_logger(void **state)
 {
     (void)state;
+    /* the properties a callback reads are defined before any fit too */
+    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
+    cfg.log_every_n_steps = 3;
+    em_trainer *fresh = em_trainer_new(&cfg);
+    assert_nonnull_em(fresh);
+    assert_false(em_trainer_should_update_logs(fresh));
+    assert_int_equal(em_trainer_num_optimizers(fresh), 0);
+    assert_null(em_trainer_lr_scheduler(fresh, 0, NULL));
+    assert_int_equal(em_trainer_log_metrics(fresh, NULL, NULL, 0), EM_ESTATE);
+    em_trainer_free(fresh);
+    em_clear_error();
     model m;
     model_init(&m, false, OPT_SGD, SCHED_NONE);
     run r;
