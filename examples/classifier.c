@@ -35,8 +35,12 @@
  * validation) and the learning rate at that point (before the plateau scheduler's epoch step, after
  * the epoch's last OneCycleLR step). Training takes about a second for the default 30 epochs.
  *
+ * With --log-dir, a LearningRateMonitor logs the learning rate (and Adam's beta1 as "-momentum") to
+ * metrics.csv beside the losses; --curves FILE then draws every logged metric as curves into a PNG with
+ * the code of ember-plot (tools/metrics_plot.c; built where cairo is found).
+ *
  *     ./build/bin/classifier [--epochs N] [--plateau] [--bf16] [--min-accuracy X] [--seed N]
- *                            [--progress-bar] [--log-dir DIR] [--devices N]
+ *                            [--progress-bar] [--log-dir DIR [--curves FILE]] [--devices N]
  */
 #include <ember.h>
 
@@ -46,6 +50,9 @@
 #include <time.h>
 
 #include "opts.h" /* strict numbers, getopt_long's messages */
+#ifdef EMBER_EXAMPLES_HAVE_CAIRO
+#include "metrics_plot.h" /* ember-plot's drawing: metrics.csv -> PNG curves */
+#endif
 
 static const double PI = 3.14159265358979323846;
 enum { N_POINTS = 3000, N_VAL = 600, BATCH = 32, VAL_BATCH = 200, HIDDEN = 64 };
@@ -61,13 +68,14 @@ typedef struct options {
     bool progress_bar;
     const char *log_dir; /* NULL: no metrics.csv */
     long devices;        /* 0: auto (1, or what torchrun started) */
+    const char *curves;  /* NULL: no picture of the curves */
 } options;
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: classifier [--epochs N] [--plateau] [--bf16] [--min-accuracy X] [--seed N]\n"
-            "                  [--progress-bar] [--log-dir DIR] [--devices N]\n"
+            "                  [--progress-bar] [--log-dir DIR [--curves FILE]] [--devices N]\n"
             "Trains an MLP on two interleaved spirals with em_trainer_fit (automatic optimization,\n"
             "accumulate_grad_batches 2, gradient clipping, validation) and prints the validation\n"
             "accuracy of every epoch.\n"
@@ -78,7 +86,10 @@ static void usage(FILE *f)
             "  --min-accuracy X  exit 1 when the final val_acc is below X, in [0, 1] (default 0: no check)\n"
             "  --seed N          seed of the data, the weights and the shuffling (default 0)\n"
             "  --progress-bar    show the trainer's progress bar on stderr (default: off)\n"
-            "  --log-dir DIR     write the logged metrics to DIR/metrics.csv (default: no metrics.csv)\n"
+            "  --log-dir DIR     write the logged metrics and the learning rate to DIR/metrics.csv\n"
+            "                    (default: no metrics.csv)\n"
+            "  --curves FILE     draw DIR/metrics.csv as curves into the PNG FILE after training, as\n"
+            "                    ember-plot does (needs --log-dir; only where built with cairo)\n"
             "  --devices N       DDP on N processes (this program started N-1 more times; default: 1, or\n"
             "                    the processes torchrun started)\n"
             "  -h, --help        this text\n");
@@ -86,7 +97,7 @@ static void usage(FILE *f)
 
 /* Long-only options get values above any character. */
 enum { OPT_EPOCHS = 256, OPT_PLATEAU, OPT_BF16, OPT_MIN_ACCURACY, OPT_SEED, OPT_PROGRESS_BAR, OPT_LOG_DIR,
-       OPT_DEVICES };
+       OPT_DEVICES, OPT_CURVES };
 
 static const struct option long_options[] = {
     {"epochs", required_argument, NULL, OPT_EPOCHS},
@@ -97,6 +108,7 @@ static const struct option long_options[] = {
     {"progress-bar", no_argument, NULL, OPT_PROGRESS_BAR},
     {"log-dir", required_argument, NULL, OPT_LOG_DIR},
     {"devices", required_argument, NULL, OPT_DEVICES},
+    {"curves", required_argument, NULL, OPT_CURVES},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -141,12 +153,27 @@ static int parse_args(int argc, char **argv, options *o)
         case OPT_DEVICES:
             ok = opts_long("classifier", "--devices", optarg, 1, &o->devices);
             break;
+        case OPT_CURVES:
+#ifdef EMBER_EXAMPLES_HAVE_CAIRO
+            ok = optarg[0] != '\0';
+            if (!ok)
+                fprintf(stderr, "classifier: --curves needs a file name\n");
+            o->curves = optarg;
+#else
+            ok = false;
+            fprintf(stderr, "classifier: --curves is not available: built without cairo\n");
+#endif
+            break;
         default: /* '?' or ':' */
             opts_rejected("classifier", long_options, argv, c);
             return 2;
         }
         if (!ok)
             return 2;
+    }
+    if (o->curves != NULL && o->log_dir == NULL) {
+        fprintf(stderr, "classifier: --curves needs --log-dir (the curves are drawn from DIR/metrics.csv)\n");
+        return 2;
     }
     return opts_no_operands("classifier", argc, argv) ? 0 : 2;
 }
@@ -351,6 +378,10 @@ static int run(const options *o)
     cfg.devices = o->devices;
     em_trainer *t = em_trainer_new(&cfg);
     bool zero = em_trainer_is_global_zero(t); /* prints once: rank 0 */
+    /* Lightning's LearningRateMonitor: lr-AdamW (and lr-AdamW-momentum, beta1) in metrics.csv */
+    if (t != NULL && o->log_dir != NULL && em_trainer_add_callback(t, em_lr_monitor(&(em_lr_monitor_opts){
+                                                                      .log_momentum = true})) != EM_OK)
+        s = em_last_status();
     em_loader *train = NULL, *val = NULL;
     if (s == EM_OK) {
         train = em_tensor_loader(data, 2, &(em_loader_opts){.batch_size = BATCH, .shuffle = true, .seed = o->seed});
@@ -379,6 +410,19 @@ static int run(const options *o)
             printf("final val_acc %.4f (best %.4f) after %lld epochs, %lld optimizer steps, %.2f s\n",
                    c.last_val_acc, c.best_val_acc, (long long)c.epochs_done,
                    (long long)em_trainer_global_step(t), now_seconds() - start);
+#ifdef EMBER_EXAMPLES_HAVE_CAIRO
+            if (o->curves != NULL) {
+                char csv[4096];
+                snprintf(csv, sizeof csv, "%s/metrics.csv", o->log_dir);
+                int n = metrics_plot(csv, o->curves, &(metrics_plot_opts){.title = "classifier: metrics.csv"});
+                if (n < 0) {
+                    fprintf(stderr, "classifier: --curves: %s\n", metrics_plot_error());
+                    status = 1;
+                } else {
+                    printf("curves of %d metrics written to %s\n", n, o->curves);
+                }
+            }
+#endif
             if (o->min_accuracy > 0 && !(c.last_val_acc >= o->min_accuracy)) {
                 printf("FAIL: final val_acc %.4f is below --min-accuracy %g\n", c.last_val_acc, o->min_accuracy);
                 status = 1;

@@ -33,7 +33,7 @@
  *   samples_epoch_NNN.png     real vs generated after NNN epochs, every --plot-every epochs
  *   final.png                 the same picture after training
  *   losses.png                both loss curves, every batch and a running mean
- * (pictures drawn with cairo by plot.c),
+ * (pictures drawn with cairo by tools/plot.c, shared with ember-plot),
  * and, as the last line on stdout:
  *   modes covered: K/8, high-quality: Q%
  *

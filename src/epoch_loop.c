@@ -8,6 +8,7 @@
  * Order of operations for one batch: docs/LIGHTNING_RULES.md §1.1, §1.3, §1.7, §2.2, §3.4-3.6, §9.4-9.5.
  */
 #include <math.h>
+#include <stdio.h>
 
 #include "hooks.h"
 #include "loader.h"
@@ -230,9 +231,11 @@ static bool epoch_done(em_trainer *t)
     if (emi_can_stop_early(t))
         return true;
     if (!t->min_info_printed) {
-        emi_info("Trainer was signaled to stop but the required `min_epochs=%lld` or `min_steps=%lld` has not been "
-                 "met. Training will continue...", (long long)t->fit.min_epochs,
-                 (long long)(t->fit.min_steps == EM_NONE ? -1 : t->fit.min_steps));
+        char min_steps[32] = "None"; /* Python's repr of None */
+        if (t->fit.min_steps != EM_NONE)
+            snprintf(min_steps, sizeof min_steps, "%lld", (long long)t->fit.min_steps);
+        emi_info("Trainer was signaled to stop but the required `min_epochs=%lld` or `min_steps=%s` has not been "
+                 "met. Training will continue...", (long long)t->fit.min_epochs, min_steps);
         t->min_info_printed = true;
     }
     return false;

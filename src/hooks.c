@@ -110,6 +110,11 @@ em_callback *em_callback_new(const em_callback_ops *ops, void *state)
     return cb;
 }
 
+const em_callback_ops *em_callback_get_ops(const em_callback *cb)
+{
+    return cb == NULL ? NULL : cb->ops;
+}
+
 void *em_callback_state(const em_callback *cb)
 {
     if (!emi_handle_live(cb, EMI_HANDLE_CALLBACK)) {
@@ -263,15 +268,22 @@ em_status emi_hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args
     return s;
 }
 
-static em_status hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args)
+/* Lightning's "monitoring callbacks" (EarlyStopping, Checkpoint): their on_train_epoch_end runs after the
+ * module's, so that they see what the module logged there (fit_loop.py on_advance_end). A callback of
+ * a version-1 ops table has no such flag. */
+static bool monitoring(const em_callback *cb)
 {
-    static const emi_hook_args none = {0};
-    const emi_hook_args *a = args != NULL ? args : &none;
-    const char *name = hook_name(hook);
+    return cb->ops->version >= 2 && cb->ops->monitoring;
+}
+
+/* Each callback's `hook`, in order; `only` -1 = every callback, 0 = the non-monitoring ones, 1 = the
+ * monitoring ones. */
+static em_status callbacks_call(em_trainer *t, emi_hook hook, const emi_hook_args *a, const char *name, int only)
+{
     em_status s = EM_OK;
-    if (a->response != NULL)
-        *a->response = 0;
     for (size_t i = 0; i < t->n_callbacks; i++) {
+        if (only != -1 && monitoring(t->callbacks[i]) != (only == 1))
+            continue;
         if (!callback_hook(t->callbacks[i], t, hook, a, false, &s))
             continue;
         const char *prev = emi_hook_enter(t, name);
@@ -280,10 +292,26 @@ static em_status hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *a
         if (emi_hook_leave(t, prev, name, s) != EM_OK)
             return t->fail_status;
     }
-    if (!module_hook(t, hook, a, false, &s))
-        return EM_OK;
-    const char *prev = emi_hook_enter(t, name);
-    s = EM_OK;
-    module_hook(t, hook, a, true, &s);
-    return emi_hook_leave(t, prev, name, s);
+    return EM_OK;
+}
+
+static em_status hooks_call(em_trainer *t, emi_hook hook, const emi_hook_args *args)
+{
+    static const emi_hook_args none = {0};
+    const emi_hook_args *a = args != NULL ? args : &none;
+    const char *name = hook_name(hook);
+    em_status s = EM_OK;
+    if (a->response != NULL)
+        *a->response = 0;
+    bool split = hook == EMI_ON_TRAIN_EPOCH_END;
+    if ((s = callbacks_call(t, hook, a, name, split ? 0 : -1)) != EM_OK)
+        return s;
+    if (module_hook(t, hook, a, false, &s)) {
+        const char *prev = emi_hook_enter(t, name);
+        s = EM_OK;
+        module_hook(t, hook, a, true, &s);
+        if ((s = emi_hook_leave(t, prev, name, s)) != EM_OK)
+            return s;
+    }
+    return split ? callbacks_call(t, hook, a, name, 1) : EM_OK;
 }

@@ -392,6 +392,37 @@ em_status emi_metrics_train_epoch_log(em_trainer *t)
     return s;
 }
 
+em_status em_trainer_log_metrics(em_trainer *t, const char *const *names, const double *values, size_t n)
+{
+    if (t == NULL || (n > 0 && (names == NULL || values == NULL)))
+        return emi_fail(EM_EINVAL, "em_trainer_log_metrics: NULL argument");
+    if (!t->fitting)
+        return emi_fail(EM_ESTATE, "em_trainer_log_metrics: the trainer is not fitting");
+    if (t->metrics.logger == NULL || n == 0)
+        return EM_OK;
+    emi_kvlist row = {0};
+    for (size_t i = 0; i < n; i++) {
+        if (names[i] == NULL) {
+            emi_kvlist_free(&row);
+            return emi_fail(EM_EINVAL, "em_trainer_log_metrics: names[%zu] is NULL", i);
+        }
+        emi_kvlist_set(&row, names[i], values[i]);
+    }
+    em_clear_error();
+    em_status s = emi_csv_logger_log_metrics(t->metrics.logger, &row, t->batches_that_stepped);
+    return s == EM_OK ? EM_OK : emi_trainer_fail(t, "logger", s);
+}
+
+em_status em_trainer_set_callback_metric(em_trainer *t, const char *name, double value)
+{
+    if (t == NULL || name == NULL)
+        return emi_fail(EM_EINVAL, "em_trainer_set_callback_metric: NULL argument");
+    if (!t->fitting)
+        return emi_fail(EM_ESTATE, "em_trainer_set_callback_metric: the trainer is not fitting");
+    emi_kvlist_set(&t->metrics.callback, name, value);
+    return EM_OK;
+}
+
 void emi_metrics_close(em_trainer *t)
 {
     emi_metrics *mx = &t->metrics;

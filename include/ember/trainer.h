@@ -427,8 +427,13 @@ typedef struct em_callback_ops {
     /** Optional: releases the state when the callback is freed. */
     void (*destroy)(void *state);
     /* ---- version 1 ends here ---- */
+    /** Lightning's "monitoring callbacks" (EarlyStopping, ModelCheckpoint): true = this callback's
+     *  on_train_epoch_end runs after the module's (so that it sees what the module logged there), the
+     *  other callbacks' before it. Every other hook keeps the usual order. */
+    bool monitoring;
+    /* ---- version 2 ends here ---- */
 } em_callback_ops;
-#define EM_CALLBACK_OPS_VERSION 1
+#define EM_CALLBACK_OPS_VERSION 2
 
 /**
  * A callback driven by `ops`; `state` is yours (em_callback_state). Takes ownership of `state`,
@@ -456,6 +461,135 @@ EM_API void em_callback_free(em_callback *cb);
  * accumulate_grad_batches != 1.
  */
 EM_API em_callback *em_grad_accum_scheduler(const int64_t (*schedule)[2], size_t n);
+
+/** The ops table `cb` was created with (to tell a built-in callback's kind); NULL for NULL. Borrowed. */
+EM_API const em_callback_ops *em_callback_get_ops(const em_callback *cb);
+
+/* ---- EarlyStopping ------------------------------------------------------------------------------------- */
+
+/** One check of an EarlyStopping callback (what em_early_stopping_opts.on_check receives). */
+typedef struct em_early_stopping_check {
+    int64_t epoch;        /* trainer.current_epoch at the check */
+    int64_t global_step;
+    const char *hook;     /* "on_train_epoch_end" or "on_validation_end": where it ran */
+    float value;          /* callback_metrics[monitor], as the float32 Lightning compares */
+    bool should_stop;     /* this check signalled stop */
+    int64_t wait_count;   /* right after the check */
+    float best_score;     /* right after the check; +inf (min) / -inf (max) before any improvement */
+    const char *reason;   /* Lightning's message (also logged when verbose), or NULL when it has none */
+} em_early_stopping_check;
+
+/** EarlyStopping's arguments. Start from EM_EARLY_STOPPING_OPTS_INIT (Lightning's defaults). */
+typedef struct em_early_stopping_opts {
+    int version;                 /* EM_EARLY_STOPPING_OPTS_VERSION, set by the INIT */
+    const char *monitor;         /* required: a callback_metrics key (copied) */
+    double min_delta;            /* 0.0: an improvement must beat the best by more than this (sign by mode) */
+    int64_t patience;            /* 3: checks (not epochs) without improvement before stopping */
+    bool verbose;                /* false: true logs each reason through the log handler (EM_LEVEL_INFO) */
+    const char *mode;            /* "min" (NULL = "min") or "max" */
+    bool strict;                 /* true: a missing monitor fails fit; false: no check (warned when verbose) */
+    bool check_finite;           /* true: stop when the monitor is NaN or infinite */
+    double stopping_threshold;   /* NAN = None: stop once the monitor is past it */
+    double divergence_threshold; /* NAN = None: stop once the monitor is worse than it */
+    int check_on_train_epoch_end;/* -1 = None: decided at fit start as Lightning does (true when
+                                    val_check_interval is 1.0 and check_val_every_n_epoch is 1); 0 = check
+                                    in on_validation_end; 1 = in on_train_epoch_end */
+    bool log_rank_zero_only;     /* false: only affects messages under several processes */
+    /** Optional (an ember addition): called after every check that found the monitor. */
+    void (*on_check)(void *user, const em_early_stopping_check *check);
+    void *on_check_user;
+} em_early_stopping_opts;
+#define EM_EARLY_STOPPING_OPTS_VERSION 1
+#define EM_EARLY_STOPPING_OPTS_INIT                                                                         \
+    {.version = EM_EARLY_STOPPING_OPTS_VERSION, .monitor = NULL, .min_delta = 0.0, .patience = 3,        \
+     .verbose = false, .mode = "min", .strict = true, .check_finite = true, .stopping_threshold = NAN,    \
+     .divergence_threshold = NAN, .check_on_train_epoch_end = -1, .log_rank_zero_only = false,            \
+     .on_check = NULL, .on_check_user = NULL}
+
+/**
+ * Lightning's EarlyStopping(monitor, min_delta, patience, ...): stop training when the monitored metric
+ * stops improving. Each check reads callback_metrics[monitor] and takes the first branch that applies,
+ * comparing in float32: not finite (check_finite) -> stop; past stopping_threshold -> stop; past
+ * divergence_threshold -> stop; better than best_score by more than min_delta -> new best, wait_count 0;
+ * otherwise wait_count + 1, stop once it reaches patience. Stopping sets the trainer's should_stop
+ * (honoured once min_epochs / min_steps are met) and stopped_epoch. A monitoring callback: its
+ * on_train_epoch_end runs after the module's. No check during the sanity check.
+ * The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
+ * Errors: NULL for NULL opts, a bad version, no monitor, or an unknown mode ("`mode` can be min, max,
+ * got X"). During fit: a missing monitor with strict fails fit with Lightning's RuntimeError message
+ * ("Early stopping conditioned on metric `X` which is not available. ...").
+ */
+EM_API em_callback *em_early_stopping(const em_early_stopping_opts *opts);
+/** Checks in a row without improvement. -1 when `cb` is not an EarlyStopping callback. */
+EM_API int64_t em_early_stopping_wait_count(const em_callback *cb);
+/** current_epoch of the last check that signalled stop; 0 if none. -1 when not an EarlyStopping. */
+EM_API int64_t em_early_stopping_stopped_epoch(const em_callback *cb);
+/** The best value so far (float32 values); +inf (min) / -inf (max) before the first; NAN when `cb` is
+ *  not an EarlyStopping callback. */
+EM_API double em_early_stopping_best_score(const em_callback *cb);
+
+/* ---- LearningRateMonitor ----------------------------------------------------------------------------------- */
+
+/** When LearningRateMonitor logs (Lightning's logging_interval). */
+typedef enum em_lr_logging_interval {
+    EM_LR_LOG_PER_SCHEDULER = 0, /* None: each scheduler at its own interval (step schedulers at the batches
+                                    the logger writes, epoch ones at each epoch start); optimizers without a
+                                    scheduler at both */
+    EM_LR_LOG_STEP,              /* "step": everything at the batches the logger writes (log_every_n_steps) */
+    EM_LR_LOG_EPOCH              /* "epoch": everything at each epoch start */
+} em_lr_logging_interval;
+
+/** LearningRateMonitor's arguments. All-zero (or NULL) = Lightning's defaults. */
+typedef struct em_lr_monitor_opts {
+    em_lr_logging_interval logging_interval; /* per scheduler */
+    bool log_momentum;     /* false; true: "<name>-momentum" = beta1 (Adam, AdamW) or momentum (SGD,
+                              RMSprop), 0 for an optimizer with neither (warned at train start) */
+    bool log_weight_decay; /* false; true: "<name>-weight_decay" */
+} em_lr_monitor_opts;
+
+/**
+ * Lightning's LearningRateMonitor: logs each optimizer's learning rate (and momentum / weight decay when
+ * asked) to metrics.csv (at the logger's step, in rows of their own) and to callback_metrics. Names as
+ * Lightning's: "lr-SGD", "lr-Adam-1" for the second Adam, "lr-Adam/pg1", "lr-Adam/pg2" for an optimizer
+ * with several parameter groups, a scheduler config's name (em_scheduler_config.name) instead of
+ * "lr-<class>". ember's parameter groups have no name of their own. The caller frees it with
+ * em_callback_free() unless it is handed to a trainer.
+ * Errors: NULL for an unknown logging_interval. At train start, fit fails without a logger
+ * ("Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger.").
+ */
+EM_API em_callback *em_lr_monitor(const em_lr_monitor_opts *opts);
+/** Lightning: len(lr_monitor.lrs): the names found at train start (and any that appeared later). 0 when
+ *  `cb` is not a LearningRateMonitor. */
+EM_API size_t em_lr_monitor_num_keys(const em_callback *cb);
+/** Lightning: lr_monitor.lrs: the i-th name (borrowed) and, when not NULL, its logged learning rates in
+ *  order (*lrs borrowed, *n of them; valid until the callback logs again or is freed). NULL out of range. */
+EM_API const char *em_lr_monitor_key(const em_callback *cb, size_t i, const double **lrs, size_t *n);
+/** Lightning: lr_monitor.last_momentum_values[name + "-momentum"] for the i-th name: false while None. */
+EM_API bool em_lr_monitor_last_momentum(const em_callback *cb, size_t i, double *value);
+/** Lightning: lr_monitor.last_weight_decay_values[name + "-weight_decay"]: false while None. */
+EM_API bool em_lr_monitor_last_weight_decay(const em_callback *cb, size_t i, double *value);
+
+/* ---- the NaN/Inf guard ------------------------------------------------------------------------------------- */
+
+/** What the NaN guard checks besides the loss. All-zero (or NULL) = the loss only. */
+typedef struct em_nan_guard_opts {
+    bool check_grads;  /* every parameter's gradient before each optimizer step */
+    bool check_params; /* every parameter after each training batch (Lightning 1.x's terminate_on_nan) */
+} em_nan_guard_opts;
+
+/**
+ * An opt-in NaN/Inf guard (off unless added, as in Lightning): fit stops with EM_ERROR at the first loss
+ * that is NaN or infinite, before its backward (the parameters stay the last finite ones), and, when
+ * asked, at the first non-finite gradient (before the optimizer step) or parameter (after the batch).
+ * em_trainer_error names the place and the value: "epoch 2, batch 17, on_before_backward: NaN guard: The
+ * loss returned in `training_step` is nan." Parameters are named by the module's layers
+ * (em_module.layers: "net.0.weight"), else by their position in the optimizers. Lightning 2.2.5 has
+ * Trainer(detect_anomaly=True) (torch's anomaly mode) instead; this is the check of its former
+ * Trainer(terminate_on_nan=True), with its messages. Checking costs one reduction per tensor.
+ * The caller frees it with em_callback_free() unless it is handed to a trainer.
+ * Errors: NULL when out of memory.
+ */
+EM_API em_callback *em_nan_guard(const em_nan_guard_opts *opts);
 
 /* ---- the trainer ---------------------------------------------------------------------------------------- */
 
@@ -689,10 +823,49 @@ EM_API double em_trainer_estimated_stepping_batches(const em_trainer *t);
  * its state with em_grad_scaler_get_state / em_grad_scaler_set_state (what a checkpoint saves).
  */
 EM_API em_grad_scaler *em_trainer_grad_scaler(const em_trainer *t);
+/** Lightning: trainer.val_check_interval (the Trainer argument as given). EM_FRACTION(NAN) for NULL. */
+EM_API em_amount em_trainer_val_check_interval(const em_trainer *t);
+/** Lightning: trainer.check_val_every_n_epoch (the Trainer argument; EM_NONE for None). */
+EM_API int64_t em_trainer_check_val_every_n_epoch(const em_trainer *t);
+/** Lightning: trainer.min_epochs as the fit loop resolved it at fit start (the argument, or 1 when only
+ *  min_steps is set, else 0). -1 for NULL. */
+EM_API int64_t em_trainer_min_epochs(const em_trainer *t);
+/** Lightning: trainer.min_steps (EM_NONE for None), as of the last fit start. -1 for NULL. */
+EM_API int64_t em_trainer_min_steps(const em_trainer *t);
 /** Lightning: trainer.should_stop */
 EM_API bool em_trainer_should_stop(const em_trainer *t);
 /** Ask the loop to stop (honoured once min_epochs / min_steps are met). */
 EM_API void em_trainer_set_should_stop(em_trainer *t, bool stop);
+/** Lightning: len(trainer.optimizers): those of configure_optimizers, from then until the next fit or
+ *  em_trainer_free (0 before). */
+EM_API size_t em_trainer_num_optimizers(const em_trainer *t);
+/** Lightning: trainer.optimizers[i]: the raw optimizer (not the LightningOptimizer wrapper em_optimizers
+ *  returns). Borrowed, owned by the trainer. NULL when out of range. */
+EM_API em_optimizer *em_trainer_optimizer(const em_trainer *t, size_t i);
+/** Lightning: len(trainer.lr_scheduler_configs), kept as the optimizers are (0 before configure_optimizers). */
+EM_API size_t em_trainer_num_lr_schedulers(const em_trainer *t);
+/**
+ * Lightning: trainer.lr_scheduler_configs[i]: the scheduler (borrowed, owned by the trainer) and, when
+ * `config` is not NULL, its config as the trainer resolved it (frequency >= 1; monitor and name borrowed,
+ * valid until the trainer fits again or is freed). NULL when out of range.
+ */
+EM_API em_scheduler *em_trainer_lr_scheduler(const em_trainer *t, size_t i, em_scheduler_config *config);
+/** Lightning: bool(trainer.loggers): whether this fit writes metrics.csv (cfg.enable_csv_logger). */
+EM_API bool em_trainer_has_logger(const em_trainer *t);
+/** Lightning: trainer._logger_connector.should_update_logs: (batches that stepped + 1) is a multiple of
+ *  log_every_n_steps, or should_stop is set. */
+EM_API bool em_trainer_should_update_logs(const em_trainer *t);
+/**
+ * Lightning: `for logger in trainer.loggers: logger.log_metrics(metrics, step=batches_that_stepped)`:
+ * one metrics.csv row with these n values at the logger's current step (no "epoch" column is added:
+ * the loggers are called directly). Nothing is written when the trainer has no logger.
+ * Errors: EM_EINVAL for NULL arguments, EM_ESTATE outside fit, the logger's EM_EIO (recorded as the
+ * fit's failure).
+ */
+EM_API em_status em_trainer_log_metrics(em_trainer *t, const char *const *names, const double *values, size_t n);
+/** Lightning: trainer.callback_metrics[name] = value (a callback's own entry; self.log's results overwrite
+ *  an entry of the same name when they are refreshed). Errors: EM_EINVAL for NULL, EM_ESTATE outside fit. */
+EM_API em_status em_trainer_set_callback_metric(em_trainer *t, const char *name, double value);
 /** Lightning: trainer.sanity_checking */
 EM_API bool em_trainer_sanity_checking(const em_trainer *t);
 /**

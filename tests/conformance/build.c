@@ -471,6 +471,51 @@ static bool must_be(conf_run *r, const cJSON *tr, const char *key, bool want)
     return true;
 }
 
+/* A number or null (= None, NAN). */
+static bool number_or_null(conf_run *r, const cJSON *obj, const char *key, const char *where, double *out)
+{
+    *out = NAN;
+    return cj_is_null_or_absent(obj, key) || cj_req_number(r, obj, key, where, out);
+}
+
+/* {"type": "EarlyStopping", every argument of lightning.pytorch.callbacks.EarlyStopping} */
+static bool add_early_stopping(conf_run *r, const cJSON *cb, const char *where, int index)
+{
+    static const char *const keys[] = {"type", "monitor", "min_delta", "patience", "verbose", "mode", "strict",
+                                       "check_finite", "stopping_threshold", "divergence_threshold",
+                                       "check_on_train_epoch_end", "log_rank_zero_only", "python", NULL};
+    if (!cj_keys(r, cb, where, keys))
+        return false;
+    if (r->n_es == CONF_MAX_ES)
+        return conf_fail(r, "%s: more than %d EarlyStopping callbacks", where, CONF_MAX_ES);
+    em_early_stopping_opts o = EM_EARLY_STOPPING_OPTS_INIT;
+    bool cote = false;
+    if (!cj_req_string(r, cb, "monitor", where, &o.monitor) || !cj_opt_number(r, cb, "min_delta", where, &o.min_delta) ||
+        !cj_opt_int(r, cb, "patience", where, &o.patience) || !cj_opt_bool(r, cb, "verbose", where, &o.verbose) ||
+        !cj_opt_bool(r, cb, "strict", where, &o.strict) || !cj_opt_bool(r, cb, "check_finite", where, &o.check_finite) ||
+        !number_or_null(r, cb, "stopping_threshold", where, &o.stopping_threshold) ||
+        !number_or_null(r, cb, "divergence_threshold", where, &o.divergence_threshold) ||
+        !cj_opt_bool(r, cb, "log_rank_zero_only", where, &o.log_rank_zero_only))
+        return false;
+    if (!cj_is_null_or_absent(cb, "mode") && !cj_req_string(r, cb, "mode", where, &o.mode))
+        return false;
+    if (!cj_is_null_or_absent(cb, "check_on_train_epoch_end")) {
+        if (!cj_req_bool(r, cb, "check_on_train_epoch_end", where, &cote))
+            return false;
+        o.check_on_train_epoch_end = cote ? 1 : 0;
+    }
+    struct conf_es *es = &r->es[r->n_es];
+    *es = (struct conf_es){.run = r, .index = r->n_es, .callback = index};
+    o.on_check = rec_early_stopping_check;
+    o.on_check_user = es;
+    em_clear_error();
+    es->cb = em_early_stopping(&o);
+    if (es->cb == NULL || em_trainer_add_callback(r->trainer, es->cb) != EM_OK)
+        return conf_fail(r, "%s: %s", where, em_last_error());
+    r->n_es++;
+    return true;
+}
+
 static bool add_callbacks(conf_run *r, const cJSON *tr)
 {
     const cJSON *cbs = cj_get(tr, "callbacks");
@@ -487,9 +532,14 @@ static bool add_callbacks(conf_run *r, const cJSON *tr)
         const char *type = NULL;
         if (!cj_req_string(r, cb, "type", where, &type))
             return false;
+        if (strcmp(type, "EarlyStopping") == 0) {
+            if (!add_early_stopping(r, cb, where, i - 1))
+                return false;
+            continue;
+        }
         if (strcmp(type, "GradientAccumulationScheduler") != 0)
-            return conf_fail(r, "%s.type \"%s\" is not a supported callback (GradientAccumulationScheduler)",
-                             where, type);
+            return conf_fail(r, "%s.type \"%s\" is not a supported callback (GradientAccumulationScheduler, "
+                                "EarlyStopping)", where, type);
         static const char *const keys[] = {"type", "scheduling", "python", NULL};
         const cJSON *sch = NULL;
         if (!cj_keys(r, cb, where, keys) || !cj_req_object(r, cb, "scheduling", where, &sch))

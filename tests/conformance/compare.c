@@ -27,7 +27,8 @@ typedef struct cmp {
 static const char *const int_keys[] = {"epoch", "batch_idx", "global_step", "global_step_before", "step_count",
                                        "optimizer", "params_with_grad", "accumulate_grad_batches", "current_epoch",
                                        "optimizer_step_counts", "estimated_stepping_batches", "shape",
-                                       "sample_indices", "rank", NULL};
+                                       "sample_indices", "rank", "callback", "stopped_epoch",
+                                       "wait_count", NULL};
 
 static bool is_int_key(const char *key)
 {
@@ -193,7 +194,8 @@ bool conf_compare(const cJSON *expected, const cJSON *actual, double rtol, doubl
     out[0] = '\0';
     /* the order a run produces them in */
     static const char *const order[] = {"training_step_calls", "optimizer_steps", "validation_step_calls",
-                                        "epochs", "epoch_ends", "per_rank", "final", NULL};
+                                        "epochs", "epoch_ends", "early_stopping", "per_rank",
+                                        "final", NULL};
     for (const char *const *k = order; *k != NULL && !done(&c); k++) {
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(expected, *k);
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(actual, *k);

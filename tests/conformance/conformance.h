@@ -29,6 +29,7 @@
 #define CONF_MAX_OPTS 8
 #define CONF_MAX_SCHEDS 16
 #define CONF_MSG 1024
+#define CONF_MAX_ES 8
 
 /* ---- behaviour parameters ------------------------------------------------------------------------ */
 
@@ -120,6 +121,8 @@ typedef struct conf_step_state {
 
 typedef struct conf_recorder {
     cJSON *root; /* {"training_step_calls": [...], "optimizer_steps": [...], ...} */
+    cJSON *early_stopping;           /* [{callback, stopped_epoch, wait_count, best_score, checks}] or NULL */
+    cJSON *es_checks[CONF_MAX_ES];   /* each EarlyStopping's "checks" list (inside early_stopping) */
     cJSON *calls, *steps, *epochs, *epoch_ends, *val_calls, *final;
     bool want_momentum; /* the case records momentum in training_step_calls */
     conf_step_state st[CONF_MAX_OPTS];
@@ -157,6 +160,16 @@ struct conf_run {
     const char *net_names[CONF_MAX_NETS];
     em_loader *train, *val;
     em_trainer *trainer;
+
+    /* the case's EarlyStopping callbacks (borrowed: the trainer owns them), their index in
+     * trainer.callbacks, and what their on_check observer needs */
+    size_t n_es;
+    struct conf_es {
+        conf_run *run;
+        size_t index; /* 0-based position in the case's EarlyStopping list */
+        int callback; /* index in trainer.callbacks */
+        em_callback *cb;
+    } es[CONF_MAX_ES];
 
     /* automatic mode: the built-in optimizer inside each recording optimizer (record.c), borrowed
      * (the recording optimizer owns it); NULL in manual mode and once fit freed them */
@@ -281,6 +294,8 @@ void rec_flush_steps(conf_run *r);
 em_optimizer *rec_wrap_optimizer(conf_run *r, em_optimizer *inner, int k);
 /** The callback that records the pre-clip gradients (on_before_optimizer_step). */
 em_callback *rec_callback(conf_run *r);
+/** EarlyStopping's on_check observer: appends the check to that callback's "checks" (user: a struct conf_es). */
+void rec_early_stopping_check(void *user, const em_early_stopping_check *check);
 /** The recorded lr of every group of every optimizer: [[...], ...]. New cJSON. */
 cJSON *rec_lr_all(conf_run *r);
 

@@ -57,6 +57,15 @@ void rec_init(conf_run *r)
     rec->epoch_ends = cJSON_AddArrayToObject(rec->root, "epoch_ends");
     if (r->p.val_metric != NULL)
         rec->val_calls = cJSON_AddArrayToObject(rec->root, "validation_step_calls");
+    if (r->n_es > 0) {
+        rec->early_stopping = cJSON_AddArrayToObject(rec->root, "early_stopping");
+        for (size_t i = 0; i < r->n_es; i++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "callback", r->es[i].callback);
+            rec->es_checks[i] = cJSON_AddArrayToObject(e, "checks");
+            cJSON_AddItemToArray(rec->early_stopping, e);
+        }
+    }
     rec->final = cJSON_AddObjectToObject(rec->root, "final");
     /* momentum is recorded when the case has it (OneCycleLR cases) */
     const cJSON *calls = cj_get(r->expected, "training_step_calls");
@@ -257,11 +266,55 @@ void rec_train_or_fit_end(conf_run *r)
     set_final(r, "lr", rec_lr_all(r));
 }
 
+/* best_score: a float32 value, null while it is the initial +inf / -inf */
+static cJSON *score_json(double v)
+{
+    return isinf(v) ? cJSON_CreateNull() : cJSON_CreateNumber(v);
+}
+
+void rec_early_stopping_check(void *user, const em_early_stopping_check *check)
+{
+    struct conf_es *es = user;
+    cJSON *list = es->run->rec.es_checks[es->index];
+    if (list == NULL)
+        return;
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddNumberToObject(c, "epoch", (double)check->epoch);
+    cJSON_AddNumberToObject(c, "global_step", (double)check->global_step);
+    cJSON_AddStringToObject(c, "hook", check->hook);
+    cJSON_AddNumberToObject(c, "value", (double)check->value);
+    cJSON_AddBoolToObject(c, "should_stop", check->should_stop);
+    cJSON_AddNumberToObject(c, "wait_count", (double)check->wait_count);
+    cJSON_AddItemToObject(c, "best_score", score_json((double)check->best_score));
+    cJSON_AddItemToArray(list, c);
+}
+
+/* The EarlyStopping callbacks' attributes after fit, before their checks (the case's key order). */
+static void rec_early_stopping_final(conf_run *r)
+{
+    if (r->rec.early_stopping == NULL)
+        return;
+    size_t i = 0;
+    cJSON *e;
+    cJSON_ArrayForEach(e, r->rec.early_stopping)
+    {
+        const em_callback *cb = r->es[i++].cb;
+        cJSON *checks = cJSON_DetachItemFromObjectCaseSensitive(e, "checks");
+        cJSON_AddNumberToObject(e, "stopped_epoch", (double)em_early_stopping_stopped_epoch(cb));
+        cJSON_AddNumberToObject(e, "wait_count", (double)em_early_stopping_wait_count(cb));
+        cJSON_AddItemToObject(e, "best_score", score_json(em_early_stopping_best_score(cb)));
+        cJSON_AddItemToObject(e, "checks", checks);
+    }
+}
+
 void rec_after_fit(conf_run *r)
 {
     em_trainer *t = r->trainer;
     set_final(r, "global_step", cJSON_CreateNumber((double)em_trainer_global_step(t)));
     set_final(r, "current_epoch", cJSON_CreateNumber((double)em_trainer_current_epoch(t)));
+    if (r->n_es > 0) /* only the cases with an EarlyStopping callback record it */
+        set_final(r, "should_stop", cJSON_CreateBool(em_trainer_should_stop(t)));
+    rec_early_stopping_final(r);
     cJSON *weights = cJSON_CreateObject();
     for (size_t i = 0; i < em_nn_num_parameters(r->root); i++) {
         em_tensor *p = em_nn_parameter(r->root, i);

@@ -106,6 +106,9 @@ _Static_assert(offsetof(em_callback_ops, on_validation_end) == 15 * PTR, "em_cal
 _Static_assert(offsetof(em_callback_ops, on_validation_epoch_start) == 16 * PTR, "em_callback_ops v1 layout: on_validation_epoch_start moved");
 _Static_assert(offsetof(em_callback_ops, on_validation_epoch_end) == 17 * PTR, "em_callback_ops v1 layout: on_validation_epoch_end moved");
 _Static_assert(offsetof(em_callback_ops, destroy) == 18 * PTR, "em_callback_ops v1 layout: destroy moved");
+_Static_assert(offsetof(em_callback_ops, monitoring) == 19 * PTR, "em_callback_ops v2 layout: monitoring moved");
+_Static_assert(EM_CALLBACK_OPS_VERSION >= 2, "em_callback_ops: version 2 added `monitoring`");
+_Static_assert(offsetof(em_early_stopping_opts, version) == 0, "em_early_stopping_opts.version must stay first");
 
 _Static_assert(offsetof(em_loader_ops, num_batches) == 1 * PTR, "em_loader_ops v1 layout: num_batches moved");
 _Static_assert(offsetof(em_loader_ops, get_batch) == 2 * PTR, "em_loader_ops v1 layout: get_batch moved");

@@ -23,6 +23,11 @@ for f in include/ember.h include/ember/common.h include/ember/tensor.h lib/libem
          lib/cmake/ember/emberConfigVersion.cmake lib/cmake/ember/emberTargets.cmake; do
     test -f "$prefix/$f" || { echo "missing after install: $f"; exit 1; }
 done
+# ember-plot is built and installed where cairo is found (the build tree has it then)
+if [ -x "$build/bin/ember-plot" ]; then
+    test -x "$prefix/bin/ember-plot" || { echo "missing after install: bin/ember-plot"; exit 1; }
+    "$prefix/bin/ember-plot" --help >/dev/null || { echo "the installed ember-plot does not run"; exit 1; }
+fi
 soname=$(ls "$prefix"/lib/libember.so.* | head -n 1)
 test -L "$prefix/lib/libember.so" || { echo "missing: lib/libember.so (symlink)"; exit 1; }
 test -n "$soname" || { echo "missing: lib/libember.so.N"; exit 1; }

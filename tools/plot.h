@@ -11,10 +11,13 @@
  *                     .ymin = -3, .ymax = 3, .equal_aspect = true};
  *     if (plot_png("out.png", &c, s, 1) != 0) fprintf(stderr, "%s\n", plot_error());
  *
- * This is example code, not part of the ember library: it has no ember dependency.
+ * Several charts in one picture, row by row: plot_png_grid().
+ *
+ * Shared by the examples (gan) and ember-plot (tools/); not part of the ember library: it has no ember
+ * dependency. Values should stay within about +-1e300 (a range wider than the doubles cannot be drawn).
  */
-#ifndef EMBER_EXAMPLES_PLOT_H
-#define EMBER_EXAMPLES_PLOT_H
+#ifndef EMBER_TOOLS_PLOT_H
+#define EMBER_TOOLS_PLOT_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -72,7 +75,29 @@ typedef struct plot_chart {
  */
 int plot_png(const char *path, const plot_chart *chart, const plot_series *series, size_t n_series);
 
-/** The reason of the last failed plot_png() ("" if none). Borrowed: a static buffer. */
+/** One chart of a grid: the chart (its width and height are ignored) and its series. */
+typedef struct plot_cell {
+    plot_chart chart;
+    const plot_series *series;
+    size_t n_series;
+} plot_cell;
+
+/** Charts laid out row by row, `columns` per row, each cell_width x cell_height pixels. */
+typedef struct plot_grid {
+    const char *title;        /* over the whole picture; NULL = none */
+    int columns;              /* 0 = 1 */
+    int cell_width, cell_height; /* 0 = 560 x 380 */
+    const plot_cell *cells;
+    size_t n_cells;
+} plot_grid;
+
+/**
+ * Draw the grid into a PNG file at `path` (overwritten). Returns 0, or -1 with a reason in plot_error()
+ * (as plot_png; also a picture over 32000 pixels on a side).
+ */
+int plot_png_grid(const char *path, const plot_grid *grid);
+
+/** The reason of the last failed plot_png() / plot_png_grid() ("" if none). Borrowed: a static buffer. */
 const char *plot_error(void);
 
-#endif /* EMBER_EXAMPLES_PLOT_H */
+#endif /* EMBER_TOOLS_PLOT_H */

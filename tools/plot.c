@@ -50,9 +50,13 @@ static bool fit_range(const plot_series *s, size_t ns, bool want_x, double *lo, 
         }
     if (!(mn <= mx))
         return false;
-    if (mx - mn < 1e-12) {
-        mn -= 1.0;
-        mx += 1.0;
+    double mag = fabs(mn) > fabs(mx) ? fabs(mn) : fabs(mx);
+    if (!isfinite(mx - mn)) /* beyond the double range: callers keep |v| below ~1e300 */
+        return false;
+    if (mx - mn <= 1e-9 * mag || mx - mn < 1e-12) { /* one value: a band around it */
+        double half = mag > 0 ? 0.01 * mag : 1.0;
+        mn -= half;
+        mx += half;
     }
     double pad = 0.04 * (mx - mn);
     *lo = mn - pad;
@@ -73,10 +77,14 @@ static double tick_step(double lo, double hi, int target)
 /* A tick value as text, with as many decimals as the step needs and no "-0". */
 static void tick_label(char *buf, size_t n, double v, double step)
 {
-    int decimals = step >= 1.0 ? 0 : (int)ceil(-log10(step) - 1e-9);
     if (fabs(v) < step * 1e-6)
         v = 0.0;
-    snprintf(buf, n, "%.*f", decimals, v);
+    if (fabs(v) >= 1e6 || (step < 1e-4 && v != 0.0)) { /* big or tiny: 1.5e+07, 2.5e-05 */
+        snprintf(buf, n, "%.4g", v);
+        return;
+    }
+    int decimals = step >= 1.0 ? 0 : (int)ceil(-log10(step) - 1e-9);
+    snprintf(buf, n, "%.*f", decimals > 10 ? 10 : decimals, v);
 }
 
 /* ---- text ---------------------------------------------------------------------------------------------- */
@@ -176,16 +184,43 @@ static void draw_series(cairo_t *cr, const frame *f, const plot_series *s)
 }
 
 /* Grid, frame, ticks and tick labels. */
+/* An x tick step whose labels do not overlap: fewer ticks while the widest label needs more room. */
+static double x_tick_step(cairo_t *cr, const frame *f)
+{
+    char buf[64];
+    double step = tick_step(f->xmin, f->xmax, 7);
+    for (int target = 7; target >= 1; target--) {
+        step = tick_step(f->xmin, f->xmax, target);
+        double k0 = ceil(f->xmin / step - 1e-9), k1 = floor(f->xmax / step + 1e-9);
+        if (!(step > 0) || !isfinite(k0) || !isfinite(k1) || k1 - k0 > 100)
+            return step;
+        double widest = 0;
+        for (double k = k0; k <= k1; k += 1.0) {
+            cairo_text_extents_t e;
+            tick_label(buf, sizeof buf, k * step, step);
+            cairo_text_extents(cr, buf, &e);
+            widest = e.x_advance > widest ? e.x_advance : widest;
+        }
+        double room = step / (f->xmax - f->xmin) * (f->x1 - f->x0);
+        if (widest + 12 <= room)
+            return step;
+    }
+    return step;
+}
+
 static void draw_axes(cairo_t *cr, const frame *f)
 {
-    double xs = tick_step(f->xmin, f->xmax, 7), ys = tick_step(f->ymin, f->ymax, 6);
     char buf[64];
     set_font(cr, 13, false);
+    double xs = x_tick_step(cr, f), ys = tick_step(f->ymin, f->ymax, 6);
     cairo_set_line_width(cr, 1.0);
     for (int axis = 0; axis < 2; axis++) {
         double lo = axis == 0 ? f->xmin : f->ymin, hi = axis == 0 ? f->xmax : f->ymax, step = axis == 0 ? xs : ys;
-        for (double v = ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
-            double t = round(v / step) * step; /* no accumulated rounding in the label */
+        double k0 = ceil(lo / step - 1e-9), k1 = floor(hi / step + 1e-9);
+        if (!(step > 0) || !isfinite(k0) || !isfinite(k1) || k1 - k0 > 100)
+            continue; /* no sensible ticks (a range at the edge of the double range) */
+        for (double k = k0; k <= k1; k += 1.0) {
+            double t = k * step; /* no accumulated rounding in the label */
             tick_label(buf, sizeof buf, t, step);
             if (axis == 0) {
                 double x = floor(px(f, t)) + 0.5;
@@ -305,15 +340,11 @@ static void draw_labels(cairo_t *cr, const plot_chart *c, const frame *f, int wi
     }
 }
 
-/* ---- the entry point ------------------------------------------------------------------------------------- */
+/* ---- one chart, drawn at the origin of `cr` in a width x height box ------------------------------------ */
 
-int plot_png(const char *path, const plot_chart *c, const plot_series *s, size_t ns)
+static int draw_chart(cairo_t *cr, int width, int height, const plot_chart *c, const plot_series *s, size_t ns,
+                      const char *path)
 {
-    plot_err[0] = '\0';
-    if (path == NULL || c == NULL || (ns > 0 && s == NULL))
-        return fail("plot_png: NULL argument");
-    int width = c->width > 0 ? c->width : 800, height = c->height > 0 ? c->height : 600;
-
     frame f = {.xmin = c->xmin, .xmax = c->xmax, .ymin = c->ymin, .ymax = c->ymax};
     if (!(f.xmin < f.xmax) && !fit_range(s, ns, true, &f.xmin, &f.xmax))
         return fail("plot_png(%s): no finite x value to fit the range to", path);
@@ -340,11 +371,6 @@ int plot_png(const char *path, const plot_chart *c, const plot_series *s, size_t
         }
     }
 
-    cairo_surface_t *surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height);
-    cairo_t *cr = cairo_create(surface);
-    cairo_set_source_rgb(cr, 1, 1, 1);
-    cairo_paint(cr);
-
     draw_axes(cr, &f);
     cairo_save(cr);
     cairo_rectangle(cr, f.x0, f.y0, f.x1 - f.x0, f.y1 - f.y0);
@@ -364,13 +390,64 @@ int plot_png(const char *path, const plot_chart *c, const plot_series *s, size_t
             text_at(cr, px(&f, c->texts[i].x), py(&f, c->texts[i].y), c->texts[i].text, ALIGN_CENTER, true);
     draw_legend(cr, &f, s, ns, c->legend);
     draw_labels(cr, c, &f, width);
+    return 0;
+}
 
+/* ---- the entry points ------------------------------------------------------------------------------------- */
+
+static int finish(cairo_t *cr, cairo_surface_t *surface, const char *path, int rc)
+{
     cairo_status_t st = cairo_status(cr);
-    if (st == CAIRO_STATUS_SUCCESS)
+    if (rc == 0 && st == CAIRO_STATUS_SUCCESS)
         st = cairo_surface_write_to_png(surface, path);
     cairo_destroy(cr);
     cairo_surface_destroy(surface);
-    if (st != CAIRO_STATUS_SUCCESS)
+    if (rc == 0 && st != CAIRO_STATUS_SUCCESS)
         return fail("plot_png(%s): %s", path, cairo_status_to_string(st));
-    return 0;
+    return rc;
+}
+
+int plot_png(const char *path, const plot_chart *c, const plot_series *s, size_t ns)
+{
+    plot_err[0] = '\0';
+    if (path == NULL || c == NULL || (ns > 0 && s == NULL))
+        return fail("plot_png: NULL argument");
+    int width = c->width > 0 ? c->width : 800, height = c->height > 0 ? c->height : 600;
+    cairo_surface_t *surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height);
+    cairo_t *cr = cairo_create(surface);
+    cairo_set_source_rgb(cr, 1, 1, 1);
+    cairo_paint(cr);
+    return finish(cr, surface, path, draw_chart(cr, width, height, c, s, ns, path));
+}
+
+int plot_png_grid(const char *path, const plot_grid *g)
+{
+    plot_err[0] = '\0';
+    if (path == NULL || g == NULL || g->n_cells == 0 || g->cells == NULL)
+        return fail("plot_png_grid: NULL argument or no cell");
+    int cols = g->columns > 0 ? g->columns : 1;
+    int cw = g->cell_width > 0 ? g->cell_width : 560, ch = g->cell_height > 0 ? g->cell_height : 380;
+    size_t rows = (g->n_cells + (size_t)cols - 1) / (size_t)cols;
+    int head = g->title != NULL ? 44 : 0;
+    if (rows > 4096 || (double)ch * (double)rows + head > 32000.0 || (double)cw * cols > 32000.0)
+        return fail("plot_png_grid(%s): %zu charts in %d columns make a picture too large", path, g->n_cells, cols);
+    int width = cw * cols, height = ch * (int)rows + head;
+    cairo_surface_t *surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height);
+    cairo_t *cr = cairo_create(surface);
+    cairo_set_source_rgb(cr, 1, 1, 1);
+    cairo_paint(cr);
+    if (g->title != NULL) {
+        cairo_set_source_rgb(cr, 0, 0, 0);
+        set_font(cr, 20, true);
+        text_at(cr, width / 2.0, 32, g->title, ALIGN_CENTER, false);
+    }
+    int rc = 0;
+    for (size_t i = 0; i < g->n_cells && rc == 0; i++) {
+        const plot_cell *cell = &g->cells[i];
+        cairo_save(cr);
+        cairo_translate(cr, (double)cw * (double)(i % (size_t)cols), head + (double)ch * (double)(i / (size_t)cols));
+        rc = draw_chart(cr, cw, ch, &cell->chart, cell->series, cell->n_series, path);
+        cairo_restore(cr);
+    }
+    return finish(cr, surface, path, rc);
 }
