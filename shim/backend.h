@@ -53,6 +53,7 @@ enum {
     EMI_HANDLE_LOADER = 0x454d4c31u,    /* "EML1" */
     EMI_HANDLE_SCHEDULER = 0x454d5331u, /* "EMS1" */
     EMI_HANDLE_CALLBACK = 0x454d4331u,  /* "EMC1" */
+    EMI_HANDLE_SCALER = 0x454d4131u,    /* "EMA1" */
     EMI_HANDLE_FREED = 0xdeadf7eeu
 };
 /** Whether `h` is a live handle with tag `magic` (NULL: false). One load and one compare. */

@@ -85,6 +85,9 @@ static em_status check_optimization(const em_trainer_config *c)
         return emi_fail(EM_EINVAL, "em_trainer_new: precision %d is not supported; use EM_PRECISION_32_TRUE, "
                                    "EM_PRECISION_16_MIXED or EM_PRECISION_BF16_MIXED", (int)c->precision);
     /* 16-mixed grad scaler: Lightning's MixedPrecision.__init__ */
+    if (c->grad_scaler != NULL && !emi_handle_live(c->grad_scaler, EMI_HANDLE_SCALER))
+        return emi_fail(EM_EMISUSE, "em_trainer_new: cfg->grad_scaler is not a live grad scaler (freed with "
+                                    "em_grad_scaler_free, or a pointer of another kind)");
     if (c->grad_scaler != NULL && c->precision == EM_PRECISION_BF16_MIXED)
         return emi_fail(EM_EINVAL, "em_trainer_new: `precision='bf16-mixed'` does not use a scaler, found a "
                                    "grad_scaler in the config.");

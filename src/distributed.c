@@ -555,15 +555,15 @@ em_status emi_dist_explain(em_trainer *t, em_status s, const char *what)
 
 /* ---- the public getters and collectives -------------------------------------------------------------------- */
 
-int64_t em_trainer_global_rank(const em_trainer *t) { return t == NULL ? -1 : t->env.rank; }
-int64_t em_trainer_local_rank(const em_trainer *t) { return t == NULL ? -1 : t->env.local_rank; }
-int64_t em_trainer_node_rank(const em_trainer *t) { return t == NULL ? -1 : t->env.node_rank; }
-int64_t em_trainer_world_size(const em_trainer *t) { return t == NULL ? -1 : t->env.world; }
-bool em_trainer_is_global_zero(const em_trainer *t) { return t != NULL && t->env.rank == 0; }
+int64_t em_trainer_global_rank(const em_trainer *t) { return !emi_trainer_ok(t, __func__) ? -1 : t->env.rank; }
+int64_t em_trainer_local_rank(const em_trainer *t) { return !emi_trainer_ok(t, __func__) ? -1 : t->env.local_rank; }
+int64_t em_trainer_node_rank(const em_trainer *t) { return !emi_trainer_ok(t, __func__) ? -1 : t->env.node_rank; }
+int64_t em_trainer_world_size(const em_trainer *t) { return !emi_trainer_ok(t, __func__) ? -1 : t->env.world; }
+bool em_trainer_is_global_zero(const em_trainer *t) { return emi_trainer_ok(t, __func__) && t->env.rank == 0; }
 
 int64_t em_trainer_grad_allreduces(const em_trainer *t)
 {
-    return t == NULL ? -1 : t->grad_allreduces;
+    return !emi_trainer_ok(t, __func__) ? -1 : t->grad_allreduces;
 }
 
 /* A collective for user code: a no-op in one process; EM_ESTATE before the group exists. */
@@ -571,6 +571,8 @@ static em_status user_collective_ready(const em_trainer *t, const char *fn)
 {
     if (t == NULL)
         return emi_fail(EM_EINVAL, "%s: the trainer is NULL", fn);
+    if (!emi_trainer_ok(t, fn))
+        return EM_EMISUSE;
     if (t->env.world <= 1 && !emi_dist_active())
         return EM_OK;
     if (!emi_dist_active())

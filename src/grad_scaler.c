@@ -24,6 +24,7 @@ typedef struct emi_scaler_opt {
 } emi_scaler_opt;
 
 struct em_grad_scaler {
+    uint32_t magic;              /* EMI_HANDLE_SCALER while it lives (backend.h: the API armor) */
     bool enabled;
     double init_scale;           /* torch: _init_scale (the scale before the first scale() call) */
     double growth_factor, backoff_factor;
@@ -98,6 +99,7 @@ em_grad_scaler *em_grad_scaler_new(const em_grad_scaler_opts *opts)
         emi_fail(EM_ENOMEM, "em_grad_scaler_new: out of memory");
         return NULL;
     }
+    s->magic = EMI_HANDLE_SCALER;
     s->enabled = o.enabled;
     s->init_scale = o.init_scale;
     s->growth_factor = o.growth_factor;
@@ -108,14 +110,26 @@ em_grad_scaler *em_grad_scaler_new(const em_grad_scaler_opts *opts)
 
 void em_grad_scaler_free(em_grad_scaler *s)
 {
-    if (s == NULL)
+    if (!emi_handle_free_ok(__func__, s, EMI_HANDLE_SCALER, "grad scaler"))
         return;
     free(s->opts);
-    free(s);
+    emi_handle_retire(s);
+}
+
+/* The entry check of the public functions: false for a freed or foreign pointer (EM_EMISUSE recorded
+ * under `func`); NULL passes, for each function's own NULL answer. */
+static bool scaler_usable(const em_grad_scaler *s, const char *func)
+{
+    if (s == NULL || emi_handle_live(s, EMI_HANDLE_SCALER))
+        return true;
+    emi_handle_bad(func, 1, s, "grad scaler");
+    return false;
 }
 
 double em_grad_scaler_get_scale(const em_grad_scaler *s)
 {
+    if (!scaler_usable(s, __func__))
+        return NAN;
     if (s == NULL)
         return NAN;
     if (!s->enabled)
@@ -125,6 +139,8 @@ double em_grad_scaler_get_scale(const em_grad_scaler *s)
 
 int64_t em_grad_scaler_growth_tracker(const em_grad_scaler *s)
 {
+    if (!scaler_usable(s, __func__))
+        return 0;
     if (s == NULL || !s->enabled)
         return 0;
     return s->initialised ? s->growth_tracker : s->init_growth_tracker;
@@ -132,11 +148,15 @@ int64_t em_grad_scaler_growth_tracker(const em_grad_scaler *s)
 
 bool em_grad_scaler_is_enabled(const em_grad_scaler *s)
 {
+    if (!scaler_usable(s, __func__))
+        return false;
     return s != NULL && s->enabled;
 }
 
 em_status em_grad_scaler_get_opts(const em_grad_scaler *s, em_grad_scaler_opts *out)
 {
+    if (!scaler_usable(s, __func__))
+        return EM_EMISUSE;
     if (s == NULL || out == NULL)
         return emi_fail(EM_EINVAL, "em_grad_scaler_get_opts: NULL argument");
     *out = (em_grad_scaler_opts){.version = EM_GRAD_SCALER_OPTS_VERSION, .init_scale = s->init_scale,
@@ -147,6 +167,8 @@ em_status em_grad_scaler_get_opts(const em_grad_scaler *s, em_grad_scaler_opts *
 
 em_status em_grad_scaler_get_state(const em_grad_scaler *s, em_grad_scaler_state *out)
 {
+    if (!scaler_usable(s, __func__))
+        return EM_EMISUSE;
     if (s == NULL || out == NULL)
         return emi_fail(EM_EINVAL, "em_grad_scaler_get_state: NULL argument");
     if (!s->enabled)
@@ -160,6 +182,8 @@ em_status em_grad_scaler_get_state(const em_grad_scaler *s, em_grad_scaler_state
 
 em_status em_grad_scaler_set_state(em_grad_scaler *s, const em_grad_scaler_state *st)
 {
+    if (!scaler_usable(s, __func__))
+        return EM_EMISUSE;
     if (s == NULL || st == NULL)
         return emi_fail(EM_EINVAL, "em_grad_scaler_set_state: NULL argument");
     if (!s->enabled)
@@ -218,6 +242,8 @@ static em_status check_initialised(const em_grad_scaler *s, const char *fn, cons
 
 em_tensor *em_grad_scaler_scale(em_grad_scaler *s, const em_tensor *loss)
 {
+    if (!scaler_usable(s, __func__))
+        return NULL;
     if (s == NULL || loss == NULL) {
         if (!emi_has_error() || s == NULL)
             emi_fail(EM_EINVAL, "em_grad_scaler_scale: NULL argument");
@@ -258,6 +284,8 @@ static em_status unscale(em_grad_scaler *s, em_optimizer *raw, emi_scaler_opt *s
 
 em_status em_grad_scaler_unscale(em_grad_scaler *s, em_optimizer *opt)
 {
+    if (!scaler_usable(s, __func__))
+        return EM_EMISUSE;
     if (s == NULL || opt == NULL)
         return emi_fail(EM_EINVAL, "em_grad_scaler_unscale: NULL argument");
     if (!s->enabled)
@@ -303,6 +331,8 @@ static em_status fused_step_call(em_grad_scaler *s, em_optimizer *raw, emi_scale
 
 em_status em_grad_scaler_step(em_grad_scaler *s, em_optimizer *opt, const em_closure *closure, bool *stepped)
 {
+    if (!scaler_usable(s, __func__))
+        return EM_EMISUSE;
     if (stepped != NULL)
         *stepped = false;
     if (s == NULL || opt == NULL)
@@ -387,6 +417,8 @@ static void update_scale(em_grad_scaler *s, bool found_inf)
 
 em_status em_grad_scaler_update(em_grad_scaler *s)
 {
+    if (!scaler_usable(s, __func__))
+        return EM_EMISUSE;
     if (s == NULL)
         return emi_fail(EM_EINVAL, "em_grad_scaler_update: NULL argument");
     if (!s->enabled)
@@ -409,6 +441,8 @@ em_status em_grad_scaler_update(em_grad_scaler *s)
 
 em_status em_grad_scaler_update_to(em_grad_scaler *s, double new_scale)
 {
+    if (!scaler_usable(s, __func__))
+        return EM_EMISUSE;
     if (s == NULL)
         return emi_fail(EM_EINVAL, "em_grad_scaler_update_to: NULL argument");
     if (!s->enabled)

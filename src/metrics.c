@@ -396,6 +396,8 @@ em_status em_trainer_log_metrics(em_trainer *t, const char *const *names, const 
 {
     if (t == NULL || (n > 0 && (names == NULL || values == NULL)))
         return emi_fail(EM_EINVAL, "em_trainer_log_metrics: NULL argument");
+    if (!emi_trainer_ok(t, __func__))
+        return EM_EMISUSE;
     if (!t->fitting)
         return emi_fail(EM_ESTATE, "em_trainer_log_metrics: the trainer is not fitting");
     if (t->metrics.logger == NULL || n == 0)
@@ -417,6 +419,8 @@ em_status em_trainer_set_callback_metric(em_trainer *t, const char *name, double
 {
     if (t == NULL || name == NULL)
         return emi_fail(EM_EINVAL, "em_trainer_set_callback_metric: NULL argument");
+    if (!emi_trainer_ok(t, __func__))
+        return EM_EMISUSE;
     if (!t->fitting)
         return emi_fail(EM_ESTATE, "em_trainer_set_callback_metric: the trainer is not fitting");
     emi_kvlist_set(&t->metrics.callback, name, value);

@@ -48,7 +48,7 @@ em_status emi_precision_resolve(em_trainer *t)
 
 em_grad_scaler *em_trainer_grad_scaler(const em_trainer *t)
 {
-    if (t == NULL)
+    if (!emi_trainer_ok(t, __func__))
         return NULL;
     if (t->fitting)
         return t->fit.scaler;

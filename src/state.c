@@ -49,21 +49,21 @@ bool em_trainer_sanity_checking(const em_trainer *t)
 
 em_amount em_trainer_val_check_interval(const em_trainer *t)
 {
-    return t == NULL ? EM_FRACTION(NAN) : t->cfg.val_check_interval;
+    return !emi_trainer_ok(t, __func__) ? EM_FRACTION(NAN) : t->cfg.val_check_interval;
 }
 
 int64_t em_trainer_check_val_every_n_epoch(const em_trainer *t)
 {
-    return t == NULL ? -1 : t->cfg.check_val_every_n_epoch;
+    return !emi_trainer_ok(t, __func__) ? -1 : t->cfg.check_val_every_n_epoch;
 }
 
-int64_t em_trainer_min_epochs(const em_trainer *t) { return t == NULL ? -1 : t->fit.min_epochs; }
-int64_t em_trainer_min_steps(const em_trainer *t) { return t == NULL ? -1 : t->fit.min_steps; }
+int64_t em_trainer_min_epochs(const em_trainer *t) { return !emi_trainer_ok(t, __func__) ? -1 : t->fit.min_epochs; }
+int64_t em_trainer_min_steps(const em_trainer *t) { return !emi_trainer_ok(t, __func__) ? -1 : t->fit.min_steps; }
 
 em_status em_trainer_set_accumulate_grad_batches(em_trainer *t, int64_t k)
 {
     if (!emi_trainer_ok(t, __func__))
-        return t == NULL ? EM_EINVAL : EM_EMISUSE;
+        return !emi_trainer_ok(t, __func__) ? EM_EINVAL : EM_EMISUSE;
     if (k < 1)
         return emi_fail(EM_EINVAL, "em_trainer_set_accumulate_grad_batches: must be >= 1, got %lld", (long long)k);
     t->accumulate = k;
@@ -130,7 +130,7 @@ const char *em_trainer_progress_bar_metric_at(const em_trainer *t, size_t i, dou
 
 size_t em_trainer_num_optimizers(const em_trainer *t)
 {
-    return t == NULL ? 0 : t->setup.n_opts;
+    return !emi_trainer_ok(t, __func__) ? 0 : t->setup.n_opts;
 }
 
 em_optimizer *em_trainer_optimizer(const em_trainer *t, size_t i)
@@ -140,7 +140,7 @@ em_optimizer *em_trainer_optimizer(const em_trainer *t, size_t i)
 
 size_t em_trainer_num_lr_schedulers(const em_trainer *t)
 {
-    return t == NULL ? 0 : t->setup.n_scheds;
+    return !emi_trainer_ok(t, __func__) ? 0 : t->setup.n_scheds;
 }
 
 em_scheduler *em_trainer_lr_scheduler(const em_trainer *t, size_t i, em_scheduler_config *config)
@@ -154,12 +154,12 @@ em_scheduler *em_trainer_lr_scheduler(const em_trainer *t, size_t i, em_schedule
 
 bool em_trainer_has_logger(const em_trainer *t)
 {
-    return t != NULL && t->cfg.enable_csv_logger;
+    return emi_trainer_ok(t, __func__) && t->cfg.enable_csv_logger;
 }
 
 bool em_trainer_should_update_logs(const em_trainer *t)
 {
-    if (t == NULL)
+    if (!emi_trainer_ok(t, __func__))
         return false;
     int64_t every = t->fit.log_every_n_steps >= 1 ? t->fit.log_every_n_steps : t->cfg.log_every_n_steps;
     return (t->batches_that_stepped + 1) % every == 0 || t->should_stop; /* cfg's is >= 1 (em_trainer_new) */

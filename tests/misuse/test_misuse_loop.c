@@ -444,6 +444,31 @@ static void case_freed_callback_and_generator(void)
     em_clear_error();
     em_tensor_free(x);
 }
+static void case_freed_grad_scaler(void)
+{
+    em_grad_scaler_opts o = EM_GRAD_SCALER_OPTS_INIT;
+    em_grad_scaler *gs = em_grad_scaler_new(&o);
+    expect(gs != NULL);
+    em_grad_scaler_free(gs);
+    expect(em_last_status() == EM_OK);
+    em_grad_scaler_free(gs);
+    expect_error(EM_EMISUSE, "em_grad_scaler_free: this grad scaler was already freed");
+    em_clear_error();
+    expect(isnan(em_grad_scaler_get_scale(gs)));
+    expect_error(EM_EMISUSE, "em_grad_scaler_get_scale: argument 1 is a freed grad scaler");
+    em_clear_error();
+    expect(em_grad_scaler_update(gs) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_grad_scaler_update");
+    em_clear_error();
+    em_trainer_config cfg = quiet_config();
+    cfg.precision = EM_PRECISION_16_MIXED;
+    cfg.grad_scaler = gs;
+    expect(em_trainer_new(&cfg) == NULL);
+    expect_error(EM_EMISUSE, "cfg->grad_scaler is not a live grad scaler");
+    em_clear_error();
+}
+static void test_misuse__freed_grad_scaler(void **state) { (void)state; in_child(case_freed_grad_scaler); }
+
 static void test_misuse__freed_callback_and_generator(void **state)
 {
     (void)state;
@@ -465,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_misuse__freed_loader),
         cmocka_unit_test(test_misuse__freed_scheduler),
         cmocka_unit_test(test_misuse__freed_callback_and_generator),
+        cmocka_unit_test(test_misuse__freed_grad_scaler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
