@@ -69,7 +69,11 @@ typedef struct em_grad_scaler_opts {
  * 1 .. INT32_MAX (the factors are checked only when enabled, as torch does).
  */
 EM_API em_grad_scaler *em_grad_scaler_new(const em_grad_scaler_opts *opts);
-/** Free a scaler. NULL is ignored. A trainer that was given it (em_trainer_config) must not fit again. */
+/**
+ * Free a scaler. NULL is ignored. A trainer that was given it (em_trainer_config) must not fit again.
+ * Misuse (best effort, common.h): freeing it twice, or passing it anywhere after (also as
+ * cfg->grad_scaler), records EM_EMISUSE and does nothing.
+ */
 EM_API void em_grad_scaler_free(em_grad_scaler *s);
 
 /**
