@@ -375,6 +375,37 @@ static void test_real_torchrun(void **state)
     expect_equal_to_reference(&l);
 }
 
+/* the real torchrun as 2 nodes x 1 process on 127.0.0.1: two agents, --node_rank 0 and 1 */
+static void test_real_torchrun_two_nodes(void **state)
+{
+    (void)state;
+    if (access("/usr/bin/torchrun", X_OK) != 0) {
+        print_message("skipped: /usr/bin/torchrun is not installed (Debian's python3-torch ships it)\n");
+        skip();
+    }
+    launch l;
+    launch_init(&l, "auto");
+    int port = free_port();
+    char port_arg[64], exe[512], log_arg[2][400];
+    snprintf(port_arg, sizeof port_arg, "--master_port=%d", port);
+    ssize_t n = readlink(self_exe, exe, sizeof exe - 1);
+    assert_true(n > 0);
+    exe[n] = '\0';
+    pid_t p[2];
+    double t0 = now_s();
+    for (int node = 0; node < 2; node++) {
+        snprintf(log_arg[node], sizeof log_arg[node], "--log_dir=%s/torchrun%d", l.dir, node);
+        char *argv[] = {"/usr/bin/torchrun", "--no_python", "--nnodes=2", node == 0 ? "--node_rank=0" : "--node_rank=1",
+                        "--nproc_per_node=1", "--master_addr=127.0.0.1", port_arg, "--redirects=0:2", "--tee=0:2",
+                        log_arg[node], exe, "worker", "auto", l.out, NULL};
+        p[node] = spawn("/usr/bin/torchrun", argv, (char *[]){"OMP_NUM_THREADS=1", "EMBER_TEST_NODES=2", NULL});
+    }
+    for (int node = 0; node < 2; node++)
+        assert_int_not_equal(wait_deadline(p[node], t0 + 200), -1);
+    launch_collect(&l);
+    expect_equal_to_reference(&l);
+}
+
 /* rank 1 is SIGKILLed mid-epoch: rank 0's fit returns within the timeout, naming rank 1 */
 static void test_rank_killed(void **state)
 {
@@ -403,6 +434,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_torchrun_variables, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_two_nodes_one_process_each, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_real_torchrun, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_real_torchrun_two_nodes, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_rank_killed, helper_setup, helper_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
