@@ -293,6 +293,7 @@ static void test_ember_launcher_auto(void **state)
     assert_int_equal(stat(path, &sb), 0);
     snprintf(path, sizeof path, "%s/lightning_logs/version_1", l.out);
     assert_int_not_equal(stat(path, &sb), 0);
+    rm_tree(l.dir);
 }
 
 static void test_ember_launcher_accumulate(void **state)
@@ -301,6 +302,7 @@ static void test_ember_launcher_accumulate(void **state)
     launch l = {.mode = "accum"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_ember_launcher_manual(void **state)
@@ -309,6 +311,7 @@ static void test_ember_launcher_manual(void **state)
     launch l = {.mode = "manual"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_ember_launcher_manual_no_sync(void **state)
@@ -317,6 +320,7 @@ static void test_ember_launcher_manual_no_sync(void **state)
     launch l = {.mode = "manual_nosync"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_ember_launcher_two_buckets(void **state)
@@ -325,6 +329,7 @@ static void test_ember_launcher_two_buckets(void **state)
     launch l = {.mode = "buckets"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_torchrun_variables(void **state)
@@ -334,6 +339,7 @@ static void test_torchrun_variables(void **state)
     launch_init(&l, "accum");
     launch_env(&l, 1);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_two_nodes_one_process_each(void **state)
@@ -343,6 +349,7 @@ static void test_two_nodes_one_process_each(void **state)
     launch_init(&l, "auto");
     launch_env(&l, 2);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 /* the real torchrun (Debian's python3-torch), static rendezvous: its agent hosts the store */
@@ -373,6 +380,7 @@ static void test_real_torchrun(void **state)
     assert_int_not_equal(wait_deadline(p, t0 + 200), -1);
     launch_collect(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 /* the real torchrun as 2 nodes x 1 process on 127.0.0.1: two agents, --node_rank 0 and 1 */
@@ -404,6 +412,7 @@ static void test_real_torchrun_two_nodes(void **state)
         assert_int_not_equal(wait_deadline(p[node], t0 + 200), -1);
     launch_collect(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 /* rank 1 is SIGKILLed mid-epoch: rank 0's fit returns within the timeout, naming rank 1 */
@@ -419,6 +428,7 @@ static void test_rank_killed(void **state)
     assert_non_null(strstr(r0->error, "rank 1"));
     assert_false(l.ranks[1].present); /* killed before writing */
     assert_true(l.seconds < 15.0 + 60.0);
+    rm_tree(l.dir);
 }
 
 int main(int argc, char **argv)
