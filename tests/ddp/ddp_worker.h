@@ -120,6 +120,7 @@ typedef struct rank_result {
     bool present;
     int status;
     long long rank, world, steps, allreduces;
+    long long from_rank1; /* what em_trainer_broadcast brought from rank 1 after fit (-1: not run) */
     double metric_mean, metric_max, metric_local;
     int n_w;
     double w[MAX_W];
@@ -131,8 +132,8 @@ static inline void result_write(const char *path, const rank_result *r)
     FILE *f = fopen(path, "w");
     if (f == NULL)
         return;
-    fprintf(f, "%d %lld %lld %lld %lld %.9g %.9g %.9g %d\n", r->status, r->rank, r->world, r->steps, r->allreduces,
-            r->metric_mean, r->metric_max, r->metric_local, r->n_w);
+    fprintf(f, "%d %lld %lld %lld %lld %lld %.9g %.9g %.9g %d\n", r->status, r->rank, r->world, r->steps,
+            r->allreduces, r->from_rank1, r->metric_mean, r->metric_max, r->metric_local, r->n_w);
     for (int i = 0; i < r->n_w; i++)
         fprintf(f, "%.9g\n", r->w[i]);
     fprintf(f, "%s\n", r->error);
@@ -145,8 +146,9 @@ static inline bool result_read(const char *path, rank_result *r)
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return false;
-    bool ok = fscanf(f, "%d %lld %lld %lld %lld %lf %lf %lf %d\n", &r->status, &r->rank, &r->world, &r->steps,
-                     &r->allreduces, &r->metric_mean, &r->metric_max, &r->metric_local, &r->n_w) == 9 &&
+    bool ok = fscanf(f, "%d %lld %lld %lld %lld %lld %lf %lf %lf %d\n", &r->status, &r->rank, &r->world, &r->steps,
+                     &r->allreduces, &r->from_rank1, &r->metric_mean, &r->metric_max, &r->metric_local,
+                     &r->n_w) == 10 &&
               r->n_w >= 0 && r->n_w <= MAX_W;
     for (int i = 0; ok && i < r->n_w; i++)
         ok = fscanf(f, "%lf\n", &r->w[i]) == 1;
