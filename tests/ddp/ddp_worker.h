@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -99,6 +100,18 @@ static inline int wait_deadline(pid_t pid, double deadline)
     }
 }
 
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* Remove a test's temporary directory and everything in it. */
+static inline void rm_tree(const char *dir)
+{
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 /* ---- the result file one rank writes ------------------------------------------------------------ */
 
 #define MAX_W 256
@@ -107,6 +120,7 @@ typedef struct rank_result {
     bool present;
     int status;
     long long rank, world, steps, allreduces;
+    long long from_rank1; /* what em_trainer_broadcast brought from rank 1 after fit (-1: not run) */
     double metric_mean, metric_max, metric_local;
     int n_w;
     double w[MAX_W];
@@ -118,8 +132,8 @@ static inline void result_write(const char *path, const rank_result *r)
     FILE *f = fopen(path, "w");
     if (f == NULL)
         return;
-    fprintf(f, "%d %lld %lld %lld %lld %.9g %.9g %.9g %d\n", r->status, r->rank, r->world, r->steps, r->allreduces,
-            r->metric_mean, r->metric_max, r->metric_local, r->n_w);
+    fprintf(f, "%d %lld %lld %lld %lld %lld %.9g %.9g %.9g %d\n", r->status, r->rank, r->world, r->steps,
+            r->allreduces, r->from_rank1, r->metric_mean, r->metric_max, r->metric_local, r->n_w);
     for (int i = 0; i < r->n_w; i++)
         fprintf(f, "%.9g\n", r->w[i]);
     fprintf(f, "%s\n", r->error);
@@ -132,8 +146,9 @@ static inline bool result_read(const char *path, rank_result *r)
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return false;
-    bool ok = fscanf(f, "%d %lld %lld %lld %lld %lf %lf %lf %d\n", &r->status, &r->rank, &r->world, &r->steps,
-                     &r->allreduces, &r->metric_mean, &r->metric_max, &r->metric_local, &r->n_w) == 9 &&
+    bool ok = fscanf(f, "%d %lld %lld %lld %lld %lld %lf %lf %lf %d\n", &r->status, &r->rank, &r->world, &r->steps,
+                     &r->allreduces, &r->from_rank1, &r->metric_mean, &r->metric_max, &r->metric_local,
+                     &r->n_w) == 10 &&
               r->n_w >= 0 && r->n_w <= MAX_W;
     for (int i = 0; ok && i < r->n_w; i++)
         ok = fscanf(f, "%lf\n", &r->w[i]) == 1;

@@ -142,6 +142,13 @@ static void run(const char *mode, bool reference, const char *root, rank_result 
     snprintf(out->error, sizeof out->error, "%s", em_trainer_error(t));
     out->steps = em_trainer_global_step(t);
     out->allreduces = em_trainer_grad_allreduces(t);
+    out->from_rank1 = -1;
+    if (!reference && out->status == EM_OK) { /* the user collectives, after fit */
+        int64_t v = out->rank == 1 ? 4242 : 7;
+        if (em_trainer_barrier(t) == EM_OK && em_trainer_broadcast(t, &v, sizeof v, 1) == EM_OK &&
+            em_trainer_barrier(t) == EM_OK)
+            out->from_rank1 = v;
+    }
     em_trainer_callback_metric(t, "rank_mean", &out->metric_mean);
     em_trainer_callback_metric(t, "rank_max", &out->metric_max);
     em_trainer_callback_metric(t, "rank_local", &out->metric_local);
@@ -215,6 +222,9 @@ static void launch_ember(launch *l)
     int st = wait_deadline(p, t0 + 150);
     l->seconds = now_s() - t0;
     assert_int_not_equal(st, -1); /* not killed by the deadline */
+    /* rank 0 exits cleanly (under EMBER_SANITIZE a leak or an error report would make it fail) */
+    if (strcmp(l->mode, "kill") != 0 && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        fail_msg("rank 0 ended with wait status %#x", st);
     launch_collect(l);
 }
 
@@ -241,8 +251,11 @@ static void launch_env(launch *l, int nodes)
         char *argv[] = {(char *)self_exe, "worker", (char *)l->mode, l->out, NULL};
         pids[r] = spawn(self_exe, argv, env);
     }
-    for (int r = 0; r < 2; r++)
-        assert_int_not_equal(wait_deadline(pids[r], t0 + 150), -1);
+    for (int r = 0; r < 2; r++) {
+        int st = wait_deadline(pids[r], t0 + 150);
+        if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+            fail_msg("rank %d ended with wait status %#x", r, st);
+    }
     l->seconds = now_s() - t0;
     launch_collect(l);
 }
@@ -260,6 +273,7 @@ static void expect_equal_to_reference(launch *l)
             fail_msg("rank %d: fit failed: %s", r, rr->error);
         assert_int_equal(rr->rank, r);
         assert_int_equal(rr->world, 2);
+        assert_int_equal(rr->from_rank1, 4242); /* em_trainer_broadcast from rank 1, between barriers */
         assert_int_equal(rr->steps, ref.steps);
         assert_int_equal(rr->n_w, ref.n_w);
         for (int i = 0; i < ref.n_w; i++)
@@ -293,6 +307,7 @@ static void test_ember_launcher_auto(void **state)
     assert_int_equal(stat(path, &sb), 0);
     snprintf(path, sizeof path, "%s/lightning_logs/version_1", l.out);
     assert_int_not_equal(stat(path, &sb), 0);
+    rm_tree(l.dir);
 }
 
 static void test_ember_launcher_accumulate(void **state)
@@ -301,6 +316,7 @@ static void test_ember_launcher_accumulate(void **state)
     launch l = {.mode = "accum"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_ember_launcher_manual(void **state)
@@ -309,6 +325,7 @@ static void test_ember_launcher_manual(void **state)
     launch l = {.mode = "manual"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_ember_launcher_manual_no_sync(void **state)
@@ -317,6 +334,7 @@ static void test_ember_launcher_manual_no_sync(void **state)
     launch l = {.mode = "manual_nosync"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_ember_launcher_two_buckets(void **state)
@@ -325,6 +343,7 @@ static void test_ember_launcher_two_buckets(void **state)
     launch l = {.mode = "buckets"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_torchrun_variables(void **state)
@@ -334,6 +353,7 @@ static void test_torchrun_variables(void **state)
     launch_init(&l, "accum");
     launch_env(&l, 1);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 static void test_two_nodes_one_process_each(void **state)
@@ -343,6 +363,7 @@ static void test_two_nodes_one_process_each(void **state)
     launch_init(&l, "auto");
     launch_env(&l, 2);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 /* the real torchrun (Debian's python3-torch), static rendezvous: its agent hosts the store */
@@ -373,6 +394,39 @@ static void test_real_torchrun(void **state)
     assert_int_not_equal(wait_deadline(p, t0 + 200), -1);
     launch_collect(&l);
     expect_equal_to_reference(&l);
+    rm_tree(l.dir);
+}
+
+/* the real torchrun as 2 nodes x 1 process on 127.0.0.1: two agents, --node_rank 0 and 1 */
+static void test_real_torchrun_two_nodes(void **state)
+{
+    (void)state;
+    if (access("/usr/bin/torchrun", X_OK) != 0) {
+        print_message("skipped: /usr/bin/torchrun is not installed (Debian's python3-torch ships it)\n");
+        skip();
+    }
+    launch l;
+    launch_init(&l, "auto");
+    int port = free_port();
+    char port_arg[64], exe[512], log_arg[2][400];
+    snprintf(port_arg, sizeof port_arg, "--master_port=%d", port);
+    ssize_t n = readlink(self_exe, exe, sizeof exe - 1);
+    assert_true(n > 0);
+    exe[n] = '\0';
+    pid_t p[2];
+    double t0 = now_s();
+    for (int node = 0; node < 2; node++) {
+        snprintf(log_arg[node], sizeof log_arg[node], "--log_dir=%s/torchrun%d", l.dir, node);
+        char *argv[] = {"/usr/bin/torchrun", "--no_python", "--nnodes=2", node == 0 ? "--node_rank=0" : "--node_rank=1",
+                        "--nproc_per_node=1", "--master_addr=127.0.0.1", port_arg, "--redirects=0:2", "--tee=0:2",
+                        log_arg[node], exe, "worker", "auto", l.out, NULL};
+        p[node] = spawn("/usr/bin/torchrun", argv, (char *[]){"OMP_NUM_THREADS=1", "EMBER_TEST_NODES=2", NULL});
+    }
+    for (int node = 0; node < 2; node++)
+        assert_int_not_equal(wait_deadline(p[node], t0 + 200), -1);
+    launch_collect(&l);
+    expect_equal_to_reference(&l);
+    rm_tree(l.dir);
 }
 
 /* rank 1 is SIGKILLed mid-epoch: rank 0's fit returns within the timeout, naming rank 1 */
@@ -388,6 +442,7 @@ static void test_rank_killed(void **state)
     assert_non_null(strstr(r0->error, "rank 1"));
     assert_false(l.ranks[1].present); /* killed before writing */
     assert_true(l.seconds < 15.0 + 60.0);
+    rm_tree(l.dir);
 }
 
 int main(int argc, char **argv)
@@ -403,6 +458,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_torchrun_variables, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_two_nodes_one_process_each, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_real_torchrun, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_real_torchrun_two_nodes, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_rank_killed, helper_setup, helper_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
