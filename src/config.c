@@ -125,6 +125,27 @@ static em_status check_devices(const em_trainer_config *c)
     return EM_OK;
 }
 
+em_status emi_accelerator_resolve(em_trainer *t)
+{
+    t->fit.device = EM_DEVICE_CPU;
+    em_accelerator a = t->cfg.accelerator;
+    bool cuda = em_cuda_is_available();
+    if (a == EM_ACCELERATOR_CPU || (a == EM_ACCELERATOR_AUTO && !cuda))
+        return EM_OK;
+    if (!cuda)
+        return emi_fail(EM_EUNSUPPORTED, "em_trainer_fit: `CUDAAccelerator` can not run on your system since the "
+                                         "accelerator is not available (the linked libtorch has no CUDA, or no GPU is "
+                                         "visible): use EM_ACCELERATOR_CPU or AUTO");
+    int64_t index = t->env.local_rank > 0 ? t->env.local_rank : 0;
+    int64_t count = em_cuda_device_count();
+    if (index >= count)
+        return emi_fail(EM_EINVAL, "em_trainer_fit: local rank %lld needs cuda:%lld, but %lld GPU(s) are visible: "
+                                   "start at most %lld processes per node",
+                        (long long)index, (long long)index, (long long)count, (long long)count);
+    t->fit.device = EM_DEVICE_CUDA((int)index);
+    return EM_OK;
+}
+
 em_status emi_config_read(const em_trainer_config *in, em_trainer_config *out)
 {
     memset(out, 0, sizeof *out);

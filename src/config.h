@@ -14,6 +14,12 @@ em_status emi_config_check(const em_trainer_config *c);
 /** At fit start, before the data: the limits (_parse_loop_limits) and the settings the loop reads
  *  (t->fit), precision aside (precision.c). */
 void emi_config_resolve(em_trainer *t);
+/**
+ * Lightning's accelerator connector, the device part: auto is cuda where a GPU is visible, else the CPU;
+ * cuda without one fails (EM_EUNSUPPORTED, recorded, with Lightning's message). The device is
+ * cuda:LOCAL_RANK (cuda:0 in one process), in t->fit.device.
+ */
+em_status emi_accelerator_resolve(em_trainer *t);
 /** Lightning: _FitLoop.setup_data: batch counts under the limits, the validation interval, then
  *  estimated_stepping_batches. Errors: EM_EINVAL (a fraction that gives no batch, an interval longer
  *  than the epoch). */

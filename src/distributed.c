@@ -396,9 +396,6 @@ static em_status resolve_strategy(em_trainer *t)
     const em_trainer_config *c = &t->cfg;
     if (e->bad[0] != '\0')
         return emi_fail(EM_EINVAL, "em_trainer_fit: %s", e->bad);
-    if (c->accelerator == EM_ACCELERATOR_CUDA)
-        return emi_fail(EM_EUNSUPPORTED, "em_trainer_fit: accelerator cuda is not supported by this version of "
-                                         "ember's trainer (it trains on the CPU): use EM_ACCELERATOR_CPU or AUTO");
     if (e->kind == EMI_ENV_TORCHELASTIC && c->devices > 0 && c->devices != e->local_world)
         return emi_fail(EM_EINVAL, "em_trainer_fit: devices=%lld but torchrun started %lld processes on this node "
                                    "(LOCAL_WORLD_SIZE): set devices to %lld or leave it 0 (auto)",

@@ -179,6 +179,8 @@ static em_status train_batch(em_trainer *t, bool *stop_epoch)
     em_batch batch;
     em_clear_error();
     em_status s = emi_loader_fetch(t->train, t->batch_idx, &batch);
+    if (s == EM_OK)
+        s = emi_strategy_batch_to_device(t, &batch);
     t->batch = &batch;
     if (s != EM_OK)
         return emi_trainer_fail(t, "train_dataloader", s);

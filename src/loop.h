@@ -90,6 +90,7 @@ typedef enum emi_stage { EMI_STAGE_NONE = 0, EMI_STAGE_TRAIN, EMI_STAGE_VAL, EMI
  * these, never t->cfg. */
 typedef struct emi_fit_settings {
     em_precision precision;        /* in force: 16-mixed becomes bf16-mixed on the CPU */
+    em_device device;              /* where training runs: the resolved accelerator (cuda:LOCAL_RANK, or the CPU) */
     int64_t max_epochs, min_epochs, max_steps, min_steps; /* -1 / 0 = no limit */
     double clip_val;               /* the Trainer's gradient_clip_val (NAN = None) */
     em_clip_algorithm clip_algo;   /* the Trainer's gradient_clip_algorithm (EM_CLIP_DEFAULT = None) */

@@ -34,7 +34,7 @@ em_status emi_precision_resolve(em_trainer *t)
         t->fit.scaler = t->cfg.grad_scaler;
         return EM_OK;
     }
-    if (!em_cuda_is_available()) {
+    if (t->fit.device.type != EM_CUDA) {
         emi_warn("You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on "
                  "CPU. Using `precision='bf16-mixed'` instead.");
         t->fit.precision = EM_PRECISION_BF16_MIXED;

@@ -157,6 +157,11 @@ bool em_trainer_has_logger(const em_trainer *t)
     return emi_trainer_ok(t, __func__) && t->cfg.enable_csv_logger;
 }
 
+em_device em_trainer_device(const em_trainer *t)
+{
+    return emi_trainer_ok(t, __func__) && t->fit.device.type == EM_CUDA ? t->fit.device : EM_DEVICE_CPU;
+}
+
 bool em_trainer_should_update_logs(const em_trainer *t)
 {
     if (!emi_trainer_ok(t, __func__))

@@ -41,6 +41,33 @@ static em_status push_unique(em_tensor ***list, size_t *n, size_t *cap, em_tenso
     return EM_OK;
 }
 
+em_status emi_strategy_model_to_device(em_trainer *t)
+{
+    if (t->fit.device.type == EM_CPU)
+        return EM_OK;
+    if (t->module->layers == NULL)
+        return emi_fail(EM_EINVAL, "accelerator cuda: the module has no `layers` (em_module.layers), so the trainer "
+                                   "cannot move its parameters to cuda:%d; set `layers` to the module's nets",
+                        t->fit.device.index);
+    return em_nn_to_device(t->module->layers, t->fit.device);
+}
+
+em_status emi_strategy_batch_to_device(em_trainer *t, em_batch *b)
+{
+    if (t->fit.device.type == EM_CPU)
+        return EM_OK;
+    for (size_t i = 0; i < b->n; i++) {
+        em_device d = em_tensor_device(b->t[i]);
+        if (d.type == t->fit.device.type && d.index == t->fit.device.index)
+            continue;
+        em_tensor *moved = em_to_device(b->t[i], t->fit.device);
+        if (moved == NULL)
+            return em_last_status() != EM_OK ? em_last_status() : EM_ETORCH;
+        b->t[i] = moved;
+    }
+    return EM_OK;
+}
+
 em_status emi_strategy_setup(em_trainer *t)
 {
     t->grad_allreduces = 0;

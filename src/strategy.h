@@ -18,6 +18,13 @@ em_status emi_strategy_backward(em_trainer *t, em_tensor *loss, bool retain_grap
 /** Lightning: DDPStrategy.configure_ddp, after configure_optimizers: rank 0's parameters and buffers
  *  broadcast, the gradient reducer made. Nothing without DDP. Errors: recorded. */
 em_status emi_strategy_setup(em_trainer *t);
+/* Lightning: strategy.model_to_device, before configure_optimizers: the module's layers to t->fit.device
+ * (nothing on the CPU). Under cuda a module without `layers` is an error: the trainer cannot see its
+ * parameters. */
+em_status emi_strategy_model_to_device(em_trainer *t);
+/* Lightning: strategy.batch_to_device: every tensor of `b` to t->fit.device (copies owned by the open
+ * scope; nothing on the CPU). */
+em_status emi_strategy_batch_to_device(em_trainer *t, em_batch *b);
 /** Free what emi_strategy_setup made. */
 void emi_strategy_teardown(em_trainer *t);
 /** Lightning: _block_parallel_sync_behavior: `block` for an accumulating batch (no all-reduce). */

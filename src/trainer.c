@@ -242,6 +242,8 @@ static em_status setup_fit(em_trainer *t)
     em_module *m = t->module;
     em_status s;
     emi_setup_init(&t->setup, t);
+    if ((s = emi_strategy_model_to_device(t)) != EM_OK)
+        return emi_trainer_fail(t, "model_to_device", s);
     emi_user_scope scope = emi_user_scope_begin();
     const char *prev = emi_hook_enter(t, "configure_optimizers");
     s = m->ops->configure_optimizers(m, &t->setup);
@@ -367,7 +369,8 @@ static em_status fit_prepare(em_trainer *t, em_module *m, em_loader *train)
     if (s != EM_OK)
         return s;
     emi_config_resolve(t);
-    if ((s = emi_precision_resolve(t)) != EM_OK || (s = emi_dist_setup(t)) != EM_OK)
+    if ((s = emi_accelerator_resolve(t)) != EM_OK || (s = emi_precision_resolve(t)) != EM_OK ||
+        (s = emi_dist_setup(t)) != EM_OK)
         return s;
     if (t->env.distributed) { /* Lightning's _requires_distributed_sampler / the loaders' rank and world size */
         /* the seed: seed_everything's (PL_GLOBAL_SEED), else 0 */

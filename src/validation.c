@@ -23,6 +23,8 @@ static em_status validation_batch(em_trainer *t, int64_t i)
     em_clear_error();
     t->val_batch_idx = i;
     em_status s = emi_loader_fetch(t->val, i, &batch);
+    if (s == EM_OK)
+        s = emi_strategy_batch_to_device(t, &batch);
     t->batch = &batch;
     if (s != EM_OK)
         s = emi_trainer_fail(t, "val_dataloader", s);

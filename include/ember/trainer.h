@@ -604,9 +604,13 @@ typedef enum em_precision {
 
 /** Where training runs (Lightning's `accelerator=`). */
 typedef enum em_accelerator {
-    EM_ACCELERATOR_AUTO = 0, /* "auto": the CPU in this version */
+    EM_ACCELERATOR_AUTO = 0, /* "auto": cuda where a GPU is visible to the linked libtorch, else the CPU */
     EM_ACCELERATOR_CPU,      /* "cpu" */
-    EM_ACCELERATOR_CUDA      /* "cuda": fit stops with EM_EUNSUPPORTED in this version */
+    EM_ACCELERATOR_CUDA      /* "cuda": cuda:LOCAL_RANK (cuda:0 in one process); fit stops with
+                                EM_EUNSUPPORTED where no GPU is visible. Before configure_optimizers the
+                                module's `layers` move there (required), and every batch before its step
+                                function; tensors training_step makes itself go on em_trainer_device(t).
+                                Under DDP the gradients are all-reduced by Gloo (NCCL is not wired yet). */
 } em_accelerator;
 
 /** How training is spread over processes (Lightning's `strategy=`). */
@@ -777,6 +781,9 @@ EM_API int64_t em_trainer_local_rank(const em_trainer *t);
 EM_API int64_t em_trainer_node_rank(const em_trainer *t);
 /** The number of processes (trainer.world_size): devices x num_nodes, or the launcher's WORLD_SIZE. */
 EM_API int64_t em_trainer_world_size(const em_trainer *t);
+/** The device training runs on (Lightning: LightningModule.device, as of the last fit start; the CPU
+ *  before the first fit and for NULL). */
+EM_API em_device em_trainer_device(const em_trainer *t);
 /** Whether this is rank 0 (trainer.is_global_zero): the one that prints. */
 EM_API bool em_trainer_is_global_zero(const em_trainer *t);
 /** Gradient all-reduces (one per bucket) this trainer's last or current fit ran: with one bucket,
