@@ -110,6 +110,7 @@ static bool setup(conf_run *r)
     conf_install(r, &r->ops);
     r->base.ops = &r->ops;
     r->base.manual_optimization = !r->automatic;
+    r->base.layers = r->root; /* Lightning's module: eval() in validation, moved to the accelerator */
     rec_init(r);
     return true;
 }
