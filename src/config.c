@@ -130,6 +130,13 @@ em_status emi_accelerator_resolve(em_trainer *t)
     t->fit.device = EM_DEVICE_CPU;
     em_accelerator a = t->cfg.accelerator;
     bool cuda = em_cuda_is_available();
+    if (a == EM_ACCELERATOR_AUTO && cuda && (t->module == NULL || t->module->layers == NULL)) {
+        /* Lightning's auto takes the GPU; ember can move only the layers it is shown, and a module written
+         * without them makes its tensors on the CPU: it stays there, and says so */
+        emi_info("GPU available: True (cuda), used: False (the module has no `layers`; set them, or "
+                 "accelerator=EM_ACCELERATOR_CUDA, to train on the GPU)");
+        return EM_OK;
+    }
     if (a == EM_ACCELERATOR_CPU || (a == EM_ACCELERATOR_AUTO && !cuda))
         return EM_OK;
     if (!cuda)

@@ -15,7 +15,8 @@ em_status emi_config_check(const em_trainer_config *c);
  *  (t->fit), precision aside (precision.c). */
 void emi_config_resolve(em_trainer *t);
 /**
- * Lightning's accelerator connector, the device part: auto is cuda where a GPU is visible, else the CPU;
+ * Lightning's accelerator connector, the device part: auto is cuda where a GPU is visible and the module
+ * has `layers` to move (else the CPU, with a notice when a GPU is there);
  * cuda without one fails (EM_EUNSUPPORTED, recorded, with Lightning's message). The device is
  * cuda:LOCAL_RANK (cuda:0 in one process), in t->fit.device.
  */

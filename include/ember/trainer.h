@@ -604,7 +604,9 @@ typedef enum em_precision {
 
 /** Where training runs (Lightning's `accelerator=`). */
 typedef enum em_accelerator {
-    EM_ACCELERATOR_AUTO = 0, /* "auto": cuda where a GPU is visible to the linked libtorch, else the CPU */
+    EM_ACCELERATOR_AUTO = 0, /* "auto": cuda where a GPU is visible to the linked libtorch and the module
+                                has `layers` (which the trainer moves); else the CPU (a notice says so
+                                when a GPU is there) */
     EM_ACCELERATOR_CPU,      /* "cpu" */
     EM_ACCELERATOR_CUDA      /* "cuda": cuda:LOCAL_RANK (cuda:0 in one process); fit stops with
                                 EM_EUNSUPPORTED where no GPU is visible. Before configure_optimizers the
