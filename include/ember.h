@@ -7,6 +7,7 @@
  *   ember/optim.h    optimizers and gradient clipping
  *   ember/scheduler.h learning-rate schedulers
  *   ember/trainer.h  the training loop: modules, loaders, callbacks, the trainer
+ *   ember/io.h       weights in safetensors files, a reader safe against hostile files
  */
 #ifndef EMBER_H
 #define EMBER_H
@@ -17,5 +18,6 @@
 #include "ember/optim.h"
 #include "ember/scheduler.h"
 #include "ember/trainer.h"
+#include "ember/io.h"
 
 #endif /* EMBER_H */
