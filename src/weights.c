@@ -10,6 +10,7 @@
 #include "atomic_file.h"
 #include "backend.h" /* emi_fail */
 #include "safetensors.h"
+#include "weights.h"
 
 /* The format is little-endian; ember's tensors hold the host's order. */
 static void to_little_endian(void *data, size_t nbytes, size_t elem)
@@ -219,7 +220,12 @@ static const char *shape_text(const int64_t *s, int nd, char *buf, size_t len)
 
 em_status em_nn_load_safetensors_from(em_nn *m, const em_safetensors *f, bool strict)
 {
-    const char *who = "em_nn_load_safetensors";
+    return emi_nn_load(m, f, strict, "", "em_nn_load_safetensors");
+}
+
+em_status emi_nn_load(em_nn *m, const em_safetensors *f, bool strict, const char *prefix, const char *who)
+{
+    size_t plen = strlen(prefix);
     if (m == NULL || f == NULL)
         return emi_fail(EM_EINVAL, "%s: the %s is NULL", who, m == NULL ? "layer" : "reader");
     size_t np = em_nn_num_parameters(m), nb = em_nn_num_buffers(m), nt = np + nb;
@@ -232,10 +238,24 @@ em_status em_nn_load_safetensors_from(em_nn *m, const em_safetensors *f, bool st
     }
     msg missing = {0}, unexpected = {0}, mismatch = {0}, unreadable = {0};
     size_t n_missing = 0, n_unexpected = 0, n_mismatch = 0, n_unreadable = 0;
-    for (size_t i = 0; i < nt; i++) {
+    char *key = malloc(plen + 1);
+    size_t key_cap = plen + 1;
+    for (size_t i = 0; i < nt && key != NULL; i++) {
         names[i] = i < np ? em_nn_parameter_name(m, i) : em_nn_buffer_name(m, i - np);
         em_tensor *t = i < np ? em_nn_parameter(m, i) : em_nn_buffer(m, i - np);
-        match[i] = em_safetensors_find(f, names[i]);
+        size_t need = plen + strlen(names[i]) + 1;
+        if (need > key_cap) {
+            char *k = realloc(key, need);
+            if (k == NULL) {
+                free(key);
+                key = NULL;
+                break;
+            }
+            key = k, key_cap = need;
+        }
+        memcpy(key, prefix, plen);
+        memcpy(key + plen, names[i], need - plen);
+        match[i] = em_safetensors_find(f, key);
         if (match[i] < 0) {
             msg_add(&missing, "%s\"%s\"", n_missing++ ? ", " : "", names[i]);
             continue;
@@ -256,9 +276,14 @@ em_status em_nn_load_safetensors_from(em_nn *m, const em_safetensors *f, bool st
             msg_add(&unreadable, "%s\"%s\" (%s)", n_unreadable++ ? ", " : "", names[i], emi_st_dtype_name(e->dtype));
         }
     }
+    if (key == NULL) {
+        free(names), free(match), free(used);
+        return emi_fail(EM_ENOMEM, "%s: out of memory", who);
+    }
+    free(key);
     for (size_t j = 0; j < f->n; j++)
-        if (!used[j])
-            msg_add(&unexpected, "%s\"%s\"", n_unexpected++ ? ", " : "", f->entries[j].name);
+        if (!used[j] && strncmp(f->entries[j].name, prefix, plen) == 0)
+            msg_add(&unexpected, "%s\"%s\"", n_unexpected++ ? ", " : "", f->entries[j].name + plen);
     em_status st = EM_OK;
     if ((strict && (n_missing || n_unexpected)) || n_mismatch || n_unreadable) {
         char more[4][48] = {"", "", "", ""};

@@ -43,6 +43,7 @@
 #define EMBER_IO_H
 
 #include "nn.h"
+#include "optim.h"
 
 EM_BEGIN_DECLS
 
@@ -154,6 +155,37 @@ EM_API em_status em_nn_load_safetensors_from(em_nn *m, const em_safetensors *f, 
 
 /** em_safetensors_open(path), em_nn_load_safetensors_from(m, file, strict), em_safetensors_free. */
 EM_API em_status em_nn_load_safetensors(em_nn *m, const char *path, bool strict);
+
+/* ---- checkpoints (the start: a layer and its optimizers) ----------------------------------------- */
+
+/**
+ * Save a checkpoint of `m` and opts[0..n_opts-1] to `path`: one safetensors file (written atomically,
+ * as em_safetensors_write) holding the parameters and buffers as "model.<name>", each optimizer's
+ * per-parameter state as "optimizers.<k>.state.<i>.<key>" (i numbers the parameters over all groups
+ * in order, key is torch.optim's: "momentum_buffer", "step" (int64 here), "exp_avg", "exp_avg_sq",
+ * "max_exp_avg_sq", "square_avg", "grad_avg", "sum"), and metadata: "ember.checkpoint" (the format
+ * version, "1"), "ember.optimizers" (JSON: each optimizer's name, step count, and per group the
+ * shapes of its parameters and every hyper-parameter), then meta[0..n_meta-1] (keys must not start
+ * with "ember."). Pass wrappers or the optimizers themselves.
+ * Not in it yet: schedulers, the trainer's loop progress, RNG and loader state (issue 10).
+ * Errors: EM_EUNSUPPORTED for LBFGS and optimizers written in C (their state is not saved yet);
+ * EM_EINVAL for NULL arguments or a reserved metadata key; as em_safetensors_write.
+ */
+EM_API em_status em_checkpoint_save(const char *path, const em_nn *m, em_optimizer *const *opts, size_t n_opts,
+                                    const em_safetensors_meta *meta, size_t n_meta);
+
+/**
+ * Restore a checkpoint em_checkpoint_save wrote into `m` and opts[0..n_opts-1], built as when it was
+ * saved: parameters and buffers (strict), each optimizer's hyper-parameters, state and step count,
+ * so that training continues bit for bit as it would have without the interruption. Everything is
+ * checked before anything is changed.
+ * Errors: EM_EINVAL, with the path and what differs, for a file that is not an ember checkpoint, or
+ * from an incompatible setup: another number of optimizers, another optimizer type ("optimizer 0 is
+ * Adam in the checkpoint but SGD here"), other groups or parameter shapes, a layer with other names
+ * or shapes (as em_nn_load_safetensors, strict), incomplete or malformed optimizer state;
+ * EM_EUNSUPPORTED for LBFGS and C optimizers; the reader's errors (em_safetensors_open).
+ */
+EM_API em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *opts, size_t n_opts);
 
 EM_END_DECLS
 
