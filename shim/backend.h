@@ -122,6 +122,21 @@ em_status emi_optimizer_state_clear(em_optimizer *opt);
 /** Set the count em_optimizer_step_count reports (restored from a checkpoint). */
 void emi_optimizer_set_step_count(em_optimizer *opt, int64_t n);
 
+/* ---- scheduler state, for checkpoints (src/scheduler.c) ---------------------------------------------- */
+
+/**
+ * Write the state of `s` (torch's state_dict without the optimizer and callables, flattened into
+ * doubles: counters, base_lrs, _last_lr, the initial_lr record, the kind's own counters, composites'
+ * children) into out[0..cap-1] and return how many values it has (call with cap 0 to size it).
+ * Errors: 0, recorded (EM_EUNSUPPORTED), for a scheduler written in C.
+ */
+size_t emi_scheduler_state_get(const em_scheduler *s, double *out, size_t cap);
+/**
+ * Check (`apply` false) or restore a state emi_scheduler_state_get wrote into `s`, built with the
+ * same arguments. Errors: EM_EINVAL (recorded, `who` first) when it does not fit.
+ */
+em_status emi_scheduler_state_set(em_scheduler *s, const double *v, size_t n, bool apply, const char *who);
+
 EM_END_DECLS
 
 #endif /* EMBER_BACKEND_H */

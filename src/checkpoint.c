@@ -4,8 +4,10 @@
  * "ember.checkpoint" = "1" and "ember.optimizers" = a JSON list of each optimizer's name, step count
  * and parameter groups (the shapes of their parameters and every hyper-parameter).
  *
- * Not here yet (issue 10): the trainer's loop progress, schedulers, RNG and loader state, callbacks'
- * state, resume inside em_trainer_fit. This file stands on the public API and the shim's optimizer
+ * Schedulers: their state (scheduler.c flattens torch's state_dict) as "schedulers.<k>.state", a
+ * float64 vector, their kinds in "ember.schedulers".
+ * Not here yet (issue 10): the trainer's loop progress, RNG and loader state, callbacks' state,
+ * resume inside em_trainer_fit. This file stands on the public API and the shim's optimizer
  * state functions (backend.h); weights.c writes and reads the tensors.
  */
 #include <cJSON.h>
@@ -87,6 +89,20 @@ static em_status export_one(void *ctx, size_t param, const char *key, em_tensor 
     return out_add(o, fmt_name(buf, key), value);
 }
 
+/* A number in the JSON exactly: cJSON prints 15 significant digits whenever they read back within
+ * a relative DBL_EPSILON, which loses the last bit of a learning rate; 17 always read back exact. */
+static bool add_exact(cJSON *obj, const char *name, double v)
+{
+    char buf[40];
+    if (!isfinite(v)) {
+        emi_fail(EM_EINVAL, "em_checkpoint_save: the hyper-parameter \"%s\" is %g: JSON holds finite numbers only",
+                 name, v);
+        return false;
+    }
+    snprintf(buf, sizeof buf, "%.17g", v);
+    return cJSON_AddRawToObject(obj, name, buf) != NULL;
+}
+
 /* The JSON description of opts[k]: name, step count, groups (shapes, hyper-parameters). */
 static cJSON *describe(em_optimizer *opt)
 {
@@ -100,7 +116,9 @@ static cJSON *describe(em_optimizer *opt)
     cJSON *o = cJSON_CreateObject();
     cJSON *groups = cJSON_AddArrayToObject(o, "param_groups");
     cJSON_AddStringToObject(o, "name", name);
-    cJSON_AddNumberToObject(o, "step_count", (double)em_optimizer_step_count(opt));
+    char count[32];
+    snprintf(count, sizeof count, "%lld", (long long)em_optimizer_step_count(opt));
+    cJSON_AddRawToObject(o, "step_count", count);
     for (size_t g = 0; g < em_optimizer_num_groups(opt); g++) {
         cJSON *grp = cJSON_CreateObject();
         cJSON_AddItemToArray(groups, grp);
@@ -117,22 +135,24 @@ static cJSON *describe(em_optimizer *opt)
         cJSON *h = cJSON_AddObjectToObject(grp, "hparams");
         for (const char *const *n = hp; *n != NULL; n++) {
             double v;
-            if (em_optimizer_get(opt, g, *n, &v) != EM_OK) {
+            if (em_optimizer_get(opt, g, *n, &v) != EM_OK || !add_exact(h, *n, v)) {
                 cJSON_Delete(o);
                 return NULL;
             }
-            cJSON_AddNumberToObject(h, *n, v);
         }
     }
     return o;
 }
 
 em_status em_checkpoint_save(const char *path, const em_nn *m, em_optimizer *const *opts, size_t n_opts,
-                             const em_safetensors_meta *meta, size_t n_meta)
+                             em_scheduler *const *scheds, size_t n_scheds, const em_safetensors_meta *meta,
+                             size_t n_meta)
 {
-    if (m == NULL || (n_opts > 0 && opts == NULL) || (n_meta > 0 && meta == NULL))
+    if (m == NULL || (n_opts > 0 && opts == NULL) || (n_meta > 0 && meta == NULL) ||
+        (n_scheds > 0 && scheds == NULL))
         return emi_fail(EM_EINVAL, "em_checkpoint_save: %s is NULL",
-                        m == NULL ? "the layer" : n_meta > 0 && meta == NULL ? "meta" : "opts");
+                        m == NULL ? "the layer" : n_meta > 0 && meta == NULL ? "meta"
+                                                : n_opts > 0 && opts == NULL ? "opts" : "scheds");
     for (size_t i = 0; i < n_meta; i++)
         if (meta[i].key != NULL && strncmp(meta[i].key, "ember.", 6) == 0)
             return emi_fail(EM_EINVAL, "em_checkpoint_save: metadata keys starting with \"ember.\" are ember's own "
@@ -158,22 +178,49 @@ em_status em_checkpoint_save(const char *path, const em_nn *m, em_optimizer *con
         o.opt = k;
         st = emi_optimizer_state_export(opts[k], export_one, &o);
     }
+    /* schedulers: their state as one float64 vector each, their kinds in the metadata */
+    cJSON *slist = cJSON_CreateArray();
+    for (size_t k = 0; k < n_scheds && st == EM_OK; k++) {
+        size_t n = scheds[k] != NULL ? emi_scheduler_state_get(scheds[k], NULL, 0) : 0;
+        if (scheds[k] == NULL)
+            st = emi_fail(EM_EINVAL, "em_checkpoint_save: scheduler %zu is NULL", k);
+        else if (n == 0)
+            st = em_last_status();
+        double *v = st == EM_OK ? malloc(n * sizeof *v) : NULL;
+        if (st == EM_OK && v == NULL)
+            st = emi_fail(EM_ENOMEM, "em_checkpoint_save: out of memory");
+        if (st != EM_OK)
+            break;
+        emi_scheduler_state_get(scheds[k], v, n);
+        em_tensor *t = em_tensor_from(v, EM_F64, (int64_t[]){(int64_t)n}, 1, NULL);
+        free(v);
+        char buf[64];
+        snprintf(buf, sizeof buf, "schedulers.%zu.state", k);
+        st = t == NULL ? em_last_status() : out_add(&o, fmt_name(buf, ""), t);
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "name", em_scheduler_name(scheds[k]));
+        cJSON_AddItemToArray(slist, d);
+    }
     char *json = st == EM_OK ? cJSON_PrintUnformatted(list) : NULL;
+    char *sjson = st == EM_OK ? cJSON_PrintUnformatted(slist) : NULL;
     cJSON_Delete(list);
-    if (st == EM_OK && json == NULL)
+    cJSON_Delete(slist);
+    if (st == EM_OK && (json == NULL || sjson == NULL))
         st = emi_fail(EM_ENOMEM, "em_checkpoint_save: out of memory");
-    em_safetensors_meta *all = st == EM_OK ? malloc((n_meta + 2) * sizeof *all) : NULL;
+    em_safetensors_meta *all = st == EM_OK ? malloc((n_meta + 3) * sizeof *all) : NULL;
     if (st == EM_OK && all == NULL)
         st = emi_fail(EM_ENOMEM, "em_checkpoint_save: out of memory");
     if (st == EM_OK) {
         all[0] = (em_safetensors_meta){"ember.checkpoint", CKPT_VERSION};
         all[1] = (em_safetensors_meta){"ember.optimizers", json};
+        all[2] = (em_safetensors_meta){"ember.schedulers", sjson};
         if (n_meta > 0)
-            memcpy(all + 2, meta, n_meta * sizeof *meta);
-        st = em_safetensors_write(path, (const char *const *)o.names, o.tensors, o.n, all, n_meta + 2);
+            memcpy(all + 3, meta, n_meta * sizeof *meta);
+        st = em_safetensors_write(path, (const char *const *)o.names, o.tensors, o.n, all, n_meta + 3);
     }
     free(all);
     cJSON_free(json);
+    cJSON_free(sjson);
     for (size_t i = 0; i < o.n; i++)
         free(o.names[i]);
     free(o.names);
@@ -266,10 +313,12 @@ static bool parse_state_name(const char *name, size_t *k, size_t *i, const char 
     return true;
 }
 
-em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *opts, size_t n_opts)
+em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *opts, size_t n_opts,
+                             em_scheduler *const *scheds, size_t n_scheds)
 {
-    if (m == NULL || (n_opts > 0 && opts == NULL))
-        return emi_fail(EM_EINVAL, "em_checkpoint_load: %s is NULL", m == NULL ? "the layer" : "opts");
+    if (m == NULL || (n_opts > 0 && opts == NULL) || (n_scheds > 0 && scheds == NULL))
+        return emi_fail(EM_EINVAL, "em_checkpoint_load: %s is NULL",
+                        m == NULL ? "the layer" : n_opts > 0 && opts == NULL ? "opts" : "scheds");
     em_safetensors *f = em_safetensors_open(path);
     if (f == NULL)
         return em_last_status();
@@ -280,9 +329,14 @@ em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *op
     em_scope_begin();
     const char *version = em_safetensors_meta_find(f, "ember.checkpoint");
     const char *json = em_safetensors_meta_find(f, "ember.optimizers");
-    if (ol == NULL)
+    const char *sjson = em_safetensors_meta_find(f, "ember.schedulers");
+    cJSON *slist = NULL;
+    em_tensor **sstate = calloc(n_scheds + 1, sizeof *sstate);
+    double **svals = calloc(n_scheds + 1, sizeof *svals);
+    size_t *slen = calloc(n_scheds + 1, sizeof *slen);
+    if (ol == NULL || sstate == NULL || svals == NULL || slen == NULL)
         st = emi_fail(EM_ENOMEM, "em_checkpoint_load: out of memory");
-    else if (version == NULL || json == NULL)
+    else if (version == NULL || json == NULL || sjson == NULL)
         st = emi_fail(EM_EINVAL, "em_checkpoint_load: %s: not an ember checkpoint (no \"ember.checkpoint\" metadata; "
                       "em_nn_load_safetensors reads weights files)", label);
     else if (strcmp(version, CKPT_VERSION) != 0)
@@ -293,6 +347,37 @@ em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *op
     else if ((size_t)cJSON_GetArraySize(list) != n_opts)
         st = emi_fail(EM_EINVAL, "em_checkpoint_load: %s: the checkpoint has %d optimizers, %zu given", label,
                       cJSON_GetArraySize(list), n_opts);
+    else if ((slist = cJSON_Parse(sjson)) == NULL || !cJSON_IsArray(slist))
+        st = emi_fail(EM_EINVAL, "em_checkpoint_load: %s: the \"ember.schedulers\" metadata is not a JSON list", label);
+    else if ((size_t)cJSON_GetArraySize(slist) != n_scheds)
+        st = emi_fail(EM_EINVAL, "em_checkpoint_load: %s: the checkpoint has %d schedulers, %zu given", label,
+                      cJSON_GetArraySize(slist), n_scheds);
+    /* 0. each scheduler is of the kind saved, and its state fits it */
+    size_t ks = 0;
+    for (const cJSON *d = st == EM_OK ? slist->child : NULL; d != NULL && st == EM_OK; d = d->next, ks++) {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(d, "name");
+        char tname[64];
+        snprintf(tname, sizeof tname, "schedulers.%zu.state", ks);
+        int64_t at = em_safetensors_find(f, tname);
+        if (scheds[ks] == NULL)
+            st = emi_fail(EM_EINVAL, "em_checkpoint_load: scheduler %zu is NULL", ks);
+        else if (!cJSON_IsString(name) || strcmp(name->valuestring, em_scheduler_name(scheds[ks])) != 0)
+            st = emi_fail(EM_EINVAL, "em_checkpoint_load: %s: scheduler %zu is %.40s in the checkpoint but %s here",
+                          label, ks, cJSON_IsString(name) ? name->valuestring : "?", em_scheduler_name(scheds[ks]));
+        else if (at < 0 || strcmp(em_safetensors_dtype(f, (size_t)at), "F64") != 0 ||
+                 em_safetensors_shape(f, (size_t)at, NULL, 0) != 1)
+            st = emi_fail(EM_EINVAL, "em_checkpoint_load: %s: the state of scheduler %zu is missing or not a "
+                          "float64 vector", label, ks);
+        else if ((sstate[ks] = em_safetensors_tensor(f, (size_t)at)) == NULL)
+            st = em_last_status();
+        else {
+            slen[ks] = (size_t)em_tensor_numel(sstate[ks]);
+            if ((svals[ks] = malloc((slen[ks] + 1) * sizeof(double))) == NULL)
+                st = emi_fail(EM_ENOMEM, "em_checkpoint_load: out of memory");
+            else if ((st = em_tensor_copy_to(sstate[ks], svals[ks], slen[ks] * sizeof(double), EM_F64)) == EM_OK)
+                st = emi_scheduler_state_set(scheds[ks], svals[ks], slen[ks], false, "em_checkpoint_load");
+        }
+    }
     /* 1. each optimizer fits its description */
     size_t k = 0;
     for (const cJSON *d = st == EM_OK ? list->child : NULL; d != NULL && st == EM_OK; d = d->next, k++) {
@@ -309,6 +394,12 @@ em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *op
         size_t ko, i;
         if (strncmp(name, "model.", 6) == 0)
             continue;
+        if (strncmp(name, "schedulers.", 11) == 0) {
+            unsigned long long sk;
+            int used = 0;
+            if (sscanf(name, "schedulers.%llu.state%n", &sk, &used) == 1 && name[used] == '\0' && sk < n_scheds)
+                continue;
+        }
         if (!parse_state_name(name, &ko, &i, &key) || ko >= n_opts || i >= ol[ko].n_params ||
             ol[ko].params[i].n == 8) {
             st = emi_fail(EM_EINVAL, "em_checkpoint_load: %s: unexpected tensor \"%s\" (not model.*, nor the state of "
@@ -348,7 +439,14 @@ em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *op
             emi_optimizer_set_step_count(
                 opts[k], (int64_t)cJSON_GetObjectItemCaseSensitive(ol[k].desc, "step_count")->valuedouble);
     }
+    /* 6. the schedulers, after their optimizers */
+    for (k = 0; k < n_scheds && st == EM_OK; k++)
+        st = emi_scheduler_state_set(scheds[k], svals[k], slen[k], true, "em_checkpoint_load");
     em_scope_end();
+    for (k = 0; svals != NULL && k < n_scheds; k++)
+        free(svals[k]);
+    free(svals), free(sstate), free(slen);
+    cJSON_Delete(slist);
     for (k = 0; ol != NULL && k < n_opts; k++)
         free(ol[k].params);
     free(ol);

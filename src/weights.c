@@ -51,7 +51,7 @@ static em_status write_tensors(const char *who, const char *path, const char *co
         t[i].dtype = emi_st_dtype_from_em(d);
         t[i].ndim = em_tensor_shape(tensors[i], t[i].shape, EM_MAX_DIMS);
         int64_t numel = em_tensor_numel(tensors[i]);
-        if (t[i].ndim < 0 || numel < 0 || emi_has_error())
+        if (t[i].ndim < 0 || t[i].ndim > EM_MAX_DIMS || numel < 0)
             st = emi_fail(EM_EINVAL, "%s: tensor %zu is not a valid tensor", who, i);
         else
             t[i].nbytes = (uint64_t)numel * em_dtype_size(d);
@@ -126,8 +126,12 @@ em_status em_nn_save_safetensors(const em_nn *m, const char *path, const em_safe
         names[np + i] = em_nn_buffer_name(m, i);
         ts[np + i] = em_nn_buffer(m, i);
     }
-    em_status st = emi_has_error() ? em_last_status()
-                                   : write_tensors("em_nn_save_safetensors", path, names, ts, np + nb, meta, n_meta);
+    em_status st = EM_OK;
+    for (size_t i = 0; i < np + nb && st == EM_OK; i++)
+        if (names[i] == NULL || ts[i] == NULL)
+            st = emi_fail(EM_EINVAL, "em_nn_save_safetensors: the layer's tensor %zu cannot be read", i);
+    if (st == EM_OK)
+        st = write_tensors("em_nn_save_safetensors", path, names, ts, np + nb, meta, n_meta);
     free(names);
     free(ts);
     return st;

@@ -44,6 +44,7 @@
 
 #include "nn.h"
 #include "optim.h"
+#include "scheduler.h"
 
 EM_BEGIN_DECLS
 
@@ -159,33 +160,40 @@ EM_API em_status em_nn_load_safetensors(em_nn *m, const char *path, bool strict)
 /* ---- checkpoints (the start: a layer and its optimizers) ----------------------------------------- */
 
 /**
- * Save a checkpoint of `m` and opts[0..n_opts-1] to `path`: one safetensors file (written atomically,
+ * Save a checkpoint of `m`, opts[0..n_opts-1] and scheds[0..n_scheds-1] to `path`: one safetensors
+ * file (written atomically,
  * as em_safetensors_write) holding the parameters and buffers as "model.<name>", each optimizer's
  * per-parameter state as "optimizers.<k>.state.<i>.<key>" (i numbers the parameters over all groups
  * in order, key is torch.optim's: "momentum_buffer", "step" (int64 here), "exp_avg", "exp_avg_sq",
  * "max_exp_avg_sq", "square_avg", "grad_avg", "sum"), and metadata: "ember.checkpoint" (the format
  * version, "1"), "ember.optimizers" (JSON: each optimizer's name, step count, and per group the
- * shapes of its parameters and every hyper-parameter), then meta[0..n_meta-1] (keys must not start
- * with "ember."). Pass wrappers or the optimizers themselves.
- * Not in it yet: schedulers, the trainer's loop progress, RNG and loader state (issue 10).
- * Errors: EM_EUNSUPPORTED for LBFGS and optimizers written in C (their state is not saved yet);
+ * shapes of its parameters and every hyper-parameter), "ember.schedulers" (JSON: each scheduler's
+ * name), then meta[0..n_meta-1] (keys must not start with "ember."); each scheduler's state
+ * (torch's state_dict: counters, base_lrs, _last_lr, initial_lr, ReduceLROnPlateau's best and
+ * counters, CosineAnnealingWarmRestarts' T_i and T_cur, SequentialLR's and ChainedScheduler's
+ * children) as "schedulers.<k>.state", a float64 vector. Pass wrappers or the optimizers themselves.
+ * Not in it yet: the trainer's loop progress, RNG and loader state (issue 10).
+ * Errors: EM_EUNSUPPORTED for LBFGS, optimizers and schedulers written in C (not saved yet);
  * EM_EINVAL for NULL arguments or a reserved metadata key; as em_safetensors_write.
  */
 EM_API em_status em_checkpoint_save(const char *path, const em_nn *m, em_optimizer *const *opts, size_t n_opts,
-                                    const em_safetensors_meta *meta, size_t n_meta);
+                                    em_scheduler *const *scheds, size_t n_scheds, const em_safetensors_meta *meta,
+                                    size_t n_meta);
 
 /**
- * Restore a checkpoint em_checkpoint_save wrote into `m` and opts[0..n_opts-1], built as when it was
- * saved: parameters and buffers (strict), each optimizer's hyper-parameters, state and step count,
+ * Restore a checkpoint em_checkpoint_save wrote into `m`, opts[0..n_opts-1] and scheds[0..n_scheds-1],
+ * built as when it was saved (the schedulers with the same arguments): parameters and buffers
+ * (strict), each optimizer's hyper-parameters, state and step count, each scheduler's state,
  * so that training continues bit for bit as it would have without the interruption. Everything is
  * checked before anything is changed.
  * Errors: EM_EINVAL, with the path and what differs, for a file that is not an ember checkpoint, or
- * from an incompatible setup: another number of optimizers, another optimizer type ("optimizer 0 is
+ * from an incompatible setup: another number of optimizers or schedulers, another type ("optimizer 0 is
  * Adam in the checkpoint but SGD here"), other groups or parameter shapes, a layer with other names
  * or shapes (as em_nn_load_safetensors, strict), incomplete or malformed optimizer state;
  * EM_EUNSUPPORTED for LBFGS and C optimizers; the reader's errors (em_safetensors_open).
  */
-EM_API em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *opts, size_t n_opts);
+EM_API em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *opts, size_t n_opts,
+                                    em_scheduler *const *scheds, size_t n_scheds);
 
 EM_END_DECLS
 

@@ -66,7 +66,7 @@ static void test_files__sigkill_during_saves_leaves_a_whole_checkpoint(void **st
             em_params *pa = em_nn_parameters(a), *pb = em_nn_parameters(b);
             em_optimizer *oa = em_sgd(pa, &(em_sgd_opts){.lr = 0.1}), *ob = em_sgd(pb, &(em_sgd_opts){.lr = 0.2});
             for (long i = 0;; i++)
-                if (em_checkpoint_save(path, i % 2 ? b : a, i % 2 ? &ob : &oa, 1, NULL, 0) != EM_OK)
+                if (em_checkpoint_save(path, i % 2 ? b : a, i % 2 ? &ob : &oa, 1, NULL, 0, NULL, 0) != EM_OK)
                     _exit(3);
         }
         struct timespec ts = {0, (long)(rand() % 40 + 5) * 1000000L};
@@ -80,7 +80,7 @@ static void test_files__sigkill_during_saves_leaves_a_whole_checkpoint(void **st
         em_nn *n = net_with(0.0f, 64);
         em_params *pn = em_nn_parameters(n);
         em_optimizer *on = em_sgd(pn, &(em_sgd_opts){.lr = 0.5});
-        assert_ok(em_checkpoint_load(path, n, &on, 1));
+        assert_ok(em_checkpoint_load(path, n, &on, 1, NULL, 0));
         static float w[64 * 64];
         assert_ok(em_tensor_copy_to(em_nn_get(n, "weight"), w, sizeof w, EM_F32));
         for (int i = 1; i < 64 * 64; i++)
@@ -144,12 +144,12 @@ static int full_disk_child(const char *mnt)
     em_nn *big = net_with(2.0f, 256);           /* 256 KiB: more than the file system holds */
     em_params *ps = em_nn_parameters(small), *pb = em_nn_parameters(big);
     em_optimizer *os = em_sgd(ps, &(em_sgd_opts){.lr = 0.1}), *ob = em_sgd(pb, &(em_sgd_opts){.lr = 0.2});
-    if (em_checkpoint_save(path, small, &os, 1, NULL, 0) != EM_OK) {
+    if (em_checkpoint_save(path, small, &os, 1, NULL, 0, NULL, 0) != EM_OK) {
         fprintf(stderr, "the small checkpoint: %s\n", em_last_error());
         return 1;
     }
     em_clear_error();
-    em_status st = em_checkpoint_save(path, big, &ob, 1, NULL, 0);
+    em_status st = em_checkpoint_save(path, big, &ob, 1, NULL, 0, NULL, 0);
     printf("full disk: %s: %s\n", em_status_name(st), em_last_error());
     if (st != EM_EIO || strstr(em_last_error(), "No space left on device") == NULL ||
         strstr(em_last_error(), path) == NULL)
@@ -162,7 +162,7 @@ static int full_disk_child(const char *mnt)
     em_nn *n = net_with(0.0f, 8);
     em_params *pn = em_nn_parameters(n);
     em_optimizer *on = em_sgd(pn, &(em_sgd_opts){.lr = 0.5});
-    if (em_checkpoint_load(path, n, &on, 1) != EM_OK || em_optimizer_lr(on, 0) != 0.1) {
+    if (em_checkpoint_load(path, n, &on, 1, NULL, 0) != EM_OK || em_optimizer_lr(on, 0) != 0.1) {
         fprintf(stderr, "the first checkpoint: %s\n", em_last_error());
         return 4;
     }

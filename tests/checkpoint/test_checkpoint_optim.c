@@ -103,7 +103,7 @@ static void test_checkpoint__resume_is_bit_exact_for_each_optimizer(void **state
         em_nn *a = make_net(0);
         em_optimizer *oa = make_opt(kind, a, 0.05);
         train(a, oa, 0, 4);
-        assert_ok(em_checkpoint_save(ckpt, a, &oa, 1, &(em_safetensors_meta){"note", "test"}, 1));
+        assert_ok(em_checkpoint_save(ckpt, a, &oa, 1, NULL, 0, &(em_safetensors_meta){"note", "test"}, 1));
         train(a, oa, 4, 8);
         float wa[64] = {0}, wb[64] = {0};
         weights(a, wa, 64);
@@ -111,7 +111,7 @@ static void test_checkpoint__resume_is_bit_exact_for_each_optimizer(void **state
         em_nn *b = make_net(1);             /* other weights */
         em_optimizer *ob = make_opt(kind, b, 0.3); /* other learning rates */
         train(b, ob, 0, 1);                 /* and a state of its own */
-        assert_ok(em_checkpoint_load(ckpt, b, &ob, 1));
+        assert_ok(em_checkpoint_load(ckpt, b, &ob, 1, NULL, 0));
         assert_int_equal(em_optimizer_step_count(ob), 4);
         assert_true(em_optimizer_lr(ob, 0) == 0.05);
         assert_true(em_optimizer_lr(ob, 1) == 0.025);
@@ -125,7 +125,7 @@ static void test_checkpoint__resume_is_bit_exact_for_each_optimizer(void **state
          * does see the optimizer's state */
         em_nn *c = make_net(2);
         em_optimizer *oc = make_opt(kind, c, 0.05);
-        assert_ok(em_checkpoint_load(ckpt, c, &oc, 1));
+        assert_ok(em_checkpoint_load(ckpt, c, &oc, 1, NULL, 0));
         em_optimizer *fresh = make_opt(kind, c, 0.05);
         train(c, fresh, 4, 8);
         float wc[64] = {0};
@@ -148,7 +148,7 @@ static void test_checkpoint__file_layout(void **state)
     em_nn *a = make_net(0);
     em_optimizer *oa = make_opt(ADAM, a, 0.01);
     train(a, oa, 0, 3);
-    assert_ok(em_checkpoint_save(ckpt, a, &oa, 1, NULL, 0));
+    assert_ok(em_checkpoint_save(ckpt, a, &oa, 1, NULL, 0, NULL, 0));
     em_safetensors *f = em_safetensors_open(ckpt);
     assert_nonnull_em(f);
     assert_string_equal(em_safetensors_meta_find(f, "ember.checkpoint"), "1");
@@ -187,25 +187,25 @@ static void test_checkpoint__incompatible_setups_refused(void **state)
     em_nn *a = make_net(0);
     em_optimizer *oa = make_opt(ADAM, a, 0.01);
     train(a, oa, 0, 2);
-    assert_ok(em_checkpoint_save(ckpt, a, &oa, 1, NULL, 0));
+    assert_ok(em_checkpoint_save(ckpt, a, &oa, 1, NULL, 0, NULL, 0));
 
     em_nn *b = make_net(1);
     em_optimizer *sgd = make_opt(SGD, b, 0.7);
     float before[64] = {0}, after[64] = {0};
     weights(b, before, 64);
-    assert_int_equal(em_checkpoint_load(ckpt, b, &sgd, 1), EM_EINVAL);
+    assert_int_equal(em_checkpoint_load(ckpt, b, &sgd, 1, NULL, 0), EM_EINVAL);
     assert_error_contains("optimizer 0 is Adam in the checkpoint but SGD here");
     assert_error_contains(ckpt);
     em_clear_error();
     em_optimizer *two[2] = {sgd, sgd};
-    assert_int_equal(em_checkpoint_load(ckpt, b, two, 2), EM_EINVAL);
+    assert_int_equal(em_checkpoint_load(ckpt, b, two, 2, NULL, 0), EM_EINVAL);
     assert_error_contains("the checkpoint has 1 optimizers, 2 given");
     em_clear_error();
     /* a layer with other shapes: refused before the optimizer changes */
     em_manual_seed(3);
     em_nn *wide = EM_NN_SEQUENTIAL(em_nn_linear(4, 8, true), em_nn_tanh(), em_nn_linear(8, 3, true));
     em_optimizer *ow = make_opt(ADAM, wide, 0.7);
-    assert_int_equal(em_checkpoint_load(ckpt, wide, &ow, 1), EM_EINVAL);
+    assert_int_equal(em_checkpoint_load(ckpt, wide, &ow, 1, NULL, 0), EM_EINVAL);
     assert_error_contains("has another shape here");
     em_clear_error();
     assert_true(em_optimizer_lr(ow, 0) == 0.7);
@@ -214,7 +214,7 @@ static void test_checkpoint__incompatible_setups_refused(void **state)
     snprintf(wpath, sizeof wpath, "%s/w.safetensors", dir);
     assert_ok(em_nn_save_safetensors(b, wpath, NULL, 0));
     em_optimizer *ob = make_opt(ADAM, b, 0.7);
-    assert_int_equal(em_checkpoint_load(wpath, b, &ob, 1), EM_EINVAL);
+    assert_int_equal(em_checkpoint_load(wpath, b, &ob, 1, NULL, 0), EM_EINVAL);
     assert_error_contains("not an ember checkpoint");
     em_clear_error();
     remove(wpath);
@@ -228,12 +228,13 @@ static void test_checkpoint__incompatible_setups_refused(void **state)
     em_params_free(ps);
     char lpath[160];
     snprintf(lpath, sizeof lpath, "%s/l.safetensors", dir);
-    assert_int_equal(em_checkpoint_save(lpath, b, &lb, 1, NULL, 0), EM_EUNSUPPORTED);
+    assert_int_equal(em_checkpoint_save(lpath, b, &lb, 1, NULL, 0, NULL, 0), EM_EUNSUPPORTED);
     assert_error_contains("LBFGS is not saved in checkpoints yet");
     em_clear_error();
     assert_int_equal(access(lpath, F_OK), -1);
     /* reserved metadata keys */
-    assert_int_equal(em_checkpoint_save(lpath, b, &ob, 1, &(em_safetensors_meta){"ember.x", "1"}, 1), EM_EINVAL);
+    assert_int_equal(em_checkpoint_save(lpath, b, &ob, 1, NULL, 0, &(em_safetensors_meta){"ember.x", "1"}, 1),
+                     EM_EINVAL);
     em_clear_error();
     em_optimizer_free(lb);
     em_optimizer_free(ob);

@@ -440,6 +440,20 @@ static void test_safetensors__atomic_writer(void **state)
     em_nn_free(a);
 }
 
+/* An error recorded earlier by something else does not stop a save or a load (first error wins:
+ * it stays recorded, untouched). */
+static void test_safetensors__earlier_error_does_not_block(void **state)
+{
+    (void)state;
+    em_nn *a = em_nn_linear(2, 3, true);
+    em_error_set(EM_EUSER, "an earlier failure");
+    assert_int_equal(em_nn_save_safetensors(a, tmp("e.safetensors"), NULL, 0), EM_OK);
+    assert_int_equal(em_nn_load_safetensors(a, tmp("e.safetensors"), true), EM_OK);
+    assert_string_equal(em_last_error(), "an earlier failure");
+    em_clear_error();
+    em_nn_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -449,6 +463,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_safetensors__strict_and_non_strict, setup, teardown),
         cmocka_unit_test_setup_teardown(test_safetensors__dtype_conversion, setup, teardown),
         cmocka_unit_test_setup_teardown(test_safetensors__atomic_writer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_safetensors__earlier_error_does_not_block, setup, teardown),
     };
     return cmocka_run_group_tests(tests, make_tmpdir, remove_tmpdir);
 }
