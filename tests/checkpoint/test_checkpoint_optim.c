@@ -246,6 +246,95 @@ static void test_checkpoint__incompatible_setups_refused(void **state)
     em_nn_free(b);
 }
 
+/* Rewrite the checkpoint at `from` to `to`, changing it on the way: the tensor named `drop` left out,
+ * the tensor `replace` replaced by `with` (NULL: kept), metadata `key` set to `value` (NULL: kept). */
+static void rewrite(const char *from, const char *to, const char *drop, const char *replace, em_tensor *with,
+                    const char *key, const char *value)
+{
+    em_safetensors *f = em_safetensors_open(from);
+    assert_nonnull_em(f);
+    size_t n = em_safetensors_count(f), m = em_safetensors_meta_count(f), k = 0;
+    const char **names = calloc(n + 2, sizeof *names);
+    em_tensor **ts = calloc(n + 2, sizeof *ts);
+    em_safetensors_meta *meta = calloc(m + 1, sizeof *meta);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = em_safetensors_name(f, i);
+        if (drop != NULL && strcmp(name, drop) == 0)
+            continue;
+        names[k] = name;
+        ts[k++] = replace != NULL && strcmp(name, replace) == 0 ? with : em_safetensors_tensor(f, i);
+    }
+    if (replace != NULL && em_safetensors_find(f, replace) < 0)
+        names[k] = replace, ts[k++] = with;
+    for (size_t i = 0; i < m; i++) {
+        meta[i] = em_safetensors_meta_get(f, i);
+        if (key != NULL && strcmp(meta[i].key, key) == 0)
+            meta[i].value = value;
+    }
+    assert_ok(em_safetensors_write(to, names, ts, k, meta, m));
+    free(names);
+    free(ts);
+    free(meta);
+    em_safetensors_free(f);
+}
+
+/* A checkpoint is a file from elsewhere too: damaged optimizer parts are refused, nothing changes. */
+static void test_checkpoint__damaged_optimizer_parts_refused(void **state)
+{
+    (void)state;
+    em_scope_begin();
+    em_nn *a = make_net(0);
+    em_optimizer *oa = make_opt(ADAM, a, 0.01);
+    train(a, oa, 0, 2);
+    assert_ok(em_checkpoint_save(ckpt, a, &oa, 1, NULL, 0, NULL, 0));
+    char bad[160];
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    em_nn *b = make_net(1);
+    em_optimizer *ob = make_opt(ADAM, b, 0.7);
+    float before[64] = {0}, after[64] = {0};
+    weights(b, before, 64);
+    struct {
+        const char *what, *drop, *replace;
+        em_tensor *with;
+        const char *key, *value, *needle;
+    } cases[] = {
+        {"a state of the wrong shape", NULL, "optimizers.0.state.0.exp_avg", em_zeros(EM_SHAPE(1), NULL), NULL, NULL,
+         "the \"exp_avg\" state of parameter 0 is [1], the parameter [8, 4]"},
+        {"a state key missing", "optimizers.0.state.1.exp_avg_sq", NULL, NULL, NULL, NULL,
+         "the state of parameter 1 lacks \"exp_avg_sq\""},
+        {"a state of a parameter the optimizer lacks", NULL, "optimizers.0.state.9.exp_avg", em_zeros(EM_SHAPE(2), NULL),
+         NULL, NULL, "unexpected tensor \"optimizers.0.state.9.exp_avg\""},
+        {"a negative step", NULL, "optimizers.0.state.0.step", em_full(EM_SHAPE(1), -3, &(em_tensor_opts){.dtype = EM_I64}),
+         NULL, NULL, "the step of parameter 0 is not one non-negative number"},
+        {"a state key Adam has not", NULL, "optimizers.0.state.0.momentum_buffer", em_zeros(EM_SHAPE(8, 4), NULL),
+         NULL, NULL, "has no state \"momentum_buffer\""},
+        {"malformed optimizer metadata", NULL, NULL, NULL, "ember.optimizers", "[{\"name\":", "is not a JSON list"},
+        {"a hyper-parameter missing", NULL, NULL, NULL, "ember.optimizers",
+         "[{\"name\":\"Adam\",\"step_count\":2,\"param_groups\":[{\"shapes\":[[8,4],[8]],\"hparams\":{}},"
+         "{\"shapes\":[[2,8],[2]],\"hparams\":{}}]}]",
+         "hyper-parameter \"lr\" of group 0 of optimizer 0 is missing or not a number"},
+        {"another version", NULL, NULL, NULL, "ember.checkpoint", "7", "checkpoint version \"7\""},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        rewrite(ckpt, bad, cases[c].drop, cases[c].replace, cases[c].with, cases[c].key, cases[c].value);
+        em_status st = em_checkpoint_load(bad, b, &ob, 1, NULL, 0);
+        if (st != EM_EINVAL || strstr(em_last_error(), cases[c].needle) == NULL)
+            fail_msg("%s: got %s \"%s\", wanted EM_EINVAL with \"%s\"", cases[c].what, em_status_name(st),
+                     em_last_error(), cases[c].needle);
+        em_clear_error();
+    }
+    weights(b, after, 64);
+    assert_memory_equal(before, after, sizeof before);
+    assert_true(em_optimizer_lr(ob, 0) == 0.7);
+    assert_int_equal(em_optimizer_step_count(ob), 0);
+    remove(bad);
+    em_optimizer_free(oa);
+    em_optimizer_free(ob);
+    em_nn_free(a);
+    em_nn_free(b);
+    em_scope_end();
+}
+
 static int setup_all(void **state)
 {
     (void)state;
@@ -270,6 +359,8 @@ int main(void)
                                         helper_teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint__file_layout, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint__incompatible_setups_refused, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoint__damaged_optimizer_parts_refused, helper_setup,
+                                        helper_teardown),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
