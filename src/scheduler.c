@@ -1991,7 +1991,8 @@ static bool state_read(em_scheduler *s, state_in *in, bool apply)
     s->last_epoch = last_epoch;
     s->step_count = step_count;
     s->has_last_lr = has_last != 0;
-    memcpy(s->base_lrs, in->v + base_at, s->n_base * sizeof *s->base_lrs);
+    if (s->n_base > 0) /* a plateau or chained scheduler has none (and no array) */
+        memcpy(s->base_lrs, in->v + base_at, s->n_base * sizeof *s->base_lrs);
     if (n_last > 0)
         memcpy(s->last_lr, in->v + last_at, n_last * sizeof *s->last_lr);
     s->n_last = n_last;
