@@ -8,6 +8,7 @@
  *   ember/amp.h      the grad scaler of mixed precision (torch.amp.GradScaler)
  *   ember/scheduler.h learning-rate schedulers
  *   ember/trainer.h  the training loop: modules, loaders, callbacks, the trainer
+ *   ember/io.h       weights in safetensors files, a reader safe against hostile files
  */
 #ifndef EMBER_H
 #define EMBER_H
@@ -19,5 +20,6 @@
 #include "ember/amp.h"
 #include "ember/scheduler.h"
 #include "ember/trainer.h"
+#include "ember/io.h"
 
 #endif /* EMBER_H */

@@ -195,6 +195,49 @@ em_status emi_dist_reducer_prepare(emi_dist_reducer *r);
 em_status emi_dist_reducer_finish(emi_dist_reducer *r);
 void emi_dist_reducer_free(emi_dist_reducer *r);
 
+/* ---- optimizer state, for checkpoints (shim/optim.cpp) ------------------------------------------------
+ * The state torch.optim keeps per parameter, under torch's state_dict keys: "momentum_buffer" (SGD,
+ * RMSprop), "step" (a 0-dim int64 tensor here; Python keeps a float one), "exp_avg", "exp_avg_sq",
+ * "max_exp_avg_sq" (Adam, AdamW), "square_avg", "grad_avg" (RMSprop), "sum" (Adagrad). Parameters are
+ * numbered over all groups in group order (torch's state_dict numbering). Built-in libtorch optimizers
+ * only: LBFGS and optimizers written in C are EM_EUNSUPPORTED. A wrapper stands for its inner one. */
+
+/** Called once per state tensor; `value` is a new handle owned by the open scope. Non-OK stops. */
+typedef em_status (*emi_opt_state_fn)(void *ctx, size_t param, const char *key, em_tensor *value);
+
+/** Report every state tensor of `opt` (parameters without state are skipped). Errors: EM_EUNSUPPORTED. */
+em_status emi_optimizer_state_export(const em_optimizer *opt, emi_opt_state_fn fn, void *ctx);
+
+/**
+ * Check that keys[0..n-1] / values are a complete state for parameter `param` (every key the
+ * optimizer and the parameter's group need, no other; tensors of the parameter's shape, "step" a
+ * non-negative one-element value). With `apply`, also replace that parameter's state with copies
+ * converted to the parameter's dtype and device. `who` prefixes errors (EM_EINVAL, EM_EUNSUPPORTED).
+ */
+em_status emi_optimizer_state_import(em_optimizer *opt, size_t param, const char *const *keys,
+                                     em_tensor *const *values, size_t n, bool apply, const char *who);
+
+/** Forget every parameter's state, as a new optimizer has it (Adagrad: its initial accumulator). */
+em_status emi_optimizer_state_clear(em_optimizer *opt);
+
+/** Set the count em_optimizer_step_count reports (restored from a checkpoint). */
+void emi_optimizer_set_step_count(em_optimizer *opt, int64_t n);
+
+/* ---- scheduler state, for checkpoints (src/scheduler.c) ---------------------------------------------- */
+
+/**
+ * Write the state of `s` (torch's state_dict without the optimizer and callables, flattened into
+ * doubles: counters, base_lrs, _last_lr, the initial_lr record, the kind's own counters, composites'
+ * children) into out[0..cap-1] and return how many values it has (call with cap 0 to size it).
+ * Errors: 0, recorded (EM_EUNSUPPORTED), for a scheduler written in C.
+ */
+size_t emi_scheduler_state_get(const em_scheduler *s, double *out, size_t cap);
+/**
+ * Check (`apply` false) or restore a state emi_scheduler_state_get wrote into `s`, built with the
+ * same arguments. Errors: EM_EINVAL (recorded, `who` first) when it does not fit.
+ */
+em_status emi_scheduler_state_set(em_scheduler *s, const double *v, size_t n, bool apply, const char *who);
+
 EM_END_DECLS
 
 #endif /* EMBER_BACKEND_H */

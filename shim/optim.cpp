@@ -18,6 +18,7 @@
 #include <torch/optim/sgd.h>
 #pragma GCC diagnostic pop
 
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
 #include <utility>
@@ -1008,4 +1009,264 @@ extern "C" em_status em_clip_grad_value(const em_params *params, double clip_val
         }
         return EM_OK;
     EM_CATCH(EM_ETORCH)
+}
+
+// ---- optimizer state for checkpoints (backend.h) -------------------------------------------------------
+
+namespace {
+
+// The keys each built-in optimizer's per-parameter state has, as torch.optim's state_dict names them.
+struct state_item {
+    const char *key;
+    at::Tensor value;
+};
+
+// The state tensors of one parameter's ParamState (only those that are defined).
+std::vector<state_item> state_items(emi_torch_optim kind, torch::optim::OptimizerParamState &st)
+{
+    std::vector<state_item> out;
+    auto add = [&](const char *key, const at::Tensor &t) {
+        if (t.defined())
+            out.push_back({key, t});
+    };
+    auto step = [&](int64_t s) { out.push_back({"step", at::scalar_tensor(s, at::kLong)}); };
+    switch (kind) {
+    case EMI_TORCH_SGD: add("momentum_buffer", static_cast<torch::optim::SGDParamState &>(st).momentum_buffer()); break;
+    case EMI_TORCH_ADAM: {
+        auto &s = static_cast<torch::optim::AdamParamState &>(st);
+        step(s.step());
+        add("exp_avg", s.exp_avg());
+        add("exp_avg_sq", s.exp_avg_sq());
+        add("max_exp_avg_sq", s.max_exp_avg_sq());
+        break;
+    }
+    case EMI_TORCH_ADAMW: {
+        auto &s = static_cast<torch::optim::AdamWParamState &>(st);
+        step(s.step());
+        add("exp_avg", s.exp_avg());
+        add("exp_avg_sq", s.exp_avg_sq());
+        add("max_exp_avg_sq", s.max_exp_avg_sq());
+        break;
+    }
+    case EMI_TORCH_RMSPROP: {
+        auto &s = static_cast<torch::optim::RMSpropParamState &>(st);
+        step(s.step());
+        add("square_avg", s.square_avg());
+        add("momentum_buffer", s.momentum_buffer());
+        add("grad_avg", s.grad_avg());
+        break;
+    }
+    case EMI_TORCH_ADAGRAD: {
+        auto &s = static_cast<torch::optim::AdagradParamState &>(st);
+        step(s.step());
+        add("sum", s.sum());
+        break;
+    }
+    }
+    return out;
+}
+
+em_optimizer *state_base(const char *func, const em_optimizer *opt)
+{
+    em_optimizer *b = emi_optimizer_base(const_cast<em_optimizer *>(opt));
+    if (b->kind != EMI_OPT_TORCH) {
+        emi_fail(EM_EUNSUPPORTED, "%s: the state of %s is not saved in checkpoints yet (SGD, Adam, AdamW, RMSprop "
+                 "and Adagrad are)", func, b->name.c_str());
+        return nullptr;
+    }
+    return b;
+}
+
+// The group of the i-th parameter (over all groups), or -1.
+int64_t group_of(const em_optimizer *b, size_t param, at::Tensor *p)
+{
+    size_t k = 0;
+    for (size_t g = 0; g < b->groups.size(); g++)
+        for (const em_tensor *h : b->groups[g]->items) {
+            if (k++ == param) {
+                *p = h->t;
+                return static_cast<int64_t>(g);
+            }
+        }
+    return -1;
+}
+
+} // namespace
+
+extern "C" em_status emi_optimizer_state_export(const em_optimizer *opt, emi_opt_state_fn fn, void *ctx)
+{
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
+    EM_TRY
+        em_optimizer *b = state_base("em_checkpoint_save", opt);
+        if (b == nullptr)
+            return EM_EUNSUPPORTED;
+        auto &state = b->torch_opt->state();
+        std::vector<at::Tensor> params = emi_optimizer_params(b);
+        for (size_t i = 0; i < params.size(); i++) {
+            auto it = state.find(emi::compat::optimizer_state_key(state, params[i]));
+            if (it == state.end())
+                continue;
+            for (state_item &item : state_items(b->builtin, *it->second)) {
+                em_tensor *h = emi_wrap(item.value.detach());
+                if (em_status st = fn(ctx, i, item.key, h); st != EM_OK)
+                    return st;
+            }
+        }
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status emi_optimizer_state_import(em_optimizer *opt, size_t param, const char *const *keys,
+                                                em_tensor *const *values, size_t n, bool apply, const char *who)
+{
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
+    EM_TRY
+        em_optimizer *b = state_base(who, opt);
+        if (b == nullptr)
+            return EM_EUNSUPPORTED;
+        at::Tensor p;
+        int64_t g = group_of(b, param, &p);
+        if (g < 0)
+            return emi_fail(EM_EINVAL, "%s: %s has no parameter %zu", who, b->name.c_str(), param);
+        // what this optimizer and group need
+        std::vector<std::string> need;
+        torch::optim::OptimizerOptions &o = b->torch_opt->param_groups()[static_cast<size_t>(g)].options();
+        switch (b->builtin) {
+        case EMI_TORCH_SGD: need = {"momentum_buffer"}; break;
+        case EMI_TORCH_ADAM:
+        case EMI_TORCH_ADAMW: {
+            bool ams = b->builtin == EMI_TORCH_ADAM ? static_cast<torch::optim::AdamOptions &>(o).amsgrad()
+                                                    : static_cast<torch::optim::AdamWOptions &>(o).amsgrad();
+            need = {"step", "exp_avg", "exp_avg_sq"};
+            if (ams)
+                need.push_back("max_exp_avg_sq");
+            break;
+        }
+        case EMI_TORCH_RMSPROP: {
+            auto &x = static_cast<torch::optim::RMSpropOptions &>(o);
+            need = {"step", "square_avg"};
+            if (x.momentum() > 0)
+                need.push_back("momentum_buffer");
+            if (x.centered())
+                need.push_back("grad_avg");
+            break;
+        }
+        case EMI_TORCH_ADAGRAD: need = {"step", "sum"}; break;
+        }
+        std::map<std::string, at::Tensor> got;
+        for (size_t i = 0; i < n; i++) {
+            if (keys[i] == nullptr || values[i] == nullptr || !emi_live(values[i]))
+                return emi_fail(EM_EINVAL, "%s: state %zu of parameter %zu is NULL", who, i, param);
+            std::string k = keys[i];
+            if (std::find(need.begin(), need.end(), k) == need.end() ||
+                !got.emplace(k, values[i]->t).second)
+                return emi_fail(EM_EINVAL, "%s: %s (group %lld) has no state \"%s\" for parameter %zu, or has it twice",
+                                who, b->name.c_str(), static_cast<long long>(g), k.c_str(), param);
+            const at::Tensor &t = values[i]->t;
+            if (k == "step") {
+                if (t.numel() != 1 || t.item<double>() < 0)
+                    return emi_fail(EM_EINVAL, "%s: the step of parameter %zu is not one non-negative number", who,
+                                    param);
+            } else if (t.sizes() != p.sizes()) {
+                return emi_fail(EM_EINVAL, "%s: the \"%s\" state of parameter %zu is %s, the parameter %s", who,
+                                k.c_str(), param, emi_shape_str(t).c_str(), emi_shape_str(p).c_str());
+            } else if (!at::isFloatingType(t.scalar_type())) {
+                return emi_fail(EM_EINVAL, "%s: the \"%s\" state of parameter %zu is not floating point", who,
+                                k.c_str(), param);
+            }
+        }
+        for (const std::string &k : need)
+            if (got.count(k) == 0)
+                return emi_fail(EM_EINVAL, "%s: the state of parameter %zu lacks \"%s\" (%s, group %lld)", who, param,
+                                k.c_str(), b->name.c_str(), static_cast<long long>(g));
+        if (!apply)
+            return EM_OK;
+        auto like = [&](const char *k) { return got[k].detach().to(p.options()).clone(); };
+        int64_t step = got.count("step") ? got["step"].item<int64_t>() : 0;
+        std::unique_ptr<torch::optim::OptimizerParamState> st;
+        switch (b->builtin) {
+        case EMI_TORCH_SGD: {
+            auto s = std::make_unique<torch::optim::SGDParamState>();
+            s->momentum_buffer(like("momentum_buffer"));
+            st = std::move(s);
+            break;
+        }
+        case EMI_TORCH_ADAM: {
+            auto s = std::make_unique<torch::optim::AdamParamState>();
+            s->step(step);
+            s->exp_avg(like("exp_avg"));
+            s->exp_avg_sq(like("exp_avg_sq"));
+            if (got.count("max_exp_avg_sq"))
+                s->max_exp_avg_sq(like("max_exp_avg_sq"));
+            st = std::move(s);
+            break;
+        }
+        case EMI_TORCH_ADAMW: {
+            auto s = std::make_unique<torch::optim::AdamWParamState>();
+            s->step(step);
+            s->exp_avg(like("exp_avg"));
+            s->exp_avg_sq(like("exp_avg_sq"));
+            if (got.count("max_exp_avg_sq"))
+                s->max_exp_avg_sq(like("max_exp_avg_sq"));
+            st = std::move(s);
+            break;
+        }
+        case EMI_TORCH_RMSPROP: {
+            auto s = std::make_unique<torch::optim::RMSpropParamState>();
+            s->step(step);
+            s->square_avg(like("square_avg"));
+            if (got.count("momentum_buffer"))
+                s->momentum_buffer(like("momentum_buffer"));
+            if (got.count("grad_avg"))
+                s->grad_avg(like("grad_avg"));
+            st = std::move(s);
+            break;
+        }
+        case EMI_TORCH_ADAGRAD: {
+            auto s = std::make_unique<torch::optim::AdagradParamState>();
+            s->step(step);
+            s->sum(like("sum"));
+            st = std::move(s);
+            break;
+        }
+        }
+        auto &state = b->torch_opt->state();
+        state[emi::compat::optimizer_state_key(state, p)] = std::move(st);
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status emi_optimizer_state_clear(em_optimizer *opt)
+{
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
+    EM_TRY
+        em_optimizer *b = state_base("em_checkpoint_load", opt);
+        if (b == nullptr)
+            return EM_EUNSUPPORTED;
+        auto &state = b->torch_opt->state();
+        state.clear();
+        if (b->builtin == EMI_TORCH_ADAGRAD) {
+            // as the constructor (and em_optimizer_add_param_group) fill it
+            for (auto &group : b->torch_opt->param_groups()) {
+                auto &o = static_cast<torch::optim::AdagradOptions &>(group.options());
+                for (const at::Tensor &p : group.params()) {
+                    auto st = std::make_unique<torch::optim::AdagradParamState>();
+                    st->step(0);
+                    st->sum(at::full_like(p.data(), o.initial_accumulator_value(), at::MemoryFormat::Preserve));
+                    state[emi::compat::optimizer_state_key(state, p)] = std::move(st);
+                }
+            }
+        }
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" void emi_optimizer_set_step_count(em_optimizer *opt, int64_t n)
+{
+    em_optimizer *b = emi_optimizer_base(opt);
+    if (b != nullptr)
+        b->step_count = n;
 }

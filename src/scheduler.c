@@ -1838,3 +1838,207 @@ void emi_scheduler_set_owned(em_scheduler *s, bool owned)
     if (s != NULL)
         s->trainer_owned = owned;
 }
+
+/* ---- state, for checkpoints (backend.h) ------------------------------------------------------------
+ * torch's state_dict of a scheduler (everything but the optimizer and the callables), flattened into
+ * doubles: kind, last_epoch, _step_count, whether _last_lr is set, base_lrs, _last_lr, the
+ * optimizer's initial_lr record, then what the kind changes as it steps (CosineAnnealingWarmRestarts:
+ * T_i, T_cur; ReduceLROnPlateau: best, num_bad_epochs, cooldown_counter) and a composite's children,
+ * each as its own length and vector. The configuration (milestones, phases, ...) is not in it: the
+ * scheduler it is restored into was built with the same arguments. */
+
+typedef struct state_out {
+    double *v;
+    size_t cap, n;
+} state_out;
+
+static void put_d(state_out *o, double d)
+{
+    if (o->n < o->cap)
+        o->v[o->n] = d;
+    o->n++;
+}
+
+static bool state_write(const em_scheduler *s, state_out *o)
+{
+    if (s->kind == K_USER)
+        return false;
+    put_d(o, (double)s->kind);
+    put_d(o, (double)s->last_epoch);
+    put_d(o, (double)s->step_count);
+    put_d(o, s->has_last_lr ? 1 : 0);
+    put_d(o, (double)s->n_base);
+    for (size_t i = 0; i < s->n_base; i++)
+        put_d(o, s->base_lrs[i]);
+    put_d(o, (double)s->n_last);
+    for (size_t i = 0; i < s->n_last; i++)
+        put_d(o, s->last_lr[i]);
+    size_t nr = 0;
+    if (s->record != NULL) {
+        records_enter();
+        nr = s->record->n;
+        put_d(o, (double)nr);
+        for (size_t i = 0; i < nr; i++) {
+            put_d(o, s->record->has[i] ? 1 : 0);
+            put_d(o, s->record->has[i] ? s->record->initial_lr[i] : 0);
+        }
+        records_leave();
+    } else {
+        put_d(o, 0);
+    }
+    switch (s->kind) {
+    case K_WARM_RESTARTS:
+        put_d(o, (double)s->u.restarts.T_i);
+        put_d(o, (double)s->u.restarts.T_cur);
+        break;
+    case K_PLATEAU:
+        put_d(o, s->u.plateau.best);
+        put_d(o, (double)s->u.plateau.num_bad_epochs);
+        put_d(o, (double)s->u.plateau.cooldown_counter);
+        break;
+    case K_SEQUENTIAL:
+    case K_CHAINED:
+        put_d(o, (double)s->u.composite.n);
+        for (size_t c = 0; c < s->u.composite.n; c++) {
+            size_t at = o->n;
+            put_d(o, 0); /* the child's length, filled below */
+            if (!state_write(s->u.composite.children[c], o))
+                return false;
+            if (at < o->cap)
+                o->v[at] = (double)(o->n - at - 1);
+        }
+        break;
+    default: break;
+    }
+    return true;
+}
+
+size_t emi_scheduler_state_get(const em_scheduler *s, double *out, size_t cap)
+{
+    state_out o = {out, out != NULL ? cap : 0, 0};
+    if (s == NULL) {
+        emi_fail(EM_EINVAL, "em_checkpoint_save: a scheduler is NULL");
+        return 0;
+    }
+    if (!state_write(s, &o)) {
+        emi_fail(EM_EUNSUPPORTED, "em_checkpoint_save: the state of the scheduler %s (written in C) is not saved in "
+                 "checkpoints yet", sched_name(s));
+        return 0;
+    }
+    return o.n;
+}
+
+typedef struct state_in {
+    const double *v;
+    size_t n, at;
+    bool ok;
+} state_in;
+
+/* The next value, which must be an integer in [lo, hi]; sets ok = false otherwise. */
+static int64_t get_i(state_in *in, double lo, double hi)
+{
+    if (!in->ok || in->at >= in->n) {
+        in->ok = false;
+        return 0;
+    }
+    double d = in->v[in->at++];
+    if (!(d >= lo && d <= hi) || floor(d) != d) {
+        in->ok = false;
+        return 0;
+    }
+    return (int64_t)d;
+}
+
+static double get_d(state_in *in)
+{
+    if (!in->ok || in->at >= in->n) {
+        in->ok = false;
+        return 0;
+    }
+    return in->v[in->at++];
+}
+
+/* Check (apply false) or restore (apply true) s from in; false when it does not fit. */
+static bool state_read(em_scheduler *s, state_in *in, bool apply)
+{
+    const double big = 9007199254740992.0;
+    if (get_i(in, 0, K_USER) != (int64_t)s->kind || s->kind == K_USER)
+        return false;
+    int64_t last_epoch = get_i(in, -big, big), step_count = get_i(in, -big, big), has_last = get_i(in, 0, 1);
+    if ((size_t)get_i(in, 0, 1 << 20) != s->n_base || !in->ok)
+        return false;
+    size_t base_at = in->at;
+    if (in->at + s->n_base > in->n)
+        return false;
+    in->at += s->n_base;
+    size_t n_last = (size_t)get_i(in, 0, 1 << 20);
+    if (!in->ok || in->at + n_last > in->n || (apply && reserve(&s->last_lr, &s->cap_last, n_last) != EM_OK))
+        return false;
+    size_t last_at = in->at;
+    in->at += n_last;
+    size_t nr = (size_t)get_i(in, 0, 1 << 20);
+    if (!in->ok || in->at + 2 * nr > in->n)
+        return false;
+    size_t rec_at = in->at;
+    in->at += 2 * nr;
+    if (nr > 0 && s->record == NULL)
+        return false;
+    int64_t T_i = 0, T_cur = 0, bad = 0, cool = 0;
+    double best = 0;
+    if (s->kind == K_WARM_RESTARTS) {
+        T_i = get_i(in, 1, big);
+        T_cur = get_i(in, -big, big);
+    } else if (s->kind == K_PLATEAU) {
+        best = get_d(in);
+        bad = get_i(in, 0, big);
+        cool = get_i(in, 0, big);
+    } else if (s->kind == K_SEQUENTIAL || s->kind == K_CHAINED) {
+        if ((size_t)get_i(in, 0, 1 << 20) != s->u.composite.n || !in->ok)
+            return false;
+        for (size_t c = 0; c < s->u.composite.n; c++) {
+            size_t len = (size_t)get_i(in, 0, (double)in->n);
+            if (!in->ok || in->at + len > in->n)
+                return false;
+            state_in child = {in->v + in->at, len, 0, true};
+            if (!state_read(s->u.composite.children[c], &child, apply) || child.at != len)
+                return false;
+            in->at += len;
+        }
+    }
+    if (!in->ok)
+        return false;
+    if (!apply)
+        return true;
+    s->last_epoch = last_epoch;
+    s->step_count = step_count;
+    s->has_last_lr = has_last != 0;
+    if (s->n_base > 0) /* a plateau or chained scheduler has none (and no array) */
+        memcpy(s->base_lrs, in->v + base_at, s->n_base * sizeof *s->base_lrs);
+    if (n_last > 0)
+        memcpy(s->last_lr, in->v + last_at, n_last * sizeof *s->last_lr);
+    s->n_last = n_last;
+    for (size_t i = 0; i < nr; i++)
+        if (in->v[rec_at + 2 * i] != 0 && record_put(s->record, i, in->v[rec_at + 2 * i + 1], true) != EM_OK)
+            return false;
+    if (s->kind == K_WARM_RESTARTS) {
+        s->u.restarts.T_i = T_i;
+        s->u.restarts.T_cur = T_cur;
+    } else if (s->kind == K_PLATEAU) {
+        s->u.plateau.best = best;
+        s->u.plateau.num_bad_epochs = bad;
+        s->u.plateau.cooldown_counter = cool;
+    }
+    return true;
+}
+
+em_status emi_scheduler_state_set(em_scheduler *s, const double *v, size_t n, bool apply, const char *who)
+{
+    if (s == NULL)
+        return emi_fail(EM_EINVAL, "%s: a scheduler is NULL", who);
+    state_in in = {v, n, 0, true};
+    if (!state_read(s, &in, apply) || in.at != n)
+        return emi_fail(apply && emi_has_error() ? em_last_status() : EM_EINVAL,
+                        "%s: the saved state does not fit the scheduler %s (another kind, another number of "
+                        "parameter groups or children, or a malformed state)", who, sched_name(s));
+    return EM_OK;
+}

@@ -1,0 +1,156 @@
+/* atomic_file.c: write a file so that a crash at any moment leaves either the previous file or the
+ * new one under the final name, never a partial one (the checkpoint issue's rule; the classic
+ * temp-file + fsync + rename + fsync-the-directory sequence, as SQLite's and git's lock files do).
+ *
+ * POSIX only (open/fsync/rename); nothing here knows about tensors.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "atomic_file.h"
+#include "backend.h" /* emi_fail */
+
+struct emi_atomic_file {
+    int fd;
+    char *path; /* the final name */
+    char *tmp;  /* the temporary file beside it */
+    char *dir;  /* the directory of both ("." for a bare name) */
+    const char *who;
+};
+
+static char *dup_str(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d != NULL)
+        memcpy(d, s, n);
+    return d;
+}
+
+static void atomic_free(emi_atomic_file *a)
+{
+    free(a->path);
+    free(a->tmp);
+    free(a->dir);
+    free(a);
+}
+
+emi_atomic_file *emi_atomic_open(const char *who, const char *path)
+{
+    static unsigned long counter; /* distinct names for files made by one process; races are
+                                     harmless (O_EXCL retries) */
+    if (path == NULL || path[0] == '\0') {
+        emi_fail(EM_EINVAL, "%s: the path is %s", who, path == NULL ? "NULL" : "empty");
+        return NULL;
+    }
+    size_t len = strlen(path);
+    if (path[len - 1] == '/') {
+        emi_fail(EM_EINVAL, "%s: %s names a directory, not a file", who, path);
+        return NULL;
+    }
+    emi_atomic_file *a = calloc(1, sizeof *a);
+    if (a == NULL) {
+        emi_fail(EM_ENOMEM, "%s: out of memory", who);
+        return NULL;
+    }
+    a->fd = -1;
+    a->who = who;
+    a->path = dup_str(path);
+    const char *slash = strrchr(path, '/');
+    const char *base = slash != NULL ? slash + 1 : path;
+    size_t dirlen = slash != NULL ? (size_t)(slash - path) : 0;
+    a->dir = malloc(dirlen + 2);
+    a->tmp = malloc(len + 64);
+    if (a->path == NULL || a->dir == NULL || a->tmp == NULL) {
+        atomic_free(a);
+        emi_fail(EM_ENOMEM, "%s: out of memory", who);
+        return NULL;
+    }
+    if (slash == NULL)
+        strcpy(a->dir, ".");
+    else if (dirlen == 0)
+        strcpy(a->dir, "/");
+    else {
+        memcpy(a->dir, path, dirlen);
+        a->dir[dirlen] = '\0';
+    }
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned long n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+        snprintf(a->tmp, len + 64, "%.*s.%s.tmp.%ld.%lu", (int)(base - path), path, base, (long)getpid(), n);
+        a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (a->fd >= 0 || errno != EEXIST)
+            break;
+    }
+    if (a->fd < 0) {
+        emi_fail(EM_EIO, "%s: cannot create %s (to write %s): %s", who, a->tmp, path, strerror(errno));
+        atomic_free(a);
+        return NULL;
+    }
+    return a;
+}
+
+em_status emi_atomic_write(emi_atomic_file *a, const void *bytes, size_t n)
+{
+    const unsigned char *p = bytes;
+    while (n > 0) {
+        ssize_t w = write(a->fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return emi_fail(EM_EIO, "%s: cannot write %s (temporary file %s): %s", a->who, a->path, a->tmp,
+                            strerror(errno));
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return EM_OK;
+}
+
+void emi_atomic_abort(emi_atomic_file *a)
+{
+    if (a == NULL)
+        return;
+    if (a->fd >= 0)
+        close(a->fd);
+    unlink(a->tmp);
+    atomic_free(a);
+}
+
+em_status emi_atomic_commit(emi_atomic_file *a)
+{
+    if (fsync(a->fd) != 0) {
+        em_status st = emi_fail(EM_EIO, "%s: cannot flush %s (temporary file %s) to disk: %s", a->who, a->path,
+                                a->tmp, strerror(errno));
+        emi_atomic_abort(a);
+        return st;
+    }
+    int fd = a->fd;
+    a->fd = -1;
+    if (close(fd) != 0) {
+        em_status st = emi_fail(EM_EIO, "%s: cannot close %s (temporary file %s): %s", a->who, a->path, a->tmp,
+                                strerror(errno));
+        emi_atomic_abort(a);
+        return st;
+    }
+    if (rename(a->tmp, a->path) != 0) {
+        em_status st = emi_fail(EM_EIO, "%s: cannot rename %s to %s: %s", a->who, a->tmp, a->path, strerror(errno));
+        emi_atomic_abort(a);
+        return st;
+    }
+    /* The rename is durable once the directory entry is: sync the directory. */
+    em_status st = EM_OK;
+    int dfd = open(a->dir, O_RDONLY | O_CLOEXEC);
+    if (dfd < 0 || (fsync(dfd) != 0 && errno != EINVAL)) /* EINVAL: a file system without directory sync */
+        st = emi_fail(EM_EIO, "%s: %s was written, but syncing its directory %s failed: %s", a->who, a->path,
+                      a->dir, strerror(errno));
+    if (dfd >= 0)
+        close(dfd);
+    atomic_free(a);
+    return st;
+}

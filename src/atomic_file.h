@@ -1,0 +1,33 @@
+/* atomic_file.h: a file that appears under its final name whole or not at all (atomic_file.c). */
+#ifndef EMBER_ATOMIC_FILE_H
+#define EMBER_ATOMIC_FILE_H
+
+#include <stddef.h>
+
+#include "ember/common.h"
+
+/** A file being written: a temporary file in the directory of its final path. */
+typedef struct emi_atomic_file emi_atomic_file;
+
+/**
+ * Create a temporary file (".NAME.tmp.PID.N" beside `path`, mode 0666 less the umask) to be renamed
+ * to `path` by emi_atomic_commit. `who` prefixes error messages. The caller ends it with
+ * emi_atomic_commit or emi_atomic_abort.
+ * Errors: NULL with EM_EIO ("who: cannot create DIR/.NAME.tmp...: <strerror>") or EM_ENOMEM recorded.
+ */
+emi_atomic_file *emi_atomic_open(const char *who, const char *path);
+
+/** Append `n` bytes. Errors: EM_EIO with both paths and the errno text (ENOSPC: disk full). */
+em_status emi_atomic_write(emi_atomic_file *a, const void *bytes, size_t n);
+
+/**
+ * Flush the file to disk (fsync), close it, rename it over the final path and fsync the directory,
+ * then free `a`. On any failure the temporary file is removed, the final path keeps what it held,
+ * and EM_EIO is recorded with the path and errno text. `a` is freed in every case.
+ */
+em_status emi_atomic_commit(emi_atomic_file *a);
+
+/** Close and remove the temporary file and free `a` (after a failed write). NULL is ignored. */
+void emi_atomic_abort(emi_atomic_file *a);
+
+#endif
