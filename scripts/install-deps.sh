@@ -7,6 +7,12 @@ set -eu
 # python3-torch: only for /usr/bin/torchrun, which test_ddp_train launches ranks with (skipped without it)
 PKGS="cmake g++ make pkg-config libtorch-dev libgloo-dev libcmocka-dev libopenblas0-pthread \
       libcjson-dev libcairo2-dev python3-torch"
+# clang with its libFuzzer runtime: the fuzz test of the safetensors reader (tests/fuzz/). Named by
+# release, as the runtime's package carries clang's version; elsewhere the fuzz test is skipped and
+# says why.
+case "$(. /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-}")" in
+bookworm) PKGS="$PKGS clang-14 libclang-rt-14-dev" ;;
+esac
 
 missing=""
 for p in $PKGS; do
