@@ -368,7 +368,8 @@ static em_status generate(struct gan *g)
 {
     em_scope_begin(); /* hooks outside a batch have no trainer scope of their own */
     em_no_grad_begin();
-    em_tensor *y = em_nn_forward(g->G, g->fixed_z);
+    /* G is on the GPU during a fit with accelerator cuda (or auto on a GPU machine), on the CPU after */
+    em_tensor *y = em_nn_forward(g->G, em_to_device(g->fixed_z, em_tensor_device(em_nn_parameter(g->G, 0))));
     em_status s = y != NULL ? em_tensor_copy_to(y, g->fake, 2 * N_SAMPLES * sizeof(float), EM_F32) : em_last_status();
     em_no_grad_end();
     em_scope_end();
@@ -388,9 +389,10 @@ static em_tensor *gan_training_step(em_module *m, const em_batch *b, int64_t bat
     em_optimizer *opt_g = opts[0], *opt_d = opts[1];
     em_tensor *real = b->t[0];
     int64_t n = b->size;
-    em_tensor *ones = em_ones(EM_SHAPE(n, 1), NULL);   /* "real" labels */
-    em_tensor *zeros = em_zeros(EM_SHAPE(n, 1), NULL); /* "fake" labels */
-    em_tensor *z = em_randn(EM_SHAPE(n, Z_DIM), NULL);
+    const em_tensor_opts on = {.device = em_trainer_device(em_module_trainer(m))}; /* self.device */
+    em_tensor *ones = em_ones(EM_SHAPE(n, 1), &on);   /* "real" labels */
+    em_tensor *zeros = em_zeros(EM_SHAPE(n, 1), &on); /* "fake" labels */
+    em_tensor *z = em_randn(EM_SHAPE(n, Z_DIM), &on);
 
     /* generator: make D call G(z) real; only G's parameters require grad while opt_g is toggled */
     if (em_toggle_optimizer(m, opt_g) != EM_OK)

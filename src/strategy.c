@@ -104,6 +104,10 @@ void emi_strategy_teardown(em_trainer *t)
     t->reducer = NULL;
     t->block_sync = false;
     t->no_sync_depth = 0;
+    /* Lightning's Strategy.teardown: the module back to the CPU (lightning_module.cpu()) */
+    if (t->fit.device.type == EM_CUDA && t->module != NULL && t->module->layers != NULL &&
+        em_nn_to_device(t->module->layers, EM_DEVICE_CPU) != EM_OK)
+        emi_warn("teardown: the module's layers could not be moved back to the CPU: %s", em_last_error());
 }
 
 em_status em_no_backward_sync_begin(em_module *m)

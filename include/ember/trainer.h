@@ -612,6 +612,7 @@ typedef enum em_accelerator {
                                 EM_EUNSUPPORTED where no GPU is visible. Before configure_optimizers the
                                 module's `layers` move there (required), and every batch before its step
                                 function; tensors training_step makes itself go on em_trainer_device(t).
+                                When fit returns the layers are back on the CPU (Lightning's teardown).
                                 Under DDP the gradients are all-reduced by Gloo (NCCL is not wired yet). */
 } em_accelerator;
 
