@@ -89,7 +89,8 @@ step "cuda tests (tensors, layers, optimizers, the trainer in both modes, 16-mix
     ctest --test-dir "$build" -L cuda --output-on-failure -V
 step "the whole suite" ctest.log ctest --test-dir "$build" -j"$jobs" --output-on-failure --timeout 900
 step "conformance cases through the runner (cuda:0 where a GPU is visible)" conformance.log \
-    bash -c "cd tests && ../$build/bin/ember-conformance conformance/cases/*.json"
+    bash -c "cd tests && ../$build/bin/ember-conformance conformance/cases/*.json; rc=\$?; [ \$rc -eq 77 ] && rc=0; exit \$rc"
+# (77: every case ran or was skipped with its reason, e.g. the torch-version twins: not a failure)
 
 # ---- examples and figures -------------------------------------------------------------------------------------
 epochs=30
