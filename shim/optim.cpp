@@ -1030,24 +1030,20 @@ std::vector<state_item> state_items(emi_torch_optim kind, torch::optim::Optimize
             out.push_back({key, t});
     };
     auto step = [&](int64_t s) { out.push_back({"step", at::scalar_tensor(s, at::kLong)}); };
+    auto adam_like = [&](auto &s) {
+        step(s.step());
+        add("exp_avg", s.exp_avg());
+        add("exp_avg_sq", s.exp_avg_sq());
+        add("max_exp_avg_sq", s.max_exp_avg_sq());
+    };
     switch (kind) {
     case EMI_TORCH_SGD: add("momentum_buffer", static_cast<torch::optim::SGDParamState &>(st).momentum_buffer()); break;
-    case EMI_TORCH_ADAM: {
-        auto &s = static_cast<torch::optim::AdamParamState &>(st);
-        step(s.step());
-        add("exp_avg", s.exp_avg());
-        add("exp_avg_sq", s.exp_avg_sq());
-        add("max_exp_avg_sq", s.max_exp_avg_sq());
+    case EMI_TORCH_ADAM:
+        adam_like(static_cast<torch::optim::AdamParamState &>(st));
         break;
-    }
-    case EMI_TORCH_ADAMW: {
-        auto &s = static_cast<torch::optim::AdamWParamState &>(st);
-        step(s.step());
-        add("exp_avg", s.exp_avg());
-        add("exp_avg_sq", s.exp_avg_sq());
-        add("max_exp_avg_sq", s.max_exp_avg_sq());
+    case EMI_TORCH_ADAMW: /* the same keys as Adam's, in a state type of its own */
+        adam_like(static_cast<torch::optim::AdamWParamState &>(st));
         break;
-    }
     case EMI_TORCH_RMSPROP: {
         auto &s = static_cast<torch::optim::RMSpropParamState &>(st);
         step(s.step());
@@ -1186,6 +1182,14 @@ extern "C" em_status emi_optimizer_state_import(em_optimizer *opt, size_t param,
         auto like = [&](const char *k) { return got[k].detach().to(p.options()).clone(); };
         int64_t step = got.count("step") ? got["step"].item<int64_t>() : 0;
         std::unique_ptr<torch::optim::OptimizerParamState> st;
+        auto adam_like = [&](auto s) -> std::unique_ptr<torch::optim::OptimizerParamState> {
+            s->step(step);
+            s->exp_avg(like("exp_avg"));
+            s->exp_avg_sq(like("exp_avg_sq"));
+            if (got.count("max_exp_avg_sq"))
+                s->max_exp_avg_sq(like("max_exp_avg_sq"));
+            return s;
+        };
         switch (b->builtin) {
         case EMI_TORCH_SGD: {
             auto s = std::make_unique<torch::optim::SGDParamState>();
@@ -1193,26 +1197,12 @@ extern "C" em_status emi_optimizer_state_import(em_optimizer *opt, size_t param,
             st = std::move(s);
             break;
         }
-        case EMI_TORCH_ADAM: {
-            auto s = std::make_unique<torch::optim::AdamParamState>();
-            s->step(step);
-            s->exp_avg(like("exp_avg"));
-            s->exp_avg_sq(like("exp_avg_sq"));
-            if (got.count("max_exp_avg_sq"))
-                s->max_exp_avg_sq(like("max_exp_avg_sq"));
-            st = std::move(s);
+        case EMI_TORCH_ADAM:
+            st = adam_like(std::make_unique<torch::optim::AdamParamState>());
             break;
-        }
-        case EMI_TORCH_ADAMW: {
-            auto s = std::make_unique<torch::optim::AdamWParamState>();
-            s->step(step);
-            s->exp_avg(like("exp_avg"));
-            s->exp_avg_sq(like("exp_avg_sq"));
-            if (got.count("max_exp_avg_sq"))
-                s->max_exp_avg_sq(like("max_exp_avg_sq"));
-            st = std::move(s);
+        case EMI_TORCH_ADAMW: /* Adam's keys, its own state type */
+            st = adam_like(std::make_unique<torch::optim::AdamWParamState>());
             break;
-        }
         case EMI_TORCH_RMSPROP: {
             auto s = std::make_unique<torch::optim::RMSpropParamState>();
             s->step(step);
