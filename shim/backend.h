@@ -66,6 +66,12 @@ static inline bool emi_handle_live(const void *h, uint32_t magic)
     return tag == magic;
 }
 /**
+ * The entry check of a public function taking handle `h` (argument 1 of `func`): true when live; false
+ * for NULL (nothing recorded: the function's documented NULL answer) and for a freed or foreign pointer
+ * (EM_EMISUSE recorded by emi_handle_bad).
+ */
+static inline bool emi_handle_ok(const void *h, uint32_t magic, const char *func, const char *noun);
+/**
  * The failed entry check of `h` (argument `arg` of `func`, a `noun`): NULL records "func: argument N is
  * NULL" (EM_EINVAL); a freed handle or a pointer of another kind EM_EMISUSE with a message.
  */
@@ -80,6 +86,15 @@ bool emi_handle_free_ok(const char *func, const void *h, uint32_t magic, const c
  * from malloc for this thread's next 4096 handle frees, so a second free or a use finds the poison.
  */
 void emi_handle_retire(void *h);
+
+static inline bool emi_handle_ok(const void *h, uint32_t magic, const char *func, const char *noun)
+{
+    if (emi_handle_live(h, magic))
+        return true;
+    if (h != NULL)
+        emi_handle_bad(func, 1, h, noun);
+    return false;
+}
 
 /** Take `t` out of whatever scope owns it: the caller owns it from now on. Returns t. */
 em_tensor *emi_own(em_tensor *t);

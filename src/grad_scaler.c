@@ -120,10 +120,7 @@ void em_grad_scaler_free(em_grad_scaler *s)
  * under `func`); NULL passes, for each function's own NULL answer. */
 static bool scaler_usable(const em_grad_scaler *s, const char *func)
 {
-    if (s == NULL || emi_handle_live(s, EMI_HANDLE_SCALER))
-        return true;
-    emi_handle_bad(func, 1, s, "grad scaler");
-    return false;
+    return s == NULL || emi_handle_ok(s, EMI_HANDLE_SCALER, func, "grad scaler");
 }
 
 double em_grad_scaler_get_scale(const em_grad_scaler *s)

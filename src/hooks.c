@@ -117,11 +117,8 @@ const em_callback_ops *em_callback_get_ops(const em_callback *cb)
 
 void *em_callback_state(const em_callback *cb)
 {
-    if (!emi_handle_live(cb, EMI_HANDLE_CALLBACK)) {
-        if (cb != NULL)
-            emi_handle_bad(__func__, 1, cb, "callback");
+    if (!emi_handle_ok(cb, EMI_HANDLE_CALLBACK, __func__, "callback"))
         return NULL;
-    }
     return cb->state;
 }
 

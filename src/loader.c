@@ -56,11 +56,8 @@ em_loader *em_loader_new(const em_loader_ops *ops, void *state)
 
 int64_t em_loader_num_batches(const em_loader *l)
 {
-    if (!emi_handle_live(l, EMI_HANDLE_LOADER)) {
-        if (l != NULL)
-            emi_handle_bad(__func__, 1, l, "loader");
+    if (!emi_handle_ok(l, EMI_HANDLE_LOADER, __func__, "loader"))
         return -1;
-    }
     return l->ops->num_batches(l->state);
 }
 

@@ -170,11 +170,7 @@ struct em_trainer {
  * (EM_EMISUSE recorded under `func`). */
 static inline bool emi_trainer_ok(const em_trainer *t, const char *func)
 {
-    if (emi_handle_live(t, EMI_HANDLE_TRAINER))
-        return true;
-    if (t != NULL)
-        emi_handle_bad(func, 1, t, "trainer");
-    return false;
+    return emi_handle_ok(t, EMI_HANDLE_TRAINER, func, "trainer");
 }
 
 #endif /* EMBER_LOOP_H */

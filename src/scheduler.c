@@ -1710,11 +1710,7 @@ em_scheduler *em_scheduler_new(const em_scheduler_ops *ops, em_optimizer *opt, v
  * (nothing recorded) and for a freed or foreign pointer (EM_EMISUSE recorded under `func`). */
 static bool sched_ok(const em_scheduler *s, const char *func)
 {
-    if (emi_handle_live(s, EMI_HANDLE_SCHEDULER))
-        return true;
-    if (s != NULL)
-        emi_handle_bad(func, 1, s, "scheduler");
-    return false;
+    return emi_handle_ok(s, EMI_HANDLE_SCHEDULER, func, "scheduler");
 }
 
 void *em_scheduler_state(const em_scheduler *s)
