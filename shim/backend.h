@@ -44,7 +44,8 @@ void emi_info(const char *fmt, ...) EM_PRINTF(1, 2);
 /* ---- handles (shim/core.cpp) --------------------------------------------------------------------- */
 
 /*
- * The API armor of src/'s handles (trainer, loader, scheduler, callback), the same as the shim's
+ * The API armor of src/'s handles (trainer, loader, scheduler, callback, grad scaler, safetensors
+ * reader), the same as the shim's
  * (shim/internal.hpp): a handle's struct starts with a uint32_t tag, its type's EMI_HANDLE_* magic while
  * it lives, EMI_HANDLE_FREED once freed; its memory comes from malloc/calloc.
  */
@@ -54,6 +55,7 @@ enum {
     EMI_HANDLE_SCHEDULER = 0x454d5331u, /* "EMS1" */
     EMI_HANDLE_CALLBACK = 0x454d4331u,  /* "EMC1" */
     EMI_HANDLE_SCALER = 0x454d4131u,    /* "EMA1" */
+    EMI_HANDLE_SAFETENSORS = 0x454d4631u, /* "EMF1" */
     EMI_HANDLE_FREED = 0xdeadf7eeu
 };
 /** Whether `h` is a live handle with tag `magic` (NULL: false). One load and one compare. */

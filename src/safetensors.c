@@ -418,6 +418,7 @@ static em_safetensors *load(const char *who, const char *label, int fd, const un
         bad(&c, EM_ENOMEM, "out of memory");
         return NULL;
     }
+    f->tag = EMI_HANDLE_SAFETENSORS;
     f->fd = fd;
     f->mem = mem;
     f->label = dup_str(label);
@@ -503,9 +504,14 @@ em_safetensors *em_safetensors_parse(const void *bytes, size_t size)
     return load("em_safetensors_parse", "buffer", -1, bytes != NULL ? bytes : empty, size);
 }
 
+bool emi_st_live(const em_safetensors *f, const char *func)
+{
+    return emi_handle_ok(f, EMI_HANDLE_SAFETENSORS, func, "safetensors reader");
+}
+
 void em_safetensors_free(em_safetensors *f)
 {
-    if (f == NULL)
+    if (!emi_handle_free_ok(__func__, f, EMI_HANDLE_SAFETENSORS, "safetensors reader"))
         return;
     for (size_t i = 0; i < f->n; i++)
         free(f->entries[i].name);
@@ -518,22 +524,22 @@ void em_safetensors_free(em_safetensors *f)
     if (f->fd >= 0)
         close(f->fd);
     free(f->label);
-    free(f);
+    emi_handle_retire(f);
 }
 
 size_t em_safetensors_count(const em_safetensors *f)
 {
-    return f != NULL ? f->n : 0;
+    return emi_st_live(f, __func__) ? f->n : 0;
 }
 
 const char *em_safetensors_name(const em_safetensors *f, size_t i)
 {
-    return f != NULL && i < f->n ? f->entries[i].name : NULL;
+    return emi_st_live(f, __func__) && i < f->n ? f->entries[i].name : NULL;
 }
 
 int64_t em_safetensors_find(const em_safetensors *f, const char *name)
 {
-    if (f == NULL || name == NULL)
+    if (!emi_st_live(f, __func__) || name == NULL)
         return -1;
     size_t lo = 0, hi = f->n;
     while (lo < hi) {
@@ -551,12 +557,12 @@ int64_t em_safetensors_find(const em_safetensors *f, const char *name)
 
 const char *em_safetensors_dtype(const em_safetensors *f, size_t i)
 {
-    return f != NULL && i < f->n ? emi_st_dtype_name(f->entries[i].dtype) : NULL;
+    return emi_st_live(f, __func__) && i < f->n ? emi_st_dtype_name(f->entries[i].dtype) : NULL;
 }
 
 int em_safetensors_shape(const em_safetensors *f, size_t i, int64_t *shape, int max)
 {
-    if (f == NULL || i >= f->n)
+    if (!emi_st_live(f, __func__) || i >= f->n)
         return -1;
     const emi_st_entry *e = &f->entries[i];
     for (int k = 0; k < e->ndim && k < max && shape != NULL; k++)
@@ -566,19 +572,19 @@ int em_safetensors_shape(const em_safetensors *f, size_t i, int64_t *shape, int 
 
 size_t em_safetensors_meta_count(const em_safetensors *f)
 {
-    return f != NULL ? f->n_meta : 0;
+    return emi_st_live(f, __func__) ? f->n_meta : 0;
 }
 
 em_safetensors_meta em_safetensors_meta_get(const em_safetensors *f, size_t i)
 {
-    if (f == NULL || i >= f->n_meta)
+    if (!emi_st_live(f, __func__) || i >= f->n_meta)
         return (em_safetensors_meta){NULL, NULL};
     return f->meta[i];
 }
 
 const char *em_safetensors_meta_find(const em_safetensors *f, const char *key)
 {
-    if (f == NULL || key == NULL)
+    if (!emi_st_live(f, __func__) || key == NULL)
         return NULL;
     for (size_t i = 0; i < f->n_meta; i++)
         if (strcmp(f->meta[i].key, key) == 0)

@@ -47,6 +47,7 @@ typedef struct emi_st_entry {
 } emi_st_entry;
 
 struct em_safetensors {
+    uint32_t tag;          /* EMI_HANDLE_SAFETENSORS while open (shim/backend.h) */
     char *label;           /* the path, or "buffer" */
     emi_st_entry *entries; /* sorted by offset */
     size_t n;
@@ -63,6 +64,12 @@ struct em_safetensors {
  * Read the i-th tensor's bytes (entries[i].end - begin of them) into `out`. `who` prefixes errors.
  * Errors: EM_EIO when the file cannot be read or is shorter than when it was opened.
  */
+/**
+ * The entry check of a public function reading `f`: true when it is an open reader; false for NULL
+ * (nothing recorded) and for a freed or foreign pointer (EM_EMISUSE recorded under `func`).
+ */
+bool emi_st_live(const em_safetensors *f, const char *func);
+
 em_status emi_st_read(const em_safetensors *f, size_t i, void *out, const char *who);
 
 /** What the writer needs to know of one tensor. */

@@ -172,6 +172,8 @@ static void *entry_bytes(const em_safetensors *f, size_t i, em_dtype *dt, const 
 
 em_tensor *em_safetensors_tensor(const em_safetensors *f, size_t i)
 {
+    if (f != NULL && !emi_st_live(f, __func__))
+        return NULL;
     if (f == NULL || i >= f->n) {
         emi_fail(EM_EINVAL, "em_safetensors_tensor: %s", f == NULL ? "the reader is NULL" : "index out of range");
         return NULL;
@@ -224,6 +226,8 @@ static const char *shape_text(const int64_t *s, int nd, char *buf, size_t len)
 
 em_status em_nn_load_safetensors_from(em_nn *m, const em_safetensors *f, bool strict)
 {
+    if (f != NULL && !emi_st_live(f, __func__))
+        return em_last_status();
     return emi_nn_load(m, f, strict, "", "em_nn_load_safetensors");
 }
 

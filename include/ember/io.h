@@ -101,7 +101,11 @@ EM_API em_safetensors *em_safetensors_open(const char *path);
  */
 EM_API em_safetensors *em_safetensors_parse(const void *bytes, size_t size);
 
-/** Free a reader (and close its file). NULL is ignored. */
+/**
+ * Free a reader (and close its file). NULL is ignored.
+ * Misuse (best effort, common.h): freeing it twice, or passing it to any function of this header after,
+ * records EM_EMISUSE and does nothing (the getters answer as for NULL).
+ */
 EM_API void em_safetensors_free(em_safetensors *f);
 
 /** Number of tensors in the file; 0 for NULL. */

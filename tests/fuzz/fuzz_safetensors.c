@@ -12,9 +12,38 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h" /* emi_fail, the handle tags */
 #include "safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* The reader's handle checks (emi_handle_ok and friends, shim/backend.h) are implemented in
+ * shim/core.cpp, which needs libtorch. The fuzz target links the reader alone, so it brings these three
+ * with the same messages; a freed reader goes straight back to free() (no quarantine: the target never
+ * uses a reader after freeing it, so the difference is never reached). */
+em_status emi_handle_bad(const char *func, int arg, const void *h, const char *noun)
+{
+    if (h == NULL)
+        return emi_fail(EM_EINVAL, "%s: argument %d is NULL", func, arg);
+    return emi_fail(EM_EMISUSE, "%s: argument %d is not a live %s", func, arg, noun);
+}
+bool emi_handle_free_ok(const char *func, const void *h, uint32_t magic, const char *noun)
+{
+    if (h == NULL)
+        return false;
+    if (emi_handle_live(h, magic))
+        return true;
+    emi_fail(EM_EMISUSE, "%s: this pointer is not a live %s handle", func, noun);
+    return false;
+}
+void emi_handle_retire(void *h)
+{
+    if (h == NULL)
+        return;
+    const uint32_t dead = EMI_HANDLE_FREED;
+    memcpy(h, &dead, sizeof dead);
+    free(h);
+}
 
 static void check(bool ok)
 {

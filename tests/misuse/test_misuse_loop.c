@@ -469,6 +469,45 @@ static void case_freed_grad_scaler(void)
 }
 static void test_misuse__freed_grad_scaler(void **state) { (void)state; in_child(case_freed_grad_scaler); }
 
+static void case_freed_safetensors_reader(void)
+{
+    /* a whole file: 8-byte header length, the header {"x":...} padded to 8, 4 bytes of float32 data */
+    static const char hdr[] = "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+    size_t hn = (sizeof hdr - 1 + 7) / 8 * 8;
+    unsigned char buf[8 + 64 + 4] = {0};
+    expect(hn <= 64);
+    buf[0] = (unsigned char)hn;
+    memset(buf + 8, ' ', hn);
+    memcpy(buf + 8, hdr, sizeof hdr - 1);
+    em_safetensors *f = em_safetensors_parse(buf, 8 + hn + 4);
+    expect(f != NULL);
+    expect(em_safetensors_count(f) == 1);
+    em_safetensors_free(f);
+    expect(em_last_status() == EM_OK);
+    em_safetensors_free(f);
+    expect_error(EM_EMISUSE, "em_safetensors_free: this safetensors reader was already freed");
+    em_clear_error();
+    expect(em_safetensors_count(f) == 0);
+    expect_error(EM_EMISUSE, "em_safetensors_count: argument 1 is a freed safetensors reader");
+    em_clear_error();
+    expect(em_safetensors_find(f, "x") == -1);
+    expect_error(EM_EMISUSE, "em_safetensors_find");
+    em_clear_error();
+    expect(em_safetensors_meta_find(f, "k") == NULL);
+    expect_error(EM_EMISUSE, "em_safetensors_meta_find");
+    em_clear_error();
+    expect(em_safetensors_tensor(f, 0) == NULL);
+    expect_error(EM_EMISUSE, "em_safetensors_tensor");
+    em_clear_error();
+    em_nn *lin = em_nn_linear(1, 1, true);
+    expect(lin != NULL);
+    expect(em_nn_load_safetensors_from(lin, f, false) == EM_EMISUSE);
+    expect_error(EM_EMISUSE, "em_nn_load_safetensors_from");
+    em_clear_error();
+    em_nn_free(lin);
+}
+static void test_misuse__freed_safetensors_reader(void **state) { (void)state; in_child(case_freed_safetensors_reader); }
+
 static void test_misuse__freed_callback_and_generator(void **state)
 {
     (void)state;
@@ -491,6 +530,7 @@ int main(void)
         cmocka_unit_test(test_misuse__freed_scheduler),
         cmocka_unit_test(test_misuse__freed_callback_and_generator),
         cmocka_unit_test(test_misuse__freed_grad_scaler),
+        cmocka_unit_test(test_misuse__freed_safetensors_reader),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
