@@ -63,8 +63,13 @@ static em_tensor *manual_step(em_module *m, const em_batch *b, int64_t batch_idx
     struct net_module *n = (struct net_module *)m;
     em_optimizer *opt = em_optimizers(m, NULL)[0];
     em_tensor *loss = loss_of(n, b);
-    if (strcmp(n->mode, "manual") == 0) {
-        em_optimizer_zero_grad(opt);
+    if (strcmp(n->mode, "manual") == 0 || strcmp(n->mode, "manual_setnone") == 0) {
+        /* manual_setnone: every backward makes its gradients anew (the reducer copies them into its
+         * buckets); manual, on libtorch 1.13, zero-fills them in place (they stay the bucket views) */
+        if (strcmp(n->mode, "manual") == 0)
+            em_optimizer_zero_grad(opt);
+        else
+            em_optimizer_zero_grad_ex(opt, true);
         em_manual_backward(m, loss);
         em_optimizer_step(opt, NULL);
         return loss;
@@ -311,7 +316,8 @@ static void expect_equal_to_reference(launch *l)
         if (strcmp(l->mode, "buckets") == 0)
             assert_int_equal(rr->allreduces, 2 * rr->steps);
         else if (strcmp(l->mode, "manual") == 0 || strcmp(l->mode, "auto") == 0 || strcmp(l->mode, "accum") == 0 ||
-                 strcmp(l->mode, "manual_nosync") == 0 || strcmp(l->mode, "manual_toggle") == 0)
+                 strcmp(l->mode, "manual_nosync") == 0 || strcmp(l->mode, "manual_toggle") == 0 ||
+                 strcmp(l->mode, "manual_setnone") == 0)
             assert_int_equal(rr->allreduces, rr->steps);
     }
     assert_int_equal(ref.allreduces, 0);
@@ -352,6 +358,15 @@ static void test_ember_launcher_manual(void **state)
 {
     (void)state;
     launch l = {.mode = "manual"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+    rm_tree(l.dir);
+}
+
+static void test_ember_launcher_manual_set_to_none(void **state)
+{
+    (void)state;
+    launch l = {.mode = "manual_setnone"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
     rm_tree(l.dir);
@@ -511,6 +526,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ember_launcher_auto, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_accumulate, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_manual, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_ember_launcher_manual_set_to_none, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_manual_no_sync, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_manual_toggle_model, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_two_buckets, helper_setup, helper_teardown),
