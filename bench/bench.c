@@ -217,8 +217,9 @@ static void usage(FILE *f)
 "  --aa            an A/A run: the raw loop also takes the auto and manual slots, so the\n"
             "                  ratios show the noise floor of this machine (1.0 +- noise)\n"
             "  --ddp N         instead: the per-rank step of DDP on N processes (ember's launcher, Gloo)\n"
-            "                  against one process, same batch per process, tiny_mlp and mid_mlp;\n"
-            "                  --csv rows workload,ddp,N,0,one_rank_us,n_rank_us,ratio\n"
+            "                  against one process alone and against N independent processes at once\n"
+            "                  (no communication), same batch per process, tiny_mlp and mid_mlp, wall\n"
+            "                  and process CPU time; --csv rows workload,ddp,N,0,one_rank_us,n_rank_us,ratio\n"
             "  --quick         a smoke run: 2 repetitions of 8 steps, 1 warm-up (for CI)\n"
             "  --csv           print workload,mode,accumulate,clip,raw_us,ember_us,ratio rows\n"
             "  --wall          time with the wall clock (CLOCK_MONOTONIC); the default is the CPU time\n"
@@ -498,15 +499,15 @@ int main(int argc, char **argv)
         return rc == 1 ? 0 : 2;
     single_thread_env(argv);
     raw_set_threads(1);
-    if (o.ddp > 0)
-        return bench_ddp(o.ddp, o.reps, o.warmup, o.steps, o.workload, o.csv);
-    if (o.wall)
-        bench_clock = CLOCK_MONOTONIC;
     bool malloc_tuned = false;
 #if defined(__GLIBC__)
     if (!o.system_malloc)
         malloc_tuned = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 256 << 20) == 1;
 #endif
+    if (o.ddp > 0)
+        return bench_ddp(o.ddp, o.reps, o.warmup, o.steps, o.workload, o.csv, argv);
+    if (o.wall)
+        bench_clock = CLOCK_MONOTONIC;
 
     if (o.csv) {
         printf("workload,mode,accumulate,clip,raw_us,ember_us,ratio\n");

@@ -92,8 +92,8 @@ double ember_run(ember_runner *r);
 bool ember_weights(const ember_runner *r, float *out, size_t n);
 void ember_free(ember_runner *r);
 
-/* ddp_loop.c: --ddp N. Returns the exit status. */
-int bench_ddp(long n, long reps, long warmup, long steps, int workload, bool csv);
+/* ddp_loop.c: --ddp N. Returns the exit status. argv: this program's, to start the solo processes. */
+int bench_ddp(long n, long reps, long warmup, long steps, int workload, bool csv, char **argv);
 
 /* Monotonic clock in seconds (bench.c). */
 double bench_now(void);

@@ -17,6 +17,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <ctime>
 #include <memory>
 #include <mutex>
 
@@ -226,21 +228,31 @@ extern "C" em_status emi_dist_broadcast_tensors(em_tensor *const *ts, size_t n, 
 //
 // Buckets hold parameters in reverse order (the order backward produces their gradients), closed
 // once they reach `first_bucket_bytes` (the first) or `bucket_bytes` (the others), one dtype and
-// device each. While armed
+// device each. Each bucket owns one flat tensor for its life: the parameters' gradients side by side,
+// then one flag per parameter (1/world where the rank has a gradient: a parameter that no rank has a
+// gradient for keeps none). As torch's gradient_as_bucket_view, a synced parameter's .grad IS its view
+// into the flat tensor from then on: the backward accumulates into the bucket in place, the average
+// lands there, and nothing is copied in or out (a gradient that is not the view - the first backward,
+// or after zero_grad(set_to_none) - is copied in once and replaced by the view). While armed
 // (emi_dist_reducer_prepare), a post-hook on each parameter's gradient accumulator marks it ready;
-// when every parameter of the next bucket in order is ready, its gradients are copied into one flat
-// tensor, divided by the world size, and its all-reduce starts (asynchronously: the backward goes
-// on). emi_dist_reducer_finish launches what did not fill (parameters without a gradient this
-// backward), waits, and writes the averages back. Every flat tensor carries one flag per parameter
-// (1/world when the rank has a gradient): a parameter that no rank has a gradient for keeps none.
+// when every parameter of the next bucket in order is ready, its gradients are divided by the world
+// size and its all-reduce starts (asynchronously: the backward goes on). emi_dist_reducer_finish
+// launches what did not fill (parameters without a gradient this backward) and waits.
+//
+// EMBER_DDP_PROFILE=1 in the environment: when the reducer is freed (the end of fit) it reports, as a
+// notice, per synced backward: the CPU time of the launching thread in the hooks (preparing and
+// launching buckets), the wall time spent waiting for the all-reduces and finishing, and the CPU time
+// of the process's other threads (Gloo's) over the fit.
 
 namespace {
 
 struct bucket {
-    std::vector<size_t> params; // indices into reducer::params
+    std::vector<size_t> params;  // indices into reducer::params
+    std::vector<at::Tensor> views; // per parameter: its gradient's place in flat (the parameter's shape)
     int64_t numel = 0;
-    size_t pending = 0;         // parameters not ready yet (while armed)
-    at::Tensor flat;            // numel + params.size() flags
+    size_t pending = 0;          // parameters not ready yet (while armed)
+    at::Tensor flat;             // numel gradients + params.size() flags
+    std::vector<float> flags;    // staging for the flags (1/world: the rank has the gradient)
     c10::intrusive_ptr<c10d::Work> work;
 };
 
@@ -248,6 +260,15 @@ struct hook_ref {
     std::shared_ptr<torch::autograd::Node> acc; // kept alive so that the hook stays on the live accumulator
     uintptr_t key = 0;
 };
+
+using profile_clock = std::chrono::steady_clock;
+
+double cpu_seconds(clockid_t c)
+{
+    struct timespec ts {};
+    clock_gettime(c, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 } // namespace
 
@@ -262,33 +283,60 @@ struct emi_dist_reducer {
     size_t next = 0; // the next bucket to launch (buckets launch in order on every rank)
     // shared with the hooks: a hook that fires after the reducer is freed sees null
     std::shared_ptr<emi_dist_reducer *> self;
+    // EMBER_DDP_PROFILE: seconds summed over the synced backwards
+    bool profile = false;
+    int64_t n_synced = 0;
+    double t_launch = 0, t_wait = 0, t_finish = 0;   // launch: thread CPU; wait, finish: wall
+    double cpu_process0 = 0, cpu_thread0 = 0;         // at emi_dist_reducer_new
 };
 
 namespace {
 
+double seconds_since(profile_clock::time_point t0)
+{
+    return std::chrono::duration<double>(profile_clock::now() - t0).count();
+}
+
+// True when g is exactly the bucket view v (same memory, same shape).
+bool is_view(const at::Tensor &g, const at::Tensor &v)
+{
+    return g.defined() && g.is_alias_of(v) && g.data_ptr() == v.data_ptr() && g.sizes() == v.sizes() &&
+           g.strides() == v.strides() && g.scalar_type() == v.scalar_type();
+}
+
 void launch(emi_dist_reducer *r, bucket &b)
 {
     dist_state *d = state();
+    double c0 = r->profile ? cpu_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
     at::NoGradGuard ng;
-    const at::Tensor &p0 = r->params[b.params[0]];
-    b.flat = at::zeros({b.numel + static_cast<int64_t>(b.params.size())}, p0.options().requires_grad(false));
-    int64_t off = 0, k = b.numel;
     double inv = 1.0 / d->world;
-    for (size_t i : b.params) {
-        const at::Tensor &p = r->params[i];
+    for (size_t j = 0; j < b.params.size(); j++) {
+        at::Tensor &p = r->params[b.params[j]];
+        const at::Tensor &v = b.views[j];
         const at::Tensor &g = p.grad();
-        if (g.defined()) {
-            b.flat.narrow(0, off, p.numel()).copy_(g.reshape({-1}));
-            b.flat[k].fill_(1.0);
+        if (!g.defined()) {
+            v.zero_();
+            b.flags[j] = 0.0f;
+            continue;
         }
-        off += p.numel();
-        k++;
+        if (!is_view(g, v)) { // the first sync, or a gradient made anew (set_to_none): into the bucket
+            v.copy_(g);
+            p.mutable_grad() = v;
+        }
+        b.flags[j] = static_cast<float>(inv);
     }
-    b.flat.mul_(inv);
+    at::Tensor grads = b.flat.narrow(0, 0, b.numel);
+    grads.mul_(inv);
+    b.flat.narrow(0, b.numel, static_cast<int64_t>(b.params.size()))
+        .copy_(at::from_blob(b.flags.data(), {static_cast<int64_t>(b.flags.size())}, at::kFloat));
     std::vector<at::Tensor> v{b.flat};
     b.work = d->pg->allreduce(v);
-    std::lock_guard<std::mutex> lock(d->mu);
-    d->grad_collectives++;
+    {
+        std::lock_guard<std::mutex> lock(d->mu);
+        d->grad_collectives++;
+    }
+    if (r->profile)
+        r->t_launch += cpu_seconds(CLOCK_THREAD_CPUTIME_ID) - c0;
 }
 
 // Launch every bucket from r->next on that is complete (or all of them when `all`). Caller holds r->mu.
@@ -347,6 +395,12 @@ extern "C" emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size
     EM_TRY
         auto r = std::make_unique<emi_dist_reducer>();
         r->self = std::make_shared<emi_dist_reducer *>(r.get());
+        const char *prof = std::getenv("EMBER_DDP_PROFILE");
+        r->profile = prof != nullptr && *prof != '\0' && std::strcmp(prof, "0") != 0;
+        if (r->profile) {
+            r->cpu_process0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
+            r->cpu_thread0 = cpu_seconds(CLOCK_THREAD_CPUTIME_ID);
+        }
         for (size_t i = 0; i < n; i++)
             r->params.push_back(params[i]->t);
         r->bucket_of.assign(n, 0);
@@ -379,6 +433,19 @@ extern "C" emi_dist_reducer *emi_dist_reducer_new(em_tensor *const *params, size
         }
         if (!cur.params.empty())
             r->buckets.push_back(std::move(cur));
+        // each bucket's flat tensor and the views into it (torch's initialize_bucket_views)
+        at::NoGradGuard ng;
+        for (bucket &b : r->buckets) {
+            const at::Tensor &p0 = r->params[b.params[0]];
+            b.flat = at::zeros({b.numel + static_cast<int64_t>(b.params.size())}, p0.options().requires_grad(false));
+            b.flags.assign(b.params.size(), 0.0f);
+            int64_t off = 0;
+            for (size_t i : b.params) {
+                const at::Tensor &p = r->params[i];
+                b.views.push_back(b.flat.narrow(0, off, p.numel()).view(p.sizes()));
+                off += p.numel();
+            }
+        }
         return r.release();
     EM_CATCH(nullptr)
 }
@@ -398,7 +465,6 @@ extern "C" em_status emi_dist_reducer_prepare(emi_dist_reducer *r)
         for (bucket &b : r->buckets) {
             b.pending = b.params.size();
             b.work.reset();
-            b.flat = at::Tensor();
         }
         std::fill(r->ready.begin(), r->ready.end(), false);
         return EM_OK;
@@ -421,7 +487,10 @@ extern "C" em_status emi_dist_reducer_finish(emi_dist_reducer *r)
             why = e.what_without_backtrace();
         }
         lock.unlock();
-        // wait for every launched bucket, also after a failure (no work left running on freed tensors)
+        profile_clock::time_point t0;
+        if (r->profile)
+            t0 = profile_clock::now();
+        // wait for every launched bucket, also after a failure (no work left running on the buckets)
         for (bucket &b : r->buckets) {
             if (!b.work)
                 continue;
@@ -434,30 +503,38 @@ extern "C" em_status emi_dist_reducer_finish(emi_dist_reducer *r)
                 }
             }
         }
+        if (r->profile) {
+            r->t_wait += seconds_since(t0);
+            t0 = profile_clock::now();
+        }
         if (st != EM_OK) {
-            for (bucket &b : r->buckets) {
+            for (bucket &b : r->buckets)
                 b.work.reset();
-                b.flat = at::Tensor();
-            }
             return emi_fail(st, "gradient all-reduce: %s", why.c_str());
         }
+        // the averages are in place (every gradient a rank had is its view); a parameter without a
+        // gradient here that another rank had gets its view (the average), one that no rank had
+        // keeps none
         at::NoGradGuard ng;
         for (bucket &b : r->buckets) {
-            int64_t off = 0, k = b.numel;
-            for (size_t i : b.params) {
-                at::Tensor &p = r->params[i];
-                at::Tensor avg = b.flat.narrow(0, off, p.numel()).view(p.sizes());
-                if (b.flat[k].item<double>() > 0) {
-                    if (p.grad().defined())
-                        p.mutable_grad().copy_(avg);
-                    else
-                        p.mutable_grad() = avg.clone();
-                }
-                off += p.numel();
-                k++;
-            }
             b.work.reset();
-            b.flat = at::Tensor();
+            at::Tensor flags = b.flat.narrow(0, b.numel, static_cast<int64_t>(b.params.size()))
+                                   .to(at::kCPU, at::kFloat)
+                                   .contiguous();
+            const float *f = flags.data_ptr<float>();
+            for (size_t j = 0; j < b.params.size(); j++) {
+                at::Tensor &p = r->params[b.params[j]];
+                if (f[j] > 0 && !is_view(p.grad(), b.views[j])) {
+                    if (p.grad().defined())
+                        p.mutable_grad().copy_(b.views[j]);
+                    else
+                        p.mutable_grad() = b.views[j];
+                }
+            }
+        }
+        if (r->profile) {
+            r->t_finish += seconds_since(t0);
+            r->n_synced++;
         }
         return EM_OK;
     EM_CATCH(EM_ETORCH)
@@ -479,6 +556,16 @@ extern "C" void emi_dist_reducer_free(emi_dist_reducer *r)
             if (h.acc)
                 h.acc->del_post_hook(h.key);
     } catch (...) {
+    }
+    if (r->profile && r->n_synced > 0) {
+        double k = 1e6 / static_cast<double>(r->n_synced);
+        double others = (cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - r->cpu_process0) -
+                        (cpu_seconds(CLOCK_THREAD_CPUTIME_ID) - r->cpu_thread0);
+        emi_info("EMBER_DDP_PROFILE rank %d: %lld synced backwards, %zu bucket(s); per backward: %.1f us CPU preparing "
+                 "and launching buckets (hooks), %.1f us waiting for the all-reduces, %.1f us finishing; %.1f us CPU "
+                 "of the other threads (Gloo)",
+                 state()->rank, static_cast<long long>(r->n_synced), r->buckets.size(), r->t_launch * k,
+                 r->t_wait * k, r->t_finish * k, others * k);
     }
     delete r;
 }

@@ -128,6 +128,9 @@ struct em_trainer {
     em_scheduler **sched_list;   /* for em_lr_schedulers */
     struct emi_toggle *toggle;   /* saved requires_grad flags (toggle_optimizer) */
     size_t n_toggle;
+    bool toggle_model_open;      /* em_toggle_model_begin without its end yet */
+    bool toggle_model_blocked;   /* ... with sync_grad false: it opened a no-sync region */
+    size_t toggle_model_opt;     /* ... the optimizer's index */
 
     /* progress (Lightning's loop counters) */
     int64_t current_epoch;        /* completed epochs */

@@ -160,3 +160,77 @@ em_status em_untoggle_optimizer(em_module *m, em_optimizer *opt)
 {
     return toggle_api(m, opt, false, "em_untoggle_optimizer");
 }
+
+/* ---- toggle_model ---------------------------------------------------------------------------------------- */
+
+/* Lightning: LightningOptimizer.toggle_model(sync_grad): `with _block_parallel_sync_behavior(strategy,
+ * block=not sync_grad)` around toggle_optimizer(opt) ... untoggle_optimizer(opt). */
+em_status em_toggle_model_begin(em_module *m, em_optimizer *opt, bool sync_grad)
+{
+    static const char fn[] = "em_toggle_model_begin";
+    if (m == NULL || opt == NULL)
+        return emi_fail(EM_EINVAL, "%s: NULL argument", fn);
+    em_trainer *t = m->trainer_;
+    if (t == NULL || !t->fitting)
+        return emi_fail(EM_ESTATE, "%s: only during fit", fn);
+    int idx = emi_optimizer_index(t, opt);
+    if (idx < 0)
+        return emi_fail(EM_EINVAL, "%s: this optimizer is not one of em_optimizers()", fn);
+    if (t->toggle_model_open)
+        return emi_fail(EM_ESTATE,
+                        "%s: a toggle_model region (optimizer %zu) is already open: end it with "
+                        "em_toggle_model_end first (the regions do not nest: the inner toggle would save the "
+                        "outer one's frozen flags as the originals)",
+                        fn, t->toggle_model_opt);
+    em_status s;
+    if (!sync_grad && (s = em_no_backward_sync_begin(m)) != EM_OK)
+        return s;
+    if ((s = toggle(t, (size_t)idx)) != EM_OK) {
+        if (!sync_grad)
+            em_no_backward_sync_end(m);
+        return s;
+    }
+    t->toggle_model_open = true;
+    t->toggle_model_blocked = !sync_grad;
+    t->toggle_model_opt = (size_t)idx;
+    return EM_OK;
+}
+
+em_status em_toggle_model_end(em_module *m, em_optimizer *opt)
+{
+    static const char fn[] = "em_toggle_model_end";
+    if (m == NULL || opt == NULL)
+        return emi_fail(EM_EINVAL, "%s: NULL argument", fn);
+    em_trainer *t = m->trainer_;
+    if (t == NULL || !t->fitting)
+        return emi_fail(EM_ESTATE, "%s: only during fit", fn);
+    if (!t->toggle_model_open)
+        return emi_fail(EM_ESTATE, "%s: no em_toggle_model_begin is open", fn);
+    int idx = emi_optimizer_index(t, opt);
+    if (idx < 0 || (size_t)idx != t->toggle_model_opt)
+        return emi_fail(EM_EINVAL, "%s: not the optimizer the open region toggled (optimizer %zu)", fn,
+                        t->toggle_model_opt);
+    em_status s = untoggle(t, (size_t)idx);
+    bool blocked = t->toggle_model_blocked;
+    t->toggle_model_open = false;
+    t->toggle_model_blocked = false;
+    if (s != EM_OK || !blocked)
+        return s;
+    if (t->no_sync_depth == 0) /* closed all the same: the flags are back */
+        return emi_fail(EM_ESTATE,
+                        "%s: the region's no-sync block was already ended (an em_no_backward_sync_end too many "
+                        "inside it)",
+                        fn);
+    return em_no_backward_sync_end(m);
+}
+
+void emi_toggle_model_teardown(em_trainer *t)
+{
+    if (t->toggle_model_open)
+        emi_warn("fit ended inside em_toggle_model_begin (optimizer %zu) without its em_toggle_model_end: the "
+                 "parameters it froze keep requires_grad = false",
+                 t->toggle_model_opt);
+    t->toggle_model_open = false;
+    t->toggle_model_blocked = false;
+}
+

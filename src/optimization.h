@@ -16,5 +16,8 @@ em_status emi_automatic_run(em_trainer *t, em_batch *batch, bool stepping, em_te
 em_status emi_manual_run(em_trainer *t, em_batch *batch, em_tensor **out);
 /** Forget toggle_optimizer's saved flags (at fit end). */
 void emi_toggle_free(em_trainer *t);
+/** Close a toggle_model region left open at fit end (a warning; the frozen flags stay, as Lightning's
+ *  toggle_model leaves them when its body raises). */
+void emi_toggle_model_teardown(em_trainer *t);
 
 #endif /* EMBER_OPTIMIZATION_H */

@@ -345,6 +345,7 @@ static em_status teardown(em_trainer *t, int scope_depth, int no_grad_depth)
     while (emi_no_grad_depth() > no_grad_depth && em_no_grad_end() == EM_OK)
         ; /* regions a hook left open; the caller's own stay as they were */
     builtin_callbacks_remove(t);
+    emi_toggle_model_teardown(t);
     emi_toggle_free(t);
     emi_strategy_teardown(t);
     if (t->env.distributed) {

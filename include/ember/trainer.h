@@ -325,8 +325,8 @@ EM_API em_status em_manual_backward_retain(em_module *m, em_tensor *loss);
 
 /**
  * Skip the gradient all-reduce of the backwards that follow, until the matching
- * em_no_backward_sync_end. Lightning: `with trainer.strategy.block_backward_sync()` /
- * toggle_model(opt, sync_grad=False) (= em_toggle_optimizer + this). Gradients then accumulate
+ * em_no_backward_sync_end. Lightning: `with trainer.strategy.block_backward_sync()`
+ * (em_toggle_model_begin with sync_grad false = em_toggle_optimizer + this). Gradients then accumulate
  * locally; the next backward that syncs averages the accumulated gradients. Nests. Without DDP it
  * does nothing. Errors: EM_ESTATE outside fit.
  */
@@ -342,6 +342,35 @@ EM_API em_status em_no_backward_sync_end(em_module *m);
 EM_API em_status em_toggle_optimizer(em_module *m, em_optimizer *opt);
 /** Restore the flags changed by em_toggle_optimizer. Lightning: untoggle_optimizer(opt) */
 EM_API em_status em_untoggle_optimizer(em_module *m, em_optimizer *opt);
+
+/**
+ * Open a toggle_model region for `opt`. Lightning: `with opt.toggle_model(sync_grad=...):`
+ * (LightningOptimizer.toggle_model): em_toggle_optimizer(m, opt), and with `sync_grad` false also
+ * em_no_backward_sync_begin(m), so the backwards inside accumulate gradients locally without an
+ * all-reduce (under DDP; without DDP sync_grad changes nothing); the next backward that syncs
+ * averages what accumulated. Close it with em_toggle_model_end(m, opt). Typical use, accumulating
+ * in manual optimization (Lightning's docs):
+ *
+ *     bool last = (batch_idx + 1) % 2 == 0;
+ *     em_toggle_model_begin(m, opt, last);   // sync only on the batch that steps
+ *     em_manual_backward(m, loss);
+ *     if (last) { em_optimizer_step(opt, NULL); em_optimizer_zero_grad(opt); }
+ *     em_toggle_model_end(m, opt);
+ *
+ * Regions do not nest. A region left open when fit ends is closed with a warning; the flags it
+ * froze stay frozen (as Lightning's, whose untoggle does not run when the body raises).
+ * Errors: EM_EINVAL for a NULL argument or an optimizer not from em_optimizers; EM_ESTATE outside
+ * fit or while a region is open (nothing changed then).
+ */
+EM_API em_status em_toggle_model_begin(em_module *m, em_optimizer *opt, bool sync_grad);
+/**
+ * Close the region em_toggle_model_begin(m, opt, ...) opened: em_untoggle_optimizer(m, opt), then
+ * the end of its no-sync block (when sync_grad was false). Errors: EM_ESTATE outside fit, without an
+ * open region, or when its no-sync block was already ended by an unmatched em_no_backward_sync_end
+ * (the region is closed all the same, the flags restored); EM_EINVAL for a NULL argument or another
+ * optimizer than the region's (the region stays open).
+ */
+EM_API em_status em_toggle_model_end(em_module *m, em_optimizer *opt);
 
 /**
  * Clip the gradients of `opt`'s parameters. Lightning: clip_gradients(opt, val, algo)

@@ -50,20 +50,47 @@ static em_tensor *auto_step(em_module *m, const em_batch *b, int64_t batch_idx)
     return loss_of(n, b);
 }
 
+/* "manual_toggle": backwards seen with an all-reduce count other than the one expected (none inside a
+ * toggle_model(sync_grad=false) region, one per bucket in a syncing one); any makes the run fail. */
+static int toggle_violations;
+
 /* manual: every manual_backward syncs; "manual_nosync" accumulates two batches, the first inside a
- * no-sync region (Lightning's toggle_model(sync_grad=False)), so one all-reduce per step. */
+ * no-sync region (Lightning's block_backward_sync), so one all-reduce per step; "manual_toggle" the
+ * same through toggle_model (Lightning's docs: `with opt.toggle_model(sync_grad=is_last_batch)`),
+ * checking the all-reduce count around each backward. */
 static em_tensor *manual_step(em_module *m, const em_batch *b, int64_t batch_idx)
 {
     struct net_module *n = (struct net_module *)m;
     em_optimizer *opt = em_optimizers(m, NULL)[0];
     em_tensor *loss = loss_of(n, b);
-    if (strcmp(n->mode, "manual") == 0) {
-        em_optimizer_zero_grad(opt);
+    if (strcmp(n->mode, "manual") == 0 || strcmp(n->mode, "manual_setnone") == 0) {
+        /* manual_setnone: every backward makes its gradients anew (the reducer copies them into its
+         * buckets); manual, on libtorch 1.13, zero-fills them in place (they stay the bucket views) */
+        if (strcmp(n->mode, "manual") == 0)
+            em_optimizer_zero_grad(opt);
+        else
+            em_optimizer_zero_grad_ex(opt, true);
         em_manual_backward(m, loss);
         em_optimizer_step(opt, NULL);
         return loss;
     }
     em_tensor *half = em_div(loss, em_scalar_tensor(2.0, NULL));
+    if (strcmp(n->mode, "manual_toggle") == 0) {
+        em_trainer *t = em_module_trainer(m);
+        bool last = batch_idx % 2 == 1;
+        if (em_toggle_model_begin(m, opt, last) != EM_OK)
+            return NULL;
+        int64_t before = em_trainer_grad_allreduces(t);
+        em_manual_backward(m, half);
+        if (em_trainer_grad_allreduces(t) - before != (last && em_trainer_world_size(t) > 1 ? 1 : 0))
+            toggle_violations++;
+        if (last) {
+            em_optimizer_step(opt, NULL);
+            em_optimizer_zero_grad(opt);
+        }
+        em_toggle_model_end(m, opt);
+        return loss;
+    }
     if (batch_idx % 2 == 0) {
         em_no_backward_sync_begin(m);
         em_manual_backward(m, half);
@@ -138,8 +165,15 @@ static void run(const char *mode, bool reference, const char *root, rank_result 
     em_tensor *y = em_tensor_from(ys, EM_F32, (int64_t[]){ROWS, 1}, 2, NULL);
     em_loader *train = em_tensor_loader((em_tensor *[]){x, y}, 2,
                                         &(em_loader_opts){.batch_size = reference ? 8 : 4, .shuffle = reference});
+    toggle_violations = 0;
     out->status = em_trainer_fit(t, &m.base, train, NULL);
     snprintf(out->error, sizeof out->error, "%s", em_trainer_error(t));
+    if (out->status == EM_OK && toggle_violations > 0) {
+        out->status = -2;
+        snprintf(out->error, sizeof out->error,
+                 "%d backward(s) with an unexpected all-reduce count around em_toggle_model_begin/end",
+                 toggle_violations);
+    }
     out->steps = em_trainer_global_step(t);
     out->allreduces = em_trainer_grad_allreduces(t);
     out->from_rank1 = -1;
@@ -282,7 +316,8 @@ static void expect_equal_to_reference(launch *l)
         if (strcmp(l->mode, "buckets") == 0)
             assert_int_equal(rr->allreduces, 2 * rr->steps);
         else if (strcmp(l->mode, "manual") == 0 || strcmp(l->mode, "auto") == 0 || strcmp(l->mode, "accum") == 0 ||
-            strcmp(l->mode, "manual_nosync") == 0)
+                 strcmp(l->mode, "manual_nosync") == 0 || strcmp(l->mode, "manual_toggle") == 0 ||
+                 strcmp(l->mode, "manual_setnone") == 0)
             assert_int_equal(rr->allreduces, rr->steps);
     }
     assert_int_equal(ref.allreduces, 0);
@@ -328,10 +363,30 @@ static void test_ember_launcher_manual(void **state)
     rm_tree(l.dir);
 }
 
+static void test_ember_launcher_manual_set_to_none(void **state)
+{
+    (void)state;
+    launch l = {.mode = "manual_setnone"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+    rm_tree(l.dir);
+}
+
 static void test_ember_launcher_manual_no_sync(void **state)
 {
     (void)state;
     launch l = {.mode = "manual_nosync"};
+    launch_ember(&l);
+    expect_equal_to_reference(&l);
+    rm_tree(l.dir);
+}
+
+/* em_toggle_model_begin(sync_grad = is the stepping batch) / end: no all-reduce inside the regions
+ * that do not sync, one in those that do; the weights equal one process's over the same batches. */
+static void test_ember_launcher_manual_toggle_model(void **state)
+{
+    (void)state;
+    launch l = {.mode = "manual_toggle"};
     launch_ember(&l);
     expect_equal_to_reference(&l);
     rm_tree(l.dir);
@@ -471,7 +526,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ember_launcher_auto, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_accumulate, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_manual, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_ember_launcher_manual_set_to_none, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_manual_no_sync, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_ember_launcher_manual_toggle_model, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_ember_launcher_two_buckets, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_torchrun_variables, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_two_nodes_one_process_each, helper_setup, helper_teardown),

@@ -31,6 +31,8 @@ enum mode {
     MODE_TOGGLE3,            /* test_toggle_untoggle_3_optimizers_shared_parameters */
     MODE_SCHEDULERS,         /* one plain step; schedulers exist but only the user steps them */
     MODE_USER_CLIP,          /* backward, em_clip_gradients(0.5, value), step */
+    MODE_TOGGLE_MODEL2,      /* MODE_TOGGLE2's rounds through em_toggle_model_begin/end */
+    MODE_TOGGLE_MODEL_MISUSE, /* em_toggle_model_begin/end used wrongly, statuses recorded */
 };
 
 typedef struct mm {
@@ -162,6 +164,63 @@ static em_status toggle_round(mm *m, const em_batch *b, em_optimizer *opt, int n
     return EM_OK;
 }
 
+/* toggle_round through toggle_model: the region (sync_grad alternating; without DDP it changes
+ * nothing) around zero_grad, backward and step, flags recorded inside and after. */
+static em_status toggle_model_round(mm *m, const em_batch *b, em_optimizer *opt, bool sync_grad, int n_watched)
+{
+    em_status s;
+    if ((s = em_toggle_model_begin(&m->base, opt, sync_grad)) != EM_OK)
+        return s;
+    em_tensor *loss = layer_loss(m, b);
+    if ((s = em_optimizer_zero_grad(opt)) != EM_OK || (s = em_manual_backward(&m->base, loss)) != EM_OK)
+        return s;
+    record_flags(m, toggle_names, toggle_which, n_watched);
+    if ((s = em_optimizer_step(opt, NULL)) != EM_OK)
+        return s;
+    if ((s = em_toggle_model_end(&m->base, opt)) != EM_OK)
+        return s;
+    record_flags(m, toggle_names, toggle_which, n_watched);
+    return EM_OK;
+}
+
+/* Every wrong use of em_toggle_model_begin/end on the first batch, each status recorded (and the
+ * error cleared); the region is left open at the end, for the warning at fit end. */
+static void toggle_model_misuse(mm *m, em_optimizer **opts, em_optimizer *foreign)
+{
+    em_module *mb = &m->base;
+    rec(m, "end_without_begin", em_toggle_model_end(mb, opts[0]));
+    em_clear_error();
+    rec(m, "begin_null_opt", em_toggle_model_begin(mb, NULL, true));
+    em_clear_error();
+    rec(m, "begin_foreign", em_toggle_model_begin(mb, foreign, true));
+    em_clear_error();
+    rec(m, "begin", em_toggle_model_begin(mb, opts[0], false));
+    record_flags(m, toggle_names, toggle_which, 6);
+    rec(m, "nested_begin", em_toggle_model_begin(mb, opts[1], true));
+    em_clear_error();
+    record_flags(m, toggle_names, toggle_which, 6); /* unchanged by the refused begin */
+    rec(m, "end_other_opt", em_toggle_model_end(mb, opts[1]));
+    em_clear_error();
+    rec(m, "end", em_toggle_model_end(mb, opts[0]));
+    record_flags(m, toggle_names, toggle_which, 6); /* as they started */
+    rec(m, "end_again", em_toggle_model_end(mb, opts[0]));
+    em_clear_error();
+    /* the region's no-sync block ended from inside by an extra em_no_backward_sync_end */
+    rec(m, "begin2", em_toggle_model_begin(mb, opts[1], false));
+    rec(m, "extra_sync_end", em_no_backward_sync_end(mb));
+    rec(m, "end_after_extra", em_toggle_model_end(mb, opts[1]));
+    em_clear_error();
+    rec(m, "sync_end_unbalanced", em_no_backward_sync_end(mb));
+    em_clear_error();
+    /* a region with sync_grad true opens no no-sync block: its end needs none */
+    rec(m, "begin3_end", em_toggle_model_end(mb, opts[1]) == EM_ESTATE &&
+                             em_toggle_model_begin(mb, opts[1], true) == EM_OK &&
+                             em_toggle_model_end(mb, opts[1]) == EM_OK);
+    em_clear_error();
+    /* left open: fit ends with a warning */
+    rec(m, "begin_left_open", em_toggle_model_begin(mb, opts[0], true));
+}
+
 static em_tensor *mm_training_step(em_module *mb, const em_batch *b, int64_t batch_idx)
 {
     (void)batch_idx;
@@ -229,6 +288,15 @@ static em_tensor *mm_training_step(em_module *mb, const em_batch *b, int64_t bat
             toggle_round(m, b, opts[2], 9) != EM_OK)
             return NULL;
         break;
+    case MODE_TOGGLE_MODEL2:
+        if (toggle_model_round(m, b, opts[0], batch_idx % 2 == 0, 6) != EM_OK ||
+            toggle_model_round(m, b, opts[1], batch_idx % 2 != 0, 6) != EM_OK)
+            return NULL;
+        break;
+    case MODE_TOGGLE_MODEL_MISUSE:
+        if (batch_idx == 0)
+            toggle_model_misuse(m, opts, m->raw[2]);
+        break;
     case MODE_SCHEDULERS: {
         size_t ns = 0;
         em_scheduler **s = em_lr_schedulers(mb, &ns);
@@ -284,7 +352,7 @@ static em_status mm_configure_optimizers(em_module *mb, em_optim_setup *setup)
     mm *m = MM(mb);
     rec(m, "configure_optimizers", 0);
     em_status s;
-    if (m->mode == MODE_TOGGLE2) {
+    if (m->mode == MODE_TOGGLE2 || m->mode == MODE_TOGGLE_MODEL2 || m->mode == MODE_TOGGLE_MODEL_MISUSE) {
         /* optimizer_1 = SGD(layer_1), optimizer_2 = Adam(layer_2) */
         m->raw[0] = sgd_over(m->l[0], NULL, 0.1);
         m->raw[1] = adam_over(m->l[1], NULL, 0.1);
@@ -816,6 +884,102 @@ static void test_trainer_manual__toggle_untoggle_3_optimizers_shared_parameters(
     mm_free(m);
 }
 
+/* LightningOptimizer.toggle_model(sync_grad): toggle_optimizer on entry, untoggle_optimizer on exit, so
+ * the flags are those of test_toggle_untoggle_2_optimizers_no_shared_parameters, whatever sync_grad
+ * (which only blocks DDP's all-reduce: tests/ddp covers it). */
+static void test_trainer_manual__toggle_model_toggles_as_toggle_optimizer(void **state)
+{
+    (void)state;
+    mm *m = toggle_model(MODE_TOGGLE_MODEL2, 2);
+    em_loader *train = rows_loader(8, 4);
+    em_trainer *t = quiet_trainer(1, NAN, 1);
+    em_status s = em_trainer_fit(t, &m->base, train, NULL);
+    if (s != EM_OK)
+        print_message("fit: %s\n", em_trainer_error(t));
+    assert_ok(s);
+    assert_int_equal(em_trainer_global_step(t), 16);
+    assert_true(m->nflags >= 8);
+    for (int k = 0; k < 2; k++) { /* two batches: sync_grad true then false for opt1, the reverse for opt2 */
+        assert_string_equal(m->flags[4 * k + 0], "TFFFFFT");
+        assert_string_equal(m->flags[4 * k + 1], "TFFFFTT");
+        assert_string_equal(m->flags[4 * k + 2], "FFFFFTT");
+        assert_string_equal(m->flags[4 * k + 3], "TFFFFTT");
+    }
+    em_trainer_free(t);
+    em_loader_free(train);
+    mm_free(m);
+}
+
+typedef struct warn_log {
+    int n;
+    char last[512];
+} warn_log;
+
+static void capture_warnings(void *user, em_log_level level, const char *message)
+{
+    warn_log *w = user;
+    if (level != EM_LEVEL_WARNING || strstr(message, "toggle_model") == NULL)
+        return; /* (the loop also warns that no optimizer stepped) */
+    w->n++;
+    snprintf(w->last, sizeof w->last, "%s", message);
+}
+
+static double value_of(const mm *m, const char *name)
+{
+    double v = NAN;
+    assert_int_equal(values_of(m, name, &v, 1), 1);
+    return v;
+}
+
+/* em_toggle_model_begin/end used wrongly: each misuse is refused with its status and changes nothing;
+ * a region left open is closed at fit end with a warning; outside fit both are refused. */
+static void test_trainer_manual__toggle_model_misuse(void **state)
+{
+    (void)state;
+    mm *m = toggle_model(MODE_TOGGLE_MODEL_MISUSE, 2);
+    m->raw[2] = sgd_over(m->layer, NULL, 0.1); /* an optimizer fit does not know */
+    em_loader *train = rows_loader(2, 4);
+    em_trainer *t = quiet_trainer(1, NAN, 1);
+    warn_log w = {0};
+    em_log_handler prev = em_set_log_handler(capture_warnings, &w);
+    em_status s = em_trainer_fit(t, &m->base, train, NULL);
+    em_set_log_handler(prev, NULL);
+    if (s != EM_OK)
+        print_message("fit: %s\n", em_trainer_error(t));
+    assert_ok(s);
+    assert_int_equal((int)value_of(m, "end_without_begin"), EM_ESTATE);
+    assert_int_equal((int)value_of(m, "begin_null_opt"), EM_EINVAL);
+    assert_int_equal((int)value_of(m, "begin_foreign"), EM_EINVAL);
+    assert_int_equal((int)value_of(m, "begin"), EM_OK);
+    assert_int_equal((int)value_of(m, "nested_begin"), EM_ESTATE);
+    assert_int_equal((int)value_of(m, "end_other_opt"), EM_EINVAL);
+    assert_int_equal((int)value_of(m, "end"), EM_OK);
+    assert_int_equal((int)value_of(m, "end_again"), EM_ESTATE);
+    assert_int_equal((int)value_of(m, "begin2"), EM_OK);
+    assert_int_equal((int)value_of(m, "extra_sync_end"), EM_OK);
+    assert_int_equal((int)value_of(m, "end_after_extra"), EM_ESTATE);
+    assert_int_equal((int)value_of(m, "sync_end_unbalanced"), EM_ESTATE);
+    assert_true(value_of(m, "begin3_end") == 1.0);
+    assert_int_equal((int)value_of(m, "begin_left_open"), EM_OK);
+    /* flags: toggled opt1, unchanged by the refused nested begin, restored by the end */
+    assert_true(m->nflags >= 3);
+    assert_string_equal(m->flags[0], "TFFFFFT");
+    assert_string_equal(m->flags[1], "TFFFFFT");
+    assert_string_equal(m->flags[2], "TFFFFTT");
+    assert_int_equal(w.n, 1);
+    assert_non_null(strstr(w.last, "without its em_toggle_model_end"));
+    /* after fit: no trainer */
+    assert_int_equal(em_toggle_model_begin(&m->base, m->raw[0], true), EM_ESTATE);
+    em_clear_error();
+    assert_int_equal(em_toggle_model_end(&m->base, m->raw[0]), EM_ESTATE);
+    em_clear_error();
+    em_trainer_free(t);
+    em_loader_free(train);
+    em_optimizer_free(m->raw[2]);
+    m->raw[2] = NULL;
+    mm_free(m);
+}
+
 /* §4.5: toggling outside fit is an error (there is no trainer whose optimizers could be toggled). */
 static void test_trainer_manual__toggle_outside_fit_is_an_error(void **state)
 {
@@ -956,6 +1120,8 @@ int main(void)
         TEST(test_trainer_manual__toggle_untoggle_2_optimizers_no_shared_parameters),
         TEST(test_trainer_manual__toggle_untoggle_3_optimizers_shared_parameters),
         TEST(test_trainer_manual__toggle_outside_fit_is_an_error),
+        TEST(test_trainer_manual__toggle_model_toggles_as_toggle_optimizer),
+        TEST(test_trainer_manual__toggle_model_misuse),
         TEST(test_trainer_manual__schedulers_are_never_stepped_by_the_loop),
         TEST(test_trainer_manual__user_clipping_and_no_configure_gradient_clipping),
         TEST(test_trainer_manual__rejects_trainer_clipping_and_accumulation),
