@@ -602,3 +602,20 @@ em_status em_trainer_broadcast(em_trainer *t, void *buf, size_t size, int64_t ro
         return emi_dist_explain(t, s, "em_trainer_broadcast");
     return EM_OK;
 }
+
+/* Lightning: ParallelStrategy.reduce_boolean_decision: the decisions summed over the ranks (an
+ * all-reduce), then == world size (all) or > 0 (any) */
+em_status em_trainer_reduce_boolean_decision(em_trainer *t, bool decision, bool all, bool *out)
+{
+    if (out == NULL)
+        return emi_fail(EM_EINVAL, "em_trainer_reduce_boolean_decision: out is NULL");
+    *out = decision;
+    em_status s = user_collective_ready(t, "em_trainer_reduce_boolean_decision");
+    if (s != EM_OK || !emi_dist_active())
+        return s;
+    double sum = decision ? 1.0 : 0.0;
+    if ((s = emi_dist_allreduce_f64(&sum, 1, EMI_DIST_SUM)) != EM_OK)
+        return emi_dist_explain(t, s, "em_trainer_reduce_boolean_decision");
+    *out = all ? sum == (double)g_dist.world : sum > 0.0;
+    return EM_OK;
+}

@@ -804,6 +804,14 @@ EM_API em_status em_trainer_barrier(em_trainer *t);
  * EM_EINVAL for a NULL buf or a root outside the world.
  */
 EM_API em_status em_trainer_broadcast(em_trainer *t, void *buf, size_t size, int64_t root);
+/**
+ * Combine every rank's `decision` (trainer.strategy.reduce_boolean_decision): with `all`, true only
+ * when every rank's is true; without, true when any rank's is (EarlyStopping uses that, so one rank
+ * that wants to stop stops them all). Every rank must call it. Writes the result to `*out`; without
+ * DDP it is `decision`. Errors: as em_trainer_barrier (then `*out` is the rank's own decision);
+ * EM_EINVAL for a NULL out.
+ */
+EM_API em_status em_trainer_reduce_boolean_decision(em_trainer *t, bool decision, bool all, bool *out);
 
 /* ---- trainer state (Lightning's trainer properties) ------------------------------------------------------ */
 

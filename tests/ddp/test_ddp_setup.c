@@ -129,6 +129,13 @@ static void test_rank_getters_from_variables(void **state)
     assert_ok(em_trainer_barrier(t)); /* one process: nothing to wait for */
     char buf[4] = "abc";
     assert_ok(em_trainer_broadcast(t, buf, sizeof buf, 0));
+    bool d = false;
+    assert_ok(em_trainer_reduce_boolean_decision(t, true, false, &d)); /* one process: its own decision */
+    assert_true(d);
+    assert_ok(em_trainer_reduce_boolean_decision(t, false, true, &d));
+    assert_false(d);
+    assert_int_equal(em_trainer_reduce_boolean_decision(t, true, true, NULL), EM_EINVAL);
+    em_clear_error();
     em_trainer_free(t);
 
     /* torchrun: 2 nodes x 2 */

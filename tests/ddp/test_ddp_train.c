@@ -143,11 +143,16 @@ static void run(const char *mode, bool reference, const char *root, rank_result 
     out->steps = em_trainer_global_step(t);
     out->allreduces = em_trainer_grad_allreduces(t);
     out->from_rank1 = -1;
+    out->decisions = -1;
     if (!reference && out->status == EM_OK) { /* the user collectives, after fit */
         int64_t v = out->rank == 1 ? 4242 : 7;
         if (em_trainer_barrier(t) == EM_OK && em_trainer_broadcast(t, &v, sizeof v, 1) == EM_OK &&
             em_trainer_barrier(t) == EM_OK)
             out->from_rank1 = v;
+        bool any = false, all = true; /* rank 1 says yes, rank 0 no */
+        if (em_trainer_reduce_boolean_decision(t, out->rank == 1, false, &any) == EM_OK &&
+            em_trainer_reduce_boolean_decision(t, out->rank == 1, true, &all) == EM_OK)
+            out->decisions = any * 2 + all;
     }
     em_trainer_callback_metric(t, "rank_mean", &out->metric_mean);
     em_trainer_callback_metric(t, "rank_max", &out->metric_max);
@@ -274,6 +279,7 @@ static void expect_equal_to_reference(launch *l)
         assert_int_equal(rr->rank, r);
         assert_int_equal(rr->world, 2);
         assert_int_equal(rr->from_rank1, 4242); /* em_trainer_broadcast from rank 1, between barriers */
+        assert_int_equal(rr->decisions, 2);     /* one rank's yes: any true, all false, on both ranks */
         assert_int_equal(rr->steps, ref.steps);
         assert_int_equal(rr->n_w, ref.n_w);
         for (int i = 0; i < ref.n_w; i++)

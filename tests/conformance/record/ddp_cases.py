@@ -62,14 +62,23 @@ def trainer_line(tr):
     return f"L.Trainer({args})"
 
 
+def early_stopping(**kw):
+    args = {"monitor": "val_loss", "min_delta": 0.0, "patience": 3, "verbose": False, "mode": "min", "strict": True,
+            "check_finite": True, "stopping_threshold": None, "divergence_threshold": None,
+            "check_on_train_epoch_end": None, "log_rank_zero_only": False}
+    args.update(kw)
+    call = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    return dict({"type": "EarlyStopping"}, **args, python=f"EarlyStopping({call})")
+
+
 def case(name, description, *, n, batch_size, trainer, seed, hidden=8, optimizer=None, schedulers=(),
-         behaviour=None, val=None, automatic=True):
+         behaviour=None, val=None, automatic=True, callbacks=()):
     tr = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
     tr.update(trainer)
     tr.update(COMMON_TRAINER)
     if behaviour is None or behaviour["kind"] == "ddp_indexed":
         tr["use_distributed_sampler"] = False
-    tr["callbacks"] = []
+    tr["callbacks"] = list(callbacks)
     d = {"train": data(seed, n, batch_size)}
     if val is not None:
         d["val"] = data(seed + 1000, val[0], val[1])
@@ -198,6 +207,16 @@ CASES = [
          n=23, batch_size=2, seed=23, val=(11, 2),
          trainer={"max_epochs": 2, "val_check_interval": 0.5, "limit_val_batches": 2}, optimizer=adam(0.01),
          behaviour=indexed(shuffle=True, drop_last=True, val_metric="val_loss", val_sync_dist=True)),
+    case("ddp_early_stopping_local_metric_any_rank",
+         "ddp_indexed with validation: train 24 rows (12 per rank, batch_size 4 -> 3 batches), val 10 rows "
+         "(5 per rank, batch_size 5 -> 1 batch). val_loss is logged WITHOUT sync_dist, so each rank's "
+         "EarlyStopping(monitor val_loss, patience 3, stopping_threshold 0.04) sees its own value: "
+         "Lightning reduces the callback's decision across ranks with reduce_boolean_decision(all=False), "
+         "so as soon as one rank's value passes the threshold, both ranks stop after that epoch (same "
+         "global_step, same weights); wait_count and best_score stay per rank. SGD, up to 6 epochs.",
+         n=24, batch_size=4, seed=25, val=(10, 5), trainer={"max_epochs": 6}, optimizer=sgd(0.1),
+         callbacks=[early_stopping(stopping_threshold=0.04)],
+         behaviour=indexed(val_metric="val_loss", val_sync_dist=False)),
     case("ddp_auto_skip_injected_sampler",
          "Behaviour auto_skip under DDP (training_step returns None when batch_idx % 3 == 1; "
          "optimizer_zero_grad overridden with set_to_none=True, so the step after a None batch skips "

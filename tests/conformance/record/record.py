@@ -30,7 +30,7 @@ import torch.distributed
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import lightning.pytorch as L
-from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler
+from lightning.pytorch.callbacks import Callback, EarlyStopping, GradientAccumulationScheduler
 
 
 def die(msg):
@@ -382,6 +382,8 @@ def trainer_args(case, rec):
     for c in args.pop("callbacks", []):
         if c["type"] == "GradientAccumulationScheduler":
             callbacks.append(GradientAccumulationScheduler({int(k): v for k, v in c["scheduling"].items()}))
+        elif c["type"] == "EarlyStopping":
+            callbacks.append(EarlyStopping(**{k: v for k, v in c.items() if k not in ("type", "python")}))
         else:
             die(f"callback {c['type']} is not supported by this recorder")
     callbacks.append(EpochEndRecorder(rec))
@@ -416,12 +418,15 @@ def record(case):
                                                          shuffle=False))
     final = {"global_step": trainer.global_step, "current_epoch": trainer.current_epoch,
              "optimizer_step_counts": list(module.step_counts), "lr": module.lrs()}
+    if any(c["type"] == "EarlyStopping" for c in case["trainer"].get("callbacks", [])):
+        final["should_stop"] = trainer.should_stop
     weights = {n: {"shape": list(p.shape), "values": [float(v) for v in p.detach().reshape(-1).tolist()]}
                for n, p in module.named_parameters()}
     old = case.get("expected", {})
     # the key order of `final` follows the file being re-recorded (the shipped and the rec_ files differ)
     order = list(old.get("final", {}).keys()) or \
-        ["global_step", "current_epoch", "optimizer_step_counts", "lr", "estimated_stepping_batches", "weights"]
+        ["global_step", "current_epoch", "should_stop", "optimizer_step_counts", "lr", "estimated_stepping_batches",
+         "weights"]
     final.update(weights=weights, estimated_stepping_batches=rec.estimated)
     if not case["automatic_optimization"]:
         order = [k for k in order if k != "estimated_stepping_batches"]
