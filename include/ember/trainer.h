@@ -787,6 +787,15 @@ EM_API int64_t em_trainer_world_size(const em_trainer *t);
 /** The device training runs on (Lightning: LightningModule.device, as of the last fit start; the CPU
  *  before the first fit and for NULL). */
 EM_API em_device em_trainer_device(const em_trainer *t);
+/** The rendezvous host (the cluster environment's main_address), as read by em_trainer_new: MASTER_ADDR;
+ *  under SLURM without it, the first host of SLURM_NODELIST as Lightning's SLURMEnvironment picks it
+ *  ("node[1-3,5],other" -> "node1", "host0 host1" -> "host0"); else "127.0.0.1". Owned by the trainer,
+ *  valid until em_trainer_free. NULL for NULL. */
+EM_API const char *em_trainer_main_address(const em_trainer *t);
+/** The rendezvous port (main_port), as read by em_trainer_new: MASTER_PORT; under SLURM without it,
+ *  15000 + the last 4 digits of SLURM_JOB_ID (12910 without a job id), as Lightning 2.2.5; -1 when
+ *  unset (ember's launcher then binds a free port); -2 for NULL. */
+EM_API int64_t em_trainer_main_port(const em_trainer *t);
 /** Whether this is rank 0 (trainer.is_global_zero): the one that prints. */
 EM_API bool em_trainer_is_global_zero(const em_trainer *t);
 /** Gradient all-reduces (one per bucket) this trainer's last or current fit ran: with one bucket,
