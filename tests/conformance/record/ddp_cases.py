@@ -217,6 +217,41 @@ CASES = [
          n=24, batch_size=4, seed=25, val=(10, 5), trainer={"max_epochs": 6}, optimizer=sgd(0.1),
          callbacks=[early_stopping(stopping_threshold=0.04)],
          behaviour=indexed(val_metric="val_loss", val_sync_dist=False)),
+    case("ddp_auto_basic_val_injected_accumulation_scheduler",
+         "Behaviour auto_basic under DDP with Lightning's injected samplers (use_distributed_sampler true): "
+         "training DistributedSampler(shuffle=True, seed 0) on 21 rows (11 per rank, batch_size 3 -> 4 "
+         "batches), validation DistributedSampler(shuffle=False) on 9 rows padded to 10 (5 per rank, "
+         "batch_size 2 -> 2, 2, 1). GradientAccumulationScheduler({0: 1, 1: 2}): accumulate 1 in epoch 0, "
+         "2 from epoch 1 (no all-reduce on the accumulating batches). val_loss logged without sync_dist: "
+         "each rank's callback_metrics holds its own mean. SGD momentum, 3 epochs.",
+         n=21, batch_size=3, seed=26, val=(9, 2), trainer={"max_epochs": 3},
+         callbacks=[{"type": "GradientAccumulationScheduler", "scheduling": {"0": 1, "1": 2},
+                     "python": "GradientAccumulationScheduler({0: 1, 1: 2})"}],
+         behaviour={"kind": "auto_basic", "val_metric": "val_loss"}),
+    case("ddp_early_stopping_in_epoch_synced",
+         "ddp_indexed with validation: train 24 rows, shuffle true (12 per rank, batch_size 2 -> 6 "
+         "batches), val_check_interval 0.5 -> validation after batch_idx 2 and 5; val 12 rows (6 per rank, "
+         "batch_size 3 -> 2 batches), val_loss logged with sync_dist=True (the same on both ranks). "
+         "EarlyStopping(monitor val_loss, min_delta 0.01, patience 2): check_on_train_epoch_end resolves to "
+         "false (val_check_interval != 1.0), so it checks in on_validation_end; both ranks stop together, "
+         "(here the patience runs out at epoch 2's end-of-epoch validation, so both stop after 3 epochs). "
+         "SGD lr 0.02, up to 5 epochs.",
+         n=24, batch_size=2, seed=27, val=(12, 3),
+         trainer={"max_epochs": 5, "val_check_interval": 0.5}, optimizer=sgd(0.02),
+         callbacks=[early_stopping(min_delta=0.01, patience=2)],
+         behaviour=indexed(shuffle=True, val_metric="val_loss", val_sync_dist=True)),
+    case("ddp_manual_raw_optimizer_log",
+         "Manual optimization under DDP (manual_accumulate, accumulate 3, raw_optimizer true: the torch "
+         "optimizer steps directly, so global_step stays 0) with Lightning's injected training sampler "
+         "(shuffle, seed 0) on 20 rows (10 per rank, batch_size 3 -> 3, 3, 3, 1); every manual_backward "
+         "all-reduces. train_loss logged every batch without sync_dist: callback_metrics[train_loss] is "
+         "each rank's own last loss. ExponentialLR(gamma 0.8) stepped on the last batch of every epoch. "
+         "Adam, 2 epochs.",
+         n=20, batch_size=3, seed=28, trainer={"max_epochs": 2}, automatic=False, optimizer=adam(0.01),
+         schedulers=[{"type": "ExponentialLR", "kwargs": {"gamma": 0.8}, "optimizer": 0}],
+         behaviour={"kind": "manual_accumulate", "accumulate": 3, "raw_optimizer": True,
+                    "log_loss_as": "train_loss",
+                    "scheduler_steps": [{"scheduler": 0, "when": "last_batch_every_n_epochs", "n": 1}]}),
     case("ddp_auto_skip_injected_sampler",
          "Behaviour auto_skip under DDP (training_step returns None when batch_idx % 3 == 1; "
          "optimizer_zero_grad overridden with set_to_none=True, so the step after a None batch skips "

@@ -342,8 +342,6 @@ def kind_manual_accumulate(module, b):
     n = b["accumulate"]
     rules = b["scheduler_steps"]
     module.automatic_optimization = False
-    if b["log_loss_as"] is not None:
-        die("manual_accumulate with log_loss_as is not supported by this recorder")
     for r in rules:
         if r["when"] not in ("every_n_batches", "last_batch_every_n_epochs"):
             die(f"scheduler step rule {r['when']} is not supported by this recorder")
@@ -367,11 +365,38 @@ def kind_manual_accumulate(module, b):
                 scheds[r["scheduler"]].step()
             if r["when"] == "last_batch_every_n_epochs" and last and (module.current_epoch + 1) % r["n"] == 0:
                 scheds[r["scheduler"]].step()
+        if b["log_loss_as"] is not None:
+            module.log(b["log_loss_as"], loss)
 
     module.training_step = training_step
 
 
-KINDS = {"auto_skip": kind_auto_skip, "ddp_indexed": kind_ddp_indexed, "manual_accumulate": kind_manual_accumulate}
+def kind_auto_basic(module, b):
+    """auto_basic: the common training_step; with val_metric a validation_step that records and logs
+    the loss with validation defaults"""
+    val_metric = b["val_metric"]
+
+    def training_step(batch, batch_idx):
+        x, y = batch
+        loss = module.loss(module.net(x), y)
+        module.rec(batch_idx, loss)
+        return loss
+
+    module.training_step = training_step
+    if val_metric is None:
+        return
+
+    def validation_step(batch, batch_idx):
+        x, y = batch
+        loss = module.loss(module.net(x), y)
+        module.rec_.val_calls.append({"epoch": module.current_epoch, "batch_idx": batch_idx,
+                                      "global_step": module.trainer.global_step, "loss": f32(loss)})
+        module.log(val_metric, loss)
+
+    module.validation_step = validation_step
+
+
+KINDS = {"auto_basic": kind_auto_basic, "auto_skip": kind_auto_skip, "ddp_indexed": kind_ddp_indexed, "manual_accumulate": kind_manual_accumulate}
 
 
 # ---------------------------------------------------------------- the run
@@ -404,18 +429,21 @@ def record(case):
     t = case["data"]["train"]
     if t["shuffle"] or t["drop_last"]:
         die("only unshuffled training data without drop_last is supported by this recorder")
-    if "val" in case["data"] and kind != "ddp_indexed":
-        die("validation data is supported by this recorder for ddp_indexed only")
+    if "val" in case["data"] and kind not in ("ddp_indexed", "auto_basic"):
+        die("validation data is supported by this recorder for ddp_indexed and auto_basic only")
     rec = Recording()
     module = CaseModule(case, rec)
     trainer = L.Trainer(**trainer_args(case, rec))
     if kind == "ddp_indexed":
         trainer.fit(module)  # the module's own loaders
     else:
-        x = torch.tensor(t["x"], dtype=torch.float32)
-        y = torch.tensor(t["y"], dtype=getattr(torch, t["y_dtype"]))
-        trainer.fit(module, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=t["batch_size"],
-                                                         shuffle=False))
+        def loader(d):
+            x = torch.tensor(d["x"], dtype=torch.float32)
+            y = torch.tensor(d["y"], dtype=getattr(torch, d["y_dtype"]))
+            return DataLoader(TensorDataset(x, y), batch_size=d["batch_size"], shuffle=False)
+
+        val = case["data"].get("val")
+        trainer.fit(module, train_dataloaders=loader(t), val_dataloaders=loader(val) if val is not None else None)
     final = {"global_step": trainer.global_step, "current_epoch": trainer.current_epoch,
              "optimizer_step_counts": list(module.step_counts), "lr": module.lrs()}
     if any(c["type"] == "EarlyStopping" for c in case["trainer"].get("callbacks", [])):
