@@ -110,11 +110,6 @@ def indexed(shuffle=False, drop_last=False, val_metric=None, val_sync_dist=None)
 
 
 CASES = [
-    case("ddp_pad_odd_no_shuffle",
-         "ddp_indexed, 21 rows over 2 ranks, shuffle false, drop_last false: DistributedSampler pads the index "
-         "list 0..20 to 22 by repeating index 0, so rank 0 gets 0, 2, ..., 20 and rank 1 gets 1, 3, ..., 19, 0 "
-         "(11 each); batch_size 4 -> 4, 4, 3 per rank. Plain SGD, 2 epochs, the same order every epoch.",
-         n=21, batch_size=4, seed=11, trainer={"max_epochs": 2}, optimizer=sgd(0.1)),
     case("ddp_drop_last_odd_accumulate3",
          "ddp_indexed, 21 rows, shuffle false, drop_last true: the list is truncated to 20 (row 20 is never "
          "seen), 10 rows per rank, batch_size 3 -> 3, 3, 3, 1. accumulate_grad_batches 3: all-reduce only on "
@@ -129,12 +124,6 @@ CASES = [
          "batch_size 5 -> 5, 5, 2. SGD with momentum, 3 epochs.",
          n=23, batch_size=5, seed=13, trainer={"max_epochs": 3}, optimizer=sgd(0.05, 0.9),
          behaviour=indexed(shuffle=True)),
-    case("ddp_shuffle_drop_last_accumulate2",
-         "ddp_indexed, 23 rows, shuffle true, drop_last true: the seeded permutation (seed 0 + epoch) is "
-         "truncated to 22, 11 rows per rank, batch_size 4 -> 4, 4, 3. accumulate_grad_batches 2 (steps at "
-         "batch_idx 1 and 2), 2 epochs.",
-         n=23, batch_size=4, seed=14, trainer={"max_epochs": 2, "accumulate_grad_batches": 2},
-         behaviour=indexed(shuffle=True, drop_last=True)),
     case("ddp_clip_norm_accumulate2",
          "ddp_indexed, 20 rows (no padding), batch_size 3 -> 3, 3, 3, 1 per rank; accumulate_grad_batches 2 "
          "and Trainer gradient_clip_val 0.3 (norm): Lightning clips the all-reduced (averaged) gradient, the "
