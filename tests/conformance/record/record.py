@@ -15,12 +15,15 @@ Needs Lightning 2.2.5 on PYTHONPATH (../shared/tools/lightning-env.sh prints it)
 build; runs with one thread. It implements only the behaviour kinds listed in KINDS (a case of any
 other kind is refused with a message, not approximated): what the cases/README.md "Behaviours"
 section says of each, and the recording rules of its "expected" section.
+
+A DDP case (trainer strategy "ddp" / devices > 1) runs under Lightning's own DDP (Gloo, CPU): its
+launcher starts this script again for the other rank, every rank records, rank 0 gathers the records
+into expected.per_rank and writes; so one DDP case per process (--check runs one process per file).
 """
 import argparse
 import copy
 import json
 import math
-import os
 import subprocess
 import sys
 import types
@@ -235,8 +238,6 @@ class CaseModule(L.LightningModule):
         opt.step = types.MethodType(step, opt)
 
     def on_before_optimizer_step(self, optimizer):
-        if getattr(self, "own_pre_clip", False):
-            return
         i = self.torch_optimizers.index(getattr(optimizer, "_optimizer", optimizer))
         params = [p for g in optimizer.param_groups for p in g["params"]]
         norm, mx, _ = grad_stats(params)
