@@ -473,7 +473,7 @@ typedef struct em_early_stopping_check {
     int64_t global_step;
     const char *hook;     /* "on_train_epoch_end" or "on_validation_end": where it ran */
     float value;          /* callback_metrics[monitor], as the float32 Lightning compares */
-    bool should_stop;     /* this check signalled stop */
+    bool should_stop;     /* this check signalled stop (under DDP: after reducing it over the ranks) */
     int64_t wait_count;   /* right after the check */
     float best_score;     /* right after the check; +inf (min) / -inf (max) before any improvement */
     const char *reason;   /* Lightning's message (also logged when verbose), or NULL when it has none */
@@ -513,8 +513,11 @@ typedef struct em_early_stopping_opts {
  * divergence_threshold -> stop; better than best_score by more than min_delta -> new best, wait_count 0;
  * otherwise wait_count + 1, stop once it reaches patience. Stopping sets the trainer's should_stop
  * (honoured once min_epochs / min_steps are met) and stopped_epoch. A monitoring callback: its
- * on_train_epoch_end runs after the module's. No check during the sanity check.
- * The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
+ * on_train_epoch_end runs after the module's. No check during the sanity check. Under DDP every rank
+ * checks its own callback_metrics (equal across ranks only for EM_LOG_SYNC_DIST metrics) and the
+ * decision is reduced with em_trainer_reduce_boolean_decision(all = false), as Lightning's: one rank
+ * that wants to stop stops every rank; wait_count and best_score stay per rank; a failed reduction
+ * fails fit. The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
  * Errors: NULL for NULL opts, a bad version, no monitor, or an unknown mode ("`mode` can be min, max,
  * got X"). During fit: a missing monitor with strict fails fit with Lightning's RuntimeError message
  * ("Early stopping conditioned on metric `X` which is not available. ...").
