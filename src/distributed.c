@@ -74,26 +74,70 @@ static int64_t env_int_or(emi_dist_env *e, const char *name, int64_t dflt)
     return v;
 }
 
-/* Lightning's SLURMEnvironment.resolve_root_node_address: the first host of "node[1-3,5],other". */
+/* Lightning's SLURMEnvironment.resolve_root_node_address, its three steps on the same text:
+ *   re.sub(r"\[(.*?)[,-].*\]", r"\1", nodes)  the first node of a range: "node[1-3,5]" -> "node1"
+ *   re.sub(r"\[(.*?)\]", r"\1", nodes)        a one-number range: "node[7]" -> "node7"
+ *   nodes.split(" ")[0].split(",")[0]         the first of a space or comma separated list
+ * So "node[1-3,5],other[2]" -> "node1", "host0 host1" -> "host0", "127.0.0.[1-2]" -> "127.0.0.1". The
+ * regular expressions are followed literally (a match runs from a '[' to the first ',' or '-' after
+ * it and on to the LAST ']' after that, as `.*` is greedy), quirks included. */
 static void slurm_first_host(const char *list, char *out, size_t cap)
 {
-    size_t i = 0, o = 0;
-    bool bracket = false;
-    for (; list[i] != '\0' && o + 1 < cap; i++) {
-        char c = list[i];
-        if (c == '[') {
-            bracket = true;
-            continue;
-        }
-        if (bracket) {
-            if (c == '-' || c == ',' || c == ']')
-                break;
-        } else if (c == ',') {
-            break;
-        }
-        out[o++] = c;
+    size_t n = strlen(list);
+    char *a = malloc(n + 1), *b = malloc(n + 1);
+    if (a == NULL || b == NULL || cap == 0) {
+        free(a);
+        free(b);
+        if (cap > 0)
+            snprintf(out, cap, "%s", list);
+        return;
     }
-    out[o] = '\0';
+    /* step 1: [ (group) [,-] anything ] with the group lazy and "anything" greedy */
+    size_t o = 0, i = 0;
+    while (i < n) {
+        if (list[i] == '[') { /* `.` stops at a newline */
+            size_t sep = i + 1, close = n;
+            while (sep < n && list[sep] != ',' && list[sep] != '-' && list[sep] != '\n')
+                sep++;
+            if (sep < n && list[sep] != '\n')
+                for (size_t k = sep + 1; k < n && list[k] != '\n'; k++)
+                    if (list[k] == ']')
+                        close = k;
+            if (close < n) {
+                memcpy(a + o, list + i + 1, sep - i - 1);
+                o += sep - i - 1;
+                i = close + 1;
+                continue;
+            }
+        }
+        a[o++] = list[i++];
+    }
+    a[o] = '\0';
+    /* step 2: [ (group) ] with the group lazy */
+    size_t m = o;
+    o = 0;
+    i = 0;
+    while (i < m) {
+        if (a[i] == '[') {
+            size_t close = i + 1;
+            while (close < m && a[close] != ']' && a[close] != '\n')
+                close++;
+            if (close < m && a[close] == ']') {
+                memcpy(b + o, a + i + 1, close - i - 1);
+                o += close - i - 1;
+                i = close + 1;
+                continue;
+            }
+        }
+        b[o++] = a[i++];
+    }
+    b[o] = '\0';
+    /* step 3: up to the first space, then up to the first comma */
+    b[strcspn(b, " ")] = '\0';
+    b[strcspn(b, ",")] = '\0';
+    snprintf(out, cap, "%s", b);
+    free(a);
+    free(b);
 }
 
 void emi_dist_env_read(em_trainer *t)
@@ -123,14 +167,36 @@ void emi_dist_env_read(em_trainer *t)
         e->rank = env_int_or(e, "SLURM_PROCID", 0);
         e->local_rank = env_int_or(e, "SLURM_LOCALID", 0);
         e->node_rank = env_int_or(e, "SLURM_NODEID", 0);
-        e->local_world = devices;
+        /* SLURMEnvironment.validate_settings: --ntasks-per-node must be `devices`, --nodes `num_nodes`;
+         * ember's devices 0 (auto) takes the tasks per node instead (Lightning's "auto" is 1 on the CPU) */
+        bool p_tpn, p_nn;
+        int64_t tpn = 0, nn = 0;
+        env_int(e, "SLURM_NTASKS_PER_NODE", &tpn, &p_tpn);
+        env_int(e, "SLURM_NNODES", &nn, &p_nn);
+        e->local_world = c->devices <= 0 && p_tpn && tpn > 0 ? tpn : devices;
+        if (p_tpn && c->devices > 0 && tpn != c->devices && e->bad[0] == '\0')
+            snprintf(e->bad, sizeof e->bad,
+                     "you set `devices=%lld`, but the number of tasks per node configured in SLURM "
+                     "`--ntasks-per-node=%lld` does not match. HINT: Set `devices=%lld`.",
+                     (long long)c->devices, (long long)tpn, (long long)tpn);
+        if (p_nn && nn != nodes && e->bad[0] == '\0')
+            snprintf(e->bad, sizeof e->bad,
+                     "you set `num_nodes=%lld`, but the number of nodes configured in SLURM `--nodes=%lld` does "
+                     "not match. HINT: Set `num_nodes=%lld`.",
+                     (long long)nodes, (long long)nn, (long long)nn);
+        /* main_address: MASTER_ADDR, else the first host of SLURM_NODELIST (default "127.0.0.1") */
         const char *nodes_list = getenv("SLURM_NODELIST");
-        if ((addr == NULL || *addr == '\0') && nodes_list != NULL && *nodes_list != '\0')
-            slurm_first_host(nodes_list, e->addr, sizeof e->addr);
-        if (e->port < 0) { /* 10000 + the last 4 digits of the job id, else 12910 */
+        if (addr == NULL || *addr == '\0')
+            slurm_first_host(nodes_list != NULL ? nodes_list : "127.0.0.1", e->addr, sizeof e->addr);
+        if (e->port < 0) { /* main_port: MASTER_PORT, else 15000 + the job id's last 4 digits, else 12910 */
             const char *job = getenv("SLURM_JOB_ID");
             size_t n = job != NULL ? strlen(job) : 0;
-            e->port = n > 0 ? 10000 + strtol(job + (n > 4 ? n - 4 : 0), NULL, 10) : 12910;
+            char *end = NULL;
+            long tail = n > 0 ? strtol(job + (n > 4 ? n - 4 : 0), &end, 10) : -1;
+            if (n > 0 && (end == NULL || *end != '\0' || tail < 0) && e->bad[0] == '\0')
+                snprintf(e->bad, sizeof e->bad,
+                         "SLURM_JOB_ID=\"%s\" does not end in digits: set MASTER_PORT", job);
+            e->port = n > 0 && tail >= 0 ? 15000 + tail : 12910;
         }
     } else if (p_rank && p_group && p_local && p_lws) { /* TorchElasticEnvironment.detected */
         e->kind = EMI_ENV_TORCHELASTIC;
@@ -558,6 +624,16 @@ int64_t em_trainer_node_rank(const em_trainer *t) { return !emi_trainer_ok(t, __
 int64_t em_trainer_world_size(const em_trainer *t) { return !emi_trainer_ok(t, __func__) ? -1 : t->env.world; }
 bool em_trainer_is_global_zero(const em_trainer *t) { return emi_trainer_ok(t, __func__) && t->env.rank == 0; }
 
+const char *em_trainer_main_address(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? NULL : t->env.addr;
+}
+
+int64_t em_trainer_main_port(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? -2 : t->env.port;
+}
+
 int64_t em_trainer_grad_allreduces(const em_trainer *t)
 {
     return !emi_trainer_ok(t, __func__) ? -1 : t->grad_allreduces;
@@ -600,5 +676,22 @@ em_status em_trainer_broadcast(em_trainer *t, void *buf, size_t size, int64_t ro
                         (long long)root, (long long)g_dist.world);
     if ((s = emi_dist_broadcast_bytes(buf, size, (int)root)) != EM_OK)
         return emi_dist_explain(t, s, "em_trainer_broadcast");
+    return EM_OK;
+}
+
+/* Lightning: ParallelStrategy.reduce_boolean_decision: the decisions summed over the ranks (an
+ * all-reduce), then == world size (all) or > 0 (any) */
+em_status em_trainer_reduce_boolean_decision(em_trainer *t, bool decision, bool all, bool *out)
+{
+    if (out == NULL)
+        return emi_fail(EM_EINVAL, "em_trainer_reduce_boolean_decision: out is NULL");
+    *out = decision;
+    em_status s = user_collective_ready(t, "em_trainer_reduce_boolean_decision");
+    if (s != EM_OK || !emi_dist_active())
+        return s;
+    double sum = decision ? 1.0 : 0.0;
+    if ((s = emi_dist_allreduce_f64(&sum, 1, EMI_DIST_SUM)) != EM_OK)
+        return emi_dist_explain(t, s, "em_trainer_reduce_boolean_decision");
+    *out = all ? sum == (double)g_dist.world : sum > 0.0;
     return EM_OK;
 }

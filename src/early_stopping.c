@@ -139,6 +139,19 @@ static void metric_names(const em_trainer *t, char *buf, size_t n)
     }
 }
 
+/* Lightning: EarlyStopping._log_info: "[rank: r] " before the message when world_size > 1, and only
+ * rank 0 logs under log_rank_zero_only */
+static void log_info(const early_stopping *es, const em_trainer *t, const char *message)
+{
+    if (em_trainer_world_size(t) <= 1) {
+        emi_info("%s", message);
+        return;
+    }
+    int64_t rank = em_trainer_global_rank(t);
+    if (!es->log_rank_zero_only || rank == 0)
+        emi_info("[rank: %lld] %s", (long long)rank, message);
+}
+
 /* Lightning: _run_early_stopping_check */
 static em_status run_check(early_stopping *es, em_trainer *t, const char *hook)
 {
@@ -158,13 +171,18 @@ static em_status run_check(early_stopping *es, em_trainer *t, const char *hook)
     float current = (float)value;
     char reason[512];
     bool stop = evaluate(es, current, reason, sizeof reason);
-    /* one process: reduce_boolean_decision is the identity */
+    /* Lightning: reduce_boolean_decision(should_stop, all=False): under DDP one rank that wants to stop
+     * stops every rank (each rank checks its own callback_metrics, synced or not); the identity
+     * with one process */
+    em_status rs = em_trainer_reduce_boolean_decision(t, stop, false, &stop);
+    if (rs != EM_OK)
+        return rs;
     if (stop) {
         em_trainer_set_should_stop(t, true); /* trainer.should_stop or should_stop: nothing resets it */
         es->stopped_epoch = em_trainer_current_epoch(t);
     }
     if (reason[0] != '\0' && es->verbose)
-        emi_info("%s", reason); /* rank_prefixed_message adds nothing with one process */
+        log_info(es, t, reason);
     if (es->on_check != NULL) {
         em_early_stopping_check c = {.epoch = em_trainer_current_epoch(t), .global_step = em_trainer_global_step(t),
                                      .hook = hook, .value = current, .should_stop = stop,

@@ -502,7 +502,7 @@ typedef struct em_early_stopping_check {
     int64_t global_step;
     const char *hook;     /* "on_train_epoch_end" or "on_validation_end": where it ran */
     float value;          /* callback_metrics[monitor], as the float32 Lightning compares */
-    bool should_stop;     /* this check signalled stop */
+    bool should_stop;     /* this check signalled stop (under DDP: after reducing it over the ranks) */
     int64_t wait_count;   /* right after the check */
     float best_score;     /* right after the check; +inf (min) / -inf (max) before any improvement */
     const char *reason;   /* Lightning's message (also logged when verbose), or NULL when it has none */
@@ -542,8 +542,11 @@ typedef struct em_early_stopping_opts {
  * divergence_threshold -> stop; better than best_score by more than min_delta -> new best, wait_count 0;
  * otherwise wait_count + 1, stop once it reaches patience. Stopping sets the trainer's should_stop
  * (honoured once min_epochs / min_steps are met) and stopped_epoch. A monitoring callback: its
- * on_train_epoch_end runs after the module's. No check during the sanity check.
- * The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
+ * on_train_epoch_end runs after the module's. No check during the sanity check. Under DDP every rank
+ * checks its own callback_metrics (equal across ranks only for EM_LOG_SYNC_DIST metrics) and the
+ * decision is reduced with em_trainer_reduce_boolean_decision(all = false), as Lightning's: one rank
+ * that wants to stop stops every rank; wait_count and best_score stay per rank; a failed reduction
+ * fails fit. The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
  * Errors: NULL for NULL opts, a bad version, no monitor, or an unknown mode ("`mode` can be min, max,
  * got X"). During fit: a missing monitor with strict fails fit with Lightning's RuntimeError message
  * ("Early stopping conditioned on metric `X` which is not available. ...").
@@ -816,6 +819,15 @@ EM_API int64_t em_trainer_world_size(const em_trainer *t);
 /** The device training runs on (Lightning: LightningModule.device, as of the last fit start; the CPU
  *  before the first fit and for NULL). */
 EM_API em_device em_trainer_device(const em_trainer *t);
+/** The rendezvous host (the cluster environment's main_address), as read by em_trainer_new: MASTER_ADDR;
+ *  under SLURM without it, the first host of SLURM_NODELIST as Lightning's SLURMEnvironment picks it
+ *  ("node[1-3,5],other" -> "node1", "host0 host1" -> "host0"); else "127.0.0.1". Owned by the trainer,
+ *  valid until em_trainer_free. NULL for NULL. */
+EM_API const char *em_trainer_main_address(const em_trainer *t);
+/** The rendezvous port (main_port), as read by em_trainer_new: MASTER_PORT; under SLURM without it,
+ *  15000 + the last 4 digits of SLURM_JOB_ID (12910 without a job id), as Lightning 2.2.5; -1 when
+ *  unset (ember's launcher then binds a free port); -2 for NULL. */
+EM_API int64_t em_trainer_main_port(const em_trainer *t);
 /** Whether this is rank 0 (trainer.is_global_zero): the one that prints. */
 EM_API bool em_trainer_is_global_zero(const em_trainer *t);
 /** Gradient all-reduces (one per bucket) this trainer's last or current fit ran: with one bucket,
@@ -833,6 +845,14 @@ EM_API em_status em_trainer_barrier(em_trainer *t);
  * EM_EINVAL for a NULL buf or a root outside the world.
  */
 EM_API em_status em_trainer_broadcast(em_trainer *t, void *buf, size_t size, int64_t root);
+/**
+ * Combine every rank's `decision` (trainer.strategy.reduce_boolean_decision): with `all`, true only
+ * when every rank's is true; without, true when any rank's is (EarlyStopping uses that, so one rank
+ * that wants to stop stops them all). Every rank must call it. Writes the result to `*out`; without
+ * DDP it is `decision`. Errors: as em_trainer_barrier (then `*out` is the rank's own decision);
+ * EM_EINVAL for a NULL out.
+ */
+EM_API em_status em_trainer_reduce_boolean_decision(em_trainer *t, bool decision, bool all, bool *out);
 
 /* ---- trainer state (Lightning's trainer properties) ------------------------------------------------------ */
 

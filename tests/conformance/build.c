@@ -372,7 +372,8 @@ static const em_loader_ops ddp_loader_ops = {
     .set_distributed = ddp_set_distributed,
 };
 
-static em_loader *build_ddp_loader(conf_run *r, const cJSON *d, const char *where)
+static em_loader *build_ddp_loader(conf_run *r, const cJSON *d, const char *where, bool sampler_shuffle,
+                                   bool sampler_drop_last)
 {
     const cJSON *x = NULL, *y = NULL;
     int64_t num = 0, bs = 0;
@@ -400,8 +401,8 @@ static em_loader *build_ddp_loader(conf_run *r, const cJSON *d, const char *wher
     dl->batch_size = bs;
     dl->world = 1;
     dl->have_epoch = -1;
-    dl->shuffle = r->p.sampler_shuffle;
-    dl->drop_last = r->p.sampler_drop_last;
+    dl->shuffle = sampler_shuffle;
+    dl->drop_last = sampler_drop_last;
     if (dl->y == NULL) {
         ddp_destroy(dl);
         return NULL;
@@ -419,15 +420,17 @@ bool build_data(conf_run *r)
     if (!cj_req_object(r, r->doc, "data", "case", &data) || !cj_keys(r, data, "data", keys) ||
         !cj_req_object(r, data, "train", "data", &train))
         return false;
-    r->train = strcmp(r->kind->name, "ddp_indexed") == 0 ? build_ddp_loader(r, train, "data.train")
-                                                         : build_loader(r, train, "data.train");
+    bool indexed = strcmp(r->kind->name, "ddp_indexed") == 0;
+    r->train = indexed ? build_ddp_loader(r, train, "data.train", r->p.sampler_shuffle, r->p.sampler_drop_last)
+                       : build_loader(r, train, "data.train");
     if (r->train == NULL)
         return false;
     if (!cj_is_null_or_absent(data, "val")) {
         const cJSON *val = NULL;
         if (!cj_req_object(r, data, "val", "data", &val))
             return false;
-        r->val = build_loader(r, val, "data.val");
+        /* ddp_indexed's val loader: DistributedSampler(shuffle=False, drop_last=False) */
+        r->val = indexed ? build_ddp_loader(r, val, "data.val", false, false) : build_loader(r, val, "data.val");
         if (r->val == NULL)
             return false;
     }

@@ -58,8 +58,9 @@ typedef struct conf_params {
     /* auto_skip */
     conf_rule return_none_when;
     bool skip_zero_grad_set_to_none;
-    /* ddp_indexed */
+    /* ddp_indexed (and val_metric above: optional there, NULL when absent) */
     bool sampler_shuffle, sampler_drop_last;
+    bool val_sync_dist; /* the val_metric's self.log(..., sync_dist=) */
     /* auto_clip_by_epoch */
     em_clip_algorithm clip_algorithm;
     bool clip_times; /* true: coefficient * (epoch + 1); false: coefficient / (epoch + 1) */

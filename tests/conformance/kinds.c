@@ -673,34 +673,66 @@ static void manual_lbfgs_install(conf_run *r, em_module_ops *ops)
 
 /* ---- ddp_indexed ---------------------------------------------------------------------------------------------- */
 
+/* The batch's row indices (its third tensor) as "sample_indices" of the last entry of `list`. */
+static bool add_sample_indices(conf_run *r, const em_batch *b, cJSON *list)
+{
+    if (b->n < 3)
+        return true;
+    int64_t n = em_tensor_numel(b->t[2]);
+    int64_t idx[4096];
+    if (n > 4096 || em_tensor_copy_to(b->t[2], idx, sizeof idx, EM_I64) != EM_OK) {
+        conf_fail_cb(r, "cannot read the batch's sample indices");
+        return false;
+    }
+    cJSON *out = cJSON_CreateArray();
+    for (int64_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(out, cJSON_CreateNumber((double)idx[i]));
+    cJSON_AddItemToObject(cJSON_GetArrayItem(list, cJSON_GetArraySize(list) - 1), "sample_indices", out);
+    return true;
+}
+
 /* the common training_step on (x, y, row indices); the record also keeps the batch's row indices */
 static em_tensor *ddp_indexed_training_step(em_module *m, const em_batch *b, int64_t batch_idx)
 {
     conf_run *r = run_of(m);
     em_tensor *loss = auto_training_step(m, b, batch_idx);
-    if (loss == NULL || b->n < 3)
-        return loss;
-    int64_t n = em_tensor_numel(b->t[2]);
-    int64_t idx[4096];
-    if (n > 4096 || em_tensor_copy_to(b->t[2], idx, sizeof idx, EM_I64) != EM_OK) {
-        conf_fail_cb(r, "cannot read the batch's sample indices");
+    if (loss == NULL || !add_sample_indices(r, b, r->rec.calls))
         return NULL;
-    }
-    cJSON *list = cJSON_CreateArray();
-    for (int64_t i = 0; i < n; i++)
-        cJSON_AddItemToArray(list, cJSON_CreateNumber((double)idx[i]));
-    cJSON_AddItemToObject(cJSON_GetArrayItem(r->rec.calls, cJSON_GetArraySize(r->rec.calls) - 1), "sample_indices",
-                          list);
     return loss;
+}
+
+/* val_metric: loss on (x, y, row indices), recorded with the row indices, logged with validation
+ * defaults and sync_dist = val_sync_dist */
+static em_status ddp_indexed_validation_step(em_module *m, const em_batch *b, int64_t batch_idx)
+{
+    conf_run *r = run_of(m);
+    em_tensor *loss = net_loss(r, b);
+    if (loss == NULL)
+        return em_last_status() != EM_OK ? em_last_status() : EM_EUSER;
+    rec_validation_step(r, batch_idx, em_tensor_item(loss));
+    if (!add_sample_indices(r, b, r->rec.val_calls))
+        return EM_EUSER;
+    return em_log_tensor(m, r->p.val_metric, loss, r->p.val_sync_dist ? EM_LOG_SYNC_DIST : 0);
 }
 
 static bool ddp_indexed_parse(conf_run *r, const cJSON *b)
 {
-    static const char *const keys[] = {"kind", "sampler_shuffle", "sampler_drop_last", NULL};
+    static const char *const keys[] = {"kind", "sampler_shuffle", "sampler_drop_last", "val_metric",
+                                       "val_sync_dist", NULL};
     if (!cj_keys(r, b, "behaviour", keys) ||
         !cj_req_bool(r, b, "sampler_shuffle", "behaviour", &r->p.sampler_shuffle) ||
         !cj_req_bool(r, b, "sampler_drop_last", "behaviour", &r->p.sampler_drop_last) || !need_net(r, "net"))
         return false;
+    r->p.val_metric = NULL;
+    r->p.val_sync_dist = false;
+    if (!cj_is_null_or_absent(b, "val_metric") &&
+        !cj_req_string_or_null(r, b, "val_metric", "behaviour", &r->p.val_metric))
+        return false;
+    if (!cj_opt_bool(r, b, "val_sync_dist", "behaviour", &r->p.val_sync_dist))
+        return false;
+    const cJSON *data = cj_get(r->doc, "data");
+    if ((r->p.val_metric != NULL) != !cj_is_null_or_absent(data, "val"))
+        return conf_fail(r, "behaviour ddp_indexed: data.val and val_metric go together");
     if (!r->ddp)
         return conf_fail(r, "behaviour ddp_indexed needs trainer.strategy \"ddp\"");
     return true;
@@ -708,8 +740,9 @@ static bool ddp_indexed_parse(conf_run *r, const cJSON *b)
 
 static void ddp_indexed_install(conf_run *r, em_module_ops *ops)
 {
-    (void)r;
     ops->training_step = ddp_indexed_training_step;
+    if (r->p.val_metric != NULL)
+        ops->validation_step = ddp_indexed_validation_step;
 }
 
 /* ---- the table --------------------------------------------------------------------------------------------------- */

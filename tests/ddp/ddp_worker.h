@@ -121,6 +121,8 @@ typedef struct rank_result {
     int status;
     long long rank, world, steps, allreduces;
     long long from_rank1; /* what em_trainer_broadcast brought from rank 1 after fit (-1: not run) */
+    long long decisions;  /* em_trainer_reduce_boolean_decision of "rank == 1" after fit: any * 2 + all
+                             (-1: not run) */
     double metric_mean, metric_max, metric_local;
     int n_w;
     double w[MAX_W];
@@ -132,8 +134,8 @@ static inline void result_write(const char *path, const rank_result *r)
     FILE *f = fopen(path, "w");
     if (f == NULL)
         return;
-    fprintf(f, "%d %lld %lld %lld %lld %lld %.9g %.9g %.9g %d\n", r->status, r->rank, r->world, r->steps,
-            r->allreduces, r->from_rank1, r->metric_mean, r->metric_max, r->metric_local, r->n_w);
+    fprintf(f, "%d %lld %lld %lld %lld %lld %lld %.9g %.9g %.9g %d\n", r->status, r->rank, r->world, r->steps,
+            r->allreduces, r->from_rank1, r->decisions, r->metric_mean, r->metric_max, r->metric_local, r->n_w);
     for (int i = 0; i < r->n_w; i++)
         fprintf(f, "%.9g\n", r->w[i]);
     fprintf(f, "%s\n", r->error);
@@ -146,9 +148,9 @@ static inline bool result_read(const char *path, rank_result *r)
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return false;
-    bool ok = fscanf(f, "%d %lld %lld %lld %lld %lld %lf %lf %lf %d\n", &r->status, &r->rank, &r->world, &r->steps,
-                     &r->allreduces, &r->from_rank1, &r->metric_mean, &r->metric_max, &r->metric_local,
-                     &r->n_w) == 10 &&
+    bool ok = fscanf(f, "%d %lld %lld %lld %lld %lld %lld %lf %lf %lf %d\n", &r->status, &r->rank, &r->world,
+                     &r->steps, &r->allreduces, &r->from_rank1, &r->decisions, &r->metric_mean, &r->metric_max,
+                     &r->metric_local, &r->n_w) == 11 &&
               r->n_w >= 0 && r->n_w <= MAX_W;
     for (int i = 0; ok && i < r->n_w; i++)
         ok = fscanf(f, "%lf\n", &r->w[i]) == 1;

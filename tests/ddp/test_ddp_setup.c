@@ -129,6 +129,13 @@ static void test_rank_getters_from_variables(void **state)
     assert_ok(em_trainer_barrier(t)); /* one process: nothing to wait for */
     char buf[4] = "abc";
     assert_ok(em_trainer_broadcast(t, buf, sizeof buf, 0));
+    bool d = false;
+    assert_ok(em_trainer_reduce_boolean_decision(t, true, false, &d)); /* one process: its own decision */
+    assert_true(d);
+    assert_ok(em_trainer_reduce_boolean_decision(t, false, true, &d));
+    assert_false(d);
+    assert_int_equal(em_trainer_reduce_boolean_decision(t, true, true, NULL), EM_EINVAL);
+    em_clear_error();
     em_trainer_free(t);
 
     /* torchrun: 2 nodes x 2 */
@@ -160,7 +167,55 @@ static void test_rank_getters_from_variables(void **state)
     assert_int_equal(em_trainer_global_rank(t), 1);
     assert_int_equal(em_trainer_node_rank(t), 1);
     assert_int_equal(em_trainer_world_size(t), 2);
+    assert_string_equal(em_trainer_main_address(t), "127.0.0.1"); /* no SLURM_NODELIST */
+    assert_int_equal(em_trainer_main_port(t), 12910);                /* no SLURM_JOB_ID */
     em_trainer_free(t);
+    /* SLURMEnvironment.resolve_root_node_address (expected values: what its re.sub steps give in Python)
+     * and main_port (Lightning 2.2.5: 15000 + the last 4
+     * digits of the job id) */
+    static const char *const hosts[][2] = {
+        {"node[1-3,5],other", "node1"}, {"host0 host1 host3", "host0"}, {"host0,host1", "host0"},
+        {"host[5-9]", "host5"},          {"node[7]", "node7"},            {"a[09-11],b[2]", "a09"},
+        {"127.0.0.[1-2]", "127.0.0.1"},  {"gpu[1,4]-ib", "gpu1-ib"},         {"x[1]y[2-3]", "x1]y[2"},
+    };
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
+        setenv("SLURM_NODELIST", hosts[i][0], 1);
+        t = em_trainer_new(&c);
+        assert_non_null(t);
+        assert_string_equal(em_trainer_main_address(t), hosts[i][1]);
+        em_trainer_free(t);
+    }
+    setenv("SLURM_JOB_ID", "1234567", 1);
+    t = em_trainer_new(&c);
+    assert_int_equal(em_trainer_main_port(t), 15000 + 4567);
+    em_trainer_free(t);
+    setenv("SLURM_JOB_ID", "42", 1);
+    setenv("MASTER_ADDR", "10.1.2.3", 1);
+    t = em_trainer_new(&c);
+    assert_int_equal(em_trainer_main_port(t), 15042);
+    assert_string_equal(em_trainer_main_address(t), "10.1.2.3"); /* MASTER_ADDR first */
+    em_trainer_free(t);
+    setenv("MASTER_PORT", "23456", 1);
+    t = em_trainer_new(&c);
+    assert_int_equal(em_trainer_main_port(t), 23456); /* MASTER_PORT first */
+    em_trainer_free(t);
+    unsetenv("MASTER_PORT");
+    unsetenv("MASTER_ADDR");
+    unsetenv("SLURM_JOB_ID");
+    unsetenv("SLURM_NODELIST");
+    /* devices 0 (auto) takes --ntasks-per-node */
+    setenv("SLURM_NTASKS_PER_NODE", "2", 1);
+    setenv("SLURM_NTASKS", "4", 1);
+    setenv("SLURM_NNODES", "2", 1);
+    c.num_nodes = 2;
+    t = em_trainer_new(&c);
+    assert_int_equal(em_trainer_world_size(t), 4);
+    em_trainer_free(t);
+    c.num_nodes = 1;
+    unsetenv("SLURM_NTASKS_PER_NODE");
+    unsetenv("SLURM_NNODES");
+    assert_null(em_trainer_main_address(NULL));
+    em_clear_error();
     unsetenv("SLURM_NTASKS");
     unsetenv("SLURM_PROCID");
     unsetenv("SLURM_LOCALID");
@@ -229,6 +284,57 @@ static em_status fit_as_rank0_of_2(int port, double timeout, char *msg, size_t c
     em_tensor_free(y);
     em_nn_free(m.net);
     return s;
+}
+
+/* One fit of the tiny module with `c`; fit's message goes to `msg`. */
+static em_status fit_tiny(const em_trainer_config *c, char *msg, size_t cap)
+{
+    static const em_module_ops ops = {.version = EM_MODULE_OPS_VERSION, .training_step = tiny_step,
+                                      .configure_optimizers = tiny_configure};
+    struct tiny m = {.base = {.ops = &ops}, .net = em_nn_linear(2, 1, true)};
+    em_tensor *x = em_zeros((int64_t[]){4, 2}, 2, NULL), *y = em_zeros((int64_t[]){4, 1}, 2, NULL);
+    em_loader *l = em_tensor_loader((em_tensor *[]){x, y}, 2, NULL);
+    em_trainer *t = em_trainer_new(c);
+    em_status s = em_trainer_fit(t, &m.base, l, NULL);
+    snprintf(msg, cap, "%s", em_trainer_error(t));
+    em_trainer_free(t);
+    em_loader_free(l);
+    em_tensor_free(x);
+    em_tensor_free(y);
+    em_nn_free(m.net);
+    return s;
+}
+
+/* SLURMEnvironment.validate_settings: srun's tasks per node and nodes against devices and num_nodes,
+ * checked before any rendezvous */
+static void test_slurm_settings_mismatch(void **state)
+{
+    (void)state;
+    setenv("SLURM_NTASKS", "2", 1);
+    setenv("SLURM_PROCID", "0", 1);
+    setenv("SLURM_LOCALID", "0", 1);
+    setenv("SLURM_NODEID", "0", 1);
+    setenv("SLURM_NTASKS_PER_NODE", "2", 1);
+    em_trainer_config c = EM_TRAINER_CONFIG_INIT;
+    c.max_epochs = 1;
+    c.enable_progress_bar = false;
+    c.enable_csv_logger = false;
+    c.devices = 1;
+    char msg[1024];
+    assert_int_equal(fit_tiny(&c, msg, sizeof msg), EM_EINVAL);
+    assert_non_null(strstr(msg, "`--ntasks-per-node=2` does not match. HINT: Set `devices=2`."));
+    em_clear_error();
+    c.devices = 2;
+    setenv("SLURM_NNODES", "2", 1);
+    assert_int_equal(fit_tiny(&c, msg, sizeof msg), EM_EINVAL);
+    assert_non_null(strstr(msg, "`--nodes=2` does not match. HINT: Set `num_nodes=2`."));
+    em_clear_error();
+    unsetenv("SLURM_NNODES");
+    unsetenv("SLURM_NTASKS_PER_NODE");
+    unsetenv("SLURM_NODEID");
+    unsetenv("SLURM_LOCALID");
+    unsetenv("SLURM_PROCID");
+    unsetenv("SLURM_NTASKS");
 }
 
 /* Run `body` in a child; its message comes back through a pipe. Returns the child's exit code. */
@@ -302,6 +408,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sampler_rejects_bad_arguments, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_config_checks, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_rank_getters_from_variables, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_slurm_settings_mismatch, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_port_in_use, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_rank_that_never_comes, helper_setup, helper_teardown),
     };

@@ -3,7 +3,8 @@
  * The same binary is the test (CMocka, in the parent) and the ranks: `test_ddp_train worker MODE OUT`
  * trains as one rank and writes OUT.<rank> (ddp_worker.h). The ranks come from ember's own launcher
  * (devices = 2, no variables: rank 0 re-executes this program), from torchrun's variables set here,
- * as 2 nodes x 1 process, or from the real torchrun when python3-torch installed it.
+ * as 2 nodes x 1 process, from srun's (SLURM's) variables set here, or from the real torchrun when
+ * python3-torch installed it.
  *
  * What is compared: every rank's final weights against ONE process trained on the same global
  * batches: the training loader's DistributedSampler shuffles (Lightning's, seed 0 + epoch), so rank r
@@ -177,11 +178,16 @@ static void run(const char *mode, bool reference, const char *root, rank_result 
     out->steps = em_trainer_global_step(t);
     out->allreduces = em_trainer_grad_allreduces(t);
     out->from_rank1 = -1;
+    out->decisions = -1;
     if (!reference && out->status == EM_OK) { /* the user collectives, after fit */
         int64_t v = out->rank == 1 ? 4242 : 7;
         if (em_trainer_barrier(t) == EM_OK && em_trainer_broadcast(t, &v, sizeof v, 1) == EM_OK &&
             em_trainer_barrier(t) == EM_OK)
             out->from_rank1 = v;
+        bool any = false, all = true; /* rank 1 says yes, rank 0 no */
+        if (em_trainer_reduce_boolean_decision(t, out->rank == 1, false, &any) == EM_OK &&
+            em_trainer_reduce_boolean_decision(t, out->rank == 1, true, &all) == EM_OK)
+            out->decisions = any * 2 + all;
     }
     em_trainer_callback_metric(t, "rank_mean", &out->metric_mean);
     em_trainer_callback_metric(t, "rank_max", &out->metric_max);
@@ -294,6 +300,61 @@ static void launch_env(launch *l, int nodes)
     launch_collect(l);
 }
 
+/* A port in [15000, 25000) that binds now: SLURM's ranks derive theirs from the job id. */
+static int free_slurm_port(void)
+{
+    for (int k = 0; k < 200; k++) {
+        int port = 15000 + (int)(((unsigned)getpid() * 7919u + (unsigned)k * 131u) % 10000u);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                .sin_port = htons((uint16_t)port)};
+        bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        if (fd >= 0)
+            close(fd);
+        if (ok)
+            return port;
+    }
+    return -1;
+}
+
+/* srun's variables, set here: `nodes` x (2 / nodes) tasks, every one on this host. No MASTER_ADDR or
+ * MASTER_PORT: the ranks find the store as Lightning's SLURMEnvironment does, at the first host of
+ * SLURM_NODELIST (`nodelist`, e.g. "127.0.0.[1-2]" -> 127.0.0.1) and port 15000 + the last 4 digits of
+ * SLURM_JOB_ID (a job id made for a port that is free now). */
+static void launch_slurm(launch *l, int nodes, const char *nodelist)
+{
+    int port = free_slurm_port();
+    assert_true(port > 0);
+    pid_t pids[2];
+    double t0 = now_s();
+    static char vars[2][12][64];
+    for (int r = 0; r < 2; r++) {
+        int per_node = 2 / nodes;
+        snprintf(vars[r][0], 64, "SLURM_PROCID=%d", r);
+        snprintf(vars[r][1], 64, "SLURM_LOCALID=%d", r % per_node);
+        snprintf(vars[r][2], 64, "SLURM_NODEID=%d", r / per_node);
+        snprintf(vars[r][3], 64, "SLURM_NTASKS=2");
+        snprintf(vars[r][4], 64, "SLURM_NTASKS_PER_NODE=%d", per_node);
+        snprintf(vars[r][5], 64, "SLURM_NNODES=%d", nodes);
+        snprintf(vars[r][6], 64, "SLURM_NODELIST=%s", nodelist);
+        snprintf(vars[r][7], 64, "SLURM_JOB_ID=77%04d", port - 15000);
+        snprintf(vars[r][8], 64, "SLURM_JOB_NAME=train");
+        snprintf(vars[r][9], 64, "EMBER_TEST_NODES=%d", nodes);
+        snprintf(vars[r][10], 64, "EMBER_TEST_DEVICES=%d", per_node);
+        char *env[] = {vars[r][0], vars[r][1], vars[r][2], vars[r][3], vars[r][4], vars[r][5],
+                       vars[r][6], vars[r][7], vars[r][8], vars[r][9], vars[r][10], NULL};
+        char *argv[] = {(char *)self_exe, "worker", (char *)l->mode, l->out, NULL};
+        pids[r] = spawn(self_exe, argv, env);
+    }
+    for (int r = 0; r < 2; r++) {
+        int st = wait_deadline(pids[r], t0 + 150);
+        if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+            fail_msg("rank %d ended with wait status %#x", r, st);
+    }
+    l->seconds = now_s() - t0;
+    launch_collect(l);
+}
+
 static void expect_equal_to_reference(launch *l)
 {
     rank_result ref;
@@ -308,6 +369,7 @@ static void expect_equal_to_reference(launch *l)
         assert_int_equal(rr->rank, r);
         assert_int_equal(rr->world, 2);
         assert_int_equal(rr->from_rank1, 4242); /* em_trainer_broadcast from rank 1, between barriers */
+        assert_int_equal(rr->decisions, 2);     /* one rank's yes: any true, all false, on both ranks */
         assert_int_equal(rr->steps, ref.steps);
         assert_int_equal(rr->n_w, ref.n_w);
         for (int i = 0; i < ref.n_w; i++)
@@ -417,6 +479,27 @@ static void test_two_nodes_one_process_each(void **state)
     launch l = {.mode = "auto"};
     launch_init(&l, "auto");
     launch_env(&l, 2);
+    expect_equal_to_reference(&l);
+    rm_tree(l.dir);
+}
+
+/* srun's variables: 1 node x 2 tasks, then 2 nodes x 1 task with a bracketed node list */
+static void test_slurm_one_node(void **state)
+{
+    (void)state;
+    launch l = {.mode = "accum"};
+    launch_init(&l, "accum");
+    launch_slurm(&l, 1, "127.0.0.1");
+    expect_equal_to_reference(&l);
+    rm_tree(l.dir);
+}
+
+static void test_slurm_two_nodes(void **state)
+{
+    (void)state;
+    launch l = {.mode = "auto"};
+    launch_init(&l, "auto");
+    launch_slurm(&l, 2, "127.0.0.[1-2]");
     expect_equal_to_reference(&l);
     rm_tree(l.dir);
 }
@@ -532,6 +615,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ember_launcher_two_buckets, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_torchrun_variables, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_two_nodes_one_process_each, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_slurm_one_node, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_slurm_two_nodes, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_real_torchrun, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_real_torchrun_two_nodes, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_rank_killed, helper_setup, helper_teardown),

@@ -15,6 +15,10 @@ Needs Lightning 2.2.5 on PYTHONPATH (../shared/tools/lightning-env.sh prints it)
 build; runs with one thread. It implements only the behaviour kinds listed in KINDS (a case of any
 other kind is refused with a message, not approximated): what the cases/README.md "Behaviours"
 section says of each, and the recording rules of its "expected" section.
+
+A DDP case (trainer strategy "ddp" / devices > 1) runs under Lightning's own DDP (Gloo, CPU): its
+launcher starts this script again for the other rank, every rank records, rank 0 gathers the records
+into expected.per_rank and writes; so one DDP case per process (--check runs one process per file).
 """
 import argparse
 import copy
@@ -22,12 +26,14 @@ import json
 import math
 import subprocess
 import sys
+import types
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+import torch.distributed
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import lightning.pytorch as L
-from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler
+from lightning.pytorch.callbacks import Callback, EarlyStopping, GradientAccumulationScheduler
 
 
 def die(msg):
@@ -80,6 +86,23 @@ OPTIMIZERS = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.o
               "RMSprop": torch.optim.RMSprop, "Adagrad": torch.optim.Adagrad}
 
 
+# torch schedulers whose kwargs are plain values (the README's special kwargs are not implemented here)
+PLAIN_SCHEDULERS = ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR", "ConstantLR",
+                    "PolynomialLR", "CosineAnnealingWarmRestarts", "ReduceLROnPlateau")
+
+
+def build_scheduler(spec, optimizers):
+    t = spec["type"]
+    if t not in PLAIN_SCHEDULERS or not hasattr(torch.optim.lr_scheduler, t):
+        die(f"scheduler {t} is not supported by this recorder (supported: {', '.join(PLAIN_SCHEDULERS)})")
+    return getattr(torch.optim.lr_scheduler, t)(optimizers[spec["optimizer"]], **spec["kwargs"])
+
+
+def is_ddp(case):
+    tr = case["trainer"]
+    return tr.get("strategy") == "ddp" or (isinstance(tr.get("devices"), int) and tr["devices"] > 1)
+
+
 def batch_rule(rule):
     """return_none_when / step_when: {"rule": "mod", "modulus", "remainder"} or {"rule": "indices"}"""
     if rule["rule"] == "mod":
@@ -110,7 +133,7 @@ def grad_stats(params):
 
 class Recording:
     def __init__(self):
-        self.calls, self.steps, self.epochs, self.ends = [], [], [], []
+        self.calls, self.steps, self.epochs, self.ends, self.val_calls = [], [], [], [], []
         self.estimated = None
 
 
@@ -165,15 +188,25 @@ class CaseModule(L.LightningModule):
             self.wrap_step(i, opt)
             self.torch_optimizers.append(opt)
             self.step_counts.append(0)
-        if self.case["lr_schedulers"]:
-            die("lr_schedulers are not supported by this recorder")
-        return self.torch_optimizers
+        self.torch_schedulers = [build_scheduler(spec, self.torch_optimizers) for spec in self.case["lr_schedulers"]]
+        if not self.torch_schedulers:
+            return self.torch_optimizers
+        configs = []
+        for spec, sched in zip(self.case["lr_schedulers"], self.torch_schedulers):
+            c = {"scheduler": sched}
+            if self.case["automatic_optimization"]:
+                c["interval"] = spec.get("interval", "epoch")
+                c["frequency"] = spec.get("frequency", 1)
+                if spec.get("monitor") is not None:
+                    c["monitor"] = spec["monitor"]
+            configs.append(c)
+        return self.torch_optimizers, configs
 
     def wrap_step(self, i, opt):
         inner = opt.step
         module = self
 
-        def step(closure=None, **kwargs):
+        def step(_self, closure=None, **kwargs):
             entry = {"optimizer": i, "epoch": module.current_epoch, "batch_idx": module.batch_idx_now,
                      "global_step_before": module.trainer.global_step}
             first = [True]
@@ -201,7 +234,8 @@ class CaseModule(L.LightningModule):
             module.rec_.steps.append(entry)
             return out
 
-        opt.step = step
+        # a bound method: torch's LR schedulers wrap optimizer.step through its __self__ / __func__
+        opt.step = types.MethodType(step, opt)
 
     def on_before_optimizer_step(self, optimizer):
         i = self.torch_optimizers.index(getattr(optimizer, "_optimizer", optimizer))
@@ -254,7 +288,116 @@ def kind_auto_skip(module, b):
         module.optimizer_zero_grad = lambda epoch, batch_idx, optimizer: optimizer.zero_grad(set_to_none=True)
 
 
-KINDS = {"auto_skip": kind_auto_skip}
+def indexed_loader(module, d, shuffle, drop_last):
+    """ddp_indexed's loaders: (x, y, row index) sampled by DistributedSampler(num_replicas=world size,
+    rank=global rank, shuffle, drop_last, seed 0), batch_size of the data set"""
+    x = torch.tensor(d["x"], dtype=torch.float32)
+    y = torch.tensor(d["y"], dtype=getattr(torch, d["y_dtype"]))
+    ds = TensorDataset(x, y, torch.arange(len(x)))
+    sampler = DistributedSampler(ds, num_replicas=module.trainer.world_size, rank=module.trainer.global_rank,
+                                 shuffle=shuffle, drop_last=drop_last)
+    return DataLoader(ds, batch_size=d["batch_size"], sampler=sampler)
+
+
+def kind_ddp_indexed(module, b):
+    """ddp_indexed: the module's own train loader (row indices, DistributedSampler with the behaviour's
+    shuffle and drop_last); with `val_metric` a val loader (DistributedSampler, shuffle and drop_last
+    false) and a validation_step that records and logs the loss, with sync_dist = `val_sync_dist`."""
+    for k in b:
+        if k not in ("kind", "sampler_shuffle", "sampler_drop_last", "val_metric", "val_sync_dist"):
+            die(f"behaviour ddp_indexed: unknown parameter {k}")
+    val_metric = b.get("val_metric")
+    sync = bool(b.get("val_sync_dist", False))
+    data = module.case["data"]
+    if (val_metric is None) != ("val" not in data):
+        die("behaviour ddp_indexed: data.val and val_metric go together")
+
+    def training_step(batch, batch_idx):
+        x, y, idx = batch
+        loss = module.loss(module.net(x), y)
+        module.rec(batch_idx, loss)
+        module.rec_.calls[-1]["sample_indices"] = idx.tolist()
+        return loss
+
+    module.training_step = training_step
+    module.train_dataloader = lambda: indexed_loader(module, data["train"], b["sampler_shuffle"],
+                                                     b["sampler_drop_last"])
+    if val_metric is None:
+        return
+
+    def validation_step(batch, batch_idx):
+        x, y, idx = batch
+        loss = module.loss(module.net(x), y)
+        module.rec_.val_calls.append({"epoch": module.current_epoch, "batch_idx": batch_idx,
+                                      "global_step": module.trainer.global_step, "loss": f32(loss),
+                                      "sample_indices": idx.tolist()})
+        module.log(val_metric, loss, sync_dist=sync)
+
+    module.validation_step = validation_step
+    module.val_dataloader = lambda: indexed_loader(module, data["val"], False, False)
+
+
+def kind_manual_accumulate(module, b):
+    """manual_accumulate: manual_backward(loss / N), step + zero_grad through the Lightning optimizer (or
+    the raw one) at the end of each window and on the last batch, then the scheduler step rules"""
+    n = b["accumulate"]
+    rules = b["scheduler_steps"]
+    module.automatic_optimization = False
+    for r in rules:
+        if r["when"] not in ("every_n_batches", "last_batch_every_n_epochs"):
+            die(f"scheduler step rule {r['when']} is not supported by this recorder")
+
+    def training_step(batch, batch_idx):
+        x, y = batch
+        loss = module.loss(module.net(x), y)
+        module.rec(batch_idx, loss)
+        module.manual_backward(loss / n)
+        last = module.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if (batch_idx + 1) % n == 0 or last:
+            opt = module.optimizers()
+            if b["raw_optimizer"]:
+                opt = opt.optimizer
+            opt.step()
+            opt.zero_grad()
+        scheds = module.lr_schedulers()
+        scheds = scheds if isinstance(scheds, list) else [scheds]
+        for r in rules:
+            if r["when"] == "every_n_batches" and (batch_idx + 1) % r["n"] == 0:
+                scheds[r["scheduler"]].step()
+            if r["when"] == "last_batch_every_n_epochs" and last and (module.current_epoch + 1) % r["n"] == 0:
+                scheds[r["scheduler"]].step()
+        if b["log_loss_as"] is not None:
+            module.log(b["log_loss_as"], loss)
+
+    module.training_step = training_step
+
+
+def kind_auto_basic(module, b):
+    """auto_basic: the common training_step; with val_metric a validation_step that records and logs
+    the loss with validation defaults"""
+    val_metric = b["val_metric"]
+
+    def training_step(batch, batch_idx):
+        x, y = batch
+        loss = module.loss(module.net(x), y)
+        module.rec(batch_idx, loss)
+        return loss
+
+    module.training_step = training_step
+    if val_metric is None:
+        return
+
+    def validation_step(batch, batch_idx):
+        x, y = batch
+        loss = module.loss(module.net(x), y)
+        module.rec_.val_calls.append({"epoch": module.current_epoch, "batch_idx": batch_idx,
+                                      "global_step": module.trainer.global_step, "loss": f32(loss)})
+        module.log(val_metric, loss)
+
+    module.validation_step = validation_step
+
+
+KINDS = {"auto_basic": kind_auto_basic, "auto_skip": kind_auto_skip, "ddp_indexed": kind_ddp_indexed, "manual_accumulate": kind_manual_accumulate}
 
 
 # ---------------------------------------------------------------- the run
@@ -265,6 +408,8 @@ def trainer_args(case, rec):
     for c in args.pop("callbacks", []):
         if c["type"] == "GradientAccumulationScheduler":
             callbacks.append(GradientAccumulationScheduler({int(k): v for k, v in c["scheduling"].items()}))
+        elif c["type"] == "EarlyStopping":
+            callbacks.append(EarlyStopping(**{k: v for k, v in c.items() if k not in ("type", "python")}))
         else:
             die(f"callback {c['type']} is not supported by this recorder")
     callbacks.append(EpochEndRecorder(rec))
@@ -273,32 +418,67 @@ def trainer_args(case, rec):
 
 
 def record(case):
+    """Runs the case; returns its `expected`, or None in a rank other than 0 of a DDP case (Lightning's
+    launcher runs this script again for every other rank: those ranks hand their records to rank 0)."""
     torch.set_num_threads(1)
-    if not case["automatic_optimization"]:
-        die("manual-optimization cases are not supported by this recorder")
+    kind = case["behaviour"]["kind"]
+    ddp = is_ddp(case)
+    if case["automatic_optimization"] != (kind != "manual_accumulate"):
+        die(f"behaviour {kind} does not match automatic_optimization {case['automatic_optimization']}")
+    if (kind == "ddp_indexed") != (ddp and case["trainer"].get("use_distributed_sampler") is False):
+        die("ddp_indexed goes with strategy ddp and use_distributed_sampler false (and the other kinds without)")
     t = case["data"]["train"]
-    if t["shuffle"] or t["drop_last"] or "val" in case["data"]:
-        die("only unshuffled training data without validation is supported by this recorder")
-    x = torch.tensor(t["x"], dtype=torch.float32)
-    y = torch.tensor(t["y"], dtype=getattr(torch, t["y_dtype"]))
+    if t["shuffle"] or t["drop_last"]:
+        die("only unshuffled training data without drop_last is supported by this recorder")
+    if "val" in case["data"] and kind not in ("ddp_indexed", "auto_basic"):
+        die("validation data is supported by this recorder for ddp_indexed and auto_basic only")
     rec = Recording()
     module = CaseModule(case, rec)
     trainer = L.Trainer(**trainer_args(case, rec))
-    trainer.fit(module, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=t["batch_size"],
-                                                     shuffle=False))
+    if kind == "ddp_indexed":
+        trainer.fit(module)  # the module's own loaders
+    else:
+        def loader(d):
+            x = torch.tensor(d["x"], dtype=torch.float32)
+            y = torch.tensor(d["y"], dtype=getattr(torch, d["y_dtype"]))
+            return DataLoader(TensorDataset(x, y), batch_size=d["batch_size"], shuffle=False)
+
+        val = case["data"].get("val")
+        trainer.fit(module, train_dataloaders=loader(t), val_dataloaders=loader(val) if val is not None else None)
     final = {"global_step": trainer.global_step, "current_epoch": trainer.current_epoch,
              "optimizer_step_counts": list(module.step_counts), "lr": module.lrs()}
+    if any(c["type"] == "EarlyStopping" for c in case["trainer"].get("callbacks", [])):
+        final["should_stop"] = trainer.should_stop
     weights = {n: {"shape": list(p.shape), "values": [float(v) for v in p.detach().reshape(-1).tolist()]}
                for n, p in module.named_parameters()}
+    old = case.get("expected", {})
     # the key order of `final` follows the file being re-recorded (the shipped and the rec_ files differ)
-    order = list(case.get("expected", {}).get("final", {}).keys()) or \
-        ["global_step", "current_epoch", "optimizer_step_counts", "lr", "estimated_stepping_batches", "weights"]
-    extra = {"weights": weights, "estimated_stepping_batches": rec.estimated}
-    for k in order:
-        if k in extra:
-            final[k] = extra[k]
-    return {"training_step_calls": rec.calls, "optimizer_steps": rec.steps, "epochs": rec.epochs,
-            "epoch_ends": rec.ends, "final": final}
+    order = list(old.get("final", {}).keys()) or \
+        ["global_step", "current_epoch", "should_stop", "optimizer_step_counts", "lr", "estimated_stepping_batches",
+         "weights"]
+    final.update(weights=weights, estimated_stepping_batches=rec.estimated)
+    if not case["automatic_optimization"]:
+        order = [k for k in order if k != "estimated_stepping_batches"]
+    final = {k: final[k] for k in order if k in final}
+    mine = {"training_step_calls": rec.calls, "optimizer_steps": rec.steps, "epochs": rec.epochs,
+            "epoch_ends": rec.ends}
+    if rec.val_calls:
+        mine["validation_step_calls"] = rec.val_calls
+    if not ddp:
+        return dict(mine, final=final)
+    # DDP: rank r's records as expected.per_rank[r] (the keys the re-recorded file has, else all of them);
+    # final from rank 0 (every rank ends with the same weights: checked here)
+    keys = list(old["per_rank"][0].keys()) if old.get("per_rank") else ["rank"] + list(mine)
+    mine["rank"] = trainer.global_rank
+    mine = {k: mine[k] for k in keys if k in mine}
+    gathered = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, (mine, final))
+    if trainer.global_rank != 0:
+        return None
+    for r, (_, f) in enumerate(gathered):
+        if differences(gathered[0][1], f, f"final of rank {r}"):
+            die(f"rank {r} ends with another final state than rank 0: " + "; ".join(differences(gathered[0][1], f)))
+    return {"per_rank": [m for m, _ in gathered], "final": final}
 
 
 def differences(a, b, path="expected"):
@@ -347,11 +527,20 @@ def main():
     if not a.check and len(a.cases) != 1:
         die("record one case at a time (or use --check)")
     version = torch_version()
+    if a.check and len(a.cases) > 1:
+        # one case per process: Lightning's DDP launcher runs the whole script again for the other ranks
+        bad = 0
+        for path in a.cases:
+            bad |= subprocess.run([sys.executable, __file__, "--check"] + (["--any-torch"] if a.any_torch else [])
+                                  + [path]).returncode != 0
+        return 1 if bad else 0
     bad = 0
     for path in a.cases:
         text = open(path).read()
         case = json.loads(text)
         expected = record(copy.deepcopy(case))
+        if expected is None:  # another rank of a DDP case: rank 0 reports
+            continue
         if a.check:
             if case["reference"]["torch"].split(".")[0] != version.split(".")[0] and not a.any_torch:
                 die(f"{path} was recorded on torch {case['reference']['torch']}, this is {version}")
