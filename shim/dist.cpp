@@ -154,7 +154,8 @@ extern "C" em_status emi_dist_group_open(const char *host, int rank, int world, 
         return emi_fail(EM_EUNSUPPORTED, "emi_dist_group_open: NCCL needs a CUDA device");
     EM_TRY
         if (cuda_device >= 0) // torch.cuda.set_device(root_device): NCCL's communicator binds to it
-            c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device)));
+            c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(
+                at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device)));
 #ifdef USE_C10D_NCCL
         if (backend == EMI_DIST_NCCL) {
             d->pg = make_nccl(d->prefixed, rank, world, timeout_s);
