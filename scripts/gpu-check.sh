@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/gpu-check.sh: issue #12's GPU proof in one run. Meant for the device machine (an NVIDIA GPU,
 # PyTorch with CUDA in its python3, no network): builds ember against that PyTorch's libtorch, then
-# runs the cuda tests, the whole suite, the conformance cases (the runner's modules have layers, so
+# runs the cuda tests, NCCL's DDP test, the whole suite, the conformance cases (the runner's modules have layers, so
 # accelerator auto puts them on cuda:0), the examples and the benchmarks, and writes every log and
 # figure under $OUT. Also runs on a CPU machine against Debian's libtorch (the cuda tests skip there,
 # and the conformance cases run on the CPU): that is how the script is tried before device time is spent.
@@ -87,6 +87,12 @@ fi
 # ---- tests --------------------------------------------------------------------------------------------------
 step "cuda tests (tensors, layers, optimizers, the trainer in both modes, 16-mixed with the scaler)" cuda.log \
     ctest --test-dir "$build" -L cuda --output-on-failure -V
+# NCCL (issue #9): DDP on cuda:LOCAL_RANK with ProcessGroupNCCL, one rank (and two where two GPUs are
+# visible), against a single-process fit; then the backend choice and its refusals (test_ddp_backend).
+# Its 77 (skipped: no CUDA or no NCCL in the libtorch) counts as a failure where a GPU is visible.
+step "NCCL: DDP on CUDA with ProcessGroupNCCL (test_cuda_nccl, test_ddp_backend)" nccl.log \
+    bash -c "'$build/bin/test_cuda_nccl'; rc=\$?; if [ \$rc -eq 77 ] && ! nvidia-smi -L >/dev/null 2>&1; then rc=0; fi
+             '$build/bin/test_ddp_backend' || rc=1; exit \$rc"
 step "the whole suite" ctest.log ctest --test-dir "$build" -j"$jobs" --output-on-failure --timeout 900
 step "conformance cases through the runner (cuda:0 where a GPU is visible)" conformance.log \
     bash -c "cd tests && ../$build/bin/ember-conformance conformance/cases/*.json; rc=\$?; [ \$rc -eq 77 ] && rc=0; exit \$rc"

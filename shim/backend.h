@@ -168,7 +168,13 @@ void emi_scheduler_set_owned(em_scheduler *s, bool owned);
 /** The `state` given to emi_optimizer_wrap(); NULL for an optimizer that is not a wrapper. */
 void *emi_optimizer_wrapper_state(const em_optimizer *wrapper);
 
-/* ---- the process group (shim/dist.cpp): c10d TCPStore + ProcessGroupGloo, one per process ---------- */
+/* ---- the process group (shim/dist.cpp): c10d TCPStore + ProcessGroupGloo or ProcessGroupNCCL, one
+ * per process ---------------------------------------------------------------------------------------- */
+
+/** The c10d backends ember can make a process group with (em_process_group_backend less "auto"). */
+typedef enum emi_dist_backend { EMI_DIST_GLOO = 1, EMI_DIST_NCCL = 2 } emi_dist_backend;
+/** Whether the linked libtorch was built with this backend (USE_C10D_GLOO / USE_C10D_NCCL). */
+bool emi_dist_backend_available(emi_dist_backend b);
 
 /** Reductions of emi_dist_allreduce_f64. */
 typedef enum emi_dist_op { EMI_DIST_SUM = 0, EMI_DIST_MAX, EMI_DIST_MIN } emi_dist_op;
@@ -180,9 +186,17 @@ typedef enum emi_dist_op { EMI_DIST_SUM = 0, EMI_DIST_MAX, EMI_DIST_MIN } emi_di
  * in use, else c10d's message; EM_ESTATE when a store is open already.
  */
 em_status emi_dist_store_open(const char *host, int port, bool server, int world, double timeout_s, int *bound_port);
-/** Join the process group (ProcessGroupGloo) as `rank` of `world` through the store: waits for every
- *  rank up to timeout_s, which also bounds every later collective. Errors: EM_ETORCH (recorded). */
-em_status emi_dist_group_open(const char *host, int rank, int world, double timeout_s);
+/**
+ * Join the process group as `rank` of `world` through the store: ProcessGroupGloo, or ProcessGroupNCCL
+ * for EMI_DIST_NCCL. `cuda_device` >= 0 (the fit runs on cuda:cuda_device) makes that the current
+ * CUDA device first (Lightning's accelerator.setup_device before init_process_group); NCCL needs it.
+ * Gloo waits for every rank up to timeout_s; NCCL connects at its first collective. timeout_s also
+ * bounds every later collective (NCCL: through blocking wait, compat.h). With NCCL the collectives on
+ * C data below stage through cuda_device. Errors: EM_EUNSUPPORTED for a backend libtorch lacks or NCCL
+ * without a device; EM_ETORCH (recorded).
+ */
+em_status emi_dist_group_open(const char *host, int rank, int world, double timeout_s, emi_dist_backend backend,
+                              int cuda_device);
 /** Whether this process has joined a process group. */
 bool emi_dist_active(void);
 /** Gradient all-reduces (buckets) this process launched so far. */

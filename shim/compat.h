@@ -101,8 +101,25 @@ template <class Opts> Opts tcp_store_options()
         o.useLibUV = false;
     return o;
 }
-// ProcessGroupGloo derives from c10d::ProcessGroup in 1.13 and from c10d::Backend in 2.x; dist.cpp
-// holds the concrete c10d::ProcessGroupGloo and calls only what both declare (allreduce, broadcast,
-// barrier with Work::wait), so the base class never appears in ember's code.
+// ProcessGroupGloo and ProcessGroupNCCL derive from c10d::ProcessGroup in 1.13 and from c10d::Backend
+// in 2.x (where c10d::ProcessGroup became the dispatching front). dist.cpp holds either through
+// pg_base<ProcessGroupGloo>, the base the linked version has, detected from the class itself, and
+// calls only what both bases declare (allreduce, broadcast, barrier with Work::wait).
+} // namespace emi::compat
+namespace c10d {
+class Backend;      // complete in dist.cpp; only named here (1.13's Gloo does not derive from it)
+class ProcessGroup;
+} // namespace c10d
+namespace emi::compat {
+template <class Gloo>
+using pg_base = std::conditional_t<std::is_base_of_v<c10d::Backend, Gloo>, c10d::Backend, c10d::ProcessGroup>;
+
+// NCCL's blocking wait: with it a collective that fails or passes the group's timeout throws from
+// Work::wait() (ember turns that into an error naming the rank); without it wait() only orders the
+// CUDA streams, and a dead peer means a hang until torch's watchdog ends the whole process. The
+// variable is read when a ProcessGroupNCCL is made: NCCL_BLOCKING_WAIT in 1.13, TORCH_NCCL_BLOCKING_WAIT
+// from 2.2 (the old name is still read there, with a deprecation warning). Blocking wait also turns
+// off the watchdog's async error handling (both versions log that only blocking wait is used).
+constexpr const char *nccl_blocking_wait_env = EMI_TORCH_AT_LEAST(2, 2) ? "TORCH_NCCL_BLOCKING_WAIT" : "NCCL_BLOCKING_WAIT";
 
 } // namespace emi::compat

@@ -1,9 +1,10 @@
 // shim/dist.cpp: c10d for the DDP strategy - the rendezvous store (TCPStore), the process group
-// (ProcessGroupGloo), the collectives src/ needs, and the gradient reducer (torch's Reducer design:
+// (ProcessGroupGloo, or ProcessGroupNCCL where libtorch has it: USE_C10D_NCCL), the collectives src/ needs, and the gradient reducer (torch's Reducer design:
 // flattened buckets whose all-reduce starts from autograd hooks as the bucket fills). The only file
 // that includes c10d headers; the 1.13 / 2.x differences are in compat.h.
 //
-// torch: torch/distributed/distributed_c10d.py (init_process_group, the default group: one per process),
+// torch: torch/distributed/distributed_c10d.py (init_process_group, the default group: one per process;
+// is_nccl_available), Lightning's strategies/ddp.py (setup_environment: the device first, then the group),
 // torch/nn/parallel/distributed.py and csrc/distributed/c10d/reducer.cpp (buckets of 25 MiB in reverse
 // parameter order, launched in bucket order, gradients divided by the world size).
 #include "internal.hpp"
@@ -14,6 +15,10 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -24,11 +29,16 @@
 
 namespace {
 
+// ProcessGroup (1.13) or Backend (2.x): what ProcessGroupGloo and ProcessGroupNCCL both derive from.
+using pg_base = emi::compat::pg_base<c10d::ProcessGroupGloo>;
+
 // The default process group of this process (torch.distributed's WORLD): made once, kept until exit.
 struct dist_state {
     c10::intrusive_ptr<c10d::Store> store;        // the TCPStore (server on rank 0 unless an agent hosts it)
     c10::intrusive_ptr<c10d::Store> prefixed;     // "ember" prefix: torchrun's agent store has keys of its own
-    c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+    c10::intrusive_ptr<pg_base> pg;
+    emi_dist_backend backend = EMI_DIST_GLOO;
+    at::Device device = at::kCPU;                 // where collectives on C data run: the CPU, or NCCL's GPU
     int rank = -1, world = 0;
     int64_t grad_collectives = 0;                 // gradient bucket all-reduces launched
     std::mutex mu;                                // grad_collectives, from autograd threads
@@ -102,12 +112,62 @@ extern "C" em_status emi_dist_store_open(const char *host, int port, bool server
     }
 }
 
-extern "C" em_status emi_dist_group_open(const char *host, int rank, int world, double timeout_s)
+extern "C" bool emi_dist_backend_available(emi_dist_backend b)
+{
+    switch (b) {
+    case EMI_DIST_GLOO:
+        return true; // dist.cpp is built with ProcessGroupGloo: every libtorch ember builds against has it
+    case EMI_DIST_NCCL:
+#ifdef USE_C10D_NCCL
+        return true;
+#else
+        return false;
+#endif
+    }
+    return false;
+}
+
+#ifdef USE_C10D_NCCL
+namespace {
+// ProcessGroupNCCL on the current device. It connects lazily (at the first collective, which
+// emi_dist_setup runs at once); its timeout bounds each collective once blocking wait is on.
+c10::intrusive_ptr<pg_base> make_nccl(const c10::intrusive_ptr<c10d::Store> &store, int rank, int world,
+                                      double timeout_s)
+{
+    // a user's own setting (0 included) is kept; README "DDP backends" says what it changes
+    setenv(emi::compat::nccl_blocking_wait_env, "1", 0);
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = to_ms(timeout_s);
+    return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+}
+} // namespace
+#endif
+
+extern "C" em_status emi_dist_group_open(const char *host, int rank, int world, double timeout_s,
+                                         emi_dist_backend backend, int cuda_device)
 {
     dist_state *d = state();
     if (!d->store)
         return emi_fail(EM_ESTATE, "emi_dist_group_open: no rendezvous store");
+    if (!emi_dist_backend_available(backend))
+        return emi_fail(EM_EUNSUPPORTED, "emi_dist_group_open: the linked libtorch %s was built without NCCL",
+                        TORCH_VERSION);
+    if (backend == EMI_DIST_NCCL && cuda_device < 0)
+        return emi_fail(EM_EUNSUPPORTED, "emi_dist_group_open: NCCL needs a CUDA device");
     EM_TRY
+        if (cuda_device >= 0) // torch.cuda.set_device(root_device): NCCL's communicator binds to it
+            c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(
+                at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device)));
+#ifdef USE_C10D_NCCL
+        if (backend == EMI_DIST_NCCL) {
+            d->pg = make_nccl(d->prefixed, rank, world, timeout_s);
+            d->backend = EMI_DIST_NCCL;
+            d->device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device));
+            d->rank = rank;
+            d->world = world;
+            return EM_OK;
+        }
+#endif
         auto opts = c10d::ProcessGroupGloo::Options::create(to_ms(timeout_s));
         const char *ifname = std::getenv("GLOO_SOCKET_IFNAME");
         std::string h = host;
@@ -119,6 +179,8 @@ extern "C" em_status emi_dist_group_open(const char *host, int rank, int world, 
             opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
         opts->threads = 2;
         d->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(d->prefixed, rank, world, opts);
+        d->backend = EMI_DIST_GLOO;
+        d->device = at::kCPU;
         d->rank = rank;
         d->world = world;
         return EM_OK;
@@ -145,12 +207,13 @@ extern "C" em_status emi_dist_allreduce_f64(double *values, size_t n, emi_dist_o
     if (!d->pg)
         return no_group(__func__);
     EM_TRY
-        at::Tensor t = at::from_blob(values, {static_cast<int64_t>(n)}, at::kDouble).clone();
+        at::Tensor t = at::from_blob(values, {static_cast<int64_t>(n)}, at::kDouble).to(d->device, false, true);
         std::vector<at::Tensor> v{t};
         c10d::AllreduceOptions o;
         o.reduceOp = reduce_op(op);
         d->pg->allreduce(v, o)->wait();
-        std::memcpy(values, t.data_ptr<double>(), n * sizeof(double));
+        at::Tensor back = t.cpu(); // waits for NCCL's stream
+        std::memcpy(values, back.data_ptr<double>(), n * sizeof(double));
         return EM_OK;
     EM_CATCH(EM_ETORCH)
 }
@@ -163,12 +226,13 @@ extern "C" em_status emi_dist_broadcast_bytes(void *buf, size_t n, int root)
     if (n == 0)
         return EM_OK;
     EM_TRY
-        at::Tensor t = at::from_blob(buf, {static_cast<int64_t>(n)}, at::kByte).clone();
+        at::Tensor t = at::from_blob(buf, {static_cast<int64_t>(n)}, at::kByte).to(d->device, false, true);
         std::vector<at::Tensor> v{t};
         c10d::BroadcastOptions o;
         o.rootRank = root;
         d->pg->broadcast(v, o)->wait();
-        std::memcpy(buf, t.data_ptr(), n);
+        at::Tensor back = t.cpu();
+        std::memcpy(buf, back.data_ptr(), n);
         return EM_OK;
     EM_CATCH(EM_ETORCH)
 }
@@ -179,7 +243,12 @@ extern "C" em_status emi_dist_barrier(void)
     if (!d->pg)
         return no_group(__func__);
     EM_TRY
-        d->pg->barrier()->wait();
+        c10d::BarrierOptions o;
+        if (d->device.is_cuda()) // NCCL's barrier all-reduces on a device: this rank's, not a guessed one
+            o.device_ids = {d->device.index()};
+        d->pg->barrier(o)->wait();
+        if (d->device.is_cuda()) // wait() orders NCCL's stream only: the barrier holds the CPU too
+            at::ones({1}, at::TensorOptions().device(d->device)).cpu();
         return EM_OK;
     EM_CATCH(EM_ETORCH)
 }
@@ -210,6 +279,8 @@ extern "C" em_status emi_dist_broadcast_tensors(em_tensor *const *ts, size_t n, 
                     done[j] = true;
                 }
             std::vector<at::Tensor> flat{at::cat(group)};
+            if (d->backend == EMI_DIST_NCCL && !flat[0].is_cuda()) // NCCL moves GPU tensors only
+                flat[0] = flat[0].to(d->device);
             c10d::BroadcastOptions o;
             o.rootRank = root;
             d->pg->broadcast(flat, o)->wait();

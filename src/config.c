@@ -106,6 +106,9 @@ static em_status check_devices(const em_trainer_config *c)
     if (c->accelerator < EM_ACCELERATOR_AUTO || c->accelerator > EM_ACCELERATOR_CUDA)
         return emi_fail(EM_EINVAL, "em_trainer_new: `accelerator` %d is not one of EM_ACCELERATOR_AUTO, CPU, CUDA",
                         (int)c->accelerator);
+    if (c->process_group_backend < EM_PG_BACKEND_AUTO || c->process_group_backend > EM_PG_BACKEND_NCCL)
+        return emi_fail(EM_EINVAL, "em_trainer_new: `process_group_backend` %d is not one of EM_PG_BACKEND_AUTO, "
+                                   "GLOO, NCCL", (int)c->process_group_backend);
     if (c->strategy < EM_STRATEGY_AUTO || c->strategy > EM_STRATEGY_DDP)
         return emi_fail(EM_EINVAL, "em_trainer_new: `strategy` %d is not one of EM_STRATEGY_AUTO, SINGLE, DDP",
                         (int)c->strategy);
@@ -158,9 +161,12 @@ em_status emi_config_read(const em_trainer_config *in, em_trainer_config *out)
     memset(out, 0, sizeof *out);
     if (in->version < 1 || in->version > EM_TRAINER_CONFIG_VERSION)
         return emi_config_check(in); /* reads `version` only, and says what is wrong */
-    size_t n = in->version >= 2 ? sizeof *out : offsetof(em_trainer_config, grad_scaler);
+    /* where the caller's struct ends: version 1 before grad_scaler, version 2 before process_group_backend */
+    size_t n = in->version >= 3   ? sizeof *out
+               : in->version == 2 ? offsetof(em_trainer_config, process_group_backend)
+                                  : offsetof(em_trainer_config, grad_scaler);
     memcpy(out, in, n);
-    if (n < sizeof *out) { /* a version-1 caller: the later fields take their EM_TRAINER_CONFIG_INIT values */
+    if (n < sizeof *out) { /* an older caller: the later fields take their EM_TRAINER_CONFIG_INIT values */
         const em_trainer_config defaults = EM_TRAINER_CONFIG_INIT;
         memcpy((char *)out + n, (const char *)&defaults + n, sizeof *out - n);
         out->version = in->version;

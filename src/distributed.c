@@ -5,7 +5,9 @@
  *            ranks), strategies/launchers/subprocess_script.py (_SubprocessScriptLauncher: rank 0
  *            re-runs the program for local ranks 1..N-1 with MASTER_ADDR, MASTER_PORT, NODE_RANK,
  *            LOCAL_RANK, WORLD_SIZE set; kill() on failure), strategies/ddp.py (setup_environment,
- *            setup_distributed), trainer/connectors/accelerator_connector.py (strategy "auto").
+ *            setup_distributed, _get_process_group_backend), trainer/connectors/accelerator_connector.py
+ *            (strategy "auto"), fabric/utilities/distributed.py (_init_dist_connection's banner,
+ *            _get_default_process_group_backend_for_device: "nccl" for a CUDA device, else "gloo").
  * POSIX: fork + execve of /proc/self/exe, prctl(PR_SET_PDEATHSIG), waitpid.
  */
 #define _GNU_SOURCE /* prctl, environ, gethostname */
@@ -33,6 +35,7 @@ static struct {
     bool joined;          /* the process group exists */
     bool broken;          /* a collective failed: the group cannot be trusted again */
     int64_t rank, world;  /* what it was joined as */
+    em_process_group_backend backend; /* and with which backend */
     double *pids, *hosts; /* per rank: pid and host hash, exchanged after joining */
     pid_t children[MAX_CHILDREN];
     int64_t child_rank[MAX_CHILDREN];
@@ -491,14 +494,81 @@ static em_status resolve_strategy(em_trainer *t)
     return EM_OK;
 }
 
+const char *em_process_group_backend_name(em_process_group_backend b)
+{
+    switch (b) {
+    case EM_PG_BACKEND_AUTO:
+        return "auto";
+    case EM_PG_BACKEND_GLOO:
+        return "gloo";
+    case EM_PG_BACKEND_NCCL:
+        return "nccl";
+    }
+    return "?";
+}
+
+bool em_process_group_backend_available(em_process_group_backend b)
+{
+    switch (b) {
+    case EM_PG_BACKEND_AUTO:
+        return true;
+    case EM_PG_BACKEND_GLOO:
+        return emi_dist_backend_available(EMI_DIST_GLOO);
+    case EM_PG_BACKEND_NCCL:
+        return emi_dist_backend_available(EMI_DIST_NCCL);
+    }
+    return false;
+}
+
+/* Lightning's DDPStrategy._get_process_group_backend: the configured one, else NCCL for a CUDA root
+ * device and Gloo otherwise. NCCL is refused here, before any process group exists, where it cannot
+ * work: a libtorch without it, or a fit on the CPU (torch would fail only at the first collective). */
+static em_status resolve_backend(em_trainer *t)
+{
+    em_process_group_backend want = t->cfg.process_group_backend;
+    bool cuda = t->fit.device.type == EM_CUDA;
+    bool nccl = em_process_group_backend_available(EM_PG_BACKEND_NCCL);
+    if (want == EM_PG_BACKEND_NCCL) {
+        if (!nccl)
+            return emi_fail(EM_EUNSUPPORTED, "em_trainer_fit: process_group_backend \"nccl\": the linked libtorch %s "
+                                             "was built without NCCL (torch.distributed.is_nccl_available() is "
+                                             "False): use EM_PG_BACKEND_GLOO or AUTO, or link a libtorch built with "
+                                             "CUDA and NCCL", em_torch_version());
+        if (!cuda)
+            return emi_fail(EM_EINVAL, "em_trainer_fit: process_group_backend \"nccl\" all-reduces GPU tensors, but "
+                                       "this fit runs on the CPU (accelerator %s): use EM_PG_BACKEND_GLOO or AUTO "
+                                       "(Gloo), or accelerator=EM_ACCELERATOR_CUDA",
+                            t->cfg.accelerator == EM_ACCELERATOR_CPU ? "cpu" : "auto, and no GPU is visible");
+        t->env.backend = EM_PG_BACKEND_NCCL;
+    } else if (want == EM_PG_BACKEND_GLOO || !cuda) {
+        t->env.backend = EM_PG_BACKEND_GLOO;
+    } else if (nccl) {
+        t->env.backend = EM_PG_BACKEND_NCCL;
+    } else {
+        t->env.backend = EM_PG_BACKEND_GLOO;
+        if (t->env.rank == 0)
+            emi_info("DDP on CUDA with Gloo: the linked libtorch %s was built without NCCL", em_torch_version());
+    }
+    return EM_OK;
+}
+
 em_status emi_dist_setup(em_trainer *t)
 {
     em_status s = resolve_strategy(t);
     emi_dist_env *e = &t->env;
+    e->backend = EM_PG_BACKEND_AUTO;
     if (s != EM_OK || !e->distributed)
         return s;
+    if ((s = resolve_backend(t)) != EM_OK) {
+        e->backend = EM_PG_BACKEND_AUTO;
+        return s;
+    }
     double timeout = t->cfg.ddp_timeout;
     if (g_dist.joined) {
+        if (!g_dist.broken && g_dist.backend != e->backend)
+            return emi_fail(EM_EINVAL, "em_trainer_fit: this process joined its process group with %s; a DDP fit "
+                                       "with %s needs a new process", em_process_group_backend_name(g_dist.backend),
+                            em_process_group_backend_name(e->backend));
         if (g_dist.broken)
             return emi_fail(EM_ESTATE, "em_trainer_fit: the process group of an earlier fit failed; a new DDP fit "
                                        "needs a new process (run the program again)");
@@ -526,7 +596,10 @@ em_status emi_dist_setup(em_trainer *t)
         emi_dist_fit_failed(t);
         return s;
     }
-    if ((s = emi_dist_group_open(e->addr, (int)e->rank, (int)e->world, timeout)) != EM_OK) {
+    bool nccl = e->backend == EM_PG_BACKEND_NCCL;
+    int cuda_device = t->fit.device.type == EM_CUDA ? t->fit.device.index : -1;
+    if ((s = emi_dist_group_open(e->addr, (int)e->rank, (int)e->world, timeout, nccl ? EMI_DIST_NCCL : EMI_DIST_GLOO,
+                                 cuda_device)) != EM_OK) {
         char msg[768];
         snprintf(msg, sizeof msg, "%s", em_last_error());
         em_clear_error();
@@ -540,10 +613,14 @@ em_status emi_dist_setup(em_trainer *t)
     g_dist.joined = true;
     g_dist.rank = e->rank;
     g_dist.world = e->world;
+    g_dist.backend = e->backend;
     if ((s = exchange_pids(e->rank, e->world)) != EM_OK) {
         g_dist.broken = true;
         return emi_dist_explain(t, s, "the first collective");
     }
+    if (e->rank == 0) /* Lightning's _init_dist_connection banner, once per process as there */
+        emi_info("distributed_backend=%s: All distributed processes registered. Starting with %lld processes",
+                 em_process_group_backend_name(e->backend), (long long)e->world);
     return EM_OK;
 }
 
@@ -632,6 +709,11 @@ const char *em_trainer_main_address(const em_trainer *t)
 int64_t em_trainer_main_port(const em_trainer *t)
 {
     return !emi_trainer_ok(t, __func__) ? -2 : t->env.port;
+}
+
+em_process_group_backend em_trainer_process_group_backend(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? EM_PG_BACKEND_AUTO : t->env.backend;
 }
 
 int64_t em_trainer_grad_allreduces(const em_trainer *t)

@@ -78,6 +78,8 @@ typedef struct emi_dist_env {
     int64_t port;         /* MASTER_PORT; -1 when unset */
     bool agent_store;     /* torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE) */
     bool distributed;     /* this fit runs the DDP strategy (resolved at fit start) */
+    em_process_group_backend backend; /* the DDP fit's process group backend (resolved at fit start);
+                                         EM_PG_BACKEND_AUTO without DDP */
     char bad[256];        /* a variable that could not be read ("" when none) */
 } emi_dist_env;
 

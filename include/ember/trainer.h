@@ -645,7 +645,8 @@ typedef enum em_accelerator {
                                 module's `layers` move there (required), and every batch before its step
                                 function; tensors training_step makes itself go on em_trainer_device(t).
                                 When fit returns the layers are back on the CPU (Lightning's teardown).
-                                Under DDP the gradients are all-reduced by Gloo (NCCL is not wired yet). */
+                                Under DDP the process group is NCCL's where libtorch has it (see
+                                em_process_group_backend). */
 } em_accelerator;
 
 /** How training is spread over processes (Lightning's `strategy=`). */
@@ -653,8 +654,23 @@ typedef enum em_strategy {
     EM_STRATEGY_AUTO = 0, /* "auto": ddp when there is more than one process (devices x num_nodes, or the
                              WORLD_SIZE a launcher set), else single */
     EM_STRATEGY_SINGLE,   /* "single_device": one process */
-    EM_STRATEGY_DDP       /* "ddp": distributed data parallel over c10d (Gloo), also with one process */
+    EM_STRATEGY_DDP       /* "ddp": distributed data parallel over c10d (Gloo or NCCL), also with one process */
 } em_strategy;
+
+/**
+ * The c10d backend of the DDP process group (Lightning: DDPStrategy(process_group_backend=...)).
+ * Resolved when a DDP fit starts; rank 0 logs it (Lightning's "distributed_backend=nccl" banner) and
+ * em_trainer_process_group_backend returns it. Ignored by a fit that runs one process without DDP.
+ */
+typedef enum em_process_group_backend {
+    EM_PG_BACKEND_AUTO = 0, /* Lightning's default: NCCL when the fit runs on CUDA, Gloo on the CPU. On CUDA
+                               with a libtorch built without NCCL it takes Gloo, and logs why */
+    EM_PG_BACKEND_GLOO,     /* "gloo": CPU and (where libtorch's Gloo has CUDA) GPU tensors */
+    EM_PG_BACKEND_NCCL      /* "nccl": GPU tensors, one GPU per rank (cuda:LOCAL_RANK). The fit fails
+                               before any process group exists with EM_EUNSUPPORTED when the linked
+                               libtorch was built without NCCL, and EM_EINVAL when the fit does not run on
+                               CUDA (accelerator cpu, or auto without a GPU) */
+} em_process_group_backend;
 
 /** A batch limit or an interval: a count of batches or a fraction of the epoch (Lightning's int vs float). */
 typedef struct em_amount {
@@ -706,8 +722,11 @@ typedef struct em_trainer_config {
                                        Lightning injects (training: shuffled, seed cfg.seed or 0) */
     double ddp_timeout;             /* 60: seconds a rank waits for the others (rendezvous, each collective)
                                        before fit fails naming the rank that is gone */
+    /* ---- version 3 adds the field below (a version-2 caller's struct ends above it; it is taken as
+     * EM_PG_BACKEND_AUTO) ---- */
+    em_process_group_backend process_group_backend; /* auto: NCCL on CUDA, Gloo on the CPU */
 } em_trainer_config;
-#define EM_TRAINER_CONFIG_VERSION 2
+#define EM_TRAINER_CONFIG_VERSION 3
 #define EM_TRAINER_CONFIG_INIT                                                                          \
     {.version = EM_TRAINER_CONFIG_VERSION, .max_epochs = EM_NONE, .min_epochs = EM_NONE, .max_steps = -1,  \
      .min_steps = EM_NONE, .limit_train_batches = {true, 1.0}, .limit_val_batches = {true, 1.0},          \
@@ -716,7 +735,8 @@ typedef struct em_trainer_config {
      .precision = EM_PRECISION_32_TRUE, .enable_progress_bar = true, .enable_csv_logger = true,           \
      .log_every_n_steps = 50, .default_root_dir = NULL, .log_dir = NULL, .seed = -1,               \
      .trace_path = NULL, .accelerator = EM_ACCELERATOR_AUTO, .devices = 0, .num_nodes = 1,                 \
-     .strategy = EM_STRATEGY_AUTO, .use_distributed_sampler = true, .ddp_timeout = 60.0}
+     .strategy = EM_STRATEGY_AUTO, .use_distributed_sampler = true, .ddp_timeout = 60.0,                 \
+     .process_group_backend = EM_PG_BACKEND_AUTO}
 
 /*
  * 16-mixed (Lightning 2.2.5's MixedPrecision("16-mixed") with torch's GradScaler):
@@ -787,8 +807,8 @@ EM_API void em_trainer_free(em_trainer *t);
 /* ---- distributed data parallel ---------------------------------------------------------------------------
  *
  * With strategy DDP (EM_STRATEGY_DDP, or AUTO with more than one process), every process runs the
- * whole program and trains one replica; gradients are averaged across them (c10d Gloo all-reduce in
- * buckets, 1 MiB first and 25 MiB after as torch's, started from autograd hooks as buckets fill,
+ * whole program and trains one replica; gradients are averaged across them (a c10d all-reduce, Gloo
+ * on the CPU and NCCL on CUDA (em_process_group_backend), in buckets, 1 MiB first and 25 MiB after as torch's, started from autograd hooks as buckets fill,
  * none on accumulating batches) and rank 0's parameters and buffers (those of the module's
  * `layers`, and every optimizer's parameters) are broadcast when fit starts. Ranks come from torchrun (`torchrun --no-python --nproc_per_node=N
  * ./app`; --nnodes for several machines), from SLURM (`srun ./app`), or from ember itself: with
@@ -828,6 +848,16 @@ EM_API const char *em_trainer_main_address(const em_trainer *t);
  *  15000 + the last 4 digits of SLURM_JOB_ID (12910 without a job id), as Lightning 2.2.5; -1 when
  *  unset (ember's launcher then binds a free port); -2 for NULL. */
 EM_API int64_t em_trainer_main_port(const em_trainer *t);
+/** The backend of the process group the last DDP fit of this trainer used (Lightning:
+ *  trainer.strategy.process_group_backend): EM_PG_BACKEND_GLOO or EM_PG_BACKEND_NCCL, never AUTO once
+ *  a DDP fit got past its setup; EM_PG_BACKEND_AUTO before that, after a fit without DDP, and for NULL. */
+EM_API em_process_group_backend em_trainer_process_group_backend(const em_trainer *t);
+/** Whether the linked libtorch has this c10d backend (torch.distributed.is_gloo_available /
+ *  is_nccl_available); EM_PG_BACKEND_AUTO: true. Says nothing about GPUs being visible
+ *  (em_cuda_is_available). */
+EM_API bool em_process_group_backend_available(em_process_group_backend b);
+/** "auto", "gloo" or "nccl" (Lightning's strings); "?" for a value outside the enum. Static storage. */
+EM_API const char *em_process_group_backend_name(em_process_group_backend b);
 /** Whether this is rank 0 (trainer.is_global_zero): the one that prints. */
 EM_API bool em_trainer_is_global_zero(const em_trainer *t);
 /** Gradient all-reduces (one per bucket) this trainer's last or current fit ran: with one bucket,

@@ -47,6 +47,9 @@ _Static_assert(offsetof(em_grad_scaler_opts, version) == 0, "em_grad_scaler_opts
 _Static_assert(EM_TRAINER_CONFIG_VERSION >= 2, "em_trainer_config: version numbers only grow");
 _Static_assert(offsetof(em_trainer_config, grad_scaler) > offsetof(em_trainer_config, trace_path),
                "em_trainer_config v2: grad_scaler comes after every version-1 field");
+_Static_assert(EM_TRAINER_CONFIG_VERSION >= 3, "em_trainer_config: version numbers only grow");
+_Static_assert(offsetof(em_trainer_config, process_group_backend) > offsetof(em_trainer_config, ddp_timeout),
+               "em_trainer_config v3: process_group_backend comes after every version-2 field");
 
 _Static_assert(offsetof(em_scheduler_ops, version) == 0, "em_scheduler_ops.version must stay first");
 _Static_assert(offsetof(em_scheduler_ops, name) == 1 * PTR, "em_scheduler_ops v1 layout: name moved");
