@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "atomic_file.h" /* emi_atomic_remove_stale */
+#include "model_checkpoint.h"
 #include "backend.h"     /* emi_fail, emi_info, emi_warn */
 #include "ember/io.h"
 #include "ember/trainer.h"
@@ -1205,4 +1206,86 @@ int64_t em_model_checkpoint_format_name(const em_callback *cb, const char *const
         snprintf(buf, cap, "%s", out);
     free(out);
     return (int64_t)len;
+}
+
+/* ---- Lightning's ckpt_path="last" ------------------------------------------------------------------------- */
+
+typedef struct newest {
+    char path[PATH_CAP];
+    struct timespec mtime;
+    bool found;
+} newest;
+
+static void consider(newest *best, const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || strlen(path) >= sizeof best->path)
+        return;
+    if (best->found && (st.st_mtim.tv_sec < best->mtime.tv_sec ||
+                        (st.st_mtim.tv_sec == best->mtime.tv_sec && st.st_mtim.tv_nsec <= best->mtime.tv_nsec)))
+        return;
+    snprintf(best->path, sizeof best->path, "%s", path);
+    best->mtime = st.st_mtim;
+    best->found = true;
+}
+
+/* Lightning: _find_last_checkpoints: names matching ^last... with the extension as their suffix. */
+static void find_last_in_dir(newest *best, const model_checkpoint *mc, const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    size_t ln = strlen(mc->last_name), el = strlen(mc->ext);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len <= el || len < ln + el || strncmp(e->d_name, mc->last_name, ln) != 0 || strcmp(e->d_name + len - el, mc->ext) != 0)
+            continue;
+        char p[2 * PATH_CAP];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        consider(best, p);
+    }
+    closedir(d);
+}
+
+int emi_model_checkpoint_find_last(const em_trainer *t, em_callback *const *cbs, size_t n, char *out, size_t cap)
+{
+    newest best = {.found = false};
+    bool any = false;
+    if (cap > 0)
+        out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        const model_checkpoint *mc = mc_of(cbs[i]);
+        if (mc == NULL)
+            continue;
+        any = true;
+        if (mc->last_model_path != NULL && mc->last_model_path[0] != '\0')
+            consider(&best, mc->last_model_path);
+        if (mc->dirpath != NULL) {
+            find_last_in_dir(&best, mc, mc->dirpath);
+            continue;
+        }
+        const char *log_dir = em_trainer_log_dir(t);
+        const char *base = log_dir != NULL ? log_dir : em_trainer_default_root_dir(t);
+        char *abs = absolute_path(base != NULL ? base : ".");
+        if (abs == NULL)
+            continue;
+        char dir[2 * PATH_CAP];
+        snprintf(dir, sizeof dir, "%s%scheckpoints", abs, abs[strlen(abs) - 1] == '/' ? "" : "/");
+        free(abs);
+        find_last_in_dir(&best, mc, dir);
+    }
+    if (!any) {
+        emi_fail(EM_EINVAL, "ckpt_path=\"last\" needs a ModelCheckpoint callback (em_model_checkpoint, added with "
+                            "em_trainer_add_callback): it says where the last checkpoint is");
+        return -1;
+    }
+    if (!best.found)
+        return 0;
+    if (strlen(best.path) >= cap) {
+        emi_fail(EM_EINVAL, "ckpt_path=\"last\": the path %s is too long", best.path);
+        return -1;
+    }
+    snprintf(out, cap, "%s", best.path);
+    return 1;
 }
