@@ -22,6 +22,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -1065,6 +1067,98 @@ static void test_stale_temporaries_removed(void **state)
     free(dir);
 }
 
+
+/* Whether `dir` holds a temporary file of `pid` (".NAME.tmp.PID.N"). */
+static bool temp_of(const char *dir, pid_t pid)
+{
+    char needle[48];
+    snprintf(needle, sizeof needle, ".tmp.%ld.", (long)pid);
+    char names[64][256];
+    int n = count_entries(dir, names, 64);
+    for (int i = 0; i < n && i < 64; i++)
+        if (names[i][0] == '.' && strstr(names[i], needle) != NULL)
+            return true;
+    return false;
+}
+
+/* Atomicity: a child fits with save_last at every step, a layer big enough that a save takes a while;
+ * it is killed while a save is under way (its temporary file is there). last.ckpt is then the previous
+ * checkpoint, whole; no partial file is under a final name; the next fit into the directory removes the
+ * temporary file. */
+static void test_kill_during_save(void **state)
+{
+    (void)state;
+    int caught = 0;
+    for (int round = 0; round < 8 && caught < 2; round++) {
+        char *dir = make_tmpdir();
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            boring m;
+            memset(&m, 0, sizeof m);
+            m.base.ops = &boring_ops;
+            m.net = EM_NN_SEQUENTIAL(em_nn_linear(1, 512, true), em_nn_linear(512, 512, true), em_nn_linear(512, 1, true));
+            m.base.layers = m.net;
+            em_model_checkpoint_opts o = opts_in(dir);
+            o.save_top_k = 0;
+            o.save_last = true;
+            o.every_n_train_steps = 1;
+            em_trainer_config cfg = config(1000);
+            em_trainer *t = em_trainer_new(&cfg);
+            em_trainer_add_callback(t, em_model_checkpoint(&o));
+            em_loader *train = loader(50);
+            em_trainer_fit(t, &m.base, train, NULL);
+            _exit(3); /* it must not end by itself */
+        }
+        /* wait for a save under way after the first one completed */
+        char last[4300];
+        snprintf(last, sizeof last, "%s/last.ckpt", dir);
+        bool saving = false;
+        for (int i = 0; i < 200000 && !saving; i++) {
+            saving = access(last, F_OK) == 0 && temp_of(dir, pid);
+            if (!saving) {
+                int status;
+                assert_int_equal(waitpid(pid, &status, WNOHANG), 0); /* still running */
+                struct timespec ts = {0, 50000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        kill(pid, SIGKILL);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFSIGNALED(status));
+        char names[64][256];
+        int n = count_entries(dir, names, 64);
+        bool left = temp_of(dir, pid);
+        for (int i = 0; i < n && i < 64; i++)
+            if (names[i][0] != '.')
+                assert_string_equal(names[i], "last.ckpt"); /* nothing else under a final name */
+        if (access(last, F_OK) == 0) {
+            em_safetensors *f = em_safetensors_open(last); /* whole */
+            assert_nonnull_em(f);
+            assert_true(em_safetensors_count(f) > 0);
+            em_safetensors_free(f);
+        }
+        if (left) {
+            caught++;
+            /* the next fit into the directory sweeps it */
+            boring m;
+            boring_init(&m, LOG_NONE, NULL, NULL, 0);
+            em_model_checkpoint_opts o = opts_in(dir);
+            o.save_top_k = 0;
+            o.save_last = true;
+            assert_ok(fit(&m, config(1), em_model_checkpoint(&o), 1, 0, NULL));
+            assert_false(temp_of(dir, pid));
+            boring_free(&m);
+        }
+        remove_tree(dir);
+        free(dir);
+    }
+    printf("kill during save: %d kills left a temporary file beside a whole last.ckpt\n", caught);
+    assert_true(caught >= 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1092,6 +1186,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_missing_monitor, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_verbose_messages, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_stale_temporaries_removed, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_kill_during_save, helper_setup, helper_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
