@@ -32,6 +32,9 @@ typedef struct topk_entry {
 } topk_entry;
 
 typedef struct model_checkpoint {
+    em_callback_ops ops; /* this callback's own table: its name is Lightning's state_key, which keeps two
+                            ModelCheckpoints' states apart in a checkpoint */
+    char *state_key;
     /* arguments */
     char *dirpath; /* NULL until resolved (when not given) */
     bool dirpath_given;
@@ -968,10 +971,11 @@ static void mc_destroy(void *state)
     free(mc->best_model_path);
     free(mc->last_model_path);
     free(mc->last_checkpoint_saved);
+    free(mc->state_key);
     free(mc);
 }
 
-static const em_callback_ops mc_ops = {
+static const em_callback_ops mc_ops_template = {
     .version = EM_CALLBACK_OPS_VERSION,
     .name = "ModelCheckpoint",
     .on_fit_start = mc_on_fit_start,
@@ -1096,14 +1100,33 @@ em_callback *em_model_checkpoint(const em_model_checkpoint_opts *opts)
         }
         free(probe);
     }
-    return em_callback_new(&mc_ops, mc);
+    /* Lightning's state_key: ModelCheckpoint{'monitor': ..., 'mode': ..., 'every_n_train_steps': ...,
+     * 'every_n_epochs': ..., 'train_time_interval': ...} (the interval in seconds here) */
+    char key[1024], mon[600], ti[64];
+    if (mc->monitor != NULL)
+        snprintf(mon, sizeof mon, "'%.500s'", mc->monitor);
+    else
+        snprintf(mon, sizeof mon, "None");
+    if (isnan(mc->train_time_interval))
+        snprintf(ti, sizeof ti, "None");
+    else
+        snprintf(ti, sizeof ti, "%g", mc->train_time_interval);
+    snprintf(key, sizeof key, "ModelCheckpoint{'monitor': %s, 'mode': '%s', 'every_n_train_steps': %lld, "
+                              "'every_n_epochs': %lld, 'train_time_interval': %s}", mon, mc->max_mode ? "max" : "min",
+             (long long)mc->every_n_train_steps, (long long)mc->every_n_epochs, ti);
+    if ((mc->state_key = dup_str(key)) == NULL)
+        return mc_fail(mc, EM_ENOMEM, "out of memory");
+    mc->ops = mc_ops_template;
+    mc->ops.name = mc->state_key;
+    return em_callback_new(&mc->ops, mc);
 }
 
 /* ---- getters -------------------------------------------------------------------------------------------------- */
 
 static const model_checkpoint *mc_of(const em_callback *cb)
 {
-    return cb != NULL && em_callback_get_ops(cb) == &mc_ops ? em_callback_state(cb) : NULL;
+    const em_callback_ops *ops = em_callback_get_ops(cb);
+    return ops != NULL && ops->on_fit_start == mc_on_fit_start ? em_callback_state(cb) : NULL;
 }
 
 const char *em_model_checkpoint_best_model_path(const em_callback *cb)
