@@ -144,6 +144,16 @@ emi_rng_state *emi_rng_save(void);
 /** Restore a saved state and free it. NULL is ignored. */
 void emi_rng_restore(emi_rng_state *s);
 
+/**
+ * The state of the global CPU generator (`device` -1; torch.get_rng_state()) or of CUDA device
+ * `device`'s default generator (torch.cuda.get_rng_state(device)) as a new uint8 vector, owned by the
+ * open scope. Errors: NULL, recorded (EM_ETORCH).
+ */
+em_tensor *emi_rng_get_state(int device);
+/** Set that generator's state from such a vector. A state torch refuses changes nothing. Errors:
+ *  EM_EINVAL for a tensor that is not a uint8 vector; EM_ETORCH with torch's message. */
+em_status emi_rng_set_state(int device, const em_tensor *state);
+
 /* ---- optimizer wrappers (shim/optim.cpp) ------------------------------------------------------------ */
 
 /**

@@ -432,8 +432,24 @@ typedef struct em_callback_ops {
      *  other callbacks' before it. Every other hook keeps the usual order. */
     bool monitoring;
     /* ---- version 2 ends here ---- */
+    /**
+     * Optional (version 3): this callback's state for a checkpoint (em_trainer_save_checkpoint; Lightning:
+     * Callback.state_dict). Set *bytes to a buffer of *n bytes from malloc() (the trainer owns it from the
+     * return on and frees it with free(), also when the call fails) or leave *bytes NULL for "no state".
+     * The bytes are stored under the callback's name (ops->name), so two callbacks that keep state must
+     * have different names. Return non-OK (with em_error_set) to make the save fail.
+     */
+    em_status (*state_save)(em_callback *cb, em_trainer *t, void **bytes, size_t *n);
+    /**
+     * Optional (version 3): restore what state_save wrote (Lightning: Callback.load_state_dict).
+     * em_trainer_fit_from calls it after configure_optimizers and before on_fit_start, when the
+     * checkpoint holds state under this callback's name. `bytes` is borrowed for the call. Check what
+     * you read (the file may come from elsewhere); a non-OK return stops the fit before training.
+     */
+    em_status (*state_load)(em_callback *cb, em_trainer *t, const void *bytes, size_t n);
+    /* ---- version 3 ends here ---- */
 } em_callback_ops;
-#define EM_CALLBACK_OPS_VERSION 2
+#define EM_CALLBACK_OPS_VERSION 3
 
 /**
  * A callback driven by `ops`; `state` is yours (em_callback_state). Takes ownership of `state`,
@@ -842,6 +858,58 @@ EM_API em_status em_trainer_add_callback(em_trainer *t, em_callback *cb);
  * says what and where ("epoch 0, batch 3, training_step: em_mse_loss: ...").
  */
 EM_API em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val);
+
+/* ---- checkpoints and resume ------------------------------------------------------------------------------
+ *
+ * em_trainer_save_checkpoint writes everything needed to continue a fit exactly where it was, and
+ * em_trainer_fit_from continues from such a file (Lightning: trainer.save_checkpoint / trainer.fit(model,
+ * ckpt_path=...)). The trajectory after the save point (every loss, learning rate and logged value) and
+ * the final weights of a fit interrupted and resumed equal those of the uninterrupted fit bit for bit, also
+ * mid-epoch and mid-accumulation-window (Lightning restarts mid-epoch runs only approximately; ember is
+ * exact). The file is one safetensors file (em_checkpoint_save's format, version "2", plus the trainer's
+ * state); see README "Checkpoints and resume" for what it holds.
+ */
+
+/**
+ * Save the fit's state to `path` (written atomically, as em_safetensors_write: a crash leaves any previous
+ * file at `path` intact). Call it from a callback's or the module's hook during fit, in
+ * on_train_batch_end (after the batch's optimizer step, or mid-accumulation-window: the accumulated
+ * gradients are saved), on_train_epoch_end or on_validation_end (not during the sanity check), or after
+ * a fit that succeeded (before the next fit; the module must still be alive). The state is the one when
+ * it is called: hooks of the same event that run after the caller in that batch (later callbacks, the
+ * module's hook) are not run again on resume, so save from the last callback (as Lightning runs
+ * ModelCheckpoint last) or at the end of the module's hook.
+ * It holds: the module's `layers` (parameters and buffers; without layers, the optimizers' parameters),
+ * every optimizer's state and hyper-parameters, every scheduler's state, the grad scaler, the loop's
+ * counters and the logged values the loop still reduces, the accumulated gradients mid-window, the
+ * global CPU (and CUDA) generators' states, and each callback's state_save bytes.
+ * Under DDP every rank must call it at the same point (it is collective: rank 0 gathers each rank's RNG
+ * state and, mid-window, each rank's local gradients); only global rank 0 writes, the others return EM_OK
+ * once rank 0 has written.
+ * Errors: EM_EINVAL for NULL; EM_ESTATE from another hook, during the sanity check, after a failed fit or
+ * before any fit; EM_EUNSUPPORTED for an optimizer or scheduler whose state cannot be saved (an optimizer
+ * written in C without state ops: the message names it); EM_EINVAL for two stateful callbacks with one
+ * name; as em_safetensors_write (EM_EIO with the path and errno text).
+ */
+EM_API em_status em_trainer_save_checkpoint(em_trainer *t, const char *path);
+
+/**
+ * em_trainer_fit, continuing from the checkpoint at `ckpt_path` (Lightning: trainer.fit(model, train, val,
+ * ckpt_path=...)). NULL = em_trainer_fit. "last" is reserved for the ModelCheckpoint callback's last
+ * checkpoint (EM_EINVAL "no ModelCheckpoint callback" until one is added). Build the trainer, module,
+ * loaders and callbacks as for the interrupted fit (the same config, seed and data); the checkpoint then
+ * replaces the weights, optimizer and scheduler state, counters, RNG states and callback state, and the
+ * loop continues at the save point: the epoch and batch it was in (the skipped batches are not run
+ * through the model: the loader is asked for batch B of epoch E directly), without the sanity check
+ * (Lightning skips it on restart). max_epochs / max_steps may be raised to train further.
+ * Errors: as em_trainer_fit; EM_EINVAL (before anything is changed, with the path and what differs) for a
+ * file that is not an ember trainer checkpoint or is corrupted or truncated (the reader's message), and
+ * for a checkpoint of another setup: other parameter names or shapes, another number or type of
+ * optimizers or schedulers, manual vs automatic optimization, another precision's grad scaler, another
+ * number of training batches per epoch; EM_EIO when it cannot be read.
+ */
+EM_API em_status em_trainer_fit_from(em_trainer *t, em_module *m, em_loader *train, em_loader *val,
+                                     const char *ckpt_path);
 
 /** The message of the last failed em_trainer_fit (or ""). Borrowed: valid until the next fit or free. */
 EM_API const char *em_trainer_error(const em_trainer *t);
