@@ -178,6 +178,8 @@ struct em_trainer {
     /* checkpoints and resume (resume.c) */
     bool epoch_reached_end;       /* the epoch loop ran the epoch's final batch (epoch schedulers step) */
     emi_resume *resume;           /* the checkpoint em_trainer_fit_from restores (NULL: a fresh fit) */
+    char *ckpt_path;              /* the path the last fit resumed from, "last" resolved (NULL: none);
+                                     Lightning's trainer.ckpt_path (em_trainer_ckpt_path) */
     emi_phase resume_phase;       /* the loop continues from here (EMI_PHASE_NONE: as usual) */
     em_module *last_module;       /* the module of the last fit that succeeded (borrowed; NULL after a failure) */
 };

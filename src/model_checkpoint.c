@@ -8,6 +8,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -471,43 +472,46 @@ static em_status file_exists(em_trainer *t, const char *path, bool *exists)
     return s;
 }
 
-/* Lightning: _save_checkpoint: trainer.save_checkpoint (written on rank 0), then the bookkeeping. */
+/* Lightning: _save_checkpoint: trainer.save_checkpoint (collective; written by rank 0), then the bookkeeping. */
 static em_status save_checkpoint(model_checkpoint *mc, em_trainer *t, em_module *m, const char *path)
 {
+    (void)m;
+    em_status s = EM_OK;
     if (em_trainer_is_global_zero(t)) {
-        em_status s = make_parent_dirs(path);
-        if (s != EM_OK)
-            return s;
-        char dir[PATH_CAP];
-        parent_dir(path, dir, sizeof dir);
-        emi_atomic_remove_stale(dir);
-        size_t n_opts = em_trainer_num_optimizers(t), n_scheds = em_trainer_num_lr_schedulers(t);
-        em_optimizer *opts[64];
-        em_scheduler *scheds[64];
-        if (n_opts > 64 || n_scheds > 64)
-            return emi_fail(EM_EUNSUPPORTED, "ModelCheckpoint: more than 64 optimizers or schedulers");
-        for (size_t i = 0; i < n_opts; i++)
-            opts[i] = em_trainer_optimizer(t, i);
-        for (size_t i = 0; i < n_scheds; i++)
-            scheds[i] = em_trainer_lr_scheduler(t, i, NULL);
-        if (m->layers == NULL)
-            return emi_fail(EM_EINVAL, "ModelCheckpoint: the module has no layers (em_module.layers) to save");
-        s = em_checkpoint_save(path, m->layers, opts, n_opts, scheds, n_scheds, NULL, 0);
-        if (s != EM_OK)
-            return s;
+        s = make_parent_dirs(path);
+        if (s == EM_OK) {
+            char dir[PATH_CAP];
+            parent_dir(path, dir, sizeof dir);
+            emi_atomic_remove_stale(dir);
+        }
     }
+    /* every rank calls it (it gathers the ranks' RNG states); a rank-0 failure is every rank's */
+    em_status saved = em_trainer_save_checkpoint(t, path);
+    if (s != EM_OK)
+        return s;
+    if (saved != EM_OK)
+        return saved;
     mc->last_global_step_saved = em_trainer_global_step(t);
     return set_str(&mc->last_checkpoint_saved, path);
 }
 
-/* Lightning: _should_remove_checkpoint (the resume path is not known here yet: never the current one). */
-static bool should_remove(const model_checkpoint *mc, const char *previous, const char *current)
+/* Lightning: _should_remove_checkpoint: not the file just written, not the one this fit resumed from, and
+ * only inside dirpath. */
+static bool should_remove(const model_checkpoint *mc, const em_trainer *t, const char *previous, const char *current)
 {
     if (strcmp(previous, current) == 0)
         return false;
     char *abs_prev = absolute_path(previous);
     if (abs_prev == NULL)
         return false;
+    const char *resumed = em_trainer_ckpt_path(t);
+    char *abs_resumed = resumed != NULL ? absolute_path(resumed) : NULL;
+    bool is_resume = abs_resumed != NULL && strcmp(abs_resumed, abs_prev) == 0;
+    free(abs_resumed);
+    if (is_resume) {
+        free(abs_prev);
+        return false;
+    }
     size_t dl = strlen(mc->dirpath);
     bool inside = strncmp(abs_prev, mc->dirpath, dl) == 0 && (abs_prev[dl] == '/' || mc->dirpath[dl - 1] == '/') &&
                   strlen(abs_prev) > dl + 1;
@@ -703,7 +707,7 @@ static em_status update_best_and_save(model_checkpoint *mc, em_trainer *t, em_mo
                  path, (long long)k);
     if ((s = save_checkpoint(mc, t, m, path)) != EM_OK)
         goto out;
-    if (del != NULL && should_remove(mc, del, path))
+    if (del != NULL && should_remove(mc, t, del, path))
         s = remove_checkpoint(t, del);
 out:
     free(del);
@@ -723,7 +727,7 @@ static em_status save_none_monitor(model_checkpoint *mc, em_trainer *t, em_modul
     path = NULL;
     s = save_checkpoint(mc, t, m, mc->best_model_path);
     if (s == EM_OK && mc->save_top_k == 1 && previous != NULL && previous[0] != '\0' &&
-        should_remove(mc, previous, mc->best_model_path))
+        should_remove(mc, t, previous, mc->best_model_path))
         s = remove_checkpoint(t, previous);
     free(previous);
     return s;
@@ -797,7 +801,7 @@ static em_status save_last(model_checkpoint *mc, em_trainer *t, em_module *m, co
     char *previous = mc->last_model_path;
     mc->last_model_path = path; /* set before saving: it is part of the state */
     s = save_checkpoint(mc, t, m, path);
-    if (s == EM_OK && previous[0] != '\0' && should_remove(mc, previous, path))
+    if (s == EM_OK && previous[0] != '\0' && should_remove(mc, t, previous, path))
         s = remove_checkpoint(t, previous);
     free(previous);
     return s;
@@ -830,6 +834,28 @@ static double monotonic_seconds(void)
 
 /* ---- the hooks ------------------------------------------------------------------------------------------------ */
 
+/* Lightning: __resolve_ckpt_dir, broadcast from rank 0 (setup). */
+static em_status resolve_dirpath(model_checkpoint *mc, em_trainer *t)
+{
+    if (mc->dirpath_given)
+        return EM_OK;
+    char buf[PATH_CAP] = "";
+    if (em_trainer_is_global_zero(t)) {
+        const char *log_dir = em_trainer_log_dir(t);
+        const char *base = log_dir != NULL ? log_dir : em_trainer_default_root_dir(t);
+        char *abs = absolute_path(base != NULL ? base : ".");
+        if (abs == NULL)
+            return emi_fail(EM_ENOMEM, "ModelCheckpoint: cannot resolve the directory %s", base);
+        snprintf(buf, sizeof buf, "%s%scheckpoints", abs, abs[strlen(abs) - 1] == '/' ? "" : "/");
+        free(abs);
+    }
+    em_status s = em_trainer_broadcast(t, buf, sizeof buf, 0);
+    if (s != EM_OK)
+        return s;
+    buf[sizeof buf - 1] = '\0';
+    return set_str(&mc->dirpath, buf);
+}
+
 /* Lightning: setup (the directory, broadcast from rank 0; the warning about a directory in use) and the
  * sweep of temporary files a killed save left. */
 static em_status mc_on_fit_start(em_callback *cb, em_trainer *t, em_module *m)
@@ -838,24 +864,9 @@ static em_status mc_on_fit_start(em_callback *cb, em_trainer *t, em_module *m)
     model_checkpoint *mc = em_callback_state(cb);
     mc->val_has_run = false;
     mc->missing_warned = false;
-    if (!mc->dirpath_given) {
-        char buf[PATH_CAP] = "";
-        if (em_trainer_is_global_zero(t)) {
-            const char *log_dir = em_trainer_log_dir(t);
-            const char *base = log_dir != NULL ? log_dir : em_trainer_default_root_dir(t);
-            char *abs = absolute_path(base != NULL ? base : ".");
-            if (abs == NULL)
-                return emi_fail(EM_ENOMEM, "ModelCheckpoint: cannot resolve the directory %s", base);
-            snprintf(buf, sizeof buf, "%s%scheckpoints", abs, abs[strlen(abs) - 1] == '/' ? "" : "/");
-            free(abs);
-        }
-        em_status s = em_trainer_broadcast(t, buf, sizeof buf, 0);
-        if (s != EM_OK)
-            return s;
-        buf[sizeof buf - 1] = '\0';
-        if ((s = set_str(&mc->dirpath, buf)) != EM_OK)
-            return s;
-    }
+    em_status s = resolve_dirpath(mc, t);
+    if (s != EM_OK)
+        return s;
     if (em_trainer_is_global_zero(t)) {
         emi_atomic_remove_stale(mc->dirpath);
         struct stat st;
@@ -975,6 +986,133 @@ static void mc_destroy(void *state)
     free(mc);
 }
 
+/* ---- state (Lightning's state_dict / load_state_dict), kept in checkpoints ------------------------------ */
+
+static cJSON *score_json(float v)
+{
+    if (isnan(v))
+        return cJSON_CreateString("nan");
+    if (isinf(v))
+        return cJSON_CreateString(v > 0 ? "inf" : "-inf");
+    return cJSON_CreateNumber((double)v);
+}
+
+/* A score from score_json's form; false for anything else. */
+static bool score_from(const cJSON *j, float *out)
+{
+    if (cJSON_IsNumber(j)) {
+        *out = (float)j->valuedouble;
+        return true;
+    }
+    if (!cJSON_IsString(j))
+        return false;
+    if (strcmp(j->valuestring, "nan") == 0)
+        *out = NAN;
+    else if (strcmp(j->valuestring, "inf") == 0)
+        *out = INFINITY;
+    else if (strcmp(j->valuestring, "-inf") == 0)
+        *out = -INFINITY;
+    else
+        return false;
+    return true;
+}
+
+static em_status mc_state_save(em_callback *cb, em_trainer *t, void **bytes, size_t *n)
+{
+    (void)t;
+    model_checkpoint *mc = em_callback_state(cb);
+    cJSON *o = cJSON_CreateObject();
+    cJSON *k = cJSON_CreateObject();
+    bool ok = o != NULL && k != NULL;
+    ok = ok && cJSON_AddItemToObject(o, "monitor", mc->monitor != NULL ? cJSON_CreateString(mc->monitor) : cJSON_CreateNull());
+    ok = ok && cJSON_AddItemToObject(o, "best_model_score", mc->has_best_score ? score_json(mc->best_model_score) : cJSON_CreateNull());
+    ok = ok && cJSON_AddStringToObject(o, "best_model_path", mc->best_model_path) != NULL;
+    ok = ok && cJSON_AddItemToObject(o, "current_score", mc->has_current_score ? score_json(mc->current_score) : cJSON_CreateNull());
+    ok = ok && cJSON_AddItemToObject(o, "dirpath", mc->dirpath != NULL ? cJSON_CreateString(mc->dirpath) : cJSON_CreateNull());
+    for (size_t i = 0; ok && i < mc->n_best_k; i++)
+        ok = cJSON_AddItemToObject(k, mc->best_k[i].path, score_json(mc->best_k[i].score));
+    ok = ok && cJSON_AddItemToObject(o, "best_k_models", k);
+    if (ok)
+        k = NULL; /* owned by o */
+    ok = ok && cJSON_AddStringToObject(o, "kth_best_model_path", mc->kth_best_model_path) != NULL;
+    ok = ok && cJSON_AddItemToObject(o, "kth_value", score_json(mc->kth_value));
+    ok = ok && cJSON_AddStringToObject(o, "last_model_path", mc->last_model_path) != NULL;
+    char *text = ok ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    cJSON_Delete(k);
+    if (text == NULL)
+        return em_error_set(EM_ENOMEM, "ModelCheckpoint: out of memory");
+    *n = strlen(text);
+    *bytes = text; /* cJSON allocates with malloc (the default hooks) */
+    return EM_OK;
+}
+
+static const char *json_str(const cJSON *o, const char *key, bool *ok)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (cJSON_IsString(j))
+        return j->valuestring;
+    *ok = false;
+    return NULL;
+}
+
+static em_status mc_state_load(em_callback *cb, em_trainer *t, const void *bytes, size_t n)
+{
+    model_checkpoint *mc = em_callback_state(cb);
+    cJSON *o = cJSON_ParseWithLength(bytes, n);
+    bool ok = cJSON_IsObject(o);
+    if (o == NULL)
+        em_clear_error();
+    const char *best_path = ok ? json_str(o, "best_model_path", &ok) : NULL;
+    const char *kth_path = ok ? json_str(o, "kth_best_model_path", &ok) : NULL;
+    const char *last_path = ok ? json_str(o, "last_model_path", &ok) : NULL;
+    const cJSON *dir = ok ? cJSON_GetObjectItemCaseSensitive(o, "dirpath") : NULL;
+    const cJSON *best_k = ok ? cJSON_GetObjectItemCaseSensitive(o, "best_k_models") : NULL;
+    const cJSON *best_score = ok ? cJSON_GetObjectItemCaseSensitive(o, "best_model_score") : NULL;
+    const cJSON *kth = ok ? cJSON_GetObjectItemCaseSensitive(o, "kth_value") : NULL;
+    float best_v = 0, kth_v = 0;
+    ok = ok && (cJSON_IsString(dir) || cJSON_IsNull(dir)) && cJSON_IsObject(best_k) &&
+         (cJSON_IsNull(best_score) || score_from(best_score, &best_v)) && score_from(kth, &kth_v);
+    for (const cJSON *e = ok ? best_k->child : NULL; ok && e != NULL; e = e->next) {
+        float v;
+        ok = e->string != NULL && score_from(e, &v);
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        return em_error_set(EM_EINVAL, "ModelCheckpoint: the checkpoint's state of this callback is not what "
+                                       "ModelCheckpoint writes");
+    }
+    em_status s = resolve_dirpath(mc, t); /* state_load runs before on_fit_start */
+    const char *from = cJSON_IsString(dir) ? dir->valuestring : NULL;
+    bool same_dir = (from == NULL && mc->dirpath == NULL) ||
+                    (from != NULL && mc->dirpath != NULL && strcmp(from, mc->dirpath) == 0);
+    if (same_dir) {
+        for (size_t i = 0; i < mc->n_best_k; i++)
+            free(mc->best_k[i].path);
+        mc->n_best_k = 0;
+        for (const cJSON *e = best_k->child; s == EM_OK && e != NULL; e = e->next) {
+            float v = 0;
+            score_from(e, &v);
+            s = topk_set(mc, e->string, v);
+        }
+        mc->has_best_score = !cJSON_IsNull(best_score);
+        mc->best_model_score = best_v;
+        mc->kth_value = kth_v;
+        if (s == EM_OK)
+            s = set_str(&mc->kth_best_model_path, kth_path);
+        if (s == EM_OK)
+            s = set_str(&mc->last_model_path, last_path);
+    } else if (em_trainer_is_global_zero(t)) {
+        emi_warn("The dirpath has changed from '%s' to '%s', therefore `best_model_score`, `kth_best_model_path`, "
+                 "`kth_value`, `last_model_path` and `best_k_models` won't be reloaded. Only `best_model_path` will "
+                 "be reloaded.", from != NULL ? from : "None", mc->dirpath != NULL ? mc->dirpath : "None");
+    }
+    if (s == EM_OK)
+        s = set_str(&mc->best_model_path, best_path);
+    cJSON_Delete(o);
+    return s;
+}
+
 static const em_callback_ops mc_ops_template = {
     .version = EM_CALLBACK_OPS_VERSION,
     .name = "ModelCheckpoint",
@@ -985,6 +1123,8 @@ static const em_callback_ops mc_ops_template = {
     .on_validation_end = mc_on_validation_end,
     .destroy = mc_destroy,
     .monitoring = true,
+    .state_save = mc_state_save,
+    .state_load = mc_state_load,
 };
 
 /* ---- construction: __init__ and its checks ----------------------------------------------------------------- */

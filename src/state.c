@@ -187,3 +187,8 @@ int64_t em_trainer_num_val_batches(const em_trainer *t)
 {
     return !emi_trainer_ok(t, __func__) ? -1 : t->fit.num_val_batches;
 }
+
+const char *em_trainer_ckpt_path(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? NULL : t->ckpt_path;
+}

@@ -18,6 +18,7 @@
 #include "loader.h"
 #include "loops.h"
 #include "metrics.h"
+#include "model_checkpoint.h" /* the "last" seam */
 #include "optimization.h"
 #include "optimizer.h"
 #include "precision.h"
@@ -131,6 +132,7 @@ void em_trainer_free(em_trainer *t)
     free(t->root_dir);
     free(t->trace_path);
     free(t->log_dir);
+    free(t->ckpt_path);
     emi_kvlist_free(&t->metrics.callback);
     emi_kvlist_free(&t->metrics.progbar);
     emi_handle_retire(t);
@@ -421,16 +423,29 @@ static em_status fit(em_trainer *t, em_module *m, em_loader *train, em_loader *v
 em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val)
 {
     em_status s = fit_entry_check(t, train, val, "em_trainer_fit");
+    if (s == EM_OK) {
+        free(t->ckpt_path); /* a fresh fit resumes from nothing */
+        t->ckpt_path = NULL;
+    }
     return s != EM_OK ? s : fit(t, m, train, val);
 }
 
-/* The seam for em_trainer_fit_from(t, ..., "last"): the ModelCheckpoint callback's last checkpoint, copied
- * into out[0..cap-1]. Until ModelCheckpoint is there, there is none to resolve. */
+/* The seam for em_trainer_fit_from(t, ..., "last"): Lightning's _parse_ckpt_path("last"), the newest last
+ * checkpoint of the ModelCheckpoint callbacks (model_checkpoint.c), copied into out[0..cap-1]; out = ""
+ * when they have none yet (Lightning then warns and fits from the start). */
 static em_status resolve_last_checkpoint(em_trainer *t, char *out, size_t cap)
 {
-    (void)t, (void)out, (void)cap;
-    return emi_fail(EM_EINVAL, "em_trainer_fit_from: ckpt_path=\"last\" needs a ModelCheckpoint callback (no checkpoint "
-                               "callback is added to this trainer)");
+    int found = emi_model_checkpoint_find_last(t, t->callbacks, t->n_user_callbacks, out, cap);
+    if (found < 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", em_last_error());
+        em_clear_error();
+        return emi_fail(EM_EINVAL, "em_trainer_fit_from: %s", msg);
+    }
+    if (found == 0)
+        emi_warn(".fit(ckpt_path=\"last\") is set, but there is no last checkpoint available. No checkpoint will "
+                 "be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.");
+    return EM_OK;
 }
 
 em_status em_trainer_fit_from(em_trainer *t, em_module *m, em_loader *train, em_loader *val, const char *ckpt_path)
@@ -440,13 +455,20 @@ em_status em_trainer_fit_from(em_trainer *t, em_module *m, em_loader *train, em_
     em_status s = fit_entry_check(t, train, val, "em_trainer_fit_from");
     if (s != EM_OK)
         return s;
+    free(t->ckpt_path);
+    t->ckpt_path = NULL;
     char last[4096];
-    if (strcmp(ckpt_path, "last") == 0 && (s = resolve_last_checkpoint(t, last, sizeof last)) == EM_OK)
+    if (strcmp(ckpt_path, "last") == 0 && (s = resolve_last_checkpoint(t, last, sizeof last)) == EM_OK) {
+        if (last[0] == '\0') /* no last checkpoint yet: a fresh fit, as Lightning's */
+            return fit(t, m, train, val);
         ckpt_path = last;
+    }
     if (s == EM_OK && (m == NULL || m->ops == NULL))
         s = emi_fail(EM_EINVAL, "em_trainer_fit_from: the module or its ops table is NULL");
     if (s == EM_OK)
         s = emi_resume_open(t, m, ckpt_path);
+    if (s == EM_OK && (t->ckpt_path = emi_strdup(ckpt_path)) == NULL)
+        s = emi_fail(EM_ENOMEM, "em_trainer_fit_from: out of memory");
     if (s != EM_OK) { /* before the fit: the message is the fit's too */
         snprintf(t->error, sizeof t->error, "%s", em_last_error());
         return s;

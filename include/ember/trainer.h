@@ -895,8 +895,11 @@ EM_API em_status em_trainer_save_checkpoint(em_trainer *t, const char *path);
 
 /**
  * em_trainer_fit, continuing from the checkpoint at `ckpt_path` (Lightning: trainer.fit(model, train, val,
- * ckpt_path=...)). NULL = em_trainer_fit. "last" is reserved for the ModelCheckpoint callback's last
- * checkpoint (EM_EINVAL "no ModelCheckpoint callback" until one is added). Build the trainer, module,
+ * ckpt_path=...)). NULL = em_trainer_fit. "last" = Lightning's: the newest (by modification time) of the
+ * ModelCheckpoint callbacks' last_model_path and the last*.ckpt files in their dirpath
+ * (em_trainer_ckpt_path says which); when there is none yet, Lightning's warning (".fit(ckpt_path="last")
+ * is set, but there is no last checkpoint available. No checkpoint will be loaded. ...") and a fresh fit;
+ * without a ModelCheckpoint callback, EM_EINVAL. Build the trainer, module,
  * loaders and callbacks as for the interrupted fit (the same config, seed and data); the checkpoint then
  * replaces the weights, optimizer and scheduler state, counters, RNG states and callback state, and the
  * loop continues at the save point: the epoch and batch it was in (the skipped batches are not run
@@ -910,6 +913,14 @@ EM_API em_status em_trainer_save_checkpoint(em_trainer *t, const char *path);
  */
 EM_API em_status em_trainer_fit_from(em_trainer *t, em_module *m, em_loader *train, em_loader *val,
                                      const char *ckpt_path);
+
+/**
+ * Lightning: trainer.ckpt_path: the checkpoint the current (or last) fit resumed from, with "last"
+ * resolved to the file; NULL for a fit that did not resume (em_trainer_fit, or "last" with no last
+ * checkpoint yet). Set before configure_optimizers, so a hook can print it. Borrowed: valid until the next
+ * fit or em_trainer_free. NULL for NULL.
+ */
+EM_API const char *em_trainer_ckpt_path(const em_trainer *t);
 
 /** The message of the last failed em_trainer_fit (or ""). Borrowed: valid until the next fit or free. */
 EM_API const char *em_trainer_error(const em_trainer *t);
