@@ -22,6 +22,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <time.h>
 #include <stdio.h>
@@ -1159,6 +1160,156 @@ static void test_kill_during_save(void **state)
     assert_true(caught >= 1);
 }
 
+/* ---- resuming: ckpt_path "last", the state kept in the checkpoint, the file resumed from -------------------- */
+
+static em_status fit_from(boring *m, em_trainer_config cfg, em_callback *cb, int64_t train_batches, const char *ckpt,
+                          em_trainer **t_out)
+{
+    em_trainer *t = em_trainer_new(&cfg);
+    assert_nonnull_em(t);
+    if (cb != NULL)
+        assert_ok(em_trainer_add_callback(t, cb));
+    em_loader *train = loader(train_batches);
+    em_status s = em_trainer_fit_from(t, &m->base, train, NULL, ckpt);
+    em_loader_free(train);
+    if (t_out != NULL)
+        *t_out = t;
+    else
+        em_trainer_free(t);
+    return s;
+}
+
+static em_model_checkpoint_opts last_every(const char *dir, int64_t n)
+{
+    em_model_checkpoint_opts o = opts_in(dir);
+    o.save_top_k = 0;
+    o.save_last = true;
+    o.every_n_train_steps = n;
+    return o;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    assert_non_null(a);
+    assert_non_null(b);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, a)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, b), n);
+    fclose(a);
+    fclose(b);
+}
+
+static void test_resume_last(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir(), *empty = make_tmpdir();
+    char last[4300], last_v1[4300];
+    snprintf(last, sizeof last, "%s/last.ckpt", dir);
+    snprintf(last_v1, sizeof last_v1, "%s/last-v1.ckpt", dir);
+    boring m;
+    boring_init(&m, LOG_NONE, NULL, NULL, 0);
+    em_model_checkpoint_opts in_dir = last_every(dir, 2), in_empty = last_every(empty, 2);
+    assert_ok(fit(&m, config(2), em_model_checkpoint(&in_dir), 4, 0, NULL));
+    const char *one[] = {"last.ckpt"};
+    assert_dir(dir, one, 1);
+
+    /* no ModelCheckpoint callback: "last" cannot be resolved */
+    em_trainer *t = NULL;
+    assert_int_equal(fit_from(&m, config(3), NULL, 4, "last", &t), EM_EINVAL);
+    assert_non_null(strstr(em_trainer_error(t), "needs a ModelCheckpoint callback"));
+    em_trainer_free(t);
+    em_clear_error();
+
+    /* a ModelCheckpoint with no last file yet: Lightning's warning, a fresh fit */
+    captured cap = {{0}};
+    em_set_log_handler(capture, &cap);
+    assert_ok(fit_from(&m, config(1), em_model_checkpoint(&in_empty), 4, "last",
+                       &t));
+    assert_null(em_trainer_ckpt_path(t));
+    assert_int_equal(em_trainer_global_step(t), 4); /* one epoch of 4 from the start */
+    em_trainer_free(t);
+    em_set_log_handler(NULL, NULL);
+    assert_non_null(strstr(cap.text, ".fit(ckpt_path=\"last\") is set, but there is no last checkpoint available. No "
+                                     "checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`."));
+
+    /* resumed from last.ckpt: the state came back, so last.ckpt is overwritten (no last-v1.ckpt) */
+    em_callback *cb = em_model_checkpoint(&in_dir);
+    assert_ok(fit_from(&m, config(3), cb, 4, "last", &t));
+    assert_string_equal(em_trainer_ckpt_path(t), last);
+    assert_int_equal(em_trainer_global_step(t), 12);
+    assert_string_equal(em_model_checkpoint_last_model_path(cb), last);
+    assert_dir(dir, one, 1);
+    em_trainer_free(t);
+
+    /* the newest last*.ckpt wins: a copy made later; it is the resume path, so it is never deleted */
+    copy_file(last, last_v1);
+    struct timespec times[2] = {{.tv_sec = 0, .tv_nsec = UTIME_NOW}, {.tv_sec = 0, .tv_nsec = 0}};
+    clock_gettime(CLOCK_REALTIME, &times[1]);
+    times[1].tv_sec += 10;
+    assert_int_equal(utimensat(AT_FDCWD, last_v1, times, 0), 0);
+    cb = em_model_checkpoint(&in_dir);
+    assert_ok(fit_from(&m, config(4), cb, 4, "last", &t));
+    assert_string_equal(em_trainer_ckpt_path(t), last_v1);
+    assert_int_equal(em_trainer_global_step(t), 16);
+    const char *two[] = {"last.ckpt", "last-v1.ckpt"};
+    assert_dir(dir, two, 2);
+    em_trainer_free(t);
+
+    /* a plain em_trainer_fit resumes from nothing */
+    assert_ok(fit(&m, config(1), em_model_checkpoint(&in_empty), 4, 0, &t));
+    assert_null(em_trainer_ckpt_path(t));
+    em_trainer_free(t);
+    boring_free(&m);
+    remove_tree(dir);
+    remove_tree(empty);
+    free(dir);
+    free(empty);
+}
+
+/* Lightning's test_resume_and_old_checkpoint_files_remain: the file resumed from is never deleted by top-k,
+ * in the same folder; in another folder nothing of the first is touched. */
+static void test_resume_old_files_remain(void **state)
+{
+    (void)state;
+    for (int same = 0; same < 2; same++) {
+        char *first = make_tmpdir(), *second = make_tmpdir();
+        boring m;
+        boring_init(&m, LOG_NONE, NULL, NULL, 0);
+        em_model_checkpoint_opts o = opts_in(first);
+        o.monitor = "step";
+        o.mode = "max";
+        o.save_top_k = 2;
+        o.every_n_train_steps = 2;
+        em_trainer_config cfg = config(-1);
+        cfg.max_steps = 5;
+        assert_ok(fit(&m, cfg, em_model_checkpoint(&o), 10, 0, NULL));
+        const char *first_files[] = {"epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"};
+        assert_dir(first, first_files, 2);
+        char from[4300];
+        snprintf(from, sizeof from, "%s/epoch=0-step=4.ckpt", first);
+        o.dirpath = same ? first : second;
+        cfg.max_steps = 8;
+        em_trainer *t = NULL;
+        assert_ok(fit_from(&m, cfg, em_model_checkpoint(&o), 10, from, &t));
+        em_trainer_free(t);
+        if (same) {
+            const char *want[] = {"epoch=0-step=4.ckpt", "epoch=0-step=6.ckpt", "epoch=0-step=8.ckpt"};
+            assert_dir(first, want, 3);
+        } else {
+            assert_dir(first, first_files, 2);
+            const char *want[] = {"epoch=0-step=6.ckpt", "epoch=0-step=8.ckpt"};
+            assert_dir(second, want, 2);
+        }
+        boring_free(&m);
+        remove_tree(first);
+        remove_tree(second);
+        free(first);
+        free(second);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1187,6 +1338,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_verbose_messages, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_stale_temporaries_removed, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_kill_during_save, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_resume_last, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_resume_old_files_remain, helper_setup, helper_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
