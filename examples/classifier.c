@@ -484,7 +484,11 @@ static int run(const options *o)
                 fprintf(stderr, "classifier: --save-weights: %s\n", em_last_error());
                 status = 1;
             }
-            /* epochs: those of the whole run, also when it resumed from a checkpoint */
+            /* a run resumed from its very end trains no epoch here: the last val_acc is the checkpoint's
+             * (its callback_metrics); epochs: those of the whole run, also when it resumed */
+            double restored = NAN;
+            if (c.epochs_done == 0 && em_trainer_callback_metric(t, "val_acc", &restored))
+                c.last_val_acc = c.best_val_acc = restored;
             printf("final val_acc %.4f (best %.4f) after %lld epochs, %lld optimizer steps, %.2f s\n",
                    c.last_val_acc, c.best_val_acc, (long long)em_trainer_current_epoch(t),
                    (long long)em_trainer_global_step(t), now_seconds() - start);
