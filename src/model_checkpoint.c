@@ -50,6 +50,7 @@ typedef struct model_checkpoint {
     int64_t last_global_step_saved;
     double last_time_checked; /* NAN = None */
     bool has_current_score, has_best_score, val_has_run, missing_warned;
+    bool saving; /* inside its own em_trainer_save_checkpoint call */
     float current_score, best_model_score, kth_value;
     topk_entry *best_k;
     size_t n_best_k, cap_best_k;
@@ -486,7 +487,9 @@ static em_status save_checkpoint(model_checkpoint *mc, em_trainer *t, em_module 
         }
     }
     /* every rank calls it (it gathers the ranks' RNG states); a rank-0 failure is every rank's */
+    mc->saving = true;
     em_status saved = em_trainer_save_checkpoint(t, path);
+    mc->saving = false;
     if (s != EM_OK)
         return s;
     if (saved != EM_OK)
@@ -864,6 +867,8 @@ static em_status mc_on_fit_start(em_callback *cb, em_trainer *t, em_module *m)
     model_checkpoint *mc = em_callback_state(cb);
     mc->val_has_run = false;
     mc->missing_warned = false;
+    if (em_trainer_ckpt_path(t) == NULL)
+        mc->last_global_step_saved = 0; /* a fresh fit counts its steps from 0 (a resumed one: state_load) */
     em_status s = resolve_dirpath(mc, t);
     if (s != EM_OK)
         return s;
@@ -1019,7 +1024,6 @@ static bool score_from(const cJSON *j, float *out)
 
 static em_status mc_state_save(em_callback *cb, em_trainer *t, void **bytes, size_t *n)
 {
-    (void)t;
     model_checkpoint *mc = em_callback_state(cb);
     cJSON *o = cJSON_CreateObject();
     cJSON *k = cJSON_CreateObject();
@@ -1037,6 +1041,10 @@ static em_status mc_state_save(em_callback *cb, em_trainer *t, void **bytes, siz
     ok = ok && cJSON_AddStringToObject(o, "kth_best_model_path", mc->kth_best_model_path) != NULL;
     ok = ok && cJSON_AddItemToObject(o, "kth_value", score_json(mc->kth_value));
     ok = ok && cJSON_AddStringToObject(o, "last_model_path", mc->last_model_path) != NULL;
+    /* an ember addition: a fit resumed right after a save does not save the same step again, as the
+     * uninterrupted one does not (Lightning starts it from 0) */
+    ok = ok && cJSON_AddNumberToObject(o, "_last_global_step_saved",
+                                         (double)(mc->saving ? em_trainer_global_step(t) : mc->last_global_step_saved)) != NULL;
     char *text = ok ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
     cJSON_Delete(k);
@@ -1102,6 +1110,9 @@ static em_status mc_state_load(em_callback *cb, em_trainer *t, const void *bytes
             s = set_str(&mc->kth_best_model_path, kth_path);
         if (s == EM_OK)
             s = set_str(&mc->last_model_path, last_path);
+        const cJSON *saved = cJSON_GetObjectItemCaseSensitive(o, "_last_global_step_saved");
+        if (cJSON_IsNumber(saved) && saved->valuedouble >= 0 && saved->valuedouble < 9e15)
+            mc->last_global_step_saved = (int64_t)saved->valuedouble;
     } else if (em_trainer_is_global_zero(t)) {
         emi_warn("The dirpath has changed from '%s' to '%s', therefore `best_model_score`, `kth_best_model_path`, "
                  "`kth_value`, `last_model_path` and `best_k_models` won't be reloaded. Only `best_model_path` will "
