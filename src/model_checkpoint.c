@@ -1255,7 +1255,7 @@ em_callback *em_model_checkpoint(const em_model_checkpoint_opts *opts)
      * 'every_n_epochs': ..., 'train_time_interval': ...} (the interval in seconds here) */
     char key[1024], mon[600], ti[64];
     if (mc->monitor != NULL)
-        snprintf(mon, sizeof mon, "'%.500s'", mc->monitor);
+        snprintf(mon, sizeof mon, "'%.100s'", mc->monitor); /* the key stays < 250 bytes (a tensor name) */
     else
         snprintf(mon, sizeof mon, "None");
     if (isnan(mc->train_time_interval))
