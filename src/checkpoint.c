@@ -48,6 +48,32 @@ static const char *const *hparam_names(const char *opt)
     return NULL;
 }
 
+static const char *const lbfgs_hparams[] = {"lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change",
+                                            "history_size", NULL};
+
+/* The hyper-parameter names of group g of `opt` into out (NULL-terminated, at most cap - 1 names): the
+ * built-in lists by kind, an optimizer written in C's own names. false for an unknown optimizer. */
+static bool hparams_of(const em_optimizer *opt, size_t g, const char **out, size_t cap)
+{
+    int kind = emi_optimizer_kind_id(opt);
+    const char *const *list = kind == 0 ? hparam_names(em_optimizer_name(opt)) : kind == 1 ? lbfgs_hparams : NULL;
+    size_t n = 0;
+    if (kind == 2) {
+        n = emi_optimizer_c_hparams(opt, g, out, cap - 1);
+        if (n > cap - 1)
+            n = cap - 1;
+    } else if (list != NULL) {
+        for (; list[n] != NULL && n < cap - 1; n++)
+            out[n] = list[n];
+    } else {
+        return false;
+    }
+    out[n] = NULL;
+    return true;
+}
+
+#define MAX_HPARAMS 64
+
 /* A growing list of (name, tensor) to write. */
 typedef struct out_list {
     char **names;
@@ -114,12 +140,14 @@ static bool add_exact(cJSON *obj, const char *name, double v)
 static cJSON *describe(em_optimizer *opt)
 {
     const char *name = em_optimizer_name(opt);
-    const char *const *hp = hparam_names(name);
-    if (hp == NULL) {
-        emi_fail(EM_EUNSUPPORTED, "%s: the state of %s is not saved in checkpoints yet (SGD, Adam, "
-                 "AdamW, RMSprop and Adagrad are)", save_who, name);
+    const char *hp[MAX_HPARAMS];
+    if (!hparams_of(opt, 0, hp, MAX_HPARAMS)) {
+        emi_fail(EM_EUNSUPPORTED, "%s: the state of %s is not saved in checkpoints", save_who, name);
         return NULL;
     }
+    /* an optimizer whose state cannot be saved is refused before anything is written */
+    if (emi_optimizer_state_savable(opt, save_who) != EM_OK)
+        return NULL;
     cJSON *o = cJSON_CreateObject();
     cJSON *groups = cJSON_AddArrayToObject(o, "param_groups");
     cJSON_AddStringToObject(o, "name", name);
@@ -140,6 +168,7 @@ static cJSON *describe(em_optimizer *opt)
             cJSON_AddItemToArray(shapes, shape);
         }
         cJSON *h = cJSON_AddObjectToObject(grp, "hparams");
+        hparams_of(opt, g, hp, MAX_HPARAMS);
         for (const char *const *n = hp; *n != NULL; n++) {
             double v;
             if (em_optimizer_get(opt, g, *n, &v) != EM_OK || !add_exact(h, *n, v)) {
@@ -252,10 +281,29 @@ em_status emi_checkpoint_write(const char *path, const char *who, const em_nn *m
 
 /* One parameter's state read from the file. */
 typedef struct param_state {
-    const char *keys[8];
-    em_tensor *values[8];
-    size_t n;
+    const char **keys;  /* borrowed from the reader */
+    em_tensor **values; /* owned by the open scope */
+    size_t n, cap;
 } param_state;
+
+static bool param_state_push(param_state *ps, const char *key, em_tensor *v)
+{
+    if (ps->n == ps->cap) {
+        size_t cap = ps->cap ? 2 * ps->cap : 8;
+        const char **k = realloc(ps->keys, cap * sizeof *k);
+        if (k != NULL)
+            ps->keys = k;
+        em_tensor **vv = realloc(ps->values, cap * sizeof *vv);
+        if (vv != NULL)
+            ps->values = vv;
+        if (k == NULL || vv == NULL)
+            return false;
+        ps->cap = cap;
+    }
+    ps->keys[ps->n] = key;
+    ps->values[ps->n++] = v;
+    return true;
+}
 
 typedef struct opt_load {
     const cJSON *desc;
@@ -288,7 +336,7 @@ static em_status check_optimizer(const char *path, size_t k, em_optimizer *opt, 
     if (ng != em_optimizer_num_groups(opt))
         return bad(path, "optimizer %s%zu has %zu parameter groups in the checkpoint, a different number here", "",
                    k, ng);
-    const char *const *hp = hparam_names(name->valuestring);
+    const char *hp[MAX_HPARAMS];
     *n_params = 0;
     size_t g = 0;
     for (const cJSON *grp = groups->child; grp != NULL; grp = grp->next, g++) {
@@ -310,7 +358,9 @@ static em_status check_optimizer(const char *path, size_t k, em_optimizer *opt, 
             if (!same)
                 return bad(path, "parameter %s%zu of optimizer %zu has another shape here", "", *n_params + i, k);
         }
-        for (const char *const *n = hp; n != NULL && *n != NULL; n++) {
+        if (!hparams_of(opt, g, hp, MAX_HPARAMS))
+            return bad(path, "optimizer %s%zu (%zu) is of an unknown kind", "", k, g);
+        for (const char *const *n = hp; *n != NULL; n++) {
             const cJSON *v = cJSON_GetObjectItemCaseSensitive(h, *n);
             if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
                 return bad(path, "hyper-parameter \"%s\" of group %zu of optimizer %zu is missing or not a number", *n,
@@ -431,15 +481,16 @@ em_status emi_checkpoint_restore(const em_safetensors *f, const char *who, em_nn
                 continue;
         }
         if (!parse_state_name(name, &ko, &i, &key) || ko >= n_opts || i >= ol[ko].n_params ||
-            ol[ko].params[i].n == 8) {
+            ol[ko].params[i].n >= 100000) {
             st = emi_fail(EM_EINVAL, "%s: %s: unexpected tensor \"%s\" (not model.*, nor the state of "
                           "a parameter of one of the %zu optimizers)", load_who, label, name, n_opts);
             break;
         }
-        param_state *ps = &ol[ko].params[i];
-        ps->keys[ps->n] = key;
-        if ((ps->values[ps->n++] = em_safetensors_tensor(f, j)) == NULL)
+        em_tensor *v = em_safetensors_tensor(f, j);
+        if (v == NULL)
             st = em_last_status();
+        else if (!param_state_push(&ol[ko].params[i], key, v))
+            st = emi_fail(EM_ENOMEM, "%s: out of memory", load_who);
     }
     /* 3. every state is complete for its optimizer (checked, not applied) */
     for (k = 0; k < n_opts && st == EM_OK; k++)
@@ -456,7 +507,9 @@ em_status emi_checkpoint_restore(const em_safetensors *f, const char *who, em_nn
         size_t g = 0;
         for (const cJSON *grp = groups->child; grp != NULL && st == EM_OK; grp = grp->next, g++) {
             const cJSON *h = cJSON_GetObjectItemCaseSensitive(grp, "hparams");
-            for (const char *const *n = hparam_names(em_optimizer_name(opts[k])); *n != NULL && st == EM_OK; n++)
+            const char *hp[MAX_HPARAMS];
+            hparams_of(opts[k], g, hp, MAX_HPARAMS);
+            for (const char *const *n = hp; *n != NULL && st == EM_OK; n++)
                 st = em_optimizer_set(opts[k], g, *n, cJSON_GetObjectItemCaseSensitive(h, *n)->valuedouble);
         }
         if (st == EM_OK)
@@ -477,8 +530,13 @@ em_status emi_checkpoint_restore(const em_safetensors *f, const char *who, em_nn
         free(svals[k]);
     free(svals), free(sstate), free(slen);
     cJSON_Delete(slist);
-    for (k = 0; ol != NULL && k < n_opts; k++)
+    for (k = 0; ol != NULL && k < n_opts; k++) {
+        for (size_t i = 0; ol[k].params != NULL && i < ol[k].n_params; i++) {
+            free(ol[k].params[i].keys);
+            free(ol[k].params[i].values);
+        }
         free(ol[k].params);
+    }
     free(ol);
     cJSON_Delete(list);
     return st;

@@ -146,6 +146,93 @@ static em_status validation_step(em_module *m, const em_batch *b, int64_t batch_
     return em_log(m, "val_loss", em_tensor_item(loss), 0);
 }
 
+/* An optimizer written in C: SGD with momentum 0.9 over float32 parameters, its momentum buffers in C
+ * arrays, saved and restored through its ops' state_save / state_load (version 3). */
+typedef struct csgd {
+    size_t n;     /* floats over all parameters */
+    float *buf;   /* momentum buffers, NULL before the first step */
+} csgd;
+
+static em_status csgd_step(em_optimizer *self, const em_closure *closure)
+{
+    csgd *c = em_optimizer_state(self);
+    if (closure != NULL && em_closure_call(closure, NULL) != EM_OK)
+        return em_last_status();
+    const em_params *ps = em_optimizer_group_params(self, 0);
+    double lr = em_optimizer_lr(self, 0);
+    size_t total = 0;
+    for (size_t i = 0; i < em_params_size(ps); i++)
+        total += (size_t)em_tensor_numel(em_params_get(ps, i));
+    if (c->buf == NULL) {
+        c->buf = calloc(total, sizeof(float));
+        c->n = total;
+    }
+    size_t off = 0;
+    em_scope_begin();
+    em_no_grad_begin();
+    em_status s = EM_OK;
+    for (size_t i = 0; i < em_params_size(ps) && s == EM_OK; i++) {
+        em_tensor *p = em_params_get(ps, i), *g = em_tensor_grad(p);
+        size_t n = (size_t)em_tensor_numel(p);
+        if (g == NULL) {
+            off += n;
+            continue;
+        }
+        float *pv = malloc(n * sizeof *pv), *gv = malloc(n * sizeof *gv);
+        s = em_tensor_copy_to(p, pv, n * sizeof *pv, EM_F32);
+        if (s == EM_OK)
+            s = em_tensor_copy_to(g, gv, n * sizeof *gv, EM_F32);
+        for (size_t j = 0; j < n && s == EM_OK; j++) {
+            c->buf[off + j] = 0.9f * c->buf[off + j] + gv[j];
+            pv[j] -= (float)lr * c->buf[off + j];
+        }
+        int64_t shape[EM_MAX_DIMS];
+        int nd = em_tensor_shape(p, shape, EM_MAX_DIMS);
+        if (s == EM_OK)
+            s = em_copy_(p, em_tensor_from(pv, EM_F32, shape, nd, NULL));
+        free(pv), free(gv);
+        off += n;
+    }
+    em_no_grad_end();
+    em_scope_end();
+    return s;
+}
+
+static em_status csgd_save(em_optimizer *self, void **bytes, size_t *n)
+{
+    csgd *c = em_optimizer_state(self);
+    if (c->buf == NULL)
+        return EM_OK; /* no state yet */
+    uint8_t *b = malloc(4 + c->n * sizeof(float));
+    memcpy(b, "CSG1", 4);
+    memcpy(b + 4, c->buf, c->n * sizeof(float));
+    *bytes = b;
+    *n = 4 + c->n * sizeof(float);
+    return EM_OK;
+}
+
+static em_status csgd_load(em_optimizer *self, const void *bytes, size_t n)
+{
+    csgd *c = em_optimizer_state(self);
+    if (n < 4 || memcmp(bytes, "CSG1", 4) != 0 || (n - 4) % sizeof(float) != 0)
+        return em_error_set(EM_EINVAL, "CSGD: not a state of mine");
+    free(c->buf);
+    c->n = (n - 4) / sizeof(float);
+    c->buf = malloc(n - 4);
+    memcpy(c->buf, (const uint8_t *)bytes + 4, n - 4);
+    return EM_OK;
+}
+
+static void csgd_destroy(void *state)
+{
+    csgd *c = state;
+    free(c->buf);
+    free(c);
+}
+
+static const em_optimizer_ops csgd_ops = {.version = EM_OPTIMIZER_OPS_VERSION, .name = "CSGD", .step = csgd_step,
+                                          .destroy = csgd_destroy, .state_save = csgd_save, .state_load = csgd_load};
+
 static em_status configure_optimizers(em_module *m, em_optim_setup *setup)
 {
     model *md = (model *)m;
@@ -154,6 +241,14 @@ static em_status configure_optimizers(em_module *m, em_optim_setup *setup)
         em_optimizer *opt;
         if (md->o.opt_kind == 0) {
             opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.05, .momentum = 0.9});
+        } else if (md->o.opt_kind == 2) {
+            em_lbfgs_opts lo = EM_LBFGS_OPTS_INIT;
+            lo.lr = 0.5, lo.max_iter = 4, lo.history_size = 3, lo.strong_wolfe = md->o.hidden == 16;
+            opt = em_lbfgs(ps, &lo);
+        } else if (md->o.opt_kind == 3) {
+            opt = em_optimizer_new(&csgd_ops, ps, 0.05, calloc(1, sizeof(csgd)));
+            if (opt != NULL)
+                em_optimizer_set(opt, 0, "momentum", 0.9);
         } else {
             em_adam_opts a = EM_ADAM_OPTS_INIT;
             a.lr = 0.01;
@@ -654,6 +749,27 @@ static void test_manual_gan_epoch_end(void **state)
     check_resume(o, (saver){.at = AT_EPOCH_END, .epoch = 1, .batch = -1, .stop = true}, -1);
 }
 
+/* LBFGS (strong Wolfe line search, a history shorter than the run: curvature pairs roll over) */
+static void test_lbfgs(void **state)
+{
+    (void)state;
+    run_opts o = base_opts();
+    o.s.opt_kind = 2;
+    o.accumulate = 1;
+    check_resume(o, (saver){.at = AT_BATCH_END, .epoch = 1, .batch = 2, .stop = true}, -1);
+    o.s.hidden = 12; /* without the line search */
+    check_resume(o, (saver){.at = AT_EPOCH_END, .epoch = 0, .batch = -1, .stop = true}, -1);
+}
+
+/* an optimizer written in C whose ops save and load its momentum buffers (ops version 3) */
+static void test_c_optimizer(void **state)
+{
+    (void)state;
+    run_opts o = base_opts();
+    o.s.opt_kind = 3;
+    check_resume(o, (saver){.at = AT_BATCH_END, .epoch = 1, .batch = 2, .stop = true}, -1);
+}
+
 /* bf16-mixed (autocast on the CPU), mid-window */
 static void test_bf16_mixed(void **state)
 {
@@ -851,6 +967,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_after_fit, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_manual_gan, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_manual_gan_epoch_end, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_lbfgs, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_c_optimizer, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_bf16_mixed, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_16_mixed_scaler, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_refuse_other_setup, helper_setup, helper_teardown),
