@@ -1310,6 +1310,56 @@ static void test_resume_old_files_remain(void **state)
     }
 }
 
+/* Two ModelCheckpoints in one trainer keep their states apart (Lightning's state_key); resumed with "last",
+ * the top-k one goes on from its restored best-k list: the file that drops out is deleted although this
+ * callback object never saved it. */
+static void test_two_checkpoints_resume(void **state)
+{
+    (void)state;
+    char *a = make_tmpdir(), *b = make_tmpdir();
+    boring m;
+    boring_init(&m, LOG_NONE, NULL, NULL, 0);
+    em_model_checkpoint_opts topk = opts_in(a);
+    topk.monitor = "epoch";
+    topk.mode = "max";
+    topk.save_top_k = 2;
+    topk.filename = "{epoch}";
+    em_model_checkpoint_opts last = opts_in(b);
+    last.save_top_k = 0;
+    last.save_last = true;
+    em_trainer_config cfg = config(2);
+    em_trainer *t = em_trainer_new(&cfg);
+    assert_ok(em_trainer_add_callback(t, em_model_checkpoint(&topk)));
+    assert_ok(em_trainer_add_callback(t, em_model_checkpoint(&last)));
+    em_loader *train = loader(2);
+    assert_ok(em_trainer_fit(t, &m.base, train, NULL));
+    em_trainer_free(t);
+    const char *a2[] = {"epoch=0.ckpt", "epoch=1.ckpt"}, *b1[] = {"last.ckpt"};
+    assert_dir(a, a2, 2);
+    assert_dir(b, b1, 1);
+
+    cfg = config(3);
+    t = em_trainer_new(&cfg);
+    em_callback *cb = em_model_checkpoint(&topk);
+    assert_ok(em_trainer_add_callback(t, cb));
+    assert_ok(em_trainer_add_callback(t, em_model_checkpoint(&last)));
+    assert_ok(em_trainer_fit_from(t, &m.base, train, NULL, "last"));
+    const char *a3[] = {"epoch=1.ckpt", "epoch=2.ckpt"};
+    assert_dir(a, a3, 2);
+    assert_dir(b, b1, 1);
+    assert_int_equal(em_model_checkpoint_num_best_k(cb), 2);
+    assert_string_equal(base_name(em_model_checkpoint_best_k(cb, 0, NULL)), "epoch=1.ckpt");
+    assert_string_equal(base_name(em_model_checkpoint_best_k(cb, 1, NULL)), "epoch=2.ckpt");
+    assert_string_equal(base_name(em_model_checkpoint_best_model_path(cb)), "epoch=2.ckpt");
+    em_trainer_free(t);
+    em_loader_free(train);
+    boring_free(&m);
+    remove_tree(a);
+    remove_tree(b);
+    free(a);
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1340,6 +1390,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kill_during_save, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_resume_last, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_resume_old_files_remain, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_two_checkpoints_resume, helper_setup, helper_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
