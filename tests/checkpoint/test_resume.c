@@ -73,6 +73,7 @@ typedef struct setup_opts {
     int hidden;           /* 16 */
     int n_scheds;         /* 1 (auto) */
     bool no_layers;       /* the module does not set em_module.layers */
+    bool c_sched;         /* a scheduler written in C (with state ops) instead of StepLR */
 } setup_opts;
 
 typedef struct model {
@@ -233,6 +234,36 @@ static void csgd_destroy(void *state)
 static const em_optimizer_ops csgd_ops = {.version = EM_OPTIMIZER_OPS_VERSION, .name = "CSGD", .step = csgd_step,
                                           .destroy = csgd_destroy, .state_save = csgd_save, .state_load = csgd_load};
 
+/* A scheduler written in C whose own state (a counter it keeps apart from last_epoch) goes through its
+ * ops' state_save / state_load (version 2): lr = base * (1 + calls % 3) / 3. */
+static em_status cw_step(em_scheduler *self, bool has_metric, double metric)
+{
+    (void)has_metric, (void)metric;
+    int64_t *calls = em_scheduler_state(self);
+    double lr = em_scheduler_base_lr(self, 0) * (double)(1 + (*calls)++ % 3) / 3.0;
+    return em_optimizer_set_lr(em_scheduler_optimizer(self), 0, lr);
+}
+
+static em_status cw_save(em_scheduler *self, void **bytes, size_t *n)
+{
+    int64_t *b = malloc(sizeof *b);
+    *b = *(int64_t *)em_scheduler_state(self);
+    *bytes = b;
+    *n = sizeof *b;
+    return EM_OK;
+}
+
+static em_status cw_load(em_scheduler *self, const void *bytes, size_t n)
+{
+    if (n != sizeof(int64_t))
+        return em_error_set(EM_EINVAL, "cw: %zu bytes", n);
+    memcpy(em_scheduler_state(self), bytes, n);
+    return EM_OK;
+}
+
+static const em_scheduler_ops cw_ops = {.version = EM_SCHEDULER_OPS_VERSION, .name = "CycleThirds", .step = cw_step,
+                                        .destroy = free, .state_save = cw_save, .state_load = cw_load};
+
 static em_status configure_optimizers(em_module *m, em_optim_setup *setup)
 {
     model *md = (model *)m;
@@ -257,7 +288,9 @@ static em_status configure_optimizers(em_module *m, em_optim_setup *setup)
         em_params_free(ps);
         em_status s = em_optim_setup_add(setup, opt);
         for (int i = 0; i < md->o.n_scheds && s == EM_OK; i++)
-            s = em_optim_setup_add_scheduler(setup, em_step_lr(opt, 3, 0.7),
+            s = em_optim_setup_add_scheduler(setup,
+                                             md->o.c_sched ? em_scheduler_new(&cw_ops, opt, calloc(1, sizeof(int64_t)))
+                                                           : em_step_lr(opt, 3, 0.7),
                                              &(em_scheduler_config){.interval = EM_INTERVAL_STEP});
         return s;
     }
@@ -277,11 +310,19 @@ static em_status configure_optimizers(em_module *m, em_optim_setup *setup)
     return s;
 }
 
+/* Lightning's default body, written out: a scheduler written in C needs the hook overridden */
+static em_status lr_scheduler_step(em_module *m, em_scheduler *s, bool has_metric, double metric)
+{
+    (void)m;
+    return has_metric ? em_scheduler_step_metric(s, metric) : em_scheduler_step(s);
+}
+
 static const em_module_ops auto_ops = {
     .version = EM_MODULE_OPS_VERSION,
     .training_step = auto_step,
     .configure_optimizers = configure_optimizers,
     .validation_step = validation_step,
+    .lr_scheduler_step = lr_scheduler_step,
 };
 static const em_module_ops manual_ops = {
     .version = EM_MODULE_OPS_VERSION,
@@ -603,6 +644,8 @@ static run_opts base_opts(void)
 static void check_resume(run_opts o, saver sv, int64_t b_max_steps)
 {
     run(&o, &log_a, &res_a);
+    if (res_a.status != EM_OK)
+        fprintf(stderr, "uninterrupted fit: %s\n", res_a.error);
     assert_int_equal(res_a.status, EM_OK);
     run_opts ob = o;
     ob.save = &sv;
@@ -770,6 +813,15 @@ static void test_c_optimizer(void **state)
     check_resume(o, (saver){.at = AT_BATCH_END, .epoch = 1, .batch = 2, .stop = true}, -1);
 }
 
+/* a scheduler written in C whose ops save and load its own counter (ops version 2) */
+static void test_c_scheduler(void **state)
+{
+    (void)state;
+    run_opts o = base_opts();
+    o.s.c_sched = true;
+    check_resume(o, (saver){.at = AT_BATCH_END, .epoch = 1, .batch = 3, .stop = true}, -1);
+}
+
 /* bf16-mixed (autocast on the CPU), mid-window */
 static void test_bf16_mixed(void **state)
 {
@@ -932,6 +984,30 @@ static void test_save_errors(void **state)
     em_scope_end();
 }
 
+/* A scheduler written in C without state ops (version 1) cannot be saved: refused by name, nothing
+ * written. */
+static const em_scheduler_ops cw_v1_ops = {.version = 1, .name = "NoState", .step = cw_step, .destroy = free};
+
+static void test_refuse_stateless_c_scheduler(void **state)
+{
+    (void)state;
+    em_nn *net = mlp(4, 4, 1, 0.0);
+    em_params *ps = em_nn_parameters(net);
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1});
+    em_params_free(ps);
+    em_scheduler *sc = em_scheduler_new(&cw_v1_ops, opt, calloc(1, sizeof(int64_t)));
+    assert_nonnull_em(sc);
+    char path[200];
+    snprintf(path, sizeof path, "%s/c.ckpt", dir);
+    assert_int_equal(em_checkpoint_save(path, net, &opt, 1, &sc, 1, NULL, 0), EM_EUNSUPPORTED);
+    assert_error_contains("scheduler NoState is written in C and its em_scheduler_ops have no state_save");
+    em_clear_error();
+    assert_int_equal(access(path, F_OK), -1);
+    em_scheduler_free(sc);
+    em_optimizer_free(opt);
+    em_nn_free(net);
+}
+
 static int setup_dir(void **state)
 {
     (void)state;
@@ -969,11 +1045,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_manual_gan_epoch_end, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_lbfgs, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_c_optimizer, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_c_scheduler, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_bf16_mixed, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_16_mixed_scaler, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_refuse_other_setup, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_refuse_bad_files, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_save_errors, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_refuse_stateless_c_scheduler, helper_setup, helper_teardown),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
