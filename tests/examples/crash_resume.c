@@ -307,7 +307,9 @@ int main(int argc, char **argv)
 
     /* 2. killed and resumed */
     bool ok = true;
-    int killed = 0, during_save = 0, resumed = 0;
+    int killed = 0, during_save = 0, resumed = 0, restarts = 0;
+    double delay_scale = 1.0; /* halved when a run ends before its first kill (a machine less loaded than
+                                 during the uninterrupted run) */
     for (int attempt = 0;; attempt++) {
         n = base;
         args[n++] = "--checkpoint-dir";
@@ -329,7 +331,7 @@ int main(int argc, char **argv)
         bool kill_it = killed < kills;
         bool at_save = kill_it && killed % 2 == 1;
         /* within the first half of a whole run's training: a resumed run has less left to do */
-        double delay = (double)(next_random() % 1000000) / 1e6 * 0.5 * T;
+        double delay = (double)(next_random() % 1000000) / 1e6 * 0.5 * T * delay_scale;
         int w = -1;
         if (kill_it) { /* the delays count from the start of training */
             bool done = false;
@@ -385,6 +387,24 @@ int main(int argc, char **argv)
                 dump(log);
                 fprintf(stderr, "crash_resume: FAIL: attempt %d ended with status %d\n", attempt, status);
                 return 1;
+            }
+            if (killed == 0 && restarts < 4) { /* it outran its kill: start over with shorter delays */
+                restarts++;
+                delay_scale *= 0.5;
+                printf("crash_resume: attempt %d ended before its kill: starting over with delays x %.3f\n", attempt,
+                       delay_scale);
+                DIR *d = opendir(run_dir);
+                struct dirent *e;
+                while (d != NULL && (e = readdir(d)) != NULL) {
+                    char p[8300];
+                    snprintf(p, sizeof p, "%s/%s", run_dir, e->d_name);
+                    unlink(p);
+                }
+                if (d != NULL)
+                    closedir(d);
+                unlink(run_w);
+                attempt = -1; /* the next attempt is a fresh start again */
+                continue;
             }
             if (n_tmp != 0) {
                 fprintf(stderr, "crash_resume: FAIL: %d temporary files are left in %s after the last run\n", n_tmp,
