@@ -47,6 +47,7 @@
 #include <getopt.h> /* getopt_long */
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "opts.h" /* strict numbers, getopt_long's messages */
@@ -69,6 +70,10 @@ typedef struct options {
     const char *log_dir; /* NULL: no metrics.csv */
     long devices;        /* 0: auto (1, or what torchrun started) */
     const char *curves;  /* NULL: no picture of the curves */
+    const char *checkpoint_dir; /* NULL: no checkpoints */
+    long checkpoint_every;      /* optimizer steps between two last.ckpt saves */
+    const char *resume;         /* NULL, "last" or a checkpoint's path */
+    const char *save_weights;   /* NULL: the final weights are not written */
 } options;
 
 static void usage(FILE *f)
@@ -76,6 +81,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: classifier [--epochs N] [--plateau] [--bf16] [--min-accuracy X] [--seed N]\n"
             "                  [--progress-bar] [--log-dir DIR [--curves FILE]] [--devices N]\n"
+            "                  [--checkpoint-dir DIR [--checkpoint-every N]] [--resume last|PATH]\n"
+            "                  [--save-weights FILE]\n"
             "Trains an MLP on two interleaved spirals with em_trainer_fit (automatic optimization,\n"
             "accumulate_grad_batches 2, gradient clipping, validation) and prints the validation\n"
             "accuracy of every epoch.\n"
@@ -92,12 +99,20 @@ static void usage(FILE *f)
             "                    ember-plot does (needs --log-dir; only where built with cairo)\n"
             "  --devices N       DDP on N processes (this program started N-1 more times; default: 1, or\n"
             "                    the processes torchrun started)\n"
+            "  --checkpoint-dir DIR  ModelCheckpoint: DIR/last.ckpt (every state a resume needs, as\n"
+            "                    safetensors) every --checkpoint-every optimizer steps and at every epoch\n"
+            "                    end (default: no checkpoints)\n"
+            "  --checkpoint-every N  optimizer steps between two saves (default 50)\n"
+            "  --resume last|PATH  continue from a checkpoint: `last` = the newest last*.ckpt in\n"
+            "                    --checkpoint-dir (from the start when there is none yet), or a file;\n"
+            "                    prints \"resumed from PATH at epoch E, batch B, global_step S\" first\n"
+            "  --save-weights FILE  write the final parameters and buffers to FILE (safetensors)\n"
             "  -h, --help        this text\n");
 }
 
 /* Long-only options get values above any character. */
 enum { OPT_EPOCHS = 256, OPT_PLATEAU, OPT_BF16, OPT_MIN_ACCURACY, OPT_SEED, OPT_PROGRESS_BAR, OPT_LOG_DIR,
-       OPT_DEVICES, OPT_CURVES };
+       OPT_DEVICES, OPT_CURVES, OPT_CHECKPOINT_DIR, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_SAVE_WEIGHTS };
 
 static const struct option long_options[] = {
     {"epochs", required_argument, NULL, OPT_EPOCHS},
@@ -109,6 +124,10 @@ static const struct option long_options[] = {
     {"log-dir", required_argument, NULL, OPT_LOG_DIR},
     {"devices", required_argument, NULL, OPT_DEVICES},
     {"curves", required_argument, NULL, OPT_CURVES},
+    {"checkpoint-dir", required_argument, NULL, OPT_CHECKPOINT_DIR},
+    {"checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY},
+    {"resume", required_argument, NULL, OPT_RESUME},
+    {"save-weights", required_argument, NULL, OPT_SAVE_WEIGHTS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -164,12 +183,35 @@ static int parse_args(int argc, char **argv, options *o)
             fprintf(stderr, "classifier: --curves is not available: built without cairo\n");
 #endif
             break;
+        case OPT_CHECKPOINT_DIR:
+        case OPT_RESUME:
+        case OPT_SAVE_WEIGHTS:
+            ok = optarg[0] != '\0';
+            if (!ok)
+                fprintf(stderr, "classifier: %s needs a %s\n",
+                        c == OPT_CHECKPOINT_DIR ? "--checkpoint-dir" : c == OPT_RESUME ? "--resume" : "--save-weights",
+                        c == OPT_CHECKPOINT_DIR ? "directory name" : c == OPT_RESUME ? "checkpoint (or last)"
+                                                                                     : "file name");
+            if (c == OPT_CHECKPOINT_DIR)
+                o->checkpoint_dir = optarg;
+            else if (c == OPT_RESUME)
+                o->resume = optarg;
+            else
+                o->save_weights = optarg;
+            break;
+        case OPT_CHECKPOINT_EVERY:
+            ok = opts_long("classifier", "--checkpoint-every", optarg, 1, &o->checkpoint_every);
+            break;
         default: /* '?' or ':' */
             opts_rejected("classifier", long_options, argv, c);
             return 2;
         }
         if (!ok)
             return 2;
+    }
+    if (o->resume != NULL && strcmp(o->resume, "last") == 0 && o->checkpoint_dir == NULL) {
+        fprintf(stderr, "classifier: --resume last needs --checkpoint-dir (where the last checkpoint is)\n");
+        return 2;
     }
     if (o->curves != NULL && o->log_dir == NULL) {
         fprintf(stderr, "classifier: --curves needs --log-dir (the curves are drawn from DIR/metrics.csv)\n");
@@ -213,6 +255,7 @@ static em_status make_data(em_tensor *out[4])
 
 typedef struct classifier {
     em_module base;
+    const options *o;
     em_nn *net;
     bool plateau;
     /* the epoch's training loss, summed in training_step */
@@ -302,6 +345,33 @@ static em_status on_train_epoch_end(em_module *m)
     return EM_OK;
 }
 
+/* The first lines: where a resumed run continues (a resumed fit has restored its position by
+ * on_fit_start), then what is trained. Rank 0 prints. */
+static em_status on_fit_start(em_module *m)
+{
+    classifier *c = (classifier *)m;
+    const options *o = c->o;
+    em_trainer *t = em_module_trainer(m);
+    if (!em_trainer_is_global_zero(t))
+        return EM_OK;
+    const char *from = em_trainer_ckpt_path(t);
+    if (from != NULL)
+        printf("resumed from %s at epoch %lld, batch %lld, global_step %lld\n", from,
+               (long long)em_trainer_current_epoch(t), (long long)em_trainer_batch_idx(t),
+               (long long)em_trainer_global_step(t));
+    else if (o->resume != NULL)
+        printf("no last checkpoint in %s yet: training from the start\n", o->checkpoint_dir);
+    printf("classifier: two spirals, %d train / %d validation points; MLP 2-%d-%d-2, AdamW, batch %d, "
+           "accumulate_grad_batches 2, gradient_clip_val 1, %s, %s, %ld epochs\n",
+           N_POINTS - N_VAL, N_VAL, HIDDEN, HIDDEN, BATCH,
+           o->plateau ? "ReduceLROnPlateau(val_loss) per epoch" : "OneCycleLR per step",
+           o->bf16 ? "bf16-mixed" : "32-true", o->epochs);
+    if (em_trainer_world_size(t) > 1)
+        printf("DDP: %lld processes (Gloo), batch %d per process\n", (long long)em_trainer_world_size(t), BATCH);
+    fflush(stdout);
+    return EM_OK;
+}
+
 static em_status configure_optimizers(em_module *m, em_optim_setup *setup)
 {
     classifier *c = (classifier *)m;
@@ -342,6 +412,7 @@ static const em_module_ops classifier_ops = {
     .on_train_epoch_start = on_train_epoch_start,
     .on_train_epoch_end = on_train_epoch_end,
     .on_validation_epoch_start = on_validation_epoch_start,
+    .on_fit_start = on_fit_start,
 };
 
 /* ---- main ------------------------------------------------------------------------------------------ */
@@ -360,7 +431,7 @@ static int run(const options *o)
     em_scope_begin(); /* owns the data for the whole run */
     em_tensor *data[4];
     em_status s = make_data(data);
-    classifier c = {.base = {.ops = &classifier_ops},
+    classifier c = {.base = {.ops = &classifier_ops}, .o = o,
                     .net = EM_NN_SEQUENTIAL(em_nn_linear(2, HIDDEN, true), em_nn_relu(),
                                             em_nn_linear(HIDDEN, HIDDEN, true), em_nn_relu(),
                                             em_nn_linear(HIDDEN, 2, true)),
@@ -382,6 +453,17 @@ static int run(const options *o)
     if (t != NULL && o->log_dir != NULL && em_trainer_add_callback(t, em_lr_monitor(&(em_lr_monitor_opts){
                                                                       .log_momentum = true})) != EM_OK)
         s = em_last_status();
+    /* Lightning's ModelCheckpoint(dirpath, every_n_train_steps=N, save_top_k=0, save_last=True): last.ckpt
+     * every N optimizer steps and at every epoch end (save_last ignores every_n_epochs) */
+    if (t != NULL && s == EM_OK && o->checkpoint_dir != NULL) {
+        em_model_checkpoint_opts mo = EM_MODEL_CHECKPOINT_OPTS_INIT;
+        mo.dirpath = o->checkpoint_dir;
+        mo.every_n_train_steps = o->checkpoint_every;
+        mo.save_top_k = 0;
+        mo.save_last = true;
+        if (em_trainer_add_callback(t, em_model_checkpoint(&mo)) != EM_OK)
+            s = em_last_status();
+    }
     em_loader *train = NULL, *val = NULL;
     if (s == EM_OK) {
         train = em_tensor_loader(data, 2, &(em_loader_opts){.batch_size = BATCH, .shuffle = true, .seed = o->seed});
@@ -393,22 +475,22 @@ static int run(const options *o)
         fprintf(stderr, "classifier: setup failed: %s\n", em_last_error());
         status = 1;
     } else {
-        if (zero)
-            printf("classifier: two spirals, %d train / %d validation points; MLP 2-%d-%d-2, AdamW, batch %d, "
-                   "accumulate_grad_batches 2, gradient_clip_val 1, %s, %s, %ld epochs\n",
-                   N_POINTS - N_VAL, N_VAL, HIDDEN, HIDDEN, BATCH,
-                   o->plateau ? "ReduceLROnPlateau(val_loss) per epoch" : "OneCycleLR per step",
-                   o->bf16 ? "bf16-mixed" : "32-true", o->epochs);
-        if (zero && em_trainer_world_size(t) > 1)
-            printf("DDP: %lld processes (Gloo), batch %d per process\n", (long long)em_trainer_world_size(t),
-                   BATCH);
-        fflush(stdout);
-        if (em_trainer_fit(t, &c.base, train, val) != EM_OK) {
+        /* the header is printed by on_fit_start, after the resume line */
+        if (em_trainer_fit_from(t, &c.base, train, val, o->resume) != EM_OK) {
             fprintf(stderr, "classifier: fit failed: %s\n", em_trainer_error(t));
             status = 1;
         } else if (zero) {
+            if (o->save_weights != NULL && em_nn_save_safetensors(c.net, o->save_weights, NULL, 0) != EM_OK) {
+                fprintf(stderr, "classifier: --save-weights: %s\n", em_last_error());
+                status = 1;
+            }
+            /* a run resumed from its very end trains no epoch here: the last val_acc is the checkpoint's
+             * (its callback_metrics); epochs: those of the whole run, also when it resumed */
+            double restored = NAN;
+            if (c.epochs_done == 0 && em_trainer_callback_metric(t, "val_acc", &restored))
+                c.last_val_acc = c.best_val_acc = restored;
             printf("final val_acc %.4f (best %.4f) after %lld epochs, %lld optimizer steps, %.2f s\n",
-                   c.last_val_acc, c.best_val_acc, (long long)c.epochs_done,
+                   c.last_val_acc, c.best_val_acc, (long long)em_trainer_current_epoch(t),
                    (long long)em_trainer_global_step(t), now_seconds() - start);
 #ifdef EMBER_EXAMPLES_HAVE_CAIRO
             if (o->curves != NULL) {
@@ -439,7 +521,7 @@ static int run(const options *o)
 
 int main(int argc, char **argv)
 {
-    options o = {.epochs = 30, .seed = 0};
+    options o = {.epochs = 30, .seed = 0, .checkpoint_every = 50};
     switch (parse_args(argc, argv, &o)) {
     case 1:
         return 0;

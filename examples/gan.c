@@ -102,6 +102,10 @@ typedef struct options {
     long devices; /* 0: auto (1, or what torchrun started) */
     bool zero;    /* rank 0: the one that prints and writes */
     bool progress;
+    const char *checkpoint_dir; /* NULL: no checkpoints */
+    long checkpoint_every;      /* optimizer steps (G and D count) between two last.ckpt saves */
+    const char *resume;         /* NULL, "last" or a checkpoint's path */
+    const char *save_weights;   /* NULL: the final weights are not written */
 } options;
 
 static void usage(FILE *f)
@@ -125,8 +129,19 @@ static void usage(FILE *f)
             "  --out DIR            output directory, created if needed (default gan-out)\n"
             "  --plot-every N       write samples_epoch_NNN.png every N epochs; 0 = never (default 5)\n"
             "  --no-progress        no progress bar (default: a progress bar on stderr)\n"
-            "  -q, --quiet          no progress bar and only the last line on stdout (default: off)\n"
+            "  -q, --quiet          no progress bar and only the last line on stdout (and a resumed\n"
+            "                       run's first line) (default: off)\n"
             "  --devices N          DDP on N processes (this program started N-1 more times; default 1)\n"
+            "  --checkpoint-dir DIR ModelCheckpoint: DIR/last.ckpt (every state a resume needs, as\n"
+            "                       safetensors) every --checkpoint-every optimizer steps and at every\n"
+            "                       epoch end (default: no checkpoints)\n"
+            "  --checkpoint-every N optimizer steps between two saves; G's and D's steps both count, as\n"
+            "                       in global_step (default 50)\n"
+            "  --resume last|PATH   continue from a checkpoint: `last` = the newest last*.ckpt in\n"
+            "                       --checkpoint-dir (from the start when there is none yet), or a file;\n"
+            "                       prints \"resumed from PATH at epoch E, batch B, global_step S\" first\n"
+            "  --save-weights FILE  write the final parameters and buffers of G and D (\"G.0.weight\", ...)\n"
+            "                       to FILE (safetensors)\n"
             "  -h, --help           this text\n"
             "\n"
             "Threads: unless OMP_NUM_THREADS or OPENBLAS_NUM_THREADS is set, libtorch and OpenBLAS\n"
@@ -148,6 +163,10 @@ enum {
     OPT_PLOT_EVERY,
     OPT_NO_PROGRESS,
     OPT_DEVICES,
+    OPT_CHECKPOINT_DIR,
+    OPT_CHECKPOINT_EVERY,
+    OPT_RESUME,
+    OPT_SAVE_WEIGHTS,
 };
 
 static const struct option long_options[] = {
@@ -162,6 +181,10 @@ static const struct option long_options[] = {
     {"plot-every", required_argument, NULL, OPT_PLOT_EVERY},
     {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
     {"devices", required_argument, NULL, OPT_DEVICES},
+    {"checkpoint-dir", required_argument, NULL, OPT_CHECKPOINT_DIR},
+    {"checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY},
+    {"resume", required_argument, NULL, OPT_RESUME},
+    {"save-weights", required_argument, NULL, OPT_SAVE_WEIGHTS},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -214,6 +237,25 @@ static int parse_args(int argc, char **argv, options *o)
         case OPT_DEVICES:
             ok = opts_long("gan", "--devices", optarg, 1, &o->devices);
             break;
+        case OPT_CHECKPOINT_DIR:
+        case OPT_RESUME:
+        case OPT_SAVE_WEIGHTS:
+            ok = optarg[0] != '\0';
+            if (!ok)
+                fprintf(stderr, "gan: %s needs a %s\n",
+                        c == OPT_CHECKPOINT_DIR ? "--checkpoint-dir" : c == OPT_RESUME ? "--resume" : "--save-weights",
+                        c == OPT_CHECKPOINT_DIR ? "directory name" : c == OPT_RESUME ? "checkpoint (or last)"
+                                                                                     : "file name");
+            if (c == OPT_CHECKPOINT_DIR)
+                o->checkpoint_dir = optarg;
+            else if (c == OPT_RESUME)
+                o->resume = optarg;
+            else
+                o->save_weights = optarg;
+            break;
+        case OPT_CHECKPOINT_EVERY:
+            ok = opts_long("gan", "--checkpoint-every", optarg, 1, &o->checkpoint_every);
+            break;
         case 'q':
             o->quiet = true;
             o->progress = false;
@@ -224,6 +266,10 @@ static int parse_args(int argc, char **argv, options *o)
         }
         if (!ok)
             return 2;
+    }
+    if (o->resume != NULL && strcmp(o->resume, "last") == 0 && o->checkpoint_dir == NULL) {
+        fprintf(stderr, "gan: --resume last needs --checkpoint-dir (where the last checkpoint is)\n");
+        return 2;
     }
     return opts_no_operands("gan", argc, argv) ? 0 : 2;
 }
@@ -609,11 +655,37 @@ static em_status gan_on_train_epoch_end(em_module *m)
     return EM_OK;
 }
 
+/* The first lines: where a resumed run continues (a resumed fit has restored its position by
+ * on_fit_start; printed with --quiet too), then what is trained. Rank 0 prints. */
+static em_status gan_on_fit_start(em_module *m)
+{
+    struct gan *g = (struct gan *)m;
+    const options *o = g->o;
+    em_trainer *t = em_module_trainer(m);
+    if (!o->zero)
+        return EM_OK;
+    const char *from = em_trainer_ckpt_path(t);
+    if (from != NULL)
+        printf("resumed from %s at epoch %lld, batch %lld, global_step %lld\n", from,
+               (long long)em_trainer_current_epoch(t), (long long)em_trainer_batch_idx(t),
+               (long long)em_trainer_global_step(t));
+    else if (o->resume != NULL)
+        printf("no last checkpoint in %s yet: training from the start\n", o->checkpoint_dir);
+    if (!o->quiet)
+        printf("gan: ring of 8 Gaussians (radius 2, sigma %g); %ld epochs x %ld batches of %ld; Adam lr %g "
+               "betas (0.5, 0.999); D every %ld batch%s; seed %llu; output in %s/\n",
+               o->sigma, o->epochs, o->steps_per_epoch, o->batch_size, o->lr, o->d_every,
+               o->d_every == 1 ? "" : "es", o->seed, o->out);
+    fflush(stdout);
+    return EM_OK;
+}
+
 static const em_module_ops gan_ops = {
     .version = EM_MODULE_OPS_VERSION,
     .training_step = gan_training_step,
     .configure_optimizers = gan_configure_optimizers,
     .on_train_epoch_end = gan_on_train_epoch_end,
+    .on_fit_start = gan_on_fit_start,
 };
 
 /* ---- the run ----------------------------------------------------------------------------------------------- */
@@ -692,11 +764,7 @@ static int run(options *o)
         em_trainer_free(t);
         return 1;
     }
-    if (!o->quiet && o->zero)
-        printf("gan: ring of 8 Gaussians (radius 2, sigma %g); %ld epochs x %ld batches of %ld; Adam lr %g "
-               "betas (0.5, 0.999); D every %ld batch%s; seed %llu; output in %s/\n",
-               o->sigma, o->epochs, o->steps_per_epoch, o->batch_size, o->lr, o->d_every,
-               o->d_every == 1 ? "" : "es", o->seed, o->out);
+    /* the header is printed by gan_on_fit_start, after the resume line */
 
     em_manual_seed(o->seed);
     em_scope_begin(); /* owns the data and the fixed noise for the whole run */
@@ -712,6 +780,20 @@ static int run(options *o)
     g.G = em_nn_child(layers, "G");
     g.D = em_nn_child(layers, "D");
 
+    /* Lightning's ModelCheckpoint(dirpath, every_n_train_steps=N, save_top_k=0, save_last=True): last.ckpt
+     * every N optimizer steps and at every epoch end (save_last ignores every_n_epochs) */
+    if (t != NULL && o->checkpoint_dir != NULL) {
+        em_model_checkpoint_opts mo = EM_MODEL_CHECKPOINT_OPTS_INIT;
+        mo.dirpath = o->checkpoint_dir;
+        mo.every_n_train_steps = o->checkpoint_every;
+        mo.save_top_k = 0;
+        mo.save_last = true;
+        if (em_trainer_add_callback(t, em_model_checkpoint(&mo)) != EM_OK) {
+            fprintf(stderr, "gan: --checkpoint-dir: %s\n", em_last_error());
+            em_trainer_free(t);
+            t = NULL;
+        }
+    }
     em_loader *train = data != NULL ? em_tensor_loader((em_tensor *[]){data}, 1,
                                                        &(em_loader_opts){.batch_size = o->batch_size, .shuffle = true,
                                                                          .seed = o->seed, .drop_last = true})
@@ -725,11 +807,15 @@ static int run(options *o)
 
     if (status == 0) {
         double t0 = now_seconds();
-        if (em_trainer_fit(t, &g.base, train, NULL) != EM_OK) {
+        if (em_trainer_fit_from(t, &g.base, train, NULL, o->resume) != EM_OK) {
             fprintf(stderr, "gan: training failed: %s\n", em_trainer_error(t));
             status = 1;
         } else if (o->zero) {
             status = finish(&g, now_seconds() - t0, em_trainer_global_step(t));
+            if (status == 0 && o->save_weights != NULL && em_nn_save_safetensors(layers, o->save_weights, NULL, 0) != EM_OK) {
+                fprintf(stderr, "gan: --save-weights: %s\n", em_last_error());
+                status = 1;
+            }
         }
     }
 
@@ -765,7 +851,8 @@ static void use_one_thread(void)
 int main(int argc, char **argv)
 {
     options o = {.epochs = 20, .steps_per_epoch = 500, .batch_size = 128, .lr = 2e-4, .d_every = 1,
-                 .sigma = 0.02, .seed = 0, .out = "gan-out", .plot_every = 5, .quiet = false, .progress = true};
+                 .sigma = 0.02, .seed = 0, .out = "gan-out", .plot_every = 5, .quiet = false, .progress = true,
+                 .checkpoint_every = 50};
     switch (parse_args(argc, argv, &o)) {
     case 1:
         return 0;

@@ -146,6 +146,16 @@ emi_rng_state *emi_rng_save(void);
 /** Restore a saved state and free it. NULL is ignored. */
 void emi_rng_restore(emi_rng_state *s);
 
+/**
+ * The state of the global CPU generator (`device` -1; torch.get_rng_state()) or of CUDA device
+ * `device`'s default generator (torch.cuda.get_rng_state(device)) as a new uint8 vector, owned by the
+ * open scope. Errors: NULL, recorded (EM_ETORCH).
+ */
+em_tensor *emi_rng_get_state(int device);
+/** Set that generator's state from such a vector. A state torch refuses changes nothing. Errors:
+ *  EM_EINVAL for a tensor that is not a uint8 vector; EM_ETORCH with torch's message. */
+em_status emi_rng_set_state(int device, const em_tensor *state);
+
 /* ---- optimizer wrappers (shim/optim.cpp) ------------------------------------------------------------ */
 
 /**
@@ -230,11 +240,19 @@ void emi_dist_reducer_free(emi_dist_reducer *r);
  * The state torch.optim keeps per parameter, under torch's state_dict keys: "momentum_buffer" (SGD,
  * RMSprop), "step" (a 0-dim int64 tensor here; Python keeps a float one), "exp_avg", "exp_avg_sq",
  * "max_exp_avg_sq" (Adam, AdamW), "square_avg", "grad_avg" (RMSprop), "sum" (Adagrad). Parameters are
- * numbered over all groups in group order (torch's state_dict numbering). Built-in libtorch optimizers
- * only: LBFGS and optimizers written in C are EM_EUNSUPPORTED. A wrapper stands for its inner one. */
+ * numbered over all groups in group order (torch's state_dict numbering). LBFGS keeps its state under
+ * parameter 0, as torch's: "func_evals", "n_iter" (int64), "d", "prev_flat_grad", "prev_loss" (float64),
+ * "t" / "H_diag" (a 0-dim tensor, or "t.number" / "H_diag.number" a float64 one when lbfgs.py holds a
+ * Python number), "old_dirs.<j>", "old_stps.<j>", "ro.<j>". An optimizer written in C: its ops'
+ * state_save bytes as "c_state" (uint8) of parameter 0; without state_save, EM_EUNSUPPORTED.
+ * A wrapper stands for its inner one. */
 
 /** Called once per state tensor; `value` is a new handle owned by the open scope. Non-OK stops. */
 typedef em_status (*emi_opt_state_fn)(void *ctx, size_t param, const char *key, em_tensor *value);
+
+/** Whether the state of `opt` can be saved: EM_OK, or EM_EUNSUPPORTED recorded (`who` first) for an
+ *  optimizer written in C without state_save. */
+em_status emi_optimizer_state_savable(const em_optimizer *opt, const char *who);
 
 /** Report every state tensor of `opt` (parameters without state are skipped). Errors: EM_EUNSUPPORTED. */
 em_status emi_optimizer_state_export(const em_optimizer *opt, emi_opt_state_fn fn, void *ctx);
@@ -247,6 +265,13 @@ em_status emi_optimizer_state_export(const em_optimizer *opt, emi_opt_state_fn f
  */
 em_status emi_optimizer_state_import(em_optimizer *opt, size_t param, const char *const *keys,
                                      em_tensor *const *values, size_t n, bool apply, const char *who);
+
+/** What kind of optimizer `opt` is (through wrappers): 0 a built-in libtorch one (SGD, Adam, AdamW,
+ *  RMSprop, Adagrad), 1 LBFGS, 2 one written in C (em_optimizer_new); -1 for a bad handle. */
+int emi_optimizer_kind_id(const em_optimizer *opt);
+/** The names of group `group`'s hyper-parameters of an optimizer written in C, into out[0..cap-1]
+ *  (borrowed until em_optimizer_set adds one); returns how many there are (0 for other kinds). */
+size_t emi_optimizer_c_hparams(const em_optimizer *opt, size_t group, const char **out, size_t cap);
 
 /** Forget every parameter's state, as a new optimizer has it (Adagrad: its initial accumulator). */
 em_status emi_optimizer_state_clear(em_optimizer *opt);

@@ -57,6 +57,16 @@ public:
     // state['func_evals'] and state['n_iter'] after the last step (for tests and traces)
     int64_t func_evals() const { return func_evals_; }
     int64_t n_iter() const { return n_iter_; }
+    // For checkpoints: the state between steps (torch's LBFGS state_dict, without `al`, which every
+    // step writes before it reads it), and its restoration.
+    const emi_lbfgs_state &state() const { return state_; }
+    void restore(emi_lbfgs_state st, int64_t func_evals, int64_t n_iter)
+    {
+        state_ = std::move(st);
+        func_evals_ = func_evals;
+        n_iter_ = n_iter;
+        al_.clear();
+    }
 
 private:
     at::Tensor gather_flat_grad() const;

@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <utility>
 #include <sstream>
@@ -1065,12 +1067,172 @@ std::vector<state_item> state_items(emi_torch_optim kind, torch::optim::Optimize
 em_optimizer *state_base(const char *func, const em_optimizer *opt)
 {
     em_optimizer *b = emi_optimizer_base(const_cast<em_optimizer *>(opt));
-    if (b->kind != EMI_OPT_TORCH) {
-        emi_fail(EM_EUNSUPPORTED, "%s: the state of %s is not saved in checkpoints yet (SGD, Adam, AdamW, RMSprop "
-                 "and Adagrad are)", func, b->name.c_str());
+    if (b->kind == EMI_OPT_C && (b->ops->version < 3 || b->ops->state_save == nullptr)) {
+        emi_fail(EM_EUNSUPPORTED, "%s: optimizer \"%s\" is written in C and its em_optimizer_ops have no state_save "
+                 "(ops version 3): its state cannot be saved in a checkpoint", func, b->name.c_str());
         return nullptr;
     }
     return b;
+}
+
+// ---- LBFGS (lbfgs.py's state under parameter 0) and optimizers written in C ("c_state") ----
+
+struct named_state {
+    std::string key;
+    at::Tensor value;
+};
+
+at::Tensor f64_scalar(double v)
+{
+    return at::scalar_tensor(v, at::TensorOptions().dtype(at::kDouble));
+}
+
+std::vector<named_state> lbfgs_items(const emi_lbfgs &lb)
+{
+    std::vector<named_state> out;
+    const emi_lbfgs_state &st = lb.state();
+    if (lb.func_evals() == 0)
+        return out; // never stepped: no state, as torch's
+    out.push_back({"func_evals", at::scalar_tensor(lb.func_evals(), at::TensorOptions().dtype(at::kLong))});
+    out.push_back({"n_iter", at::scalar_tensor(lb.n_iter(), at::TensorOptions().dtype(at::kLong))});
+    if (!st.d.defined())
+        return out;
+    out.push_back({"d", st.d});
+    if (st.prev_flat_grad.defined())
+        out.push_back({"prev_flat_grad", st.prev_flat_grad});
+    out.push_back({"prev_loss", f64_scalar(st.prev_loss)});
+    auto scalar = [&](const char *key, const emi_lbfgs_scalar &v) {
+        if (v.is_tensor())
+            out.push_back({key, v.tensor});
+        else
+            out.push_back({std::string(key) + ".number", f64_scalar(v.number)});
+    };
+    scalar("t", st.t);
+    scalar("H_diag", st.H_diag);
+    for (size_t j = 0; j < st.old_dirs.size(); j++) {
+        out.push_back({"old_dirs." + std::to_string(j), st.old_dirs[j]});
+        out.push_back({"old_stps." + std::to_string(j), st.old_stps[j]});
+        out.push_back({"ro." + std::to_string(j), st.ro[j]});
+    }
+    return out;
+}
+
+// "old_dirs.3" -> ("old_dirs", 3); false for another form.
+bool indexed_key(const std::string &k, std::string *base, size_t *j)
+{
+    size_t dot = k.rfind('.');
+    if (dot == std::string::npos || dot + 1 >= k.size() || k.size() - dot > 8)
+        return false;
+    for (size_t i = dot + 1; i < k.size(); i++)
+        if (k[i] < '0' || k[i] > '9')
+            return false;
+    *base = k.substr(0, dot);
+    *j = static_cast<size_t>(std::stoul(k.substr(dot + 1)));
+    return *base == "old_dirs" || *base == "old_stps" || *base == "ro";
+}
+
+// Check (and with `apply`, restore) LBFGS's state from keys/values of parameter 0.
+em_status lbfgs_import(em_optimizer *b, const char *const *keys, em_tensor *const *values, size_t n, bool apply,
+                       const char *who)
+{
+    emi_lbfgs &lb = *b->lbfgs;
+    int64_t numel = 0;
+    at::TensorOptions popt;
+    for (const at::Tensor &p : lb.params()) {
+        numel += p.numel();
+        popt = p.options();
+    }
+    std::map<std::string, at::Tensor> got;
+    std::map<std::string, std::map<size_t, at::Tensor>> lists;
+    static const char *const plain[] = {"func_evals", "n_iter", "d", "prev_flat_grad", "prev_loss",
+                                        "t", "t.number", "H_diag", "H_diag.number"};
+    for (size_t i = 0; i < n; i++) {
+        if (keys[i] == nullptr || values[i] == nullptr || !emi_live(values[i]))
+            return emi_fail(EM_EINVAL, "%s: LBFGS state %zu is NULL", who, i);
+        std::string k = keys[i], base;
+        size_t j = 0;
+        const at::Tensor &t = values[i]->t;
+        bool known = std::find_if(std::begin(plain), std::end(plain), [&](const char *x) { return k == x; }) !=
+                     std::end(plain);
+        if (known) {
+            if (!got.emplace(k, t).second)
+                return emi_fail(EM_EINVAL, "%s: LBFGS state \"%s\" appears twice", who, k.c_str());
+        } else if (indexed_key(k, &base, &j)) {
+            if (j >= static_cast<size_t>(std::max<int64_t>(lb.options().history_size, 0)) ||
+                !lists[base].emplace(j, t).second)
+                return emi_fail(EM_EINVAL, "%s: LBFGS state \"%s\" is beyond history_size %lld or appears twice", who,
+                                k.c_str(), static_cast<long long>(lb.options().history_size));
+        } else {
+            return emi_fail(EM_EINVAL, "%s: LBFGS has no state \"%s\"", who, k.c_str());
+        }
+        bool vec = k == "d" || k == "prev_flat_grad" || base == "old_dirs" || base == "old_stps";
+        if (vec && (t.dim() != 1 || t.numel() != numel || !at::isFloatingType(t.scalar_type())))
+            return emi_fail(EM_EINVAL, "%s: LBFGS state \"%s\" is %s, not a vector of the %lld parameter values", who,
+                            k.c_str(), emi_shape_str(t).c_str(), static_cast<long long>(numel));
+        if (!vec && (t.numel() != 1 || !at::isFloatingType(t.scalar_type())) && k != "func_evals" && k != "n_iter")
+            return emi_fail(EM_EINVAL, "%s: LBFGS state \"%s\" is not one floating-point number", who, k.c_str());
+        if ((k == "func_evals" || k == "n_iter") &&
+            (t.numel() != 1 || at::isFloatingType(t.scalar_type()) || t.item<int64_t>() < 0))
+            return emi_fail(EM_EINVAL, "%s: LBFGS state \"%s\" is not one non-negative integer", who, k.c_str());
+    }
+    size_t pairs = lists["old_dirs"].size();
+    for (const char *l : {"old_dirs", "old_stps", "ro"}) {
+        auto &m = lists[l];
+        if (m.size() != pairs || (!m.empty() && m.rbegin()->first + 1 != m.size()))
+            return emi_fail(EM_EINVAL, "%s: LBFGS's curvature pairs are incomplete (%zu old_dirs, %zu %s)", who, pairs,
+                            m.size(), l);
+    }
+    bool any = n > 0, stepped = got.count("d") > 0;
+    if (any && (got.count("func_evals") == 0 || got.count("n_iter") == 0))
+        return emi_fail(EM_EINVAL, "%s: LBFGS's state lacks func_evals or n_iter", who);
+    if (stepped && (got.count("prev_loss") == 0 || (got.count("t") + got.count("t.number")) != 1 ||
+                    (got.count("H_diag") + got.count("H_diag.number")) != 1))
+        return emi_fail(EM_EINVAL, "%s: LBFGS's state lacks prev_loss, t or H_diag (or has both forms)", who);
+    if (!stepped && got.size() > 2)
+        return emi_fail(EM_EINVAL, "%s: LBFGS's state has no direction \"d\" but other values", who);
+    if (!apply)
+        return EM_OK;
+    emi_lbfgs_state st;
+    auto vec = [&](const at::Tensor &t) { return t.detach().to(popt).clone(); };
+    auto dev = [&](const at::Tensor &t) { return t.detach().to(popt.device()).clone(); };
+    if (stepped) {
+        st.d = vec(got["d"]);
+        if (got.count("prev_flat_grad"))
+            st.prev_flat_grad = vec(got["prev_flat_grad"]);
+        st.prev_loss = got["prev_loss"].item<double>();
+        st.t = got.count("t") ? emi_lbfgs_scalar(dev(got["t"]).reshape({})) : emi_lbfgs_scalar(got["t.number"].item<double>());
+        st.H_diag = got.count("H_diag") ? emi_lbfgs_scalar(dev(got["H_diag"]).reshape({}))
+                                        : emi_lbfgs_scalar(got["H_diag.number"].item<double>());
+        for (size_t j = 0; j < pairs; j++) {
+            st.old_dirs.push_back(vec(lists["old_dirs"][j]));
+            st.old_stps.push_back(vec(lists["old_stps"][j]));
+            st.ro.push_back(dev(lists["ro"][j]));
+        }
+    }
+    lb.restore(std::move(st), any ? got["func_evals"].item<int64_t>() : 0, any ? got["n_iter"].item<int64_t>() : 0);
+    return EM_OK;
+}
+
+em_status c_import(em_optimizer *b, const char *const *keys, em_tensor *const *values, size_t n, bool apply,
+                   const char *who)
+{
+    if (n != 1 || keys[0] == nullptr || std::string(keys[0]) != "c_state" || values[0] == nullptr ||
+        !emi_live(values[0]) || values[0]->t.scalar_type() != at::kByte || values[0]->t.dim() != 1)
+        return emi_fail(EM_EINVAL, "%s: the state of optimizer \"%s\" (written in C) must be one uint8 vector "
+                        "\"c_state\"", who, b->name.c_str());
+    if (b->ops->state_load == nullptr)
+        return emi_fail(EM_EUNSUPPORTED, "%s: optimizer \"%s\" has saved state but its ops have no state_load", who,
+                        b->name.c_str());
+    if (!apply)
+        return EM_OK;
+    at::Tensor t = values[0]->t.contiguous();
+    em_clear_error();
+    em_status st = b->ops->state_load(b, t.data_ptr<uint8_t>(), static_cast<size_t>(t.numel()));
+    if (st == EM_OK && emi_has_error())
+        st = em_last_status();
+    if (st != EM_OK && !emi_has_error())
+        emi_fail(st, "%s: the state_load of optimizer \"%s\" failed", who, b->name.c_str());
+    return st;
 }
 
 // The group of the i-th parameter (over all groups), or -1.
@@ -1097,6 +1259,34 @@ extern "C" em_status emi_optimizer_state_export(const em_optimizer *opt, emi_opt
         em_optimizer *b = state_base("em_checkpoint_save", opt);
         if (b == nullptr)
             return EM_EUNSUPPORTED;
+        if (b->kind == EMI_OPT_LBFGS) {
+            for (named_state &item : lbfgs_items(*b->lbfgs))
+                if (em_status st = fn(ctx, 0, item.key.c_str(), emi_wrap(item.value.detach().clone())); st != EM_OK)
+                    return st;
+            return EM_OK;
+        }
+        if (b->kind == EMI_OPT_C) {
+            void *bytes = nullptr;
+            size_t n = 0;
+            em_clear_error();
+            em_status st = b->ops->state_save(b, &bytes, &n);
+            if (st == EM_OK && emi_has_error())
+                st = em_last_status();
+            if (st == EM_OK && bytes == nullptr && n > 0)
+                st = emi_fail(EM_EINVAL, "em_checkpoint_save: the state_save of optimizer \"%s\" gave %zu bytes at "
+                              "NULL", b->name.c_str(), n);
+            if (st != EM_OK) {
+                std::free(bytes);
+                return emi_has_error() ? st : emi_fail(st, "em_checkpoint_save: the state_save of optimizer \"%s\" "
+                                                       "failed", b->name.c_str());
+            }
+            if (bytes == nullptr)
+                return EM_OK;
+            at::Tensor t = at::empty({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kByte));
+            std::memcpy(t.data_ptr<uint8_t>(), bytes, n);
+            std::free(bytes);
+            return fn(ctx, 0, "c_state", emi_wrap(t));
+        }
         auto &state = b->torch_opt->state();
         std::vector<at::Tensor> params = emi_optimizer_params(b);
         for (size_t i = 0; i < params.size(); i++) {
@@ -1122,6 +1312,13 @@ extern "C" em_status emi_optimizer_state_import(em_optimizer *opt, size_t param,
         em_optimizer *b = state_base(who, opt);
         if (b == nullptr)
             return EM_EUNSUPPORTED;
+        if (b->kind != EMI_OPT_TORCH && param != 0)
+            return emi_fail(EM_EINVAL, "%s: %s keeps its state under parameter 0 (got parameter %zu)", who,
+                            b->name.c_str(), param);
+        if (b->kind == EMI_OPT_LBFGS)
+            return lbfgs_import(b, keys, values, n, apply, who);
+        if (b->kind == EMI_OPT_C)
+            return c_import(b, keys, values, n, apply, who);
         at::Tensor p;
         int64_t g = group_of(b, param, &p);
         if (g < 0)
@@ -1236,6 +1433,12 @@ extern "C" em_status emi_optimizer_state_clear(em_optimizer *opt)
         em_optimizer *b = state_base("em_checkpoint_load", opt);
         if (b == nullptr)
             return EM_EUNSUPPORTED;
+        if (b->kind == EMI_OPT_LBFGS) {
+            b->lbfgs->restore(emi_lbfgs_state(), 0, 0);
+            return EM_OK;
+        }
+        if (b->kind == EMI_OPT_C)
+            return EM_OK; // its state_load replaces what it keeps
         auto &state = b->torch_opt->state();
         state.clear();
         if (b->builtin == EMI_TORCH_ADAGRAD) {
@@ -1259,4 +1462,39 @@ extern "C" void emi_optimizer_set_step_count(em_optimizer *opt, int64_t n)
     em_optimizer *b = emi_optimizer_base(opt);
     if (b != nullptr)
         b->step_count = n;
+}
+
+extern "C" int emi_optimizer_kind_id(const em_optimizer *opt)
+{
+    if (opt == nullptr || !emi_live(opt))
+        return -1;
+    const em_optimizer *b = emi_optimizer_base(opt);
+    if (b == nullptr)
+        return -1;
+    return b->kind == EMI_OPT_LBFGS ? 1 : b->kind == EMI_OPT_C ? 2 : 0;
+}
+
+extern "C" size_t emi_optimizer_c_hparams(const em_optimizer *opt, size_t group, const char **out, size_t cap)
+{
+    if (emi_optimizer_kind_id(opt) != 2)
+        return 0;
+    const em_optimizer *b = emi_optimizer_base(opt);
+    if (group >= b->hparams.size())
+        return 0;
+    size_t k = 0;
+    for (const auto &kv : b->hparams[group]) {
+        if (k < cap)
+            out[k] = kv.first.c_str();
+        k++;
+    }
+    return k;
+}
+
+extern "C" em_status emi_optimizer_state_savable(const em_optimizer *opt, const char *who)
+{
+    if (em_status st = emi_check(__func__, 1, opt); st != EM_OK)
+        return st;
+    EM_TRY
+        return state_base(who, opt) != nullptr ? EM_OK : EM_EUNSUPPORTED;
+    EM_CATCH(EM_ETORCH)
 }

@@ -3,9 +3,11 @@
 #include "optim_internal.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include <ATen/core/Generator.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 
 namespace {
 
@@ -69,6 +71,80 @@ extern "C" void emi_rng_restore(emi_rng_state *s)
         emi_fail_torch("emi_rng_restore", "unknown C++ exception");
     }
     delete s;
+}
+
+// The generators' states as bytes, for checkpoints (src/resume.c): torch.get_rng_state() /
+// torch.cuda.get_rng_state(i) and their setters.
+namespace {
+
+at::Generator rng_generator(int device)
+{
+    if (device < 0)
+        return at::detail::getDefaultCPUGenerator();
+    return at::detail::getCUDAHooks().getDefaultCUDAGenerator(static_cast<c10::DeviceIndex>(device));
+}
+
+} // namespace
+
+extern "C" em_tensor *emi_rng_get_state(int device)
+{
+    EM_TRY
+        at::Generator gen = rng_generator(device);
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        return emi_wrap(gen.get_state().clone());
+    EM_CATCH(nullptr)
+}
+
+extern "C" em_status emi_rng_set_state(int device, const em_tensor *state)
+{
+    if (state == nullptr || !emi_live(state))
+        return emi_fail(EM_EINVAL, "emi_rng_set_state: the state is not a tensor");
+    EM_TRY
+        at::Tensor t = state->t;
+        if (t.scalar_type() != at::kByte || t.dim() != 1)
+            return emi_fail(EM_EINVAL, "the generator state must be a uint8 vector");
+        at::Generator gen = rng_generator(device);
+        at::Generator probe = gen.clone(); // torch checks the size and contents; a bad state changes nothing
+        probe.set_state(t.contiguous());
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(t.contiguous());
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_generator_get_state(em_generator *g, uint8_t *out, size_t cap, size_t *size)
+{
+    if (g == nullptr || size == nullptr || (cap > 0 && out == nullptr))
+        return emi_fail(EM_EINVAL, "em_generator_get_state: NULL argument");
+    EM_TRY
+        at::Generator gen = *emi_generator_of("em_generator_get_state", g);
+        at::Tensor st;
+        {
+            std::lock_guard<std::mutex> lock(gen.mutex());
+            st = gen.get_state().contiguous();
+        }
+        size_t n = static_cast<size_t>(st.numel());
+        *size = n;
+        if (cap > 0)
+            std::memcpy(out, st.data_ptr<uint8_t>(), std::min(cap, n));
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
+}
+
+extern "C" em_status em_generator_set_state(em_generator *g, const uint8_t *state, size_t size)
+{
+    if (g == nullptr || state == nullptr)
+        return emi_fail(EM_EINVAL, "em_generator_set_state: NULL argument");
+    EM_TRY
+        at::Generator gen = *emi_generator_of("em_generator_set_state", g);
+        at::Tensor t = at::empty({static_cast<int64_t>(size)}, at::kByte);
+        std::memcpy(t.data_ptr<uint8_t>(), state, size);
+        at::Generator probe = gen.clone();
+        probe.set_state(t);
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(t);
+        return EM_OK;
+    EM_CATCH(EM_ETORCH)
 }
 
 // ---- AMP: what the grad scaler (src/grad_scaler.c) and the precision plugin need -------------------------

@@ -6,11 +6,14 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "atomic_file.h"
@@ -153,4 +156,63 @@ em_status emi_atomic_commit(emi_atomic_file *a)
         close(dfd);
     atomic_free(a);
     return st;
+}
+
+/* Whether `s` is ".NAME.tmp.PID.N" as emi_atomic_open names its files; *pid receives PID. */
+static bool stale_name(const char *s, long *pid)
+{
+    if (s[0] != '.')
+        return false;
+    /* the last three dot-separated parts: "tmp", PID, N (NAME may hold dots and even ".tmp.") */
+    const char *n = strrchr(s, '.');
+    if (n == NULL || n == s || n[1] == '\0')
+        return false;
+    for (const char *c = n + 1; *c != '\0'; c++)
+        if (*c < '0' || *c > '9')
+            return false;
+    const char *p = n - 1;
+    while (p > s && *p >= '0' && *p <= '9')
+        p--;
+    if (p == n - 1 || *p != '.')
+        return false; /* no PID digits */
+    const char *pid_start = p + 1;
+    if (p - s < 6 || strncmp(p - 4, ".tmp", 4) != 0)
+        return false; /* no ".tmp" before PID, or NAME (between the leading '.' and ".tmp") empty */
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(pid_start, &end, 10);
+    if (errno != 0 || end != n || v <= 0)
+        return false;
+    *pid = v;
+    return true;
+}
+
+long emi_atomic_remove_stale(const char *dir)
+{
+    DIR *d = opendir(dir != NULL && dir[0] != '\0' ? dir : ".");
+    if (d == NULL)
+        return -1;
+    long removed = 0;
+    size_t dlen = dir != NULL ? strlen(dir) : 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        long pid = 0;
+        if (!stale_name(e->d_name, &pid))
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* running (or not ours to signal: EPERM means it runs) */
+        size_t n = dlen + strlen(e->d_name) + 2;
+        char *path = malloc(n);
+        if (path == NULL)
+            break;
+        if (dlen > 0)
+            snprintf(path, n, "%s/%s", dir, e->d_name);
+        else
+            snprintf(path, n, "%s", e->d_name);
+        if (unlink(path) == 0)
+            removed++;
+        free(path);
+    }
+    closedir(d);
+    return removed;
 }

@@ -30,4 +30,12 @@ em_status emi_atomic_commit(emi_atomic_file *a);
 /** Close and remove the temporary file and free `a` (after a failed write). NULL is ignored. */
 void emi_atomic_abort(emi_atomic_file *a);
 
+/**
+ * Remove the temporary files emi_atomic_open left in `dir` when its process was killed: names of the
+ * form ".NAME.tmp.PID.N" (NAME not empty, PID and N decimal) whose PID is no running process. Nothing
+ * else is touched (a live process's temporary file, any other name). Returns how many were removed, or
+ * -1 when `dir` cannot be read (nothing recorded: a missing directory has nothing stale).
+ */
+long emi_atomic_remove_stale(const char *dir);
+
 #endif

@@ -233,6 +233,47 @@ static void es_destroy(void *state)
     free(es);
 }
 
+/* Lightning: EarlyStopping.state_dict / load_state_dict: wait_count, stopped_epoch, best_score (and
+ * patience, which ember keeps as configured). Bytes: "ES1", then int64 wait_count, int64 stopped_epoch,
+ * float best_score, little-endian as the host writes them (checkpoints are read where they are written). */
+#define ES_STATE_SIZE (4 + 8 + 8 + 4)
+
+static em_status es_state_save(em_callback *cb, em_trainer *t, void **bytes, size_t *n)
+{
+    (void)t;
+    const early_stopping *es = em_callback_state(cb);
+    unsigned char *b = malloc(ES_STATE_SIZE);
+    if (b == NULL)
+        return em_error_set(EM_ENOMEM, "EarlyStopping: out of memory");
+    memcpy(b, "ES1", 4);
+    memcpy(b + 4, &es->wait_count, 8);
+    memcpy(b + 12, &es->stopped_epoch, 8);
+    memcpy(b + 20, &es->best_score, 4);
+    *bytes = b;
+    *n = ES_STATE_SIZE;
+    return EM_OK;
+}
+
+static em_status es_state_load(em_callback *cb, em_trainer *t, const void *bytes, size_t n)
+{
+    (void)t;
+    early_stopping *es = em_callback_state(cb);
+    int64_t wait, stopped;
+    float best;
+    if (n != ES_STATE_SIZE || memcmp(bytes, "ES1", 4) != 0)
+        return em_error_set(EM_EINVAL, "EarlyStopping: the checkpoint's state is not an EarlyStopping state of this "
+                                       "ember (%zu bytes)", n);
+    memcpy(&wait, (const unsigned char *)bytes + 4, 8);
+    memcpy(&stopped, (const unsigned char *)bytes + 12, 8);
+    memcpy(&best, (const unsigned char *)bytes + 20, 4);
+    if (wait < 0 || stopped < 0)
+        return em_error_set(EM_EINVAL, "EarlyStopping: the checkpoint's state has a negative count");
+    es->wait_count = wait;
+    es->stopped_epoch = stopped;
+    es->best_score = best;
+    return EM_OK;
+}
+
 static const em_callback_ops es_ops = {
     .version = EM_CALLBACK_OPS_VERSION,
     .name = "EarlyStopping",
@@ -241,6 +282,8 @@ static const em_callback_ops es_ops = {
     .on_validation_end = es_on_validation_end,
     .destroy = es_destroy,
     .monitoring = true,
+    .state_save = es_state_save,
+    .state_load = es_state_load,
 };
 
 em_callback *em_early_stopping(const em_early_stopping_opts *opts)

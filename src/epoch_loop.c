@@ -156,10 +156,10 @@ static em_status validation_model_zero_grad(em_trainer *t)
 
 /* Lightning: _TrainingEpochLoop.on_advance_end: validation if due, plateau step schedulers, the logger's
  * step counter. */
-static em_status on_advance_end(em_trainer *t, bool stepping)
+static em_status on_advance_end(em_trainer *t, bool stepping, bool after_validation)
 {
     em_status s;
-    if (should_check_val_fx(t)) {
+    if (!after_validation && should_check_val_fx(t)) {
         if (stepping && (s = validation_model_zero_grad(t)) != EM_OK)
             return s;
         if ((s = emi_validation_run(t, t->fit.num_val_batches, EMI_STAGE_VAL)) != EM_OK)
@@ -170,6 +170,21 @@ static em_status on_advance_end(em_trainer *t, bool stepping)
     if (stepping)
         t->batches_that_stepped++;
     return EM_OK;
+}
+
+/* What follows a batch's on_train_batch_end hooks (Lightning: logger_connector.on_batch_end, then
+ * on_advance_end); `after_validation`: from after that batch's validation (a fit resumed from a
+ * checkpoint saved in on_validation_end). */
+static em_status batch_tail(em_trainer *t, bool stepping, bool after_validation)
+{
+    em_status s;
+    if (!after_validation) {
+        emi_metrics_refresh(t);
+        if (stepping && ((t->batches_that_stepped + 1) % t->fit.log_every_n_steps == 0 || t->should_stop) &&
+            (s = emi_metrics_log_step(t)) != EM_OK)
+            return s;
+    }
+    return on_advance_end(t, stepping, after_validation);
 }
 
 /* Lightning: _TrainingEpochLoop.advance for batch t->batch_idx. *stop_epoch is set when on_train_batch_start
@@ -214,11 +229,7 @@ static em_status train_batch(em_trainer *t, bool *stop_epoch)
     s = emi_hooks_call(t, EMI_ON_TRAIN_BATCH_END, &(emi_hook_args){.loss = out, .batch = &batch, .batch_idx = t->batch_idx});
     if (s != EM_OK)
         return s;
-    emi_metrics_refresh(t);
-    if (stepping && ((t->batches_that_stepped + 1) % t->fit.log_every_n_steps == 0 || t->should_stop) &&
-        (s = emi_metrics_log_step(t)) != EM_OK)
-        return s;
-    return on_advance_end(t, stepping);
+    return batch_tail(t, stepping, false);
 }
 
 /* Lightning: _TrainingEpochLoop.done, checked before every batch. */
@@ -246,8 +257,21 @@ static bool epoch_done(em_trainer *t)
 em_status emi_epoch_loop_run(em_trainer *t, bool *reached_end)
 {
     *reached_end = false;
-    t->batch_idx = -1; /* no batch is "ready" yet */
-    t->is_last_batch = false;
+    emi_phase phase = t->resume_phase;
+    if (phase == EMI_PHASE_BATCH_END || phase == EMI_PHASE_VAL_END) {
+        /* resumed (em_trainer_fit_from) inside batch t->batch_idx: its remaining steps, then the next batches */
+        t->resume_phase = EMI_PHASE_NONE;
+        emi_user_scope scope = emi_user_scope_begin();
+        em_status s = batch_tail(t, !should_accumulate(t), phase == EMI_PHASE_VAL_END);
+        emi_user_scope_end(scope);
+        if (s != EM_OK)
+            return s;
+        t->total_batch_idx++;
+        *reached_end = num_ready_batches_reached(t);
+    } else {
+        t->batch_idx = -1; /* no batch is "ready" yet */
+        t->is_last_batch = false;
+    }
     while (!epoch_done(t)) {
         t->batch_idx++;
         t->is_last_batch = t->batch_idx + 1 == t->fit.num_training_batches;

@@ -21,6 +21,7 @@
 
 struct emi_csv_logger {
     char *path;          /* .../metrics.csv */
+    char *dir;           /* its directory */
     char *tmp_path;      /* .../metrics.csv.tmp, for a rewrite under a new header */
     emi_kvlist keys;     /* the header: sorted column names (values unused) */
     bool started;        /* the file was created by this logger */
@@ -125,6 +126,12 @@ em_status emi_csv_logger_open(emi_csv_logger **out, const char *root_dir, const 
         emi_csv_logger_close(l);
         return emi_fail(EM_ENOMEM, "out of memory");
     }
+    l->dir = malloc(n + 1);
+    if (l->dir == NULL) {
+        emi_csv_logger_close(l);
+        return emi_fail(EM_ENOMEM, "out of memory");
+    }
+    memcpy(l->dir, dir, n + 1);
     snprintf(l->path, n + sizeof "/metrics.csv", "%s/metrics.csv", dir);
     snprintf(l->tmp_path, n + sizeof "/metrics.csv.tmp", "%s/metrics.csv.tmp", dir);
     *out = l;
@@ -369,5 +376,11 @@ void emi_csv_logger_close(emi_csv_logger *l)
     emi_kvlist_free(&l->keys);
     free(l->path);
     free(l->tmp_path);
+    free(l->dir);
     free(l);
+}
+
+const char *emi_csv_logger_dir(const emi_csv_logger *l)
+{
+    return l->dir;
 }

@@ -13,6 +13,8 @@ em_status emi_csv_logger_open(emi_csv_logger **out, const char *root_dir, const 
  *  once (no rows are kept in memory); a row with a new column rewrites the file under the new sorted
  *  header. Frees `row`, also when it fails. Errors: EM_EIO naming metrics.csv and errno's text. */
 em_status emi_csv_logger_log_metrics(emi_csv_logger *l, emi_kvlist *row, int64_t step);
+/** The directory metrics.csv is in (borrowed, valid until the logger is closed). */
+const char *emi_csv_logger_dir(const emi_csv_logger *l);
 /** Free the logger (NULL is ignored). */
 void emi_csv_logger_close(emi_csv_logger *l);
 

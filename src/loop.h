@@ -87,6 +87,17 @@ typedef struct emi_dist_env {
 
 typedef enum emi_stage { EMI_STAGE_NONE = 0, EMI_STAGE_TRAIN, EMI_STAGE_VAL, EMI_STAGE_SANITY } emi_stage;
 
+/* Where a checkpoint was saved, so where a resumed fit continues (resume.c). */
+typedef enum emi_phase {
+    EMI_PHASE_NONE = 0,    /* not resuming */
+    EMI_PHASE_EPOCH_START, /* before epoch current_epoch (saved after a fit) */
+    EMI_PHASE_BATCH_END,   /* in epoch current_epoch, after the on_train_batch_end hooks of batch batch_idx */
+    EMI_PHASE_VAL_END,     /* ... after the validation that batch's on_advance_end ran (on_validation_end) */
+    EMI_PHASE_EPOCH_END    /* after the on_train_epoch_end hooks of epoch current_epoch */
+} emi_phase;
+
+typedef struct emi_resume emi_resume; /* a checkpoint being restored (resume.c) */
+
 /* The Trainer arguments as the loop uses them, resolved once at fit start (config.c; Lightning's
  * _parse_loop_limits, _FitLoop.setup_data, the accelerator connector's precision). The loop reads
  * these, never t->cfg. */
@@ -168,6 +179,14 @@ struct em_trainer {
     int trace_errno;              /* why the first failed trace write failed (0: none) */
     /* 16-mixed grad scaler */
     em_grad_scaler *own_scaler;   /* the default scaler of 16-mixed on CUDA (owned; kept across fits) */
+
+    /* checkpoints and resume (resume.c) */
+    bool epoch_reached_end;       /* the epoch loop ran the epoch's final batch (epoch schedulers step) */
+    emi_resume *resume;           /* the checkpoint em_trainer_fit_from restores (NULL: a fresh fit) */
+    char *ckpt_path;              /* the path the last fit resumed from, "last" resolved (NULL: none);
+                                     Lightning's trainer.ckpt_path (em_trainer_ckpt_path) */
+    emi_phase resume_phase;       /* the loop continues from here (EMI_PHASE_NONE: as usual) */
+    em_module *last_module;       /* the module of the last fit that succeeded (borrowed; NULL after a failure) */
 };
 
 /* The entry check of a public function taking a trainer: true for a live trainer; false for NULL

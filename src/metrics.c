@@ -50,6 +50,21 @@ static fx_kind fx_kind_of(const char *fx)
     return FX_FORBIDDEN;
 }
 
+const char *emi_metrics_fx_intern(const char *fx)
+{
+    static const char *const all[] = {
+        "training_step", "on_train_batch_start", "on_train_batch_end", "on_before_backward", "backward",
+        "on_after_backward", "on_before_optimizer_step", "optimizer_step", "configure_gradient_clipping",
+        "clip_gradients", "on_before_zero_grad", "optimizer_zero_grad", "validation_step",
+        "on_validation_batch_start", "on_validation_batch_end", "on_train_start", "on_train_epoch_start",
+        "on_train_epoch_end", "on_validation_start", "on_validation_epoch_start", "on_validation_epoch_end",
+    };
+    for (size_t i = 0; fx != NULL && i < sizeof all / sizeof *all; i++)
+        if (strcmp(fx, all[i]) == 0)
+            return all[i];
+    return NULL;
+}
+
 /* ---- self.log ------------------------------------------------------------------------------------------- */
 
 static double metric_compute(const emi_metric *m)
@@ -145,7 +160,10 @@ static emi_metric *results_entry(emi_results *res, const em_trainer *t, const ch
 {
     for (size_t i = 0; i < res->n; i++) {
         emi_metric *mt = &res->items[i];
-        if (mt->fx != t->hook || strcmp(mt->name, name) != 0)
+        /* the hook's name by contents: a result restored from a checkpoint (resume.c) holds
+         * emi_metrics_fx_intern's copy of it */
+        if ((mt->fx != t->hook && (mt->fx == NULL || t->hook == NULL || strcmp(mt->fx, t->hook) != 0)) ||
+            strcmp(mt->name, name) != 0)
             continue;
         if (mt->on_step != want->on_step || mt->on_epoch != want->on_epoch || mt->prog_bar != want->prog_bar ||
             mt->logger != want->logger || mt->reduce != want->reduce) {

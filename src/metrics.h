@@ -32,4 +32,8 @@ void emi_metrics_reset_all(em_trainer *t);
  *  the logger's (recorded). */
 em_status emi_metrics_train_epoch_log(em_trainer *t);
 
+/** The static name of a hook that may log (what emi_metric.fx holds) equal to `fx`; NULL for another
+ *  name. For results restored from a checkpoint. */
+const char *emi_metrics_fx_intern(const char *fx);
+
 #endif /* EMBER_METRICS_H */

@@ -1855,9 +1855,41 @@ static void put_d(state_out *o, double d)
     o->n++;
 }
 
+/* A scheduler written in C keeps its state through its ops (version 2). */
+static bool user_savable(const em_scheduler *s)
+{
+    const em_scheduler_ops *ops = s->u.user.ops;
+    return ops->version >= 2 && ops->state_save != NULL && ops->state_load != NULL;
+}
+
+/* Its state_save bytes as doubles: the count, then one value per byte. false on failure (recorded). */
+static bool user_state_write(const em_scheduler *s, state_out *o)
+{
+    void *bytes = NULL;
+    size_t n = 0;
+    em_clear_error();
+    em_status st = s->u.user.ops->state_save((em_scheduler *)s, &bytes, &n);
+    if (st == EM_OK && emi_has_error())
+        st = em_last_status();
+    if (st != EM_OK || (bytes == NULL && n > 0)) {
+        free(bytes);
+        if (!emi_has_error())
+            emi_fail(st != EM_OK ? st : EM_EINVAL, "em_checkpoint_save: the state_save of scheduler %s failed",
+                     sched_name(s));
+        return false;
+    }
+    if (bytes == NULL)
+        n = 0;
+    put_d(o, (double)n);
+    for (size_t i = 0; i < n; i++)
+        put_d(o, (double)((const unsigned char *)bytes)[i]);
+    free(bytes);
+    return true;
+}
+
 static bool state_write(const em_scheduler *s, state_out *o)
 {
-    if (s->kind == K_USER)
+    if (s->kind == K_USER && !user_savable(s))
         return false;
     put_d(o, (double)s->kind);
     put_d(o, (double)s->last_epoch);
@@ -1892,6 +1924,10 @@ static bool state_write(const em_scheduler *s, state_out *o)
         put_d(o, (double)s->u.plateau.num_bad_epochs);
         put_d(o, (double)s->u.plateau.cooldown_counter);
         break;
+    case K_USER:
+        if (!user_state_write(s, o))
+            return false;
+        break;
     case K_SEQUENTIAL:
     case K_CHAINED:
         put_d(o, (double)s->u.composite.n);
@@ -1917,8 +1953,9 @@ size_t emi_scheduler_state_get(const em_scheduler *s, double *out, size_t cap)
         return 0;
     }
     if (!state_write(s, &o)) {
-        emi_fail(EM_EUNSUPPORTED, "em_checkpoint_save: the state of the scheduler %s (written in C) is not saved in "
-                 "checkpoints yet", sched_name(s));
+        if (!emi_has_error())
+            emi_fail(EM_EUNSUPPORTED, "em_checkpoint_save: scheduler %s is written in C and its em_scheduler_ops have no "
+                     "state_save and state_load (ops version 2): its state cannot be saved", sched_name(s));
         return 0;
     }
     return o.n;
@@ -1958,7 +1995,7 @@ static double get_d(state_in *in)
 static bool state_read(em_scheduler *s, state_in *in, bool apply)
 {
     const double big = 9007199254740992.0;
-    if (get_i(in, 0, K_USER) != (int64_t)s->kind || s->kind == K_USER)
+    if (get_i(in, 0, K_USER) != (int64_t)s->kind || (s->kind == K_USER && !user_savable(s)))
         return false;
     int64_t last_epoch = get_i(in, -big, big), step_count = get_i(in, -big, big), has_last = get_i(in, 0, 1);
     if ((size_t)get_i(in, 0, 1 << 20) != s->n_base || !in->ok)
@@ -1981,6 +2018,7 @@ static bool state_read(em_scheduler *s, state_in *in, bool apply)
         return false;
     int64_t T_i = 0, T_cur = 0, bad = 0, cool = 0;
     double best = 0;
+    size_t user_at = 0, user_n = 0;
     if (s->kind == K_WARM_RESTARTS) {
         T_i = get_i(in, 1, big);
         T_cur = get_i(in, -big, big);
@@ -1988,6 +2026,16 @@ static bool state_read(em_scheduler *s, state_in *in, bool apply)
         best = get_d(in);
         bad = get_i(in, 0, big);
         cool = get_i(in, 0, big);
+    } else if (s->kind == K_USER) {
+        size_t nb = (size_t)get_i(in, 0, (double)in->n);
+        if (!in->ok || in->at + nb > in->n)
+            return false;
+        for (size_t i = 0; i < nb; i++)
+            if (!(in->v[in->at + i] >= 0 && in->v[in->at + i] <= 255) || floor(in->v[in->at + i]) != in->v[in->at + i])
+                return false;
+        user_at = in->at;
+        user_n = nb;
+        in->at += nb;
     } else if (s->kind == K_SEQUENTIAL || s->kind == K_CHAINED) {
         if ((size_t)get_i(in, 0, 1 << 20) != s->u.composite.n || !in->ok)
             return false;
@@ -2023,6 +2071,24 @@ static bool state_read(em_scheduler *s, state_in *in, bool apply)
         s->u.plateau.best = best;
         s->u.plateau.num_bad_epochs = bad;
         s->u.plateau.cooldown_counter = cool;
+    } else if (s->kind == K_USER) {
+        unsigned char *bytes = malloc(user_n + 1);
+        if (bytes == NULL) {
+            emi_fail(EM_ENOMEM, "em_checkpoint_load: out of memory");
+            return false;
+        }
+        for (size_t i = 0; i < user_n; i++)
+            bytes[i] = (unsigned char)in->v[user_at + i];
+        em_clear_error();
+        em_status st = s->u.user.ops->state_load(s, user_n > 0 ? bytes : NULL, user_n);
+        free(bytes);
+        if (st == EM_OK && emi_has_error())
+            st = em_last_status();
+        if (st != EM_OK) {
+            if (!emi_has_error())
+                emi_fail(st, "em_checkpoint_load: the state_load of scheduler %s failed", sched_name(s));
+            return false;
+        }
     }
     return true;
 }

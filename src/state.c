@@ -3,6 +3,7 @@
  * setters Lightning's callbacks use (accumulate_grad_batches, should_stop). */
 #include <math.h>
 
+#include "logger_csv.h"
 #include "metrics.h"
 
 em_trainer *em_module_trainer(const em_module *m)
@@ -168,4 +169,26 @@ bool em_trainer_should_update_logs(const em_trainer *t)
         return false;
     int64_t every = t->fit.log_every_n_steps >= 1 ? t->fit.log_every_n_steps : t->cfg.log_every_n_steps;
     return (t->batches_that_stepped + 1) % every == 0 || t->should_stop; /* cfg's is >= 1 (em_trainer_new) */
+}
+
+const char *em_trainer_log_dir(const em_trainer *t)
+{
+    if (!emi_trainer_ok(t, __func__) || !t->fitting || t->metrics.logger == NULL)
+        return NULL;
+    return emi_csv_logger_dir(t->metrics.logger);
+}
+
+const char *em_trainer_default_root_dir(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? NULL : t->root_dir;
+}
+
+int64_t em_trainer_num_val_batches(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? -1 : t->fit.num_val_batches;
+}
+
+const char *em_trainer_ckpt_path(const em_trainer *t)
+{
+    return !emi_trainer_ok(t, __func__) ? NULL : t->ckpt_path;
 }

@@ -18,9 +18,11 @@
 #include "loader.h"
 #include "loops.h"
 #include "metrics.h"
+#include "model_checkpoint.h" /* the "last" seam */
 #include "optimization.h"
 #include "optimizer.h"
 #include "precision.h"
+#include "resume.h"
 #include "setup.h"
 #include "strategy.h"
 #include "trace.h"
@@ -130,6 +132,7 @@ void em_trainer_free(em_trainer *t)
     free(t->root_dir);
     free(t->trace_path);
     free(t->log_dir);
+    free(t->ckpt_path);
     emi_kvlist_free(&t->metrics.callback);
     emi_kvlist_free(&t->metrics.progbar);
     emi_handle_retire(t);
@@ -142,23 +145,33 @@ const char *em_trainer_error(const em_trainer *t)
 
 /* ---- one epoch: _FitLoop.on_advance_start / advance / on_advance_end ------------------------------------- */
 
+/* A resumed fit (em_trainer_fit_from) enters it where the checkpoint was saved (t->resume_phase): inside
+ * the epoch's batches (the epoch loop continues that batch), or after on_train_epoch_end. */
 static em_status fit_loop_advance(em_trainer *t)
 {
     em_status s;
+    emi_phase phase = t->resume_phase;
     emi_loader_set_epoch(t->train, t->current_epoch);
-    emi_metrics_reset_stage(t, EMI_STAGE_TRAIN);
-    if ((s = emi_hooks_call(t, EMI_ON_TRAIN_EPOCH_START, NULL)) != EM_OK)
-        return s;
-    bool reached_end = false;
-    if ((s = emi_epoch_loop_run(t, &reached_end)) != EM_OK)
-        return s;
-    /* on_advance_end: epoch-end hooks, epoch metrics, plateau epoch schedulers, epoch log */
-    if ((s = emi_metrics_train_epoch_end_reached(t)) != EM_OK)
-        return s;
-    if ((s = emi_hooks_call(t, EMI_ON_TRAIN_EPOCH_END, NULL)) != EM_OK)
-        return s;
+    if (phase == EMI_PHASE_NONE || phase == EMI_PHASE_EPOCH_START) {
+        t->resume_phase = EMI_PHASE_NONE;
+        emi_metrics_reset_stage(t, EMI_STAGE_TRAIN);
+        if ((s = emi_hooks_call(t, EMI_ON_TRAIN_EPOCH_START, NULL)) != EM_OK)
+            return s;
+    }
+    if (phase != EMI_PHASE_EPOCH_END) {
+        bool reached_end = false;
+        if ((s = emi_epoch_loop_run(t, &reached_end)) != EM_OK)
+            return s;
+        t->epoch_reached_end = reached_end;
+        /* on_advance_end: epoch-end hooks, epoch metrics, plateau epoch schedulers, epoch log */
+        if ((s = emi_metrics_train_epoch_end_reached(t)) != EM_OK)
+            return s;
+        if ((s = emi_hooks_call(t, EMI_ON_TRAIN_EPOCH_END, NULL)) != EM_OK)
+            return s;
+    }
+    t->resume_phase = EMI_PHASE_NONE;
     emi_metrics_epoch_end(t, EMI_STAGE_TRAIN);
-    if (reached_end && (s = emi_update_learning_rates(t, EM_INTERVAL_EPOCH, true, true)) != EM_OK)
+    if (t->epoch_reached_end && (s = emi_update_learning_rates(t, EM_INTERVAL_EPOCH, true, true)) != EM_OK)
         return s;
     if ((s = emi_metrics_train_epoch_log(t)) != EM_OK)
         return s;
@@ -166,9 +179,11 @@ static em_status fit_loop_advance(em_trainer *t)
     return EM_OK;
 }
 
-/* Lightning: _FitLoop.done, checked before every epoch. */
+/* Lightning: _FitLoop.done, checked before every epoch. A fit resumed inside an epoch finishes it first. */
 static bool fit_done(const em_trainer *t)
 {
+    if (t->resume_phase > EMI_PHASE_EPOCH_START)
+        return false;
     if (t->fit.num_training_batches == 0)
         return true;
     if (emi_limit_reached(t->global_step, t->fit.max_steps))
@@ -233,6 +248,9 @@ static void reset_fit_state(em_trainer *t, em_module *m, em_loader *train, em_lo
     t->batch = NULL;
     t->in_training_step = false;
     t->env.distributed = false; /* resolved again by fit_prepare */
+    t->epoch_reached_end = false;
+    t->resume_phase = EMI_PHASE_NONE;
+    t->last_module = NULL;
 }
 
 /* configure_optimizers (Lightning: strategy.setup -> _init_optimizers_and_lr_schedulers), its checks,
@@ -294,7 +312,7 @@ static em_status fit_loop_run(em_trainer *t)
 {
     em_status s;
     t->stage = EMI_STAGE_TRAIN;
-    if ((s = emi_hooks_call(t, EMI_ON_TRAIN_START, NULL)) != EM_OK)
+    if ((s = emi_hooks_call(t, EMI_ON_TRAIN_START, NULL)) != EM_OK || (s = emi_resume_enter_loop(t)) != EM_OK)
         return s;
     while (!fit_done(t))
         if ((s = fit_loop_advance(t)) != EM_OK)
@@ -321,13 +339,14 @@ static void warn_if_nothing_stepped(const em_trainer *t)
 static em_status fit_body(em_trainer *t)
 {
     em_status s;
-    if ((s = setup_fit(t)) != EM_OK || (s = emi_strategy_setup(t)) != EM_OK ||
+    if ((s = setup_fit(t)) != EM_OK || (s = emi_resume_apply(t)) != EM_OK || (s = emi_strategy_setup(t)) != EM_OK ||
         (s = emi_hooks_call(t, EMI_ON_FIT_START, NULL)) != EM_OK)
         return s;
     /* _run_stage: module-wide zero_grad (set_to_none=True on torch < 2.0, the 2.x default otherwise) */
     for (size_t i = 0; i < t->setup.n_opts; i++)
         em_optimizer_zero_grad_ex(t->setup.opts[i], true);
-    if ((s = sanity_check(t)) != EM_OK)
+    /* a resumed fit skips it, as Lightning's (_run_sanity_check: not while the val loop is restarting) */
+    if (t->resume == NULL && (s = sanity_check(t)) != EM_OK)
         return s;
     /* skipped when there is nothing to train; on_fit_end runs all the same (Trainer._run) */
     if (!fit_done(t) && (s = fit_loop_run(t)) != EM_OK)
@@ -383,19 +402,85 @@ static em_status fit_prepare(em_trainer *t, em_module *m, em_loader *train)
     return EM_OK;
 }
 
-em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val)
+/* The entry checks of em_trainer_fit and em_trainer_fit_from (`fn`). */
+static em_status fit_entry_check(em_trainer *t, em_loader *train, em_loader *val, const char *fn)
 {
     if (t == NULL)
-        return emi_fail(EM_EINVAL, "em_trainer_fit: the trainer is NULL");
-    if (!emi_trainer_ok(t, "em_trainer_fit"))
+        return emi_fail(EM_EINVAL, "%s: the trainer is NULL", fn);
+    if (!emi_trainer_ok(t, fn))
         return EM_EMISUSE;
     if (t->fitting)
-        return emi_fail(EM_ESTATE, "em_trainer_fit: this trainer is already fitting");
+        return emi_fail(EM_ESTATE, "%s: this trainer is already fitting", fn);
     em_clear_error();
     if (train != NULL && !emi_handle_live(train, EMI_HANDLE_LOADER))
-        return emi_handle_bad("em_trainer_fit", 3, train, "loader");
+        return emi_handle_bad(fn, 3, train, "loader");
     if (val != NULL && !emi_handle_live(val, EMI_HANDLE_LOADER))
-        return emi_handle_bad("em_trainer_fit", 4, val, "loader");
+        return emi_handle_bad(fn, 4, val, "loader");
+    return EM_OK;
+}
+
+static em_status fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val);
+
+em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val)
+{
+    em_status s = fit_entry_check(t, train, val, "em_trainer_fit");
+    if (s == EM_OK) {
+        free(t->ckpt_path); /* a fresh fit resumes from nothing */
+        t->ckpt_path = NULL;
+    }
+    return s != EM_OK ? s : fit(t, m, train, val);
+}
+
+/* The seam for em_trainer_fit_from(t, ..., "last"): Lightning's _parse_ckpt_path("last"), the newest last
+ * checkpoint of the ModelCheckpoint callbacks (model_checkpoint.c), copied into out[0..cap-1]; out = ""
+ * when they have none yet (Lightning then warns and fits from the start). */
+static em_status resolve_last_checkpoint(em_trainer *t, char *out, size_t cap)
+{
+    int found = emi_model_checkpoint_find_last(t, t->callbacks, t->n_user_callbacks, out, cap);
+    if (found < 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", em_last_error());
+        em_clear_error();
+        return emi_fail(EM_EINVAL, "em_trainer_fit_from: %s", msg);
+    }
+    if (found == 0)
+        emi_warn(".fit(ckpt_path=\"last\") is set, but there is no last checkpoint available. No checkpoint will "
+                 "be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.");
+    return EM_OK;
+}
+
+em_status em_trainer_fit_from(em_trainer *t, em_module *m, em_loader *train, em_loader *val, const char *ckpt_path)
+{
+    if (ckpt_path == NULL)
+        return em_trainer_fit(t, m, train, val);
+    em_status s = fit_entry_check(t, train, val, "em_trainer_fit_from");
+    if (s != EM_OK)
+        return s;
+    free(t->ckpt_path);
+    t->ckpt_path = NULL;
+    char last[4096];
+    if (strcmp(ckpt_path, "last") == 0 && (s = resolve_last_checkpoint(t, last, sizeof last)) == EM_OK) {
+        if (last[0] == '\0') /* no last checkpoint yet: a fresh fit, as Lightning's */
+            return fit(t, m, train, val);
+        ckpt_path = last;
+    }
+    if (s == EM_OK && (m == NULL || m->ops == NULL))
+        s = emi_fail(EM_EINVAL, "em_trainer_fit_from: the module or its ops table is NULL");
+    if (s == EM_OK)
+        s = emi_resume_open(t, m, ckpt_path);
+    if (s == EM_OK && (t->ckpt_path = emi_strdup(ckpt_path)) == NULL)
+        s = emi_fail(EM_ENOMEM, "em_trainer_fit_from: out of memory");
+    if (s != EM_OK) { /* before the fit: the message is the fit's too */
+        snprintf(t->error, sizeof t->error, "%s", em_last_error());
+        return s;
+    }
+    s = fit(t, m, train, val);
+    emi_resume_close(t);
+    return s;
+}
+
+static em_status fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val)
+{
     reset_fit_state(t, m, train, val);
     em_status s = fit_prepare(t, m, train);
     if (s != EM_OK) {
@@ -425,6 +510,8 @@ em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loade
     em_status closed = teardown(t, depth, no_grad_depth);
     if (s == EM_OK && closed != EM_OK)
         s = emi_trainer_fail(t, "trace", closed);
+    emi_resume_close(t);
+    t->last_module = s == EM_OK ? m : NULL; /* what em_trainer_save_checkpoint saves after the fit */
     if (s != EM_OK) {
         /* leave the message in the error slot too, for callers that check em_last_error() */
         em_clear_error();

@@ -161,7 +161,7 @@ EM_API em_status em_nn_load_safetensors_from(em_nn *m, const em_safetensors *f, 
 /** em_safetensors_open(path), em_nn_load_safetensors_from(m, file, strict), em_safetensors_free. */
 EM_API em_status em_nn_load_safetensors(em_nn *m, const char *path, bool strict);
 
-/* ---- checkpoints (the start: a layer and its optimizers) ----------------------------------------- */
+/* ---- checkpoints of a layer, its optimizers and schedulers (the trainer's: trainer.h) ---------------- */
 
 /**
  * Save a checkpoint of `m`, opts[0..n_opts-1] and scheds[0..n_scheds-1] to `path`: one safetensors
@@ -176,8 +176,13 @@ EM_API em_status em_nn_load_safetensors(em_nn *m, const char *path, bool strict)
  * (torch's state_dict: counters, base_lrs, _last_lr, initial_lr, ReduceLROnPlateau's best and
  * counters, CosineAnnealingWarmRestarts' T_i and T_cur, SequentialLR's and ChainedScheduler's
  * children) as "schedulers.<k>.state", a float64 vector. Pass wrappers or the optimizers themselves.
- * Not in it yet: the trainer's loop progress, RNG and loader state (issue 10).
- * Errors: EM_EUNSUPPORTED for LBFGS, optimizers and schedulers written in C (not saved yet);
+ * LBFGS keeps lbfgs.py's state under parameter 0 ("optimizers.<k>.state.0.d", ".t", ".old_dirs.<j>",
+ * ...); an optimizer written in C its ops' state_save bytes ("optimizers.<k>.state.0.c_state"), a
+ * scheduler written in C its ops' state_save bytes inside its vector. The trainer's state (loop
+ * progress, RNG, callbacks) is em_trainer_save_checkpoint's (trainer.h), which writes this format plus
+ * its own part; em_checkpoint_load reads the layer, optimizer and scheduler parts of such a file too.
+ * Errors: EM_EUNSUPPORTED for an optimizer written in C without state_save (em_optimizer_ops version 3)
+ * or a scheduler written in C without state_save/state_load (em_scheduler_ops version 2), naming it;
  * EM_EINVAL for NULL arguments or a reserved metadata key; as em_safetensors_write.
  */
 EM_API em_status em_checkpoint_save(const char *path, const em_nn *m, em_optimizer *const *opts, size_t n_opts,
@@ -194,7 +199,8 @@ EM_API em_status em_checkpoint_save(const char *path, const em_nn *m, em_optimiz
  * from an incompatible setup: another number of optimizers or schedulers, another type ("optimizer 0 is
  * Adam in the checkpoint but SGD here"), other groups or parameter shapes, a layer with other names
  * or shapes (as em_nn_load_safetensors, strict), incomplete or malformed optimizer state;
- * EM_EUNSUPPORTED for LBFGS and C optimizers; the reader's errors (em_safetensors_open).
+ * EM_EUNSUPPORTED for C optimizers and schedulers without state ops; the reader's errors
+ * (em_safetensors_open).
  */
 EM_API em_status em_checkpoint_load(const char *path, em_nn *m, em_optimizer *const *opts, size_t n_opts,
                                     em_scheduler *const *scheds, size_t n_scheds);

@@ -167,8 +167,25 @@ typedef struct em_optimizer_ops {
     bool step_supports_amp_scaling;
     /** Version 2. The step needs a closure it re-evaluates (as LBFGS): 16-mixed refuses it. */
     bool requires_closure;
+    /* ---- version 2 ends here ---- */
+    /**
+     * Version 3, optional: the optimizer's state for a checkpoint (em_checkpoint_save,
+     * em_trainer_save_checkpoint; torch: optimizer.state_dict()["state"]). Set *bytes to a buffer of *n
+     * bytes from malloc() (the caller owns it from the return on and frees it with free(), also when the
+     * call fails), or leave *bytes NULL for "no state". Without state_save, a checkpoint of this
+     * optimizer is refused (EM_EUNSUPPORTED naming it): a stateless optimizer says so by setting one
+     * that leaves *bytes NULL. The group hyper-parameters (em_optimizer_set) and the step count are
+     * saved by ember. Encode the bytes as you like, with a version of your own in them.
+     */
+    em_status (*state_save)(em_optimizer *self, void **bytes, size_t *n);
+    /**
+     * Version 3, optional: restore what state_save wrote (torch: load_state_dict). `bytes` is borrowed
+     * for the call; check it (the file may come from elsewhere). Not called when state_save left
+     * *bytes NULL. A checkpoint holding bytes for an optimizer without state_load is refused.
+     */
+    em_status (*state_load)(em_optimizer *self, const void *bytes, size_t n);
 } em_optimizer_ops;
-#define EM_OPTIMIZER_OPS_VERSION 2
+#define EM_OPTIMIZER_OPS_VERSION 3
 
 /**
  * An optimizer whose step is `ops->step`, with one parameter group from `params` holding the

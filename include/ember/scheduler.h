@@ -382,8 +382,20 @@ typedef struct em_scheduler_ops {
      */
     bool reduce_on_plateau;
     /* ---- version 1 ends here; new entries are appended below, never inserted ---- */
+    /**
+     * Version 2, optional: the state of your own (what `state` holds that step() reads) for a checkpoint
+     * (em_checkpoint_save, em_trainer_save_checkpoint). ember saves last_epoch, the step count, base_lrs,
+     * the last learning rates and initial_lr itself; this adds your bytes. Set *bytes to a buffer of *n
+     * bytes from malloc() (the caller frees it with free(), also when the call fails), or leave it NULL
+     * for "nothing more". Without state_save a checkpoint of this scheduler is refused (EM_EUNSUPPORTED).
+     * It may be called more than once per save; give the same bytes each time.
+     */
+    em_status (*state_save)(em_scheduler *self, void **bytes, size_t *n);
+    /** Version 2, optional: restore what state_save wrote; `bytes` is borrowed for the call (NULL with
+     *  n 0 when state_save gave none). Required when state_save is set. */
+    em_status (*state_load)(em_scheduler *self, const void *bytes, size_t n);
 } em_scheduler_ops;
-#define EM_SCHEDULER_OPS_VERSION 1
+#define EM_SCHEDULER_OPS_VERSION 2
 
 /**
  * A scheduler whose step is `ops->step`, on optimizer `opt` (borrowed: it must outlive the

@@ -169,6 +169,18 @@ EM_API em_generator *em_generator_new(uint64_t seed);
  * and does nothing.
  */
 EM_API void em_generator_free(em_generator *g);
+/**
+ * Copy the state of `g` (torch: g.get_state(), bytes) into out[0..cap-1] and its size into *size (call
+ * with cap 0 to size the buffer). Save your own generators' states in a checkpoint with it (a
+ * callback's state_save, trainer.h); em_trainer_save_checkpoint keeps the global generator's itself.
+ * Errors: EM_EINVAL for NULL g or size (or out with cap > 0); EM_EMISUSE for a freed generator.
+ */
+EM_API em_status em_generator_get_state(em_generator *g, uint8_t *out, size_t cap, size_t *size);
+/**
+ * Set the state of `g` from `size` bytes em_generator_get_state wrote (torch: g.set_state(t)).
+ * Errors: EM_ETORCH with torch's message for bytes it refuses (nothing changes then); EM_EINVAL for NULL.
+ */
+EM_API em_status em_generator_set_state(em_generator *g, const uint8_t *state, size_t size);
 
 /* ---- creating tensors ------------------------------------------------------------------------- */
 

@@ -461,8 +461,24 @@ typedef struct em_callback_ops {
      *  other callbacks' before it. Every other hook keeps the usual order. */
     bool monitoring;
     /* ---- version 2 ends here ---- */
+    /**
+     * Optional (version 3): this callback's state for a checkpoint (em_trainer_save_checkpoint; Lightning:
+     * Callback.state_dict). Set *bytes to a buffer of *n bytes from malloc() (the trainer owns it from the
+     * return on and frees it with free(), also when the call fails) or leave *bytes NULL for "no state".
+     * The bytes are stored under the callback's name (ops->name), so two callbacks that keep state must
+     * have different names. Return non-OK (with em_error_set) to make the save fail.
+     */
+    em_status (*state_save)(em_callback *cb, em_trainer *t, void **bytes, size_t *n);
+    /**
+     * Optional (version 3): restore what state_save wrote (Lightning: Callback.load_state_dict).
+     * em_trainer_fit_from calls it after configure_optimizers and before on_fit_start, when the
+     * checkpoint holds state under this callback's name. `bytes` is borrowed for the call. Check what
+     * you read (the file may come from elsewhere); a non-OK return stops the fit before training.
+     */
+    em_status (*state_load)(em_callback *cb, em_trainer *t, const void *bytes, size_t n);
+    /* ---- version 3 ends here ---- */
 } em_callback_ops;
-#define EM_CALLBACK_OPS_VERSION 2
+#define EM_CALLBACK_OPS_VERSION 3
 
 /**
  * A callback driven by `ops`; `state` is yours (em_callback_state). Takes ownership of `state`,
@@ -622,6 +638,107 @@ typedef struct em_nan_guard_opts {
  * Errors: NULL when out of memory.
  */
 EM_API em_callback *em_nan_guard(const em_nan_guard_opts *opts);
+
+/* ---- ModelCheckpoint ------------------------------------------------------------------------------------- */
+
+/** ModelCheckpoint's arguments. Start from EM_MODEL_CHECKPOINT_OPTS_INIT (Lightning 2.2.5's defaults). */
+typedef struct em_model_checkpoint_opts {
+    int version;                  /* EM_MODEL_CHECKPOINT_OPTS_VERSION, set by the INIT */
+    const char *dirpath;          /* NULL: the logger's log_dir + "/checkpoints" (em_trainer_log_dir), or
+                                     default_root_dir + "/checkpoints" without a logger, resolved at fit
+                                     start. Given: made absolute and normalised ("~" expanded), as
+                                     Lightning's os.path.realpath but without resolving symbolic links */
+    const char *filename;         /* NULL = "{epoch}-{step}": a template of {name} or {name:spec} fields,
+                                     spec as Python's format spec ("{epoch:02d}-{val_loss:.2f}"); "epoch"
+                                     and "step" are integers, every other name a callback_metrics value;
+                                     a missing name reads 0. '/' in the result makes subdirectories */
+    const char *monitor;          /* NULL = None: save by schedule only (save_top_k -1, 0 or 1) */
+    bool verbose;                 /* false: true logs each decision (EM_LEVEL_INFO) with Lightning's text */
+    bool save_last;               /* false: true also writes "last.ckpt" (last_name) at every save */
+    int64_t save_top_k;           /* 1; -1 = keep all, 0 = none */
+    const char *mode;             /* "min" (NULL = "min") or "max" */
+    bool auto_insert_metric_name; /* true: "{epoch}" -> "epoch=3"; false: "{epoch}" -> "3" */
+    int64_t every_n_train_steps;  /* EM_NONE = None (0 when another trigger is set); 0 = never */
+    int64_t every_n_epochs;       /* EM_NONE = None: 1 when no trigger is set, else 0 */
+    double train_time_interval;   /* NAN = None; seconds between saves, checked after each training batch */
+    int save_on_train_epoch_end;  /* -1 = None: decided at every check as Lightning (true without validation,
+                                     or with validation once per epoch); 0 = in on_validation_end;
+                                     1 = in on_train_epoch_end */
+    bool enable_version_counter;  /* true: a name taken by a file gets "-v1", "-v2", ... */
+    const char *last_name;        /* "last" (NULL = "last"): Lightning's CHECKPOINT_NAME_LAST, a template too */
+    const char *file_extension;   /* ".ckpt" (NULL = ".ckpt"): Lightning's FILE_EXTENSION. The files are
+                                     safetensors (em_trainer_save_checkpoint); the extension is Lightning's
+                                     so that paths and globs carry over */
+} em_model_checkpoint_opts;
+#define EM_MODEL_CHECKPOINT_OPTS_VERSION 1
+#define EM_MODEL_CHECKPOINT_OPTS_INIT                                                                        \
+    {.version = EM_MODEL_CHECKPOINT_OPTS_VERSION, .dirpath = NULL, .filename = NULL, .monitor = NULL,        \
+     .verbose = false, .save_last = false, .save_top_k = 1, .mode = "min", .auto_insert_metric_name = true,   \
+     .every_n_train_steps = EM_NONE, .every_n_epochs = EM_NONE, .train_time_interval = NAN,                  \
+     .save_on_train_epoch_end = -1, .enable_version_counter = true, .last_name = "last",                      \
+     .file_extension = ".ckpt"}
+
+/**
+ * Lightning's ModelCheckpoint: saves checkpoints (em_trainer_save_checkpoint: everything a resume needs)
+ * during fit, by schedule and by a monitored metric. Lightning 2.2.5's semantics:
+ *  - when: after a training batch whose global_step is a multiple of every_n_train_steps (or after
+ *    train_time_interval seconds); at the end of every every_n_epochs-th epoch, in on_train_epoch_end
+ *    (a monitoring callback: after the module's) or on_validation_end (save_on_train_epoch_end). Never
+ *    during the sanity check, never twice at the same global_step, never before the first step.
+ *  - what: with a monitor, the file joins the best save_top_k by the metric (mode min/max; compared in
+ *    float32, strictly; a NaN is kept as +inf (min) / -inf (max)); the file that drops out of the top k
+ *    is deleted. Without a monitor, each save replaces the previous (save_top_k 1) or all are kept (-1).
+ *    With save_last, "last.ckpt" is written at every save (its previous name deleted when it changed).
+ *  - names: filename formatted with epoch, step and callback_metrics, then "-v1", "-v2", ... while a
+ *    file of that name exists (enable_version_counter), then file_extension.
+ *  - files are deleted only inside dirpath, and never the one this fit resumed from.
+ *  - under DDP every rank keeps the same bookkeeping (the existence checks and the top-k decision are
+ *    rank 0's, broadcast); only rank 0 writes and deletes files (em_trainer_is_global_zero).
+ *  - a save killed midway leaves a temporary file (".NAME.tmp.PID.N"); the next save into that
+ *    directory, or the next fit start, removes those of processes that are gone (nothing else).
+ * Not there: save_weights_only, save_last="link", to_yaml.
+ * The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
+ * Errors: NULL with Lightning's message for save_top_k < -1 ("Invalid value for save_top_k=-3. Must be
+ * >= -1"), every_n_train_steps or every_n_epochs < 0 ("Must be >= 0"), more than one trigger ("...
+ * should be mutually exclusive."), save_top_k other than -1, 0, 1 without a monitor ("...is not a valid
+ * configuration. No quantity for top_k to track."), an unknown mode ("`mode` can be min, max but got X"),
+ * a bad version, a filename with an empty field. During fit: a monitor missing from callback_metrics once
+ * validation has run fails fit (before that: warned once and skipped, as Lightning); a format spec that
+ * does not fit the value fails fit; a save or a directory that cannot be written fails fit with the path
+ * and errno's text.
+ */
+EM_API em_callback *em_model_checkpoint(const em_model_checkpoint_opts *opts);
+/** Lightning: best_model_path ("" before any). Borrowed: valid until the callback saves again or is freed.
+ *  NULL when `cb` is not a ModelCheckpoint. */
+EM_API const char *em_model_checkpoint_best_model_path(const em_callback *cb);
+/** Lightning: best_model_score: false while None (no monitor, or nothing saved yet). */
+EM_API bool em_model_checkpoint_best_model_score(const em_callback *cb, double *score);
+/** Lightning: current_score: the monitored value at the last top-k save; false while None. */
+EM_API bool em_model_checkpoint_current_score(const em_callback *cb, double *score);
+/** Lightning: last_model_path ("" before any), borrowed as best_model_path. */
+EM_API const char *em_model_checkpoint_last_model_path(const em_callback *cb);
+/** Lightning: kth_best_model_path ("" until save_top_k files are kept), borrowed as best_model_path. */
+EM_API const char *em_model_checkpoint_kth_best_model_path(const em_callback *cb);
+/** Lightning: kth_value (+inf (min) / -inf (max) until save_top_k files are kept); NAN when not a ModelCheckpoint. */
+EM_API double em_model_checkpoint_kth_value(const em_callback *cb);
+/** Lightning: len(best_k_models). 0 when `cb` is not a ModelCheckpoint. */
+EM_API size_t em_model_checkpoint_num_best_k(const em_callback *cb);
+/** Lightning: best_k_models, in insertion order: the i-th path (borrowed as best_model_path) and its score
+ *  (when `score` is not NULL). NULL out of range. */
+EM_API const char *em_model_checkpoint_best_k(const em_callback *cb, size_t i, double *score);
+/** The directory in use (resolved at fit start; before, the given one or NULL). Borrowed as best_model_path. */
+EM_API const char *em_model_checkpoint_dirpath(const em_callback *cb);
+/**
+ * Lightning: format_checkpoint_name(metrics, filename, ver): the path a save with these values would get
+ * (dirpath joined when known, file_extension added). `names[i]` = `values[i]`; "epoch" and "step" are
+ * integers (their values truncated), the rest floats; a missing field reads 0. `filename` NULL = the
+ * callback's; `ver` 0 = no version suffix, else "-v<ver>". Writes at most `cap` bytes with the '\0' and
+ * returns the full length (as snprintf), or -1 with an error recorded (EM_EINVAL: not a ModelCheckpoint,
+ * a spec that does not fit the value, a field with no name).
+ */
+EM_API int64_t em_model_checkpoint_format_name(const em_callback *cb, const char *const *names,
+                                               const double *values, size_t n, const char *filename,
+                                               int64_t ver, char *buf, size_t cap);
 
 /* ---- the trainer ---------------------------------------------------------------------------------------- */
 
@@ -794,6 +911,69 @@ EM_API em_status em_trainer_add_callback(em_trainer *t, em_callback *cb);
  */
 EM_API em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, em_loader *val);
 
+/* ---- checkpoints and resume ------------------------------------------------------------------------------
+ *
+ * em_trainer_save_checkpoint writes everything needed to continue a fit exactly where it was, and
+ * em_trainer_fit_from continues from such a file (Lightning: trainer.save_checkpoint / trainer.fit(model,
+ * ckpt_path=...)). The trajectory after the save point (every loss, learning rate and logged value) and
+ * the final weights of a fit interrupted and resumed equal those of the uninterrupted fit bit for bit, also
+ * mid-epoch and mid-accumulation-window (Lightning restarts mid-epoch runs only approximately; ember is
+ * exact). The file is one safetensors file (em_checkpoint_save's format, version "2", plus the trainer's
+ * state); see README "Checkpoints and resume" for what it holds.
+ */
+
+/**
+ * Save the fit's state to `path` (written atomically, as em_safetensors_write: a crash leaves any previous
+ * file at `path` intact). Call it from a callback's or the module's hook during fit, in
+ * on_train_batch_end (after the batch's optimizer step, or mid-accumulation-window: the accumulated
+ * gradients are saved), on_train_epoch_end or on_validation_end (not during the sanity check), or after
+ * a fit that succeeded (before the next fit; the module must still be alive). The state is the one when
+ * it is called: hooks of the same event that run after the caller in that batch (later callbacks, the
+ * module's hook) are not run again on resume, so save from the last callback (as Lightning runs
+ * ModelCheckpoint last) or at the end of the module's hook.
+ * It holds: the module's `layers` (parameters and buffers; without layers, the optimizers' parameters),
+ * every optimizer's state and hyper-parameters, every scheduler's state, the grad scaler, the loop's
+ * counters and the logged values the loop still reduces, the accumulated gradients mid-window, the
+ * global CPU (and CUDA) generators' states, and each callback's state_save bytes.
+ * Under DDP every rank must call it at the same point (it is collective: rank 0 gathers each rank's RNG
+ * state and, mid-window, each rank's local gradients); only global rank 0 writes, the others return EM_OK
+ * once rank 0 has written.
+ * Errors: EM_EINVAL for NULL; EM_ESTATE from another hook, during the sanity check, after a failed fit or
+ * before any fit; EM_EUNSUPPORTED for an optimizer or scheduler whose state cannot be saved (an optimizer
+ * written in C without state ops: the message names it); EM_EINVAL for two stateful callbacks with one
+ * name; as em_safetensors_write (EM_EIO with the path and errno text).
+ */
+EM_API em_status em_trainer_save_checkpoint(em_trainer *t, const char *path);
+
+/**
+ * em_trainer_fit, continuing from the checkpoint at `ckpt_path` (Lightning: trainer.fit(model, train, val,
+ * ckpt_path=...)). NULL = em_trainer_fit. "last" = Lightning's: the newest (by modification time) of the
+ * ModelCheckpoint callbacks' last_model_path and the last*.ckpt files in their dirpath
+ * (em_trainer_ckpt_path says which); when there is none yet, Lightning's warning (".fit(ckpt_path="last")
+ * is set, but there is no last checkpoint available. No checkpoint will be loaded. ...") and a fresh fit;
+ * without a ModelCheckpoint callback, EM_EINVAL. Build the trainer, module,
+ * loaders and callbacks as for the interrupted fit (the same config, seed and data); the checkpoint then
+ * replaces the weights, optimizer and scheduler state, counters, RNG states and callback state, and the
+ * loop continues at the save point: the epoch and batch it was in (the skipped batches are not run
+ * through the model: the loader is asked for batch B of epoch E directly), without the sanity check
+ * (Lightning skips it on restart). max_epochs / max_steps may be raised to train further.
+ * Errors: as em_trainer_fit; EM_EINVAL (before anything is changed, with the path and what differs) for a
+ * file that is not an ember trainer checkpoint or is corrupted or truncated (the reader's message), and
+ * for a checkpoint of another setup: other parameter names or shapes, another number or type of
+ * optimizers or schedulers, manual vs automatic optimization, another precision's grad scaler, another
+ * number of training batches per epoch; EM_EIO when it cannot be read.
+ */
+EM_API em_status em_trainer_fit_from(em_trainer *t, em_module *m, em_loader *train, em_loader *val,
+                                     const char *ckpt_path);
+
+/**
+ * Lightning: trainer.ckpt_path: the checkpoint the current (or last) fit resumed from, with "last"
+ * resolved to the file; NULL for a fit that did not resume (em_trainer_fit, or "last" with no last
+ * checkpoint yet). Set before configure_optimizers, so a hook can print it. Borrowed: valid until the next
+ * fit or em_trainer_free. NULL for NULL.
+ */
+EM_API const char *em_trainer_ckpt_path(const em_trainer *t);
+
 /** The message of the last failed em_trainer_fit (or ""). Borrowed: valid until the next fit or free. */
 EM_API const char *em_trainer_error(const em_trainer *t);
 
@@ -941,6 +1121,15 @@ EM_API size_t em_trainer_num_lr_schedulers(const em_trainer *t);
 EM_API em_scheduler *em_trainer_lr_scheduler(const em_trainer *t, size_t i, em_scheduler_config *config);
 /** Lightning: bool(trainer.loggers): whether this fit writes metrics.csv (cfg.enable_csv_logger). */
 EM_API bool em_trainer_has_logger(const em_trainer *t);
+/** Lightning: trainer.log_dir as the CSV logger resolved it (default_root_dir/lightning_logs/version_N, or
+ *  cfg.log_dir) during a fit that writes metrics.csv, on rank 0; NULL otherwise (no logger, another rank,
+ *  outside fit). Borrowed: valid until the fit returns. */
+EM_API const char *em_trainer_log_dir(const em_trainer *t);
+/** Lightning: trainer.default_root_dir (the config's, "." when unset). Borrowed: valid until em_trainer_free. */
+EM_API const char *em_trainer_default_root_dir(const em_trainer *t);
+/** Lightning: sum(trainer.num_val_batches) for the current fit (after limit_val_batches): 0 without a
+ *  validation loader or validation_step. -1 for NULL. */
+EM_API int64_t em_trainer_num_val_batches(const em_trainer *t);
 /** Lightning: trainer._logger_connector.should_update_logs: (batches that stepped + 1) is a multiple of
  *  log_every_n_steps, or should_stop is set. */
 EM_API bool em_trainer_should_update_logs(const em_trainer *t);

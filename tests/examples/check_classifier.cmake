@@ -34,6 +34,20 @@ if(NOT rc EQUAL 1 OR NOT out MATCHES "FAIL: final val_acc")
   fail("--epochs 1 --min-accuracy 0.99: status ${rc}, expected 1 and a FAIL line")
 endif()
 
+# --checkpoint-dir / --save-weights: the files, and the last line as before
+get_filename_component(scratch "${CMAKE_CURRENT_BINARY_DIR}/classifier-ckpt" ABSOLUTE)
+file(REMOVE_RECURSE "${scratch}")
+execute_process(COMMAND ${CLASSIFIER} --epochs 2 --checkpoint-dir ${scratch}/ckpt --checkpoint-every 20
+                        --save-weights ${scratch}/w.safetensors
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT EXISTS "${scratch}/ckpt/last.ckpt" OR NOT EXISTS "${scratch}/w.safetensors")
+  fail("--checkpoint-dir / --save-weights: status ${rc}, expected 0, ckpt/last.ckpt and w.safetensors")
+endif()
+if(NOT out MATCHES "\nfinal val_acc [0-9.]+ .best [0-9.]+. after 2 epochs, 76 optimizer steps, [0-9.]+ s\n$")
+  fail("--checkpoint-dir: the last line changed")
+endif()
+file(REMOVE_RECURSE "${scratch}")
+
 execute_process(COMMAND ${CLASSIFIER} --help RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0 OR NOT out MATCHES "usage: classifier")
   fail("--help: status ${rc}, expected 0 and a usage text")

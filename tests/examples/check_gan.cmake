@@ -10,6 +10,7 @@ endfunction()
 
 file(REMOVE_RECURSE "${OUT}")
 execute_process(COMMAND ${GAN} --epochs 2 --steps-per-epoch 50 --plot-every 1 --no-progress --seed 3 --out ${OUT}
+                        --checkpoint-dir ${OUT}/ckpt --save-weights ${OUT}/weights.safetensors
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("${out}")
 if(NOT rc EQUAL 0)
@@ -21,6 +22,18 @@ string(REGEX REPLACE "\n$" "" trimmed "${out}")
 string(REGEX MATCH "[^\n]*$" last "${trimmed}")
 if(NOT last MATCHES "^modes covered: [0-8]/8, high-quality: [0-9]+\\.[0-9]%$")
   fail("last stdout line '${last}' is not 'modes covered: K/8, high-quality: Q%' (Q with one decimal)")
+endif()
+
+# --checkpoint-dir: last.ckpt (every 50 optimizer steps and at each epoch end); --save-weights: G's and D's
+# parameters under torch's names, a safetensors file (8-byte little-endian header length, then '{')
+foreach(f ckpt/last.ckpt weights.safetensors)
+  if(NOT EXISTS "${OUT}/${f}")
+    fail("${f} was not written")
+  endif()
+endforeach()
+file(READ "${OUT}/weights.safetensors" head OFFSET 8 LIMIT 2000)
+if(NOT head MATCHES "\"G\\.0\\.weight\"" OR NOT head MATCHES "\"D\\.4\\.bias\"")
+  fail("weights.safetensors does not name G.0.weight and D.4.bias")
 endif()
 
 # the pictures: every one a PNG (the 8-byte signature 89 50 4E 47 0D 0A 1A 0A)

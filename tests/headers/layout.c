@@ -112,6 +112,15 @@ _Static_assert(offsetof(em_callback_ops, destroy) == 18 * PTR, "em_callback_ops 
 _Static_assert(offsetof(em_callback_ops, monitoring) == 19 * PTR, "em_callback_ops v2 layout: monitoring moved");
 _Static_assert(EM_CALLBACK_OPS_VERSION >= 2, "em_callback_ops: version 2 added `monitoring`");
 _Static_assert(offsetof(em_early_stopping_opts, version) == 0, "em_early_stopping_opts.version must stay first");
+_Static_assert(offsetof(em_model_checkpoint_opts, version) == 0, "em_model_checkpoint_opts.version must stay first");
+_Static_assert(offsetof(em_model_checkpoint_opts, dirpath) < offsetof(em_model_checkpoint_opts, filename) &&
+                   offsetof(em_model_checkpoint_opts, filename) < offsetof(em_model_checkpoint_opts, monitor) &&
+                   offsetof(em_model_checkpoint_opts, monitor) < offsetof(em_model_checkpoint_opts, save_top_k) &&
+                   offsetof(em_model_checkpoint_opts, save_top_k) < offsetof(em_model_checkpoint_opts, every_n_train_steps) &&
+                   offsetof(em_model_checkpoint_opts, every_n_train_steps) < offsetof(em_model_checkpoint_opts, train_time_interval) &&
+                   offsetof(em_model_checkpoint_opts, train_time_interval) < offsetof(em_model_checkpoint_opts, last_name) &&
+                   offsetof(em_model_checkpoint_opts, last_name) < offsetof(em_model_checkpoint_opts, file_extension),
+               "em_model_checkpoint_opts v1 layout: fields are only appended");
 
 _Static_assert(offsetof(em_loader_ops, num_batches) == 1 * PTR, "em_loader_ops v1 layout: num_batches moved");
 _Static_assert(offsetof(em_loader_ops, get_batch) == 2 * PTR, "em_loader_ops v1 layout: get_batch moved");
