@@ -104,8 +104,8 @@ extern "C" em_status emi_rng_set_state(int device, const em_tensor *state)
         if (t.scalar_type() != at::kByte || t.dim() != 1)
             return emi_fail(EM_EINVAL, "the generator state must be a uint8 vector");
         at::Generator gen = rng_generator(device);
-        at::Generator probe = gen.clone(); // torch checks the size and contents; a bad state changes nothing
-        probe.set_state(t.contiguous());
+        // torch checks the state's size before it changes anything (no probe on a clone: 1.13's
+        // Generator::clone leaks its copy)
         std::lock_guard<std::mutex> lock(gen.mutex());
         gen.set_state(t.contiguous());
         return EM_OK;
@@ -139,9 +139,7 @@ extern "C" em_status em_generator_set_state(em_generator *g, const uint8_t *stat
         at::Generator gen = *emi_generator_of("em_generator_set_state", g);
         at::Tensor t = at::empty({static_cast<int64_t>(size)}, at::kByte);
         std::memcpy(t.data_ptr<uint8_t>(), state, size);
-        at::Generator probe = gen.clone();
-        probe.set_state(t);
-        std::lock_guard<std::mutex> lock(gen.mutex());
+        std::lock_guard<std::mutex> lock(gen.mutex()); // torch checks the size before changing anything
         gen.set_state(t);
         return EM_OK;
     EM_CATCH(EM_ETORCH)

@@ -178,7 +178,8 @@ EM_API void em_generator_free(em_generator *g);
 EM_API em_status em_generator_get_state(em_generator *g, uint8_t *out, size_t cap, size_t *size);
 /**
  * Set the state of `g` from `size` bytes em_generator_get_state wrote (torch: g.set_state(t)).
- * Errors: EM_ETORCH with torch's message for bytes it refuses (nothing changes then); EM_EINVAL for NULL.
+ * Errors: EM_ETORCH with torch's message for bytes it refuses (a state of another size: nothing changes then);
+ * EM_EINVAL for NULL.
  */
 EM_API em_status em_generator_set_state(em_generator *g, const uint8_t *state, size_t size);
 
