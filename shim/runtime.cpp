@@ -81,7 +81,9 @@ at::Generator rng_generator(int device)
 {
     if (device < 0)
         return at::detail::getDefaultCPUGenerator();
-    return at::detail::getCUDAHooks().getDefaultCUDAGenerator(static_cast<c10::DeviceIndex>(device));
+    // The context's lookup: the CUDA hooks' getter is getDefaultCUDAGenerator in libtorch 1.13 and
+    // getDefaultGenerator (AcceleratorHooksInterface) in 2.x; this one call exists in both.
+    return at::globalContext().defaultGenerator(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device)));
 }
 
 } // namespace
