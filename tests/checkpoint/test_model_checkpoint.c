@@ -1086,6 +1086,31 @@ static bool temp_of(const char *dir, pid_t pid)
  * it is killed while a save is under way (its temporary file is there). last.ckpt is then the previous
  * checkpoint, whole; no partial file is under a final name; the next fit into the directory removes the
  * temporary file. */
+/* The process test_kill_during_save kills: a model big enough that a save takes a while, a checkpoint after
+ * every step into dir, far more steps than the test waits for. Run as `test_model_checkpoint --save-loop DIR`;
+ * it never ends by itself (status 3 if fit returns, with fit's error on stderr). */
+#define SAVE_LOOP_ARG "--save-loop"
+
+static int save_loop_child(const char *dir)
+{
+    boring m;
+    memset(&m, 0, sizeof m);
+    m.base.ops = &boring_ops;
+    m.net = EM_NN_SEQUENTIAL(em_nn_linear(1, 512, true), em_nn_linear(512, 512, true), em_nn_linear(512, 1, true));
+    m.base.layers = m.net;
+    em_model_checkpoint_opts o = opts_in(dir);
+    o.save_top_k = 0;
+    o.save_last = true;
+    o.every_n_train_steps = 1;
+    em_trainer_config cfg = config(1000);
+    em_trainer *t = em_trainer_new(&cfg);
+    em_trainer_add_callback(t, em_model_checkpoint(&o));
+    em_loader *train = loader(50);
+    em_status st = em_trainer_fit(t, &m.base, train, NULL);
+    fprintf(stderr, "save loop: fit returned %s: %s\n", em_status_name(st), em_trainer_error(t));
+    return 3;
+}
+
 static void test_kill_during_save(void **state)
 {
     (void)state;
@@ -1096,21 +1121,11 @@ static void test_kill_during_save(void **state)
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
-            boring m;
-            memset(&m, 0, sizeof m);
-            m.base.ops = &boring_ops;
-            m.net = EM_NN_SEQUENTIAL(em_nn_linear(1, 512, true), em_nn_linear(512, 512, true), em_nn_linear(512, 1, true));
-            m.base.layers = m.net;
-            em_model_checkpoint_opts o = opts_in(dir);
-            o.save_top_k = 0;
-            o.save_last = true;
-            o.every_n_train_steps = 1;
-            em_trainer_config cfg = config(1000);
-            em_trainer *t = em_trainer_new(&cfg);
-            em_trainer_add_callback(t, em_model_checkpoint(&o));
-            em_loader *train = loader(50);
-            em_trainer_fit(t, &m.base, train, NULL);
-            _exit(3); /* it must not end by itself */
+            /* A fresh process image, not the forked copy of this one: libtorch 2.x's autograd refuses to run
+             * in a child forked after the parent used it ("Unable to handle autograd's threading in
+             * combination with fork-based multiprocessing"), and the tests before this one trained here. */
+            execl("/proc/self/exe", "test_model_checkpoint", SAVE_LOOP_ARG, dir, (char *)NULL);
+            _exit(127);
         }
         /* wait for a save under way after the first one completed */
         char last[4300];
@@ -1360,8 +1375,10 @@ static void test_two_checkpoints_resume(void **state)
     free(b);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], SAVE_LOOP_ARG) == 0)
+        return save_loop_child(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_format_checkpoint_name, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_invalid_arguments, helper_setup, helper_teardown),
