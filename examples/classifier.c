@@ -50,6 +50,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "checkpointing.h" /* --checkpoint-dir, --checkpoint-every, --resume, --save-weights */
 #include "opts.h" /* strict numbers, getopt_long's messages */
 #ifdef EMBER_EXAMPLES_HAVE_CAIRO
 #include "metrics_plot.h" /* ember-plot's drawing: metrics.csv -> PNG curves */
@@ -70,10 +71,7 @@ typedef struct options {
     const char *log_dir; /* NULL: no metrics.csv */
     long devices;        /* 0: auto (1, or what torchrun started) */
     const char *curves;  /* NULL: no picture of the curves */
-    const char *checkpoint_dir; /* NULL: no checkpoints */
-    long checkpoint_every;      /* optimizer steps between two last.ckpt saves */
-    const char *resume;         /* NULL, "last" or a checkpoint's path */
-    const char *save_weights;   /* NULL: the final weights are not written */
+    ckpt_opts ckpt;             /* --checkpoint-dir, --checkpoint-every, --resume, --save-weights */
 } options;
 
 static void usage(FILE *f)
@@ -112,7 +110,7 @@ static void usage(FILE *f)
 
 /* Long-only options get values above any character. */
 enum { OPT_EPOCHS = 256, OPT_PLATEAU, OPT_BF16, OPT_MIN_ACCURACY, OPT_SEED, OPT_PROGRESS_BAR, OPT_LOG_DIR,
-       OPT_DEVICES, OPT_CURVES, OPT_CHECKPOINT_DIR, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_SAVE_WEIGHTS };
+       OPT_DEVICES, OPT_CURVES };
 
 static const struct option long_options[] = {
     {"epochs", required_argument, NULL, OPT_EPOCHS},
@@ -124,10 +122,7 @@ static const struct option long_options[] = {
     {"log-dir", required_argument, NULL, OPT_LOG_DIR},
     {"devices", required_argument, NULL, OPT_DEVICES},
     {"curves", required_argument, NULL, OPT_CURVES},
-    {"checkpoint-dir", required_argument, NULL, OPT_CHECKPOINT_DIR},
-    {"checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY},
-    {"resume", required_argument, NULL, OPT_RESUME},
-    {"save-weights", required_argument, NULL, OPT_SAVE_WEIGHTS},
+    CKPT_LONG_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -139,6 +134,11 @@ static int parse_args(int argc, char **argv, options *o)
     int c;
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
         bool ok = true;
+        if (ckpt_parse("classifier", c, optarg, &o->ckpt, &ok)) {
+            if (!ok)
+                return 2;
+            continue;
+        }
         switch (c) {
         case 'h':
             usage(stdout);
@@ -183,25 +183,6 @@ static int parse_args(int argc, char **argv, options *o)
             fprintf(stderr, "classifier: --curves is not available: built without cairo\n");
 #endif
             break;
-        case OPT_CHECKPOINT_DIR:
-        case OPT_RESUME:
-        case OPT_SAVE_WEIGHTS:
-            ok = optarg[0] != '\0';
-            if (!ok)
-                fprintf(stderr, "classifier: %s needs a %s\n",
-                        c == OPT_CHECKPOINT_DIR ? "--checkpoint-dir" : c == OPT_RESUME ? "--resume" : "--save-weights",
-                        c == OPT_CHECKPOINT_DIR ? "directory name" : c == OPT_RESUME ? "checkpoint (or last)"
-                                                                                     : "file name");
-            if (c == OPT_CHECKPOINT_DIR)
-                o->checkpoint_dir = optarg;
-            else if (c == OPT_RESUME)
-                o->resume = optarg;
-            else
-                o->save_weights = optarg;
-            break;
-        case OPT_CHECKPOINT_EVERY:
-            ok = opts_long("classifier", "--checkpoint-every", optarg, 1, &o->checkpoint_every);
-            break;
         default: /* '?' or ':' */
             opts_rejected("classifier", long_options, argv, c);
             return 2;
@@ -209,10 +190,8 @@ static int parse_args(int argc, char **argv, options *o)
         if (!ok)
             return 2;
     }
-    if (o->resume != NULL && strcmp(o->resume, "last") == 0 && o->checkpoint_dir == NULL) {
-        fprintf(stderr, "classifier: --resume last needs --checkpoint-dir (where the last checkpoint is)\n");
+    if (!ckpt_check("classifier", &o->ckpt))
         return 2;
-    }
     if (o->curves != NULL && o->log_dir == NULL) {
         fprintf(stderr, "classifier: --curves needs --log-dir (the curves are drawn from DIR/metrics.csv)\n");
         return 2;
@@ -354,13 +333,7 @@ static em_status on_fit_start(em_module *m)
     em_trainer *t = em_module_trainer(m);
     if (!em_trainer_is_global_zero(t))
         return EM_OK;
-    const char *from = em_trainer_ckpt_path(t);
-    if (from != NULL)
-        printf("resumed from %s at epoch %lld, batch %lld, global_step %lld\n", from,
-               (long long)em_trainer_current_epoch(t), (long long)em_trainer_batch_idx(t),
-               (long long)em_trainer_global_step(t));
-    else if (o->resume != NULL)
-        printf("no last checkpoint in %s yet: training from the start\n", o->checkpoint_dir);
+    ckpt_print_resume(t, &o->ckpt);
     printf("classifier: two spirals, %d train / %d validation points; MLP 2-%d-%d-2, AdamW, batch %d, "
            "accumulate_grad_batches 2, gradient_clip_val 1, %s, %s, %ld epochs\n",
            N_POINTS - N_VAL, N_VAL, HIDDEN, HIDDEN, BATCH,
@@ -453,17 +426,9 @@ static int run(const options *o)
     if (t != NULL && o->log_dir != NULL && em_trainer_add_callback(t, em_lr_monitor(&(em_lr_monitor_opts){
                                                                       .log_momentum = true})) != EM_OK)
         s = em_last_status();
-    /* Lightning's ModelCheckpoint(dirpath, every_n_train_steps=N, save_top_k=0, save_last=True): last.ckpt
-     * every N optimizer steps and at every epoch end (save_last ignores every_n_epochs) */
-    if (t != NULL && s == EM_OK && o->checkpoint_dir != NULL) {
-        em_model_checkpoint_opts mo = EM_MODEL_CHECKPOINT_OPTS_INIT;
-        mo.dirpath = o->checkpoint_dir;
-        mo.every_n_train_steps = o->checkpoint_every;
-        mo.save_top_k = 0;
-        mo.save_last = true;
-        if (em_trainer_add_callback(t, em_model_checkpoint(&mo)) != EM_OK)
-            s = em_last_status();
-    }
+    /* Lightning's ModelCheckpoint for --checkpoint-dir */
+    if (t != NULL && s == EM_OK)
+        s = ckpt_add_callback(t, &o->ckpt);
     em_loader *train = NULL, *val = NULL;
     if (s == EM_OK) {
         train = em_tensor_loader(data, 2, &(em_loader_opts){.batch_size = BATCH, .shuffle = true, .seed = o->seed});
@@ -476,14 +441,12 @@ static int run(const options *o)
         status = 1;
     } else {
         /* the header is printed by on_fit_start, after the resume line */
-        if (em_trainer_fit_from(t, &c.base, train, val, o->resume) != EM_OK) {
+        if (em_trainer_fit_from(t, &c.base, train, val, o->ckpt.resume) != EM_OK) {
             fprintf(stderr, "classifier: fit failed: %s\n", em_trainer_error(t));
             status = 1;
         } else if (zero) {
-            if (o->save_weights != NULL && em_nn_save_safetensors(c.net, o->save_weights, NULL, 0) != EM_OK) {
-                fprintf(stderr, "classifier: --save-weights: %s\n", em_last_error());
+            if (ckpt_save_weights("classifier", c.net, &o->ckpt) != EM_OK)
                 status = 1;
-            }
             /* a run resumed from its very end trains no epoch here: the last val_acc is the checkpoint's
              * (its callback_metrics); epochs: those of the whole run, also when it resumed */
             double restored = NAN;
@@ -521,7 +484,7 @@ static int run(const options *o)
 
 int main(int argc, char **argv)
 {
-    options o = {.epochs = 30, .seed = 0, .checkpoint_every = 50};
+    options o = {.epochs = 30, .seed = 0, .ckpt = CKPT_OPTS_DEFAULT};
     switch (parse_args(argc, argv, &o)) {
     case 1:
         return 0;

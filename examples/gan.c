@@ -73,6 +73,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "checkpointing.h" /* --checkpoint-dir, --checkpoint-every, --resume, --save-weights */
 #include "opts.h" /* strict numbers, getopt_long's messages */
 #include "plot.h" /* plot_png: the PNG charts */
 
@@ -102,10 +103,7 @@ typedef struct options {
     long devices; /* 0: auto (1, or what torchrun started) */
     bool zero;    /* rank 0: the one that prints and writes */
     bool progress;
-    const char *checkpoint_dir; /* NULL: no checkpoints */
-    long checkpoint_every;      /* optimizer steps (G and D count) between two last.ckpt saves */
-    const char *resume;         /* NULL, "last" or a checkpoint's path */
-    const char *save_weights;   /* NULL: the final weights are not written */
+    ckpt_opts ckpt;             /* --checkpoint-dir, --checkpoint-every, --resume, --save-weights */
 } options;
 
 static void usage(FILE *f)
@@ -163,10 +161,6 @@ enum {
     OPT_PLOT_EVERY,
     OPT_NO_PROGRESS,
     OPT_DEVICES,
-    OPT_CHECKPOINT_DIR,
-    OPT_CHECKPOINT_EVERY,
-    OPT_RESUME,
-    OPT_SAVE_WEIGHTS,
 };
 
 static const struct option long_options[] = {
@@ -181,10 +175,7 @@ static const struct option long_options[] = {
     {"plot-every", required_argument, NULL, OPT_PLOT_EVERY},
     {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
     {"devices", required_argument, NULL, OPT_DEVICES},
-    {"checkpoint-dir", required_argument, NULL, OPT_CHECKPOINT_DIR},
-    {"checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY},
-    {"resume", required_argument, NULL, OPT_RESUME},
-    {"save-weights", required_argument, NULL, OPT_SAVE_WEIGHTS},
+    CKPT_LONG_OPTIONS,
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -197,6 +188,11 @@ static int parse_args(int argc, char **argv, options *o)
     int c;
     while ((c = getopt_long(argc, argv, ":hq", long_options, NULL)) != -1) {
         bool ok = true;
+        if (ckpt_parse("gan", c, optarg, &o->ckpt, &ok)) {
+            if (!ok)
+                return 2;
+            continue;
+        }
         switch (c) {
         case 'h':
             usage(stdout);
@@ -237,25 +233,6 @@ static int parse_args(int argc, char **argv, options *o)
         case OPT_DEVICES:
             ok = opts_long("gan", "--devices", optarg, 1, &o->devices);
             break;
-        case OPT_CHECKPOINT_DIR:
-        case OPT_RESUME:
-        case OPT_SAVE_WEIGHTS:
-            ok = optarg[0] != '\0';
-            if (!ok)
-                fprintf(stderr, "gan: %s needs a %s\n",
-                        c == OPT_CHECKPOINT_DIR ? "--checkpoint-dir" : c == OPT_RESUME ? "--resume" : "--save-weights",
-                        c == OPT_CHECKPOINT_DIR ? "directory name" : c == OPT_RESUME ? "checkpoint (or last)"
-                                                                                     : "file name");
-            if (c == OPT_CHECKPOINT_DIR)
-                o->checkpoint_dir = optarg;
-            else if (c == OPT_RESUME)
-                o->resume = optarg;
-            else
-                o->save_weights = optarg;
-            break;
-        case OPT_CHECKPOINT_EVERY:
-            ok = opts_long("gan", "--checkpoint-every", optarg, 1, &o->checkpoint_every);
-            break;
         case 'q':
             o->quiet = true;
             o->progress = false;
@@ -267,10 +244,8 @@ static int parse_args(int argc, char **argv, options *o)
         if (!ok)
             return 2;
     }
-    if (o->resume != NULL && strcmp(o->resume, "last") == 0 && o->checkpoint_dir == NULL) {
-        fprintf(stderr, "gan: --resume last needs --checkpoint-dir (where the last checkpoint is)\n");
+    if (!ckpt_check("gan", &o->ckpt))
         return 2;
-    }
     return opts_no_operands("gan", argc, argv) ? 0 : 2;
 }
 
@@ -664,13 +639,7 @@ static em_status gan_on_fit_start(em_module *m)
     em_trainer *t = em_module_trainer(m);
     if (!o->zero)
         return EM_OK;
-    const char *from = em_trainer_ckpt_path(t);
-    if (from != NULL)
-        printf("resumed from %s at epoch %lld, batch %lld, global_step %lld\n", from,
-               (long long)em_trainer_current_epoch(t), (long long)em_trainer_batch_idx(t),
-               (long long)em_trainer_global_step(t));
-    else if (o->resume != NULL)
-        printf("no last checkpoint in %s yet: training from the start\n", o->checkpoint_dir);
+    ckpt_print_resume(t, &o->ckpt);
     if (!o->quiet)
         printf("gan: ring of 8 Gaussians (radius 2, sigma %g); %ld epochs x %ld batches of %ld; Adam lr %g "
                "betas (0.5, 0.999); D every %ld batch%s; seed %llu; output in %s/\n",
@@ -780,19 +749,11 @@ static int run(options *o)
     g.G = em_nn_child(layers, "G");
     g.D = em_nn_child(layers, "D");
 
-    /* Lightning's ModelCheckpoint(dirpath, every_n_train_steps=N, save_top_k=0, save_last=True): last.ckpt
-     * every N optimizer steps and at every epoch end (save_last ignores every_n_epochs) */
-    if (t != NULL && o->checkpoint_dir != NULL) {
-        em_model_checkpoint_opts mo = EM_MODEL_CHECKPOINT_OPTS_INIT;
-        mo.dirpath = o->checkpoint_dir;
-        mo.every_n_train_steps = o->checkpoint_every;
-        mo.save_top_k = 0;
-        mo.save_last = true;
-        if (em_trainer_add_callback(t, em_model_checkpoint(&mo)) != EM_OK) {
-            fprintf(stderr, "gan: --checkpoint-dir: %s\n", em_last_error());
-            em_trainer_free(t);
-            t = NULL;
-        }
+    /* Lightning's ModelCheckpoint for --checkpoint-dir */
+    if (t != NULL && ckpt_add_callback(t, &o->ckpt) != EM_OK) {
+        fprintf(stderr, "gan: --checkpoint-dir: %s\n", em_last_error());
+        em_trainer_free(t);
+        t = NULL;
     }
     em_loader *train = data != NULL ? em_tensor_loader((em_tensor *[]){data}, 1,
                                                        &(em_loader_opts){.batch_size = o->batch_size, .shuffle = true,
@@ -807,15 +768,13 @@ static int run(options *o)
 
     if (status == 0) {
         double t0 = now_seconds();
-        if (em_trainer_fit_from(t, &g.base, train, NULL, o->resume) != EM_OK) {
+        if (em_trainer_fit_from(t, &g.base, train, NULL, o->ckpt.resume) != EM_OK) {
             fprintf(stderr, "gan: training failed: %s\n", em_trainer_error(t));
             status = 1;
         } else if (o->zero) {
             status = finish(&g, now_seconds() - t0, em_trainer_global_step(t));
-            if (status == 0 && o->save_weights != NULL && em_nn_save_safetensors(layers, o->save_weights, NULL, 0) != EM_OK) {
-                fprintf(stderr, "gan: --save-weights: %s\n", em_last_error());
+            if (status == 0 && ckpt_save_weights("gan", layers, &o->ckpt) != EM_OK)
                 status = 1;
-            }
         }
     }
 
@@ -852,7 +811,7 @@ int main(int argc, char **argv)
 {
     options o = {.epochs = 20, .steps_per_epoch = 500, .batch_size = 128, .lr = 2e-4, .d_every = 1,
                  .sigma = 0.02, .seed = 0, .out = "gan-out", .plot_every = 5, .quiet = false, .progress = true,
-                 .checkpoint_every = 50};
+                 .ckpt = CKPT_OPTS_DEFAULT};
     switch (parse_args(argc, argv, &o)) {
     case 1:
         return 0;
