@@ -98,15 +98,7 @@ static void run(bool reference, int64_t devices, em_process_group_backend backen
         else
             snprintf(out->error, sizeof out->error, "after fit: %s", em_last_error());
     }
-    for (size_t i = 0; i < em_nn_num_parameters(m.net); i++) {
-        em_tensor *p = em_nn_parameter(m.net, i);
-        int64_t k = em_tensor_numel(p);
-        float buf[64];
-        if (k > 64 || em_tensor_copy_to(p, buf, (size_t)k * sizeof *buf, EM_F32) != EM_OK)
-            break;
-        for (int64_t j = 0; j < k && out->n_w < MAX_W; j++)
-            out->w[out->n_w++] = buf[j];
-    }
+    result_take_weights(out, m.net, 64); /* every value: the net is small */
     em_loader_free(train);
     em_tensor_free(x);
     em_tensor_free(y);
@@ -120,9 +112,7 @@ static int worker_main(const char *mode, const char *out)
     rank_result r;
     em_process_group_backend b = strncmp(mode, "gloo", 4) == 0 ? EM_PG_BACKEND_GLOO : EM_PG_BACKEND_AUTO;
     run(false, mode[4] - '0', b, &r);
-    char path[512];
-    snprintf(path, sizeof path, "%s.%lld", out, r.rank);
-    result_write(path, &r);
+    result_write_rank(out, &r);
     return r.status == 0 ? 0 : 1;
 }
 

@@ -1,5 +1,5 @@
-/* ddp_worker.h: what the DDP tests share - starting processes with a deadline, free ports, and
- * reading the result files the ranks write. Included by tests/ddp/test_*.c (one translation unit
+/* ddp_worker.h: what the DDP tests share - starting processes with a deadline, free ports, two ranks
+ * started with torchrun's variables, and the result files the ranks write. Included by tests/ddp/test_*.c (one translation unit
  * each: everything here is static). */
 #ifndef EMBER_DDP_WORKER_H
 #define EMBER_DDP_WORKER_H
@@ -20,6 +20,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <ember.h>
 
 extern char **environ;
 
@@ -160,6 +162,68 @@ static inline bool result_read(const char *path, rank_result *r)
     fclose(f);
     r->present = ok;
     return ok;
+}
+
+/* OUT.<rank>: where a rank started with result prefix OUT writes its result. */
+static inline void result_write_rank(const char *out, const rank_result *r)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s.%lld", out, r->rank);
+    result_write(path, r);
+}
+
+/* Up to `per_param` evenly spaced values of each of net's parameters (all of a parameter with no more
+ * than that), in order, into r->w, as long as MAX_W allows. */
+static inline void result_take_weights(rank_result *r, em_nn *net, int64_t per_param)
+{
+    for (size_t i = 0; i < em_nn_num_parameters(net); i++) {
+        em_tensor *p = em_nn_parameter(net, i);
+        int64_t k = em_tensor_numel(p), stride = k > per_param ? k / per_param : 1;
+        float *buf = malloc((size_t)k * sizeof *buf);
+        if (buf == NULL || em_tensor_copy_to(p, buf, (size_t)k * sizeof *buf, EM_F32) != EM_OK) {
+            free(buf);
+            return;
+        }
+        for (int64_t j = 0; j < k && j / stride < per_param && r->n_w < MAX_W; j += stride)
+            r->w[r->n_w++] = buf[j];
+        free(buf);
+    }
+}
+
+/* ---- two ranks started as torchrun starts them ------------------------------------------------------- */
+
+/* Starts argv[0] twice as `nodes` (1 or 2) x (2 / nodes) processes with torchrun's variables (RANK,
+ * LOCAL_RANK, GROUP_RANK, LOCAL_WORLD_SIZE, WORLD_SIZE=2, MASTER_ADDR=127.0.0.1, MASTER_PORT a port free
+ * now) plus `extra` (one more NAME=VALUE, or NULL), and waits for both until `seconds` from now (a rank
+ * still running then is killed). st[r]: rank r's wait status, -1 when killed by the deadline. Returns
+ * true when both exited with status 0. */
+static inline bool spawn_torchrun_pair(char *const argv[], int nodes, const char *extra, double seconds, int st[2])
+{
+    int port = free_port();
+    st[0] = st[1] = -1;
+    if (port <= 0 || (nodes != 1 && nodes != 2))
+        return false;
+    double t0 = now_s();
+    pid_t pids[2];
+    int per_node = 2 / nodes;
+    char vars[2][8][64];
+    for (int r = 0; r < 2; r++) {
+        snprintf(vars[r][0], 64, "RANK=%d", r);
+        snprintf(vars[r][1], 64, "LOCAL_RANK=%d", r % per_node);
+        snprintf(vars[r][2], 64, "GROUP_RANK=%d", r / per_node);
+        snprintf(vars[r][3], 64, "LOCAL_WORLD_SIZE=%d", per_node);
+        snprintf(vars[r][4], 64, "WORLD_SIZE=2");
+        snprintf(vars[r][5], 64, "MASTER_ADDR=127.0.0.1");
+        snprintf(vars[r][6], 64, "MASTER_PORT=%d", port);
+        snprintf(vars[r][7], 64, "%s", extra != NULL ? extra : "");
+        char *env[] = {vars[r][0], vars[r][1], vars[r][2], vars[r][3], vars[r][4], vars[r][5], vars[r][6],
+                       extra != NULL ? vars[r][7] : NULL, NULL};
+        pids[r] = spawn(argv[0], argv, env);
+    }
+    for (int r = 0; r < 2; r++)
+        st[r] = wait_deadline(pids[r], t0 + seconds);
+    return st[0] != -1 && st[1] != -1 && WIFEXITED(st[0]) && WEXITSTATUS(st[0]) == 0 && WIFEXITED(st[1]) &&
+           WEXITSTATUS(st[1]) == 0;
 }
 
 #endif /* EMBER_DDP_WORKER_H */

@@ -89,15 +89,7 @@ static void run(const char *mode, const char *dir, rank_result *out)
     out->status = (int)s;
     snprintf(out->error, sizeof out->error, "%s", em_trainer_error(t));
     out->steps = em_trainer_global_step(t);
-    for (size_t i = 0; i < em_nn_num_parameters(m.net); i++) {
-        const em_tensor *p = em_nn_parameter(m.net, i);
-        float v[64];
-        size_t n = (size_t)em_tensor_numel(p);
-        if (n > 64 || out->n_w + (int)n > MAX_W || em_tensor_copy_to(p, v, n * sizeof *v, EM_F32) != EM_OK)
-            break;
-        for (size_t j = 0; j < n; j++)
-            out->w[out->n_w++] = v[j];
-    }
+    result_take_weights(out, m.net, 64); /* every value: the net is small */
     em_loader_free(train);
     em_tensor_free(x);
     em_tensor_free(y);
@@ -118,30 +110,10 @@ static int worker_main(const char *mode, const char *dir)
 /* Two ranks of `mode` with torchrun's variables; their results. */
 static void launch(const char *mode, const char *dir, rank_result res[2])
 {
-    int port = free_port();
-    assert_true(port > 0);
-    pid_t pids[2];
-    double t0 = now_s();
-    static char vars[2][8][64];
-    for (int r = 0; r < 2; r++) {
-        snprintf(vars[r][0], 64, "RANK=%d", r);
-        snprintf(vars[r][1], 64, "LOCAL_RANK=%d", r);
-        snprintf(vars[r][2], 64, "GROUP_RANK=0");
-        snprintf(vars[r][3], 64, "LOCAL_WORLD_SIZE=2");
-        snprintf(vars[r][4], 64, "WORLD_SIZE=2");
-        snprintf(vars[r][5], 64, "MASTER_ADDR=127.0.0.1");
-        snprintf(vars[r][6], 64, "MASTER_PORT=%d", port);
-        snprintf(vars[r][7], 64, "OMP_NUM_THREADS=1");
-        char *env[] = {vars[r][0], vars[r][1], vars[r][2], vars[r][3], vars[r][4], vars[r][5], vars[r][6],
-                       vars[r][7], NULL};
-        char *argv[] = {(char *)self_exe, "worker", (char *)mode, (char *)dir, NULL};
-        pids[r] = spawn(self_exe, argv, env);
-    }
-    for (int r = 0; r < 2; r++) {
-        int st = wait_deadline(pids[r], t0 + 150);
-        if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-            fail_msg("%s: rank %d ended with wait status %#x", mode, r, st);
-    }
+    char *argv[] = {(char *)self_exe, "worker", (char *)mode, (char *)dir, NULL};
+    int st[2];
+    if (!spawn_torchrun_pair(argv, 1, "OMP_NUM_THREADS=1", 150, st))
+        fail_msg("%s: the ranks ended with wait statuses %#x and %#x (-1: killed at the deadline)", mode, st[0], st[1]);
     for (int r = 0; r < 2; r++) {
         char path[512];
         snprintf(path, sizeof path, "%s/%s.%d", dir, mode, r);

@@ -192,19 +192,7 @@ static void run(const char *mode, bool reference, const char *root, rank_result 
     em_trainer_callback_metric(t, "rank_mean", &out->metric_mean);
     em_trainer_callback_metric(t, "rank_max", &out->metric_max);
     em_trainer_callback_metric(t, "rank_local", &out->metric_local);
-    /* up to 32 values of each parameter, evenly spaced */
-    for (size_t i = 0; i < em_nn_num_parameters(m.net); i++) {
-        em_tensor *p = em_nn_parameter(m.net, i);
-        int64_t k = em_tensor_numel(p), stride = k > 32 ? k / 32 : 1;
-        float *buf = malloc((size_t)k * sizeof *buf);
-        if (buf == NULL || em_tensor_copy_to(p, buf, (size_t)k * sizeof *buf, EM_F32) != EM_OK) {
-            free(buf);
-            break;
-        }
-        for (int64_t j = 0; j < k && j / stride < 32 && out->n_w < MAX_W; j += stride)
-            out->w[out->n_w++] = buf[j];
-        free(buf);
-    }
+    result_take_weights(out, m.net, 32);
     em_loader_free(train);
     em_tensor_free(x);
     em_tensor_free(y);
@@ -217,9 +205,7 @@ static int worker_main(const char *mode, const char *out)
 {
     rank_result r;
     run(mode, false, out, &r);
-    char path[512];
-    snprintf(path, sizeof path, "%s.%lld", out, r.rank);
-    result_write(path, &r);
+    result_write_rank(out, &r);
     return r.status == 0 ? 0 : 1;
 }
 
@@ -271,31 +257,13 @@ static void launch_ember(launch *l)
 /* torchrun's variables, set here: `nodes` x (2 / nodes) processes. */
 static void launch_env(launch *l, int nodes)
 {
-    int port = free_port();
-    assert_true(port > 0);
-    pid_t pids[2];
+    char nodes_var[64];
+    snprintf(nodes_var, sizeof nodes_var, "EMBER_TEST_NODES=%d", nodes);
+    char *argv[] = {(char *)self_exe, "worker", (char *)l->mode, l->out, NULL};
     double t0 = now_s();
-    static char vars[2][8][64];
-    for (int r = 0; r < 2; r++) {
-        int per_node = 2 / nodes;
-        snprintf(vars[r][0], 64, "RANK=%d", r);
-        snprintf(vars[r][1], 64, "LOCAL_RANK=%d", r % per_node);
-        snprintf(vars[r][2], 64, "GROUP_RANK=%d", r / per_node);
-        snprintf(vars[r][3], 64, "LOCAL_WORLD_SIZE=%d", per_node);
-        snprintf(vars[r][4], 64, "WORLD_SIZE=2");
-        snprintf(vars[r][5], 64, "MASTER_ADDR=127.0.0.1");
-        snprintf(vars[r][6], 64, "MASTER_PORT=%d", port);
-        snprintf(vars[r][7], 64, "EMBER_TEST_NODES=%d", nodes);
-        char *env[] = {vars[r][0], vars[r][1], vars[r][2], vars[r][3], vars[r][4], vars[r][5], vars[r][6],
-                       vars[r][7], NULL};
-        char *argv[] = {(char *)self_exe, "worker", (char *)l->mode, l->out, NULL};
-        pids[r] = spawn(self_exe, argv, env);
-    }
-    for (int r = 0; r < 2; r++) {
-        int st = wait_deadline(pids[r], t0 + 150);
-        if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-            fail_msg("rank %d ended with wait status %#x", r, st);
-    }
+    int st[2];
+    if (!spawn_torchrun_pair(argv, nodes, nodes_var, 150, st))
+        fail_msg("the ranks ended with wait statuses %#x and %#x (-1: killed at the deadline)", st[0], st[1]);
     l->seconds = now_s() - t0;
     launch_collect(l);
 }
