@@ -37,62 +37,18 @@ base=${EMBER_TRIXIE_ROOT:-/var/cache/ember-ci/trixie}
 suite=trixie
 cuda_pkgs="libtorch-cuda-dev libgloo-cuda-dev nvidia-cuda-toolkit nvidia-cuda-dev libnccl-dev"
 
-say() { printf 'cuda-build-check: [%s] %s\n' "$(date +%T)" "$*" >&2; }
-
-unavailable() {
-    {
-        echo
-        echo "######################################################################"
-        echo "#  cuda-build-check: the CUDA libtorch build CANNOT RUN on this machine:"
-        echo "#    $*"
-        echo "#  ember was NOT built against a CUDA libtorch."
-        echo "######################################################################"
-        echo
-    } >&2
-    if [ "${CI:-}" = true ]; then exit 1; fi
-    exit 0
-}
+chroot_tool=cuda-build-check
+chroot_not_done="ember was NOT built against a CUDA libtorch."
+# say, unavailable, debian_mirror, mount_into (mounts undone on exit), in_chroot
+. "$src/scripts/lib/chroot.sh"
 
 [ "$(id -u)" -eq 0 ] || unavailable "not root (chroot and mount need root)"
 
-mirror=${EMBER_TRIXIE_MIRROR:-}
-if [ -z "$mirror" ]; then
-    mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's|^URIs:[[:space:]]*\(.*/debian\)/\{0,1\}[[:space:]]*$|\1|p' | head -n1)
-fi
-mirror=${mirror:-http://deb.debian.org/debian}
+mirror=$(debian_mirror)
 
 # What the chroot is made of; it is remade when this changes.
 deps_hash=$( { sed -n '/^PKGS="/,/"/p' "$src/scripts/install-deps.sh"; echo "$cuda_pkgs"; echo standin-v1; } |
     tr -s ' \t\n\\' ' ' | sha256sum | cut -d' ' -f1)
-
-mounted=()
-cleanup() {
-    local i
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
-        umount "${mounted[i]}" 2>/dev/null || umount -l "${mounted[i]}" 2>/dev/null ||
-            say "could not unmount ${mounted[i]}"
-    done
-    mounted=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mount_into() {  # as trixie-chroot.sh: /proc, /dev (+ /dev/pts, a fresh /dev/shm), /sys
-    local r=$1
-    mkdir -p "$r/proc" "$r/dev" "$r/sys"
-    mount -t proc proc "$r/proc" && mounted+=("$r/proc")
-    mount --bind /dev "$r/dev" && mounted+=("$r/dev")
-    if [ -d /dev/pts ] && mount --bind /dev/pts "$r/dev/pts" 2>/dev/null; then mounted+=("$r/dev/pts"); fi
-    mkdir -p "$r/dev/shm" 2>/dev/null || true
-    if mount -t tmpfs -o mode=1777,nosuid,nodev shm "$r/dev/shm"; then mounted+=("$r/dev/shm"); fi
-    if mount -t sysfs sysfs "$r/sys" 2>/dev/null || mount --rbind /sys "$r/sys"; then mounted+=("$r/sys"); fi
-}
-
-in_chroot() {  # in_chroot CHROOT COMMAND: a clean environment, root's shell
-    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-        TERM="${TERM:-dumb}" CI="${CI:-}" DEBIAN_FRONTEND=noninteractive ${EMBER_EXTRA_ENV:-} \
-        chroot "$1" /bin/bash -c "$2"
-}
 
 # The cuDNN stand-ins (see the header), run inside the chroot.
 read -r -d '' make_standins <<'STANDIN' || true

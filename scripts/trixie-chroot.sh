@@ -19,21 +19,10 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 root=${EMBER_TRIXIE_ROOT:-/var/cache/ember-ci/trixie}
 suite=trixie
 
-say() { printf 'trixie-chroot: [%s] %s\n' "$(date +%T)" "$*" >&2; }
-
-unavailable() {
-    {
-        echo
-        echo "######################################################################"
-        echo "#  trixie-chroot: the libtorch 2.x leg CANNOT RUN on this machine:"
-        echo "#    $*"
-        echo "#  ember was NOT built or tested against libtorch 2.x."
-        echo "######################################################################"
-        echo
-    } >&2
-    if [ "${CI:-}" = true ]; then exit 1; fi
-    exit 0
-}
+chroot_tool=trixie-chroot
+chroot_not_done="ember was NOT built or tested against libtorch 2.x."
+# say, unavailable, debian_mirror, mount_into (mounts undone on exit), in_chroot
+. "$src/scripts/lib/chroot.sh"
 
 [ "$(id -u)" -eq 0 ] || unavailable "not root (debootstrap, chroot and mount need root)"
 
@@ -46,49 +35,10 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     fi
 fi
 
-# The Debian mirror this machine already uses: the first deb URI ending in /debian.
-mirror=${EMBER_TRIXIE_MIRROR:-}
-if [ -z "$mirror" ]; then
-    mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's|^URIs:[[:space:]]*\(.*/debian\)/\{0,1\}[[:space:]]*$|\1|p' | head -n1)
-fi
-if [ -z "$mirror" ]; then
-    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-             sed -n 's|^deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]\{1,\}\)\{0,1\}\([^[:space:]]*/debian\)/\{0,1\}[[:space:]].*|\2|p' | head -n1)
-fi
-mirror=${mirror:-http://deb.debian.org/debian}
+mirror=$(debian_mirror)
 
 # The package list install-deps.sh installs; the chroot is rebuilt when it changes.
 deps_hash=$(sed -n '/^PKGS="/,/"/p' "$src/scripts/install-deps.sh" | tr -s ' \t\n\\' ' ' | sha256sum | cut -d' ' -f1)
-
-# Mounts, undone on every exit.
-mounted=()
-cleanup() {
-    local i
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
-        umount "${mounted[i]}" 2>/dev/null || umount -l "${mounted[i]}" 2>/dev/null ||
-            say "could not unmount ${mounted[i]}"
-    done
-    mounted=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mount_into() {  # mount_into CHROOT: /proc, /dev (with /dev/pts and a fresh /dev/shm), /sys
-    local r=$1
-    mkdir -p "$r/proc" "$r/dev" "$r/sys"
-    mount -t proc proc "$r/proc" && mounted+=("$r/proc")
-    mount --bind /dev "$r/dev" && mounted+=("$r/dev")
-    if [ -d /dev/pts ] && mount --bind /dev/pts "$r/dev/pts" 2>/dev/null; then mounted+=("$r/dev/pts"); fi
-    mkdir -p "$r/dev/shm" 2>/dev/null || true
-    if mount -t tmpfs -o mode=1777,nosuid,nodev shm "$r/dev/shm"; then mounted+=("$r/dev/shm"); fi
-    if mount -t sysfs sysfs "$r/sys" 2>/dev/null || mount --rbind /sys "$r/sys"; then mounted+=("$r/sys"); fi
-}
-
-in_chroot() {  # in_chroot CHROOT COMMAND: a clean environment, root's shell
-    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-        TERM="${TERM:-dumb}" CI="${CI:-}" DEBIAN_FRONTEND=noninteractive \
-        chroot "$1" /bin/bash -c "$2"
-}
 
 if [ -f "$root/.ember-deps-hash" ] && [ "$(cat "$root/.ember-deps-hash")" = "$deps_hash" ]; then
     say "reusing the cached chroot $root"
