@@ -8,6 +8,7 @@
  * callback may implement too, through emi_hooks_call.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "hooks.h"
 
@@ -23,6 +24,11 @@ em_status emi_trainer_fail(em_trainer *t, const char *what, em_status s)
     const char *msg = em_last_error();
     if (msg[0] == '\0')
         msg = em_status_name(s);
+    /* a message that already names the call ("em_trainer_fit: ...", from fit's own checks) is not
+     * prefixed with it twice */
+    size_t wl = strlen(what);
+    if (strncmp(msg, what, wl) == 0 && msg[wl] == ':' && msg[wl + 1] == ' ')
+        msg += wl + 2;
     if (t->stage == EMI_STAGE_TRAIN && t->batch != NULL)
         snprintf(t->error, sizeof t->error, "epoch %lld, batch %lld, %s: %s", (long long)t->current_epoch,
                  (long long)t->batch_idx, what, msg);

@@ -1584,6 +1584,9 @@ static void test_trainer_loop__invalid_fit_configuration(void **state)
     em_trainer *t = trainer(config(1));
     assert_int_equal(em_trainer_fit(t, &m->base, train, NULL), EM_EINVAL);
     assert_non_null(strstr(em_trainer_error(t), "training_step"));
+    /* the call is named once: "em_trainer_fit: No `training_step()` ...", also in the trainer's copy */
+    assert_string_equal(em_trainer_error(t), em_last_error());
+    assert_true(strncmp(em_trainer_error(t), "em_trainer_fit: No `training_step()`", 36) == 0);
     ops = lm_ops;
     ops.configure_optimizers = NULL;
     assert_int_equal(em_trainer_fit(t, &m->base, train, NULL), EM_EINVAL);
