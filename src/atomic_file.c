@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,27 @@ static char *dup_str(const char *s)
     if (d != NULL)
         memcpy(d, s, n);
     return d;
+}
+
+/* This machine's name as it goes into a temporary file's name: gethostname's, every character outside
+ * [A-Za-z0-9._-] replaced by '_', at most 64 characters; "localhost" when it has none. Two processes
+ * share a PID space only on one machine, so a temporary file is judged stale only by the machine that
+ * made it (a directory on a shared file system sees other machines' files too). */
+enum { HOST_TAG_CAP = 65 };
+
+static void host_tag(char out[HOST_TAG_CAP])
+{
+    char name[256] = {0};
+    if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0')
+        strcpy(name, "localhost");
+    size_t i = 0;
+    for (; name[i] != '\0' && i < HOST_TAG_CAP - 1; i++) {
+        char c = name[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                  c == '-' || c == '_';
+        out[i] = ok ? c : '_';
+    }
+    out[i] = '\0';
 }
 
 static void atomic_free(emi_atomic_file *a)
@@ -69,7 +91,10 @@ emi_atomic_file *emi_atomic_open(const char *who, const char *path)
     const char *base = slash != NULL ? slash + 1 : path;
     size_t dirlen = slash != NULL ? (size_t)(slash - path) : 0;
     a->dir = malloc(dirlen + 2);
-    a->tmp = malloc(len + 64);
+    char host[HOST_TAG_CAP];
+    host_tag(host);
+    size_t tmp_cap = len + strlen(host) + 64;
+    a->tmp = malloc(tmp_cap);
     if (a->path == NULL || a->dir == NULL || a->tmp == NULL) {
         atomic_free(a);
         emi_fail(EM_ENOMEM, "%s: out of memory", who);
@@ -85,7 +110,8 @@ emi_atomic_file *emi_atomic_open(const char *who, const char *path)
     }
     for (int attempt = 0; attempt < 100; attempt++) {
         unsigned long n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
-        snprintf(a->tmp, len + 64, "%.*s.%s.tmp.%ld.%lu", (int)(base - path), path, base, (long)getpid(), n);
+        snprintf(a->tmp, tmp_cap, "%.*s.%s.tmp.%ld.%lu.%s", (int)(base - path), path, base, (long)getpid(), n,
+                 host);
         a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (a->fd >= 0 || errno != EEXIST)
             break;
@@ -158,11 +184,19 @@ em_status emi_atomic_commit(emi_atomic_file *a)
     return st;
 }
 
-/* Whether `s` is ".NAME.tmp.PID.N" as emi_atomic_open names its files; *pid receives PID. */
-static bool stale_name(const char *s, long *pid)
+/* Whether `full` is ".NAME.tmp.PID.N.HOST" as emi_atomic_open names its files on this machine (`host`,
+ * host_tag's); *pid receives PID. */
+static bool stale_name(const char *full, const char *host, long *pid)
 {
-    if (s[0] != '.')
+    size_t flen = strlen(full), hlen = strlen(host);
+    if (full[0] != '.' || flen <= hlen + 1 || full[flen - hlen - 1] != '.' ||
+        strcmp(full + flen - hlen, host) != 0)
+        return false; /* not ember's, or another machine's */
+    char s[512];
+    if (flen - hlen - 1 >= sizeof s)
         return false;
+    memcpy(s, full, flen - hlen - 1);
+    s[flen - hlen - 1] = '\0'; /* ".NAME.tmp.PID.N" */
     /* the last three dot-separated parts: "tmp", PID, N (NAME may hold dots and even ".tmp.") */
     const char *n = strrchr(s, '.');
     if (n == NULL || n == s || n[1] == '\0')
@@ -194,10 +228,12 @@ long emi_atomic_remove_stale(const char *dir)
         return -1;
     long removed = 0;
     size_t dlen = dir != NULL ? strlen(dir) : 0;
+    char host[HOST_TAG_CAP];
+    host_tag(host);
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         long pid = 0;
-        if (!stale_name(e->d_name, &pid))
+        if (!stale_name(e->d_name, host, &pid))
             continue;
         if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue; /* running (or not ours to signal: EPERM means it runs) */

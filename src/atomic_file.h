@@ -10,7 +10,8 @@
 typedef struct emi_atomic_file emi_atomic_file;
 
 /**
- * Create a temporary file (".NAME.tmp.PID.N" beside `path`, mode 0666 less the umask) to be renamed
+ * Create a temporary file (".NAME.tmp.PID.N.HOST" beside `path`: HOST is this machine's name, characters
+ * outside [A-Za-z0-9._-] as '_'; mode 0666 less the umask) to be renamed
  * to `path` by emi_atomic_commit. `who` prefixes error messages. The caller ends it with
  * emi_atomic_commit or emi_atomic_abort.
  * Errors: NULL with EM_EIO ("who: cannot create DIR/.NAME.tmp...: <strerror>") or EM_ENOMEM recorded.
@@ -32,8 +33,9 @@ void emi_atomic_abort(emi_atomic_file *a);
 
 /**
  * Remove the temporary files emi_atomic_open left in `dir` when its process was killed: names of the
- * form ".NAME.tmp.PID.N" (NAME not empty, PID and N decimal) whose PID is no running process. Nothing
- * else is touched (a live process's temporary file, any other name). Returns how many were removed, or
+ * form ".NAME.tmp.PID.N.HOST" (NAME not empty, PID and N decimal) made on this machine (HOST) whose PID
+ * is no running process here. Nothing else is touched (a live process's temporary file, another
+ * machine's - on a shared file system its PID means nothing here -, any other name). Returns how many were removed, or
  * -1 when `dir` cannot be read (nothing recorded: a missing directory has nothing stale).
  */
 long emi_atomic_remove_stale(const char *dir);

@@ -694,8 +694,9 @@ typedef struct em_model_checkpoint_opts {
  *  - files are deleted only inside dirpath, and never the one this fit resumed from.
  *  - under DDP every rank keeps the same bookkeeping (the existence checks and the top-k decision are
  *    rank 0's, broadcast); only rank 0 writes and deletes files (em_trainer_is_global_zero).
- *  - a save killed midway leaves a temporary file (".NAME.tmp.PID.N"); the next save into that
- *    directory, or the next fit start, removes those of processes that are gone (nothing else).
+ *  - a save killed midway leaves a temporary file (".NAME.tmp.PID.N.HOST"); the next save into that
+ *    directory, or the next fit start, removes those made on this machine by processes that are gone
+ *    (nothing else: another machine's, on a shared file system, are left to that machine).
  * Not there: save_weights_only, save_last="link", to_yaml.
  * The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
  * Errors: NULL with Lightning's message for save_top_k < -1 ("Invalid value for save_top_k=-3. Must be

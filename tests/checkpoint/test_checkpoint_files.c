@@ -93,7 +93,7 @@ static void test_files__sigkill_during_saves_leaves_a_whole_checkpoint(void **st
         em_nn_free(n);
     }
     printf("sigkill: 12 kills; the file held the first checkpoint %d times, the second %d times\n", seen[0], seen[1]);
-    /* temporary files of killed saves may remain beside it (".last.safetensors.tmp.PID.N"): remove them */
+    /* temporary files of killed saves may remain beside it (".last.safetensors.tmp.PID.N.HOST"): remove them */
     DIR *h = opendir(dir);
     struct dirent *e;
     char p[512];

@@ -1047,13 +1047,25 @@ static void test_stale_temporaries_removed(void **state)
         _exit(0);
     int status = 0;
     assert_int_equal(waitpid(child, &status, 0), child);
-    char dead[128], live[128], other[128];
-    snprintf(dead, sizeof dead, ".last.ckpt.tmp.%ld.3", (long)child);
-    snprintf(live, sizeof live, ".epoch=0.ckpt.tmp.%ld.1", (long)getppid()); /* a running process */
-    snprintf(other, sizeof other, ".notes.tmp.%ld", (long)child);            /* not ember's pattern */
+    char host[256] = {0};
+    assert_int_equal(gethostname(host, sizeof host - 1), 0);
+    for (char *c = host; *c != '\0'; c++) /* as ember writes it */
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '.' ||
+              *c == '-' || *c == '_'))
+            *c = '_';
+    host[64] = '\0';
+    char dead[400], live[400], other[400], elsewhere[400], old_form[400];
+    snprintf(dead, sizeof dead, ".last.ckpt.tmp.%ld.3.%s", (long)child, host);
+    snprintf(live, sizeof live, ".epoch=0.ckpt.tmp.%ld.1.%s", (long)getppid(), host); /* a running process */
+    snprintf(other, sizeof other, ".notes.tmp.%ld", (long)child);                     /* not ember's pattern */
+    /* another machine's (a shared file system): its PID means nothing here */
+    snprintf(elsewhere, sizeof elsewhere, ".last.ckpt.tmp.%ld.4.%s-not", (long)child, host);
+    snprintf(old_form, sizeof old_form, ".last.ckpt.tmp.%ld.5", (long)child); /* no machine named */
     touch(dir, dead);
     touch(dir, live);
     touch(dir, other);
+    touch(dir, elsewhere);
+    touch(dir, old_form);
     touch(dir, "keep.txt");
     boring m;
     boring_init(&m, LOG_NONE, NULL, NULL, 0);
@@ -1061,15 +1073,15 @@ static void test_stale_temporaries_removed(void **state)
     o.save_top_k = 0;
     o.save_last = true;
     assert_ok(fit(&m, config(1), em_model_checkpoint(&o), 2, 0, NULL));
-    const char *want[] = {live, other, "keep.txt", "last.ckpt"};
-    assert_dir(dir, want, 4);
+    const char *want[] = {live, other, elsewhere, old_form, "keep.txt", "last.ckpt"};
+    assert_dir(dir, want, 6);
     boring_free(&m);
     remove_tree(dir);
     free(dir);
 }
 
 
-/* Whether `dir` holds a temporary file of `pid` (".NAME.tmp.PID.N"). */
+/* Whether `dir` holds a temporary file of `pid` (".NAME.tmp.PID.N.HOST"). */
 static bool temp_of(const char *dir, pid_t pid)
 {
     char needle[48];

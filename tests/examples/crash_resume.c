@@ -127,7 +127,7 @@ static bool wait_for_output(const char *log_path, pid_t pid, double deadline, in
     return false;
 }
 
-/* Whether `dir` holds a temporary file of process `pid` (".NAME.tmp.PID.N"). */
+/* Whether `dir` holds a temporary file of process `pid` (".NAME.tmp.PID.N.HOST"). */
 static bool has_temp_of(const char *dir, pid_t pid)
 {
     char needle[64];
