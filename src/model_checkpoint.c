@@ -607,7 +607,9 @@ static bool lt_or_gt(const model_checkpoint *mc, float a, float b)
     return mc->max_mode ? a > b : a < b;
 }
 
-/* Lightning: check_monitor_top_k (under DDP rank 0's decision, broadcast: every rank then agrees). */
+/* Lightning: check_monitor_top_k. Under DDP the decision is unanimous, as Lightning's
+ * reduce_boolean_decision(all=True): each rank judges its own monitored value (which differ when the
+ * metric was logged without sync_dist) and a checkpoint is saved only when every rank says so. */
 static em_status check_monitor_top_k(model_checkpoint *mc, em_trainer *t, bool has, float current, bool *out)
 {
     *out = false;
@@ -621,10 +623,7 @@ static em_status check_monitor_top_k(model_checkpoint *mc, em_trainer *t, bool h
     for (size_t i = 0; i < mc->n_best_k; i++)
         if (strcmp(mc->best_k[i].path, mc->kth_best_model_path) == 0)
             kth = mc->best_k[i].score;
-    unsigned char d = lt_or_gt(mc, current, kth);
-    em_status s = em_trainer_broadcast(t, &d, sizeof d, 0);
-    *out = d != 0;
-    return s;
+    return em_trainer_reduce_boolean_decision(t, lt_or_gt(mc, current, kth), true, out);
 }
 
 static void topk_remove(model_checkpoint *mc, const char *path)

@@ -692,8 +692,10 @@ typedef struct em_model_checkpoint_opts {
  *  - names: filename formatted with epoch, step and callback_metrics, then "-v1", "-v2", ... while a
  *    file of that name exists (enable_version_counter), then file_extension.
  *  - files are deleted only inside dirpath, and never the one this fit resumed from.
- *  - under DDP every rank keeps the same bookkeeping (the existence checks and the top-k decision are
- *    rank 0's, broadcast); only rank 0 writes and deletes files (em_trainer_is_global_zero).
+ *  - under DDP every rank keeps the same file bookkeeping (the existence checks are rank 0's,
+ *    broadcast); the top-k decision is unanimous, as Lightning's (each rank judges its own monitored
+ *    value, which differ when it was logged without EM_LOG_SYNC_DIST; a file is saved only when every
+ *    rank says so); only rank 0 writes and deletes files (em_trainer_is_global_zero).
  *  - a save killed midway leaves a temporary file (".NAME.tmp.PID.N.HOST"); the next save into that
  *    directory, or the next fit start, removes those made on this machine by processes that are gone
  *    (nothing else: another machine's, on a shared file system, are left to that machine).
