@@ -51,6 +51,7 @@ typedef struct model_checkpoint {
     double last_time_checked; /* NAN = None */
     bool has_current_score, has_best_score, val_has_run, missing_warned;
     bool saving; /* inside its own em_trainer_save_checkpoint call */
+    bool save_weights_only;
     float current_score, best_model_score, kth_value;
     topk_entry *best_k;
     size_t n_best_k, cap_best_k;
@@ -488,7 +489,7 @@ static em_status save_checkpoint(model_checkpoint *mc, em_trainer *t, em_module 
     }
     /* every rank calls it (it gathers the ranks' RNG states); a rank-0 failure is every rank's */
     mc->saving = true;
-    em_status saved = em_trainer_save_checkpoint(t, path);
+    em_status saved = em_trainer_save_checkpoint_ex(t, path, mc->save_weights_only);
     mc->saving = false;
     if (s != EM_OK)
         return s;
@@ -1150,7 +1151,7 @@ static em_callback *mc_fail(model_checkpoint *mc, em_status code, const char *ms
 em_callback *em_model_checkpoint(const em_model_checkpoint_opts *opts)
 {
     char msg[512];
-    if (opts == NULL || opts->version != EM_MODEL_CHECKPOINT_OPTS_VERSION)
+    if (opts == NULL || opts->version < 1 || opts->version > EM_MODEL_CHECKPOINT_OPTS_VERSION)
         return mc_fail(NULL, EM_EINVAL, "opts is NULL or its version is not EM_MODEL_CHECKPOINT_OPTS_VERSION: start "
                                         "from EM_MODEL_CHECKPOINT_OPTS_INIT");
     const char *mode = opts->mode != NULL ? opts->mode : "min";
@@ -1221,6 +1222,7 @@ em_callback *em_model_checkpoint(const em_model_checkpoint_opts *opts)
     mc->every_n_train_steps = every_n_train_steps;
     mc->train_time_interval = opts->train_time_interval;
     mc->save_on_train_epoch_end = opts->save_on_train_epoch_end;
+    mc->save_weights_only = opts->version >= 2 && opts->save_weights_only;
     mc->last_time_checked = NAN;
     bool oom = false;
     if (opts->dirpath != NULL && opts->dirpath[0] != '\0') {

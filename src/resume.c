@@ -14,6 +14,8 @@
  *                                       counters, the logged values it still reduces (the train results,
  *                                       callback_metrics, the progress bar's), the grad scaler, the world
  *                                       size, the callbacks that saved state
+ * A weights-only file (em_trainer_save_checkpoint_ex(..., true)) holds the weights and "ember.trainer" with
+ * "weights_only": true, nothing else; em_trainer_fit_from refuses it.
  * Numbers that are doubles are written with 17 significant digits (exact), non-finite ones as strings.
  * Lightning: trainer/connectors/checkpoint_connector.py (what a checkpoint holds and when it is
  * restored), loops/fit_loop.py and training_epoch_loop.py (their state_dicts); ember restores the exact
@@ -362,9 +364,9 @@ static em_status save_rng(em_trainer *t, xlist *x)
     return s;
 }
 
-/* Every optimizer's parameters' gradients (None ones skipped); under DDP each rank's, on rank 0. For a
- * module without layers, the parameters too. */
-static em_status save_params(em_trainer *t, const em_module *m, xlist *x)
+/* Every optimizer's parameters' gradients (None ones skipped; none with weights_only); under DDP each
+ * rank's, on rank 0. For a module without layers, the parameters too. */
+static em_status save_params(em_trainer *t, const em_module *m, xlist *x, bool weights_only)
 {
     char name[96];
     em_status s = EM_OK;
@@ -376,7 +378,7 @@ static em_status save_params(em_trainer *t, const em_module *m, xlist *x)
                 snprintf(name, sizeof name, "trainer.params.%zu.%zu", k, i);
                 s = x_add(x, name, em_detach(p));
             }
-            em_tensor *g = s == EM_OK ? em_tensor_grad(p) : NULL;
+            em_tensor *g = s == EM_OK && !weights_only ? em_tensor_grad(p) : NULL;
             if (g == NULL)
                 continue;
             snprintf(name, sizeof name, "trainer.grads.%zu.%zu", k, i);
@@ -398,18 +400,20 @@ static em_status save_params(em_trainer *t, const em_module *m, xlist *x)
     return s;
 }
 
-static em_status save_body(em_trainer *t, const char *path, emi_phase phase)
+static em_status save_body(em_trainer *t, const char *path, emi_phase phase, bool weights_only)
 {
     const em_module *m = t->fitting ? t->module : t->last_module;
     xlist x = {0};
     cJSON *rec = loop_record(t, phase, m);
     em_status s = rec == NULL ? emi_fail(EM_ENOMEM, WHO_SAVE ": out of memory") : EM_OK;
-    if (s == EM_OK)
+    if (s == EM_OK && weights_only)
+        cJSON_AddBoolToObject(rec, "weights_only", true);
+    if (s == EM_OK && !weights_only)
         s = save_callbacks(t, rec, &x);
-    if (s == EM_OK)
+    if (s == EM_OK && !weights_only)
         s = save_rng(t, &x);
     if (s == EM_OK)
-        s = save_params(t, m, &x);
+        s = save_params(t, m, &x, weights_only);
     char *json = s == EM_OK ? cJSON_PrintUnformatted(rec) : NULL;
     if (s == EM_OK && json == NULL)
         s = emi_fail(EM_ENOMEM, WHO_SAVE ": out of memory");
@@ -420,8 +424,10 @@ static em_status save_body(em_trainer *t, const char *path, emi_phase phase)
         scheds[i] = t->setup.scheds[i].sched;
     if (s == EM_OK && t->env.rank == 0) {
         em_safetensors_meta meta[1] = {{"ember.trainer", json}};
-        s = emi_checkpoint_write(path, WHO_SAVE, m->layers, t->setup.opts, t->setup.n_opts, scheds, t->setup.n_scheds,
-                                 meta, 1, (const char *const *)x.names, x.ts, x.n);
+        s = emi_checkpoint_write(path, WHO_SAVE, m->layers, weights_only ? NULL : t->setup.opts,
+                                 weights_only ? 0 : t->setup.n_opts, weights_only ? NULL : scheds,
+                                 weights_only ? 0 : t->setup.n_scheds, meta, 1, (const char *const *)x.names, x.ts,
+                                 x.n);
     }
     free(scheds);
     cJSON_free(json);
@@ -432,6 +438,11 @@ static em_status save_body(em_trainer *t, const char *path, emi_phase phase)
 
 em_status em_trainer_save_checkpoint(em_trainer *t, const char *path)
 {
+    return em_trainer_save_checkpoint_ex(t, path, false);
+}
+
+em_status em_trainer_save_checkpoint_ex(em_trainer *t, const char *path, bool weights_only)
+{
     if (t == NULL || path == NULL)
         return emi_fail(EM_EINVAL, WHO_SAVE ": the %s is NULL", t == NULL ? "trainer" : "path");
     if (!emi_trainer_ok(t, WHO_SAVE))
@@ -441,7 +452,7 @@ em_status em_trainer_save_checkpoint(em_trainer *t, const char *path)
     if (s != EM_OK)
         return s;
     em_scope_begin();
-    s = save_body(t, path, phase);
+    s = save_body(t, path, phase, weights_only);
     em_scope_end();
     if (distributed(t)) { /* every rank returns rank 0's outcome */
         int32_t outcome = (int32_t)s;
@@ -525,6 +536,9 @@ em_status emi_resume_open(em_trainer *t, const em_module *m, const char *path)
         s = refuse(t, "the \"ember.trainer\" record is malformed: %s", rr.what);
     else if (format != TRAINER_FORMAT)
         s = refuse(t, "trainer checkpoint format %lld, this ember reads %d", (long long)format, TRAINER_FORMAT);
+    else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r->rec, "weights_only")))
+        s = refuse(t, "Trying to restore optimizer state but checkpoint contains only the model. This is "
+                      "probably due to `ModelCheckpoint.save_weights_only` being set to `True`.");
     else if (manual != m->manual_optimization)
         s = refuse(t, "the checkpoint is of %s optimization, this module uses %s optimization",
                    manual ? "manual" : "automatic", m->manual_optimization ? "manual" : "automatic");

@@ -643,7 +643,8 @@ EM_API em_callback *em_nan_guard(const em_nan_guard_opts *opts);
 
 /** ModelCheckpoint's arguments. Start from EM_MODEL_CHECKPOINT_OPTS_INIT (Lightning 2.2.5's defaults). */
 typedef struct em_model_checkpoint_opts {
-    int version;                  /* EM_MODEL_CHECKPOINT_OPTS_VERSION, set by the INIT */
+    int version;                  /* EM_MODEL_CHECKPOINT_OPTS_VERSION, set by the INIT (1 is still read:
+                                     the fields after version 1's end take their defaults) */
     const char *dirpath;          /* NULL: the logger's log_dir + "/checkpoints" (em_trainer_log_dir), or
                                      default_root_dir + "/checkpoints" without a logger, resolved at fit
                                      start. Given: made absolute and normalised ("~" expanded), as
@@ -669,14 +670,18 @@ typedef struct em_model_checkpoint_opts {
     const char *file_extension;   /* ".ckpt" (NULL = ".ckpt"): Lightning's FILE_EXTENSION. The files are
                                      safetensors (em_trainer_save_checkpoint); the extension is Lightning's
                                      so that paths and globs carry over */
+    /* ---- version 1 ends here ---- */
+    bool save_weights_only;       /* false: Lightning's save_weights_only; true: every file it writes (last
+                                     too) is em_trainer_save_checkpoint_ex(..., true)'s, the weights and
+                                     the counters only, which em_trainer_fit_from refuses */
 } em_model_checkpoint_opts;
-#define EM_MODEL_CHECKPOINT_OPTS_VERSION 1
+#define EM_MODEL_CHECKPOINT_OPTS_VERSION 2
 #define EM_MODEL_CHECKPOINT_OPTS_INIT                                                                        \
     {.version = EM_MODEL_CHECKPOINT_OPTS_VERSION, .dirpath = NULL, .filename = NULL, .monitor = NULL,        \
      .verbose = false, .save_last = false, .save_top_k = 1, .mode = "min", .auto_insert_metric_name = true,   \
      .every_n_train_steps = EM_NONE, .every_n_epochs = EM_NONE, .train_time_interval = NAN,                  \
      .save_on_train_epoch_end = -1, .enable_version_counter = true, .last_name = "last",                      \
-     .file_extension = ".ckpt"}
+     .file_extension = ".ckpt", .save_weights_only = false}
 
 /**
  * Lightning's ModelCheckpoint: saves checkpoints (em_trainer_save_checkpoint: everything a resume needs)
@@ -699,7 +704,7 @@ typedef struct em_model_checkpoint_opts {
  *  - a save killed midway leaves a temporary file (".NAME.tmp.PID.N.HOST"); the next save into that
  *    directory, or the next fit start, removes those made on this machine by processes that are gone
  *    (nothing else: another machine's, on a shared file system, are left to that machine).
- * Not there: save_weights_only, save_last="link", to_yaml.
+ * Not there: save_last="link", to_yaml.
  * The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
  * Errors: NULL with Lightning's message for save_top_k < -1 ("Invalid value for save_top_k=-3. Must be
  * >= -1"), every_n_train_steps or every_n_epochs < 0 ("Must be >= 0"), more than one trigger ("...
@@ -947,6 +952,18 @@ EM_API em_status em_trainer_fit(em_trainer *t, em_module *m, em_loader *train, e
  * name; as em_safetensors_write (EM_EIO with the path and errno text).
  */
 EM_API em_status em_trainer_save_checkpoint(em_trainer *t, const char *path);
+
+/**
+ * em_trainer_save_checkpoint, or with `weights_only` (Lightning: trainer.save_checkpoint(filepath,
+ * weights_only=True)) a file that holds only the module's weights ("model.<name>"; without layers, the
+ * optimizers' parameters as "trainer.params.<k>.<i>") and the loop's counters: no optimizer, scheduler,
+ * scaler, generator or callback state, no gradients. em_checkpoint_load(path, net, NULL, 0, NULL, 0)
+ * loads its weights into a layer built as the module's; em_trainer_fit_from refuses it, with Lightning's
+ * message ("Trying to restore optimizer state but checkpoint contains only the model. This is probably
+ * due to `ModelCheckpoint.save_weights_only` being set to `True`."). When and where it may be called,
+ * DDP and errors: as em_trainer_save_checkpoint (a weights-only save needs no optimizer state ops).
+ */
+EM_API em_status em_trainer_save_checkpoint_ex(em_trainer *t, const char *path, bool weights_only);
 
 /**
  * em_trainer_fit, continuing from the checkpoint at `ckpt_path` (Lightning: trainer.fit(model, train, val,

@@ -13,6 +13,7 @@
  *   test_model_checkpoint_file_extension, test_model_checkpoint_save_last (CHECKPOINT_NAME_LAST
  *   "last-{epoch}"), test_model_checkpoint_train_time_interval (a real clock: an interval every batch
  *   passes);
+ * save_weights_only (dump_checkpoint(weights_only=True) and restore_optimizers_and_schedulers' refusal);
  * plus top-k removal over a sequence of scores, the missing-monitor warning and failure, and the sweep of
  * stale temporary files a killed save leaves.
  */
@@ -1295,6 +1296,94 @@ static void test_resume_last(void **state)
     free(empty);
 }
 
+/* Lightning's save_weights_only (checkpoint_connector.dump_checkpoint(weights_only=True)): the files hold the
+ * weights and the counters, nothing of the optimizers, generators or callbacks; they load into a layer with
+ * em_checkpoint_load and no optimizer; a resume from one is refused with Lightning's KeyError text. A version-1
+ * opts struct (before the field) still works and writes full checkpoints. */
+static void test_save_weights_only(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir(), *full_dir = make_tmpdir();
+    char last[4300], full_last[4300];
+    snprintf(last, sizeof last, "%s/last.ckpt", dir);
+    snprintf(full_last, sizeof full_last, "%s/last.ckpt", full_dir);
+    boring m;
+    boring_init(&m, LOG_NONE, NULL, NULL, 0);
+    em_model_checkpoint_opts o = last_every(dir, 2);
+    o.save_weights_only = true;
+    em_trainer *t = NULL;
+    assert_ok(fit(&m, config(2), em_model_checkpoint(&o), 4, 0, &t));
+    assert_ok(em_trainer_save_checkpoint_ex(t, full_last, false)); /* beside it, a full one of the same state */
+    em_trainer_free(t);
+    const char *one[] = {"last.ckpt"};
+    assert_dir(dir, one, 1);
+
+    em_safetensors *w = em_safetensors_open(last), *f = em_safetensors_open(full_last);
+    assert_nonnull_em(w);
+    assert_nonnull_em(f);
+    assert_true(em_safetensors_find(w, "model.weight") >= 0);
+    assert_true(em_safetensors_find(w, "model.bias") >= 0);
+    assert_int_equal(em_safetensors_count(w), 2); /* nothing else */
+    assert_true(em_safetensors_find(f, "trainer.rng.cpu.0") >= 0);
+    assert_true(em_safetensors_count(f) > 2);
+    const char *rec = em_safetensors_meta_find(w, "ember.trainer");
+    assert_non_null(rec);
+    assert_non_null(strstr(rec, "\"weights_only\":true"));
+    assert_non_null(strstr(rec, "\"global_step\":8"));
+    assert_null(strstr(em_safetensors_meta_find(f, "ember.trainer"), "weights_only"));
+    em_safetensors_free(w);
+    em_safetensors_free(f);
+
+    /* its weights load into the same layer, without optimizers, and are the fit's last */
+    em_nn *copy = em_nn_linear(1, 1, true);
+    assert_nonnull_em(copy);
+    assert_ok(em_checkpoint_load(last, copy, NULL, 0, NULL, 0));
+    for (size_t i = 0; i < 2; i++) {
+        float a = 0, b = 0;
+        assert_ok(em_tensor_copy_to(em_nn_parameter(copy, i), &a, sizeof a, EM_F32));
+        assert_ok(em_tensor_copy_to(em_nn_parameter(m.net, i), &b, sizeof b, EM_F32));
+        assert_memory_equal(&a, &b, sizeof a);
+    }
+    em_nn_free(copy);
+
+    /* a resume from it is refused before training, with Lightning's message */
+    assert_int_equal(fit_from(&m, config(3), NULL, 4, last, &t), EM_EINVAL);
+    assert_non_null(strstr(em_trainer_error(t), "Trying to restore optimizer state but checkpoint contains only the "
+                                                "model. This is probably due to `ModelCheckpoint.save_weights_only` "
+                                                "being set to `True`."));
+    assert_int_equal(em_trainer_global_step(t), 0);
+    em_trainer_free(t);
+    em_clear_error();
+    /* the full one resumes */
+    assert_ok(fit_from(&m, config(3), NULL, 4, full_last, &t));
+    assert_int_equal(em_trainer_global_step(t), 12);
+    em_trainer_free(t);
+
+    /* a version-1 struct: no save_weights_only field read, full checkpoints */
+    remove_tree(dir);
+    free(dir);
+    dir = make_tmpdir();
+    snprintf(last, sizeof last, "%s/last.ckpt", dir);
+    em_model_checkpoint_opts v1 = last_every(dir, 2);
+    v1.version = 1;
+    v1.save_weights_only = true; /* beyond version 1: ignored */
+    assert_ok(fit(&m, config(1), em_model_checkpoint(&v1), 4, 0, NULL));
+    w = em_safetensors_open(last);
+    assert_nonnull_em(w);
+    assert_true(em_safetensors_find(w, "trainer.rng.cpu.0") >= 0);
+    em_safetensors_free(w);
+    v1.version = 3;
+    assert_null(em_model_checkpoint(&v1));
+    assert_int_equal(em_last_status(), EM_EINVAL);
+    em_clear_error();
+
+    boring_free(&m);
+    remove_tree(dir);
+    remove_tree(full_dir);
+    free(dir);
+    free(full_dir);
+}
+
 /* Lightning's test_resume_and_old_checkpoint_files_remain: the file resumed from is never deleted by top-k,
  * in the same folder; in another folder nothing of the first is touched. */
 static void test_resume_old_files_remain(void **state)
@@ -1418,6 +1507,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_stale_temporaries_removed, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_kill_during_save, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_resume_last, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_save_weights_only, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_resume_old_files_remain, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_two_checkpoints_resume, helper_setup, helper_teardown),
     };
