@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -64,6 +65,19 @@ static void atomic_free(emi_atomic_file *a)
     free(a->tmp);
     free(a->dir);
     free(a);
+}
+
+/* Sync a directory so that a rename in it is durable. */
+static em_status sync_dir(const char *who, const char *path, const char *dir)
+{
+    em_status st = EM_OK;
+    int dfd = open(dir, O_RDONLY | O_CLOEXEC);
+    if (dfd < 0 || (fsync(dfd) != 0 && errno != EINVAL)) /* EINVAL: a file system without directory sync */
+        st = emi_fail(EM_EIO, "%s: %s was written, but syncing its directory %s failed: %s", who, path, dir,
+                      strerror(errno));
+    if (dfd >= 0)
+        close(dfd);
+    return st;
 }
 
 emi_atomic_file *emi_atomic_open(const char *who, const char *path)
@@ -173,15 +187,59 @@ em_status emi_atomic_commit(emi_atomic_file *a)
         return st;
     }
     /* The rename is durable once the directory entry is: sync the directory. */
-    em_status st = EM_OK;
-    int dfd = open(a->dir, O_RDONLY | O_CLOEXEC);
-    if (dfd < 0 || (fsync(dfd) != 0 && errno != EINVAL)) /* EINVAL: a file system without directory sync */
-        st = emi_fail(EM_EIO, "%s: %s was written, but syncing its directory %s failed: %s", a->who, a->path,
-                      a->dir, strerror(errno));
-    if (dfd >= 0)
-        close(dfd);
+    em_status st = sync_dir(a->who, a->path, a->dir);
     atomic_free(a);
     return st;
+}
+
+em_status emi_atomic_link(const char *who, const char *target, const char *from, const char *link)
+{
+    struct stat st;
+    if (lstat(link, &st) == 0 && S_ISDIR(st.st_mode))
+        return emi_fail(EM_EIO, "%s: cannot link %s to %s: %s is a directory", who, link, target, link);
+    emi_atomic_file *a = emi_atomic_open(who, link); /* a free temporary name, made as an empty file */
+    if (a == NULL)
+        return em_last_status();
+    close(a->fd);
+    a->fd = -1;
+    unlink(a->tmp);
+    if (symlink(target, a->tmp) == 0) {
+        if (rename(a->tmp, link) != 0) {
+            em_status e = emi_fail(EM_EIO, "%s: cannot rename %s to %s: %s", who, a->tmp, link, strerror(errno));
+            emi_atomic_abort(a);
+            return e;
+        }
+        em_status e = sync_dir(who, link, a->dir);
+        atomic_free(a);
+        return e;
+    }
+    /* no symbolic links here (a file system without them, or no permission): a copy, written atomically */
+    a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    int in = a->fd >= 0 ? open(from, O_RDONLY | O_CLOEXEC) : -1;
+    if (a->fd < 0 || in < 0) {
+        em_status e = emi_fail(EM_EIO, "%s: cannot copy %s to %s: %s", who, from, link, strerror(errno));
+        if (in >= 0)
+            close(in);
+        emi_atomic_abort(a);
+        return e;
+    }
+    char buf[65536];
+    em_status e = EM_OK;
+    for (;;) {
+        ssize_t r = read(in, buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            e = emi_fail(EM_EIO, "%s: cannot read %s (to copy it to %s): %s", who, from, link, strerror(errno));
+        if (r <= 0 || (e = emi_atomic_write(a, buf, (size_t)r)) != EM_OK)
+            break;
+    }
+    close(in);
+    if (e != EM_OK) {
+        emi_atomic_abort(a);
+        return e;
+    }
+    return emi_atomic_commit(a);
 }
 
 /* Whether `full` is ".NAME.tmp.PID.N.HOST" as emi_atomic_open names its files on this machine (`host`,

@@ -32,6 +32,16 @@ em_status emi_atomic_commit(emi_atomic_file *a);
 void emi_atomic_abort(emi_atomic_file *a);
 
 /**
+ * Make `link` a symbolic link to `target` (stored as given: a path relative to link's directory, or
+ * absolute), atomically: the link is made under a temporary name as emi_atomic_open's and renamed over
+ * `link` (a file or link there is replaced), then the directory is synced. Where symbolic links cannot
+ * be made (EPERM, a file system without them) `from` (target as a path from here) is copied to `link`
+ * instead, as atomically as emi_atomic_commit writes. `who` prefixes error messages.
+ * Errors: EM_EIO with the paths and errno text, also when `link` is a directory (it is not removed).
+ */
+em_status emi_atomic_link(const char *who, const char *target, const char *from, const char *link);
+
+/**
  * Remove the temporary files emi_atomic_open left in `dir` when its process was killed: names of the
  * form ".NAME.tmp.PID.N.HOST" (NAME not empty, PID and N decimal) made on this machine (HOST) whose PID
  * is no running process here. Nothing else is touched (a live process's temporary file, another

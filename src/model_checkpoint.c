@@ -51,7 +51,7 @@ typedef struct model_checkpoint {
     double last_time_checked; /* NAN = None */
     bool has_current_score, has_best_score, val_has_run, missing_warned;
     bool saving; /* inside its own em_trainer_save_checkpoint call */
-    bool save_weights_only;
+    bool save_weights_only, save_last_link;
     float current_score, best_model_score, kth_value;
     topk_entry *best_k;
     size_t n_best_k, cap_best_k;
@@ -499,6 +499,71 @@ static em_status save_checkpoint(model_checkpoint *mc, em_trainer *t, em_module 
     return set_str(&mc->last_checkpoint_saved, path);
 }
 
+/* `target` as a path from directory `dir` (both absolute and normalised, as absolute_path makes them):
+ * os.path.relpath(target, dir). NULL when out of memory. */
+static char *relative_path(const char *target, const char *dir)
+{
+    /* skip the common leading components (whole names between slashes) */
+    const char *t = target, *d = dir;
+    for (;;) {
+        while (*t == '/')
+            t++;
+        while (*d == '/')
+            d++;
+        size_t tl = strcspn(t, "/"), dl = strcspn(d, "/");
+        if (tl == 0 || tl != dl || strncmp(t, d, tl) != 0)
+            break;
+        t += tl;
+        d += dl;
+    }
+    size_t ups = 0; /* the components of dir left: one "../" each */
+    while (*d != '\0') {
+        while (*d == '/')
+            d++;
+        size_t dl = strcspn(d, "/");
+        ups += dl > 0;
+        d += dl;
+    }
+    char *out = malloc(ups * 3 + strlen(t) + 1);
+    if (out == NULL)
+        return NULL;
+    out[0] = '\0';
+    for (size_t k = 0; k < ups; k++)
+        strcat(out, "../");
+    strcat(out, t);
+    return out;
+}
+
+/* Lightning: _link_checkpoint: rank 0 makes `link` a relative symbolic link to `target` (a copy where links
+ * cannot be made), then every rank waits for it. */
+static em_status link_checkpoint(em_trainer *t, const char *target, const char *link)
+{
+    int32_t outcome = EM_OK;
+    char msg[512] = "";
+    if (em_trainer_is_global_zero(t)) {
+        char dir[PATH_CAP];
+        parent_dir(link, dir, sizeof dir);
+        char *rel = NULL;
+        em_status s = make_parent_dirs(link);
+        if (s == EM_OK && (rel = relative_path(target, dir)) == NULL)
+            s = emi_fail(EM_ENOMEM, "ModelCheckpoint: out of memory");
+        if (s == EM_OK)
+            s = emi_atomic_link("ModelCheckpoint", rel, target, link);
+        free(rel);
+        outcome = (int32_t)s;
+        if (s != EM_OK)
+            snprintf(msg, sizeof msg, "%s", em_last_error());
+    }
+    em_status b = em_trainer_broadcast(t, &outcome, sizeof outcome, 0);
+    if (b == EM_OK)
+        b = em_trainer_broadcast(t, msg, sizeof msg, 0);
+    if (b != EM_OK)
+        return b;
+    if (outcome != EM_OK && !em_trainer_is_global_zero(t))
+        return emi_fail((em_status)outcome, "%s", msg);
+    return (em_status)outcome;
+}
+
 /* Lightning: _should_remove_checkpoint: not the file just written, not the one this fit resumed from, and
  * only inside dirpath. */
 static bool should_remove(const model_checkpoint *mc, const em_trainer *t, const char *previous, const char *current)
@@ -803,7 +868,10 @@ static em_status save_last(model_checkpoint *mc, em_trainer *t, em_module *m, co
     }
     char *previous = mc->last_model_path;
     mc->last_model_path = path; /* set before saving: it is part of the state */
-    s = save_checkpoint(mc, t, m, path);
+    if (mc->save_last_link && mc->last_checkpoint_saved[0] != '\0' && mc->save_top_k != 0)
+        s = link_checkpoint(t, mc->last_checkpoint_saved, path);
+    else
+        s = save_checkpoint(mc, t, m, path);
     if (s == EM_OK && previous[0] != '\0' && should_remove(mc, t, previous, path))
         s = remove_checkpoint(t, previous);
     free(previous);
@@ -1223,6 +1291,7 @@ em_callback *em_model_checkpoint(const em_model_checkpoint_opts *opts)
     mc->train_time_interval = opts->train_time_interval;
     mc->save_on_train_epoch_end = opts->save_on_train_epoch_end;
     mc->save_weights_only = opts->version >= 2 && opts->save_weights_only;
+    mc->save_last_link = opts->version >= 2 && opts->save_last_link;
     mc->last_time_checked = NAN;
     bool oom = false;
     if (opts->dirpath != NULL && opts->dirpath[0] != '\0') {

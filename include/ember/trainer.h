@@ -674,6 +674,11 @@ typedef struct em_model_checkpoint_opts {
     bool save_weights_only;       /* false: Lightning's save_weights_only; true: every file it writes (last
                                      too) is em_trainer_save_checkpoint_ex(..., true)'s, the weights and
                                      the counters only, which em_trainer_fit_from refuses */
+    bool save_last_link;          /* false: with save_last, Lightning's save_last="link": "last.ckpt" is a
+                                     relative symbolic link to the newest checkpoint saved (a copy of it
+                                     where links cannot be made) instead of a checkpoint of its own, once
+                                     one was saved and save_top_k != 0. A directory in its place is an
+                                     error (Lightning deletes it) */
 } em_model_checkpoint_opts;
 #define EM_MODEL_CHECKPOINT_OPTS_VERSION 2
 #define EM_MODEL_CHECKPOINT_OPTS_INIT                                                                        \
@@ -681,7 +686,7 @@ typedef struct em_model_checkpoint_opts {
      .verbose = false, .save_last = false, .save_top_k = 1, .mode = "min", .auto_insert_metric_name = true,   \
      .every_n_train_steps = EM_NONE, .every_n_epochs = EM_NONE, .train_time_interval = NAN,                  \
      .save_on_train_epoch_end = -1, .enable_version_counter = true, .last_name = "last",                      \
-     .file_extension = ".ckpt", .save_weights_only = false}
+     .file_extension = ".ckpt", .save_weights_only = false, .save_last_link = false}
 
 /**
  * Lightning's ModelCheckpoint: saves checkpoints (em_trainer_save_checkpoint: everything a resume needs)
@@ -704,7 +709,7 @@ typedef struct em_model_checkpoint_opts {
  *  - a save killed midway leaves a temporary file (".NAME.tmp.PID.N.HOST"); the next save into that
  *    directory, or the next fit start, removes those made on this machine by processes that are gone
  *    (nothing else: another machine's, on a shared file system, are left to that machine).
- * Not there: save_last="link", to_yaml.
+ * Not there: to_yaml.
  * The caller frees it with em_callback_free() unless it is handed to a trainer (which frees it).
  * Errors: NULL with Lightning's message for save_top_k < -1 ("Invalid value for save_top_k=-3. Must be
  * >= -1"), every_n_train_steps or every_n_epochs < 0 ("Must be >= 0"), more than one trigger ("...

@@ -13,11 +13,12 @@
  *   test_model_checkpoint_file_extension, test_model_checkpoint_save_last (CHECKPOINT_NAME_LAST
  *   "last-{epoch}"), test_model_checkpoint_train_time_interval (a real clock: an interval every batch
  *   passes);
- * save_weights_only (dump_checkpoint(weights_only=True) and restore_optimizers_and_schedulers' refusal);
+ * test_model_checkpoint_save_last's "link" case and test_model_checkpoint_link_checkpoint's (relative links,
+ * replaced; a directory is refused here), save_weights_only (dump_checkpoint(weights_only=True) and restore_optimizers_and_schedulers' refusal);
  * plus top-k removal over a sequence of scores, the missing-monitor warning and failure, and the sweep of
  * stale temporary files a killed save leaves.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* POSIX 2008 with XSI: realpath */
 
 #include "helpers.h"
 
@@ -560,27 +561,120 @@ static void test_save_last_none_monitor(void **state)
     free(dir);
 }
 
-/* test_model_checkpoint_save_last with CHECKPOINT_NAME_LAST = "last-{epoch}": one last file at a time */
+/* test_model_checkpoint_save_last (save_last True and "link") with CHECKPOINT_NAME_LAST = "last-{epoch}": one
+ * last file at a time; with "link" it is a relative symbolic link to the newest checkpoint saved. */
 static void test_save_last_template(void **state)
+{
+    (void)state;
+    for (int link = 0; link < 2; link++) {
+        char *dir = make_tmpdir();
+        boring m;
+        boring_init(&m, LOG_TRAINING_STEP, "early_stop_on", NULL, 0);
+        em_model_checkpoint_opts o = opts_in(dir);
+        o.monitor = "early_stop_on";
+        o.save_top_k = -1;
+        o.save_last = true;
+        o.save_last_link = link;
+        o.last_name = "last-{epoch}";
+        em_callback *cb = em_model_checkpoint(&o);
+        em_trainer *t = NULL;
+        assert_ok(fit(&m, config(3), cb, 10, 10, &t));
+        char want_last[4200], newest[4200];
+        snprintf(want_last, sizeof want_last, "%s/last-epoch=2.ckpt", dir);
+        snprintf(newest, sizeof newest, "%s/epoch=2-step=30.ckpt", dir);
+        assert_string_equal(em_model_checkpoint_last_model_path(cb), want_last);
+        const char *want[] = {"epoch=0-step=10.ckpt", "epoch=1-step=20.ckpt", "epoch=2-step=30.ckpt",
+                              "last-epoch=2.ckpt"};
+        assert_dir(dir, want, 4);
+        struct stat st;
+        assert_int_equal(lstat(want_last, &st), 0);
+        if (link) {
+            assert_true(S_ISLNK(st.st_mode));
+            char target[4200];
+            ssize_t n = readlink(want_last, target, sizeof target - 1);
+            assert_true(n > 0);
+            target[n] = '\0';
+            assert_string_equal(target, "epoch=2-step=30.ckpt"); /* relative: not os.path.isabs */
+            char *real = realpath(want_last, NULL), *real_newest = realpath(newest, NULL);
+            assert_non_null(real);
+            assert_string_equal(real, real_newest);
+            free(real);
+            free(real_newest);
+        } else {
+            assert_true(S_ISREG(st.st_mode));
+        }
+        em_trainer_free(t);
+        boring_free(&m);
+        remove_tree(dir);
+        free(dir);
+    }
+}
+
+/* save_last="link": a link made before any checkpoint is a checkpoint of its own (save_top_k 0: always); a
+ * link in a subdirectory points back up ("../"); "last.ckpt" that is a directory fails the fit, naming it,
+ * and is left alone (Lightning deletes it). */
+static void test_save_last_link(void **state)
 {
     (void)state;
     char *dir = make_tmpdir();
     boring m;
-    boring_init(&m, LOG_TRAINING_STEP, "early_stop_on", NULL, 0);
+    boring_init(&m, LOG_NONE, NULL, NULL, 0);
+    char last[4300];
+    snprintf(last, sizeof last, "%s/last.ckpt", dir);
+    struct stat st;
+
+    /* save_top_k 0: nothing to link to, last.ckpt is a file */
     em_model_checkpoint_opts o = opts_in(dir);
-    o.monitor = "early_stop_on";
-    o.save_top_k = -1;
+    o.save_top_k = 0;
     o.save_last = true;
-    o.last_name = "last-{epoch}";
-    em_callback *cb = em_model_checkpoint(&o);
+    o.save_last_link = true;
+    assert_ok(fit(&m, config(1), em_model_checkpoint(&o), 4, 0, NULL));
+    assert_int_equal(lstat(last, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    remove_tree(dir);
+    free(dir);
+
+    /* the last name in a subdirectory: "sub/last.ckpt" -> "../epoch=1-step=8.ckpt"; a second fit into the same
+     * directory replaces the link (no version counter: the same name) */
+    dir = make_tmpdir();
+    snprintf(last, sizeof last, "%s/sub/last.ckpt", dir);
+    o = opts_in(dir);
+    o.save_last = true;
+    o.save_last_link = true;
+    o.last_name = "sub/last";
+    o.enable_version_counter = false;
+    assert_ok(fit(&m, config(2), em_model_checkpoint(&o), 4, 0, NULL));
+    char target[4300];
+    ssize_t n = readlink(last, target, sizeof target - 1);
+    assert_true(n > 0);
+    target[n] = '\0';
+    assert_string_equal(target, "../epoch=1-step=8.ckpt");
+    em_safetensors *f = em_safetensors_open(last); /* through the link: a whole checkpoint */
+    assert_nonnull_em(f);
+    em_safetensors_free(f);
+    assert_ok(fit(&m, config(1), em_model_checkpoint(&o), 4, 0, NULL));
+    n = readlink(last, target, sizeof target - 1);
+    assert_true(n > 0);
+    target[n] = '\0';
+    assert_string_equal(target, "../epoch=0-step=4.ckpt");
+    remove_tree(dir);
+    free(dir);
+
+    /* a directory where the link goes */
+    dir = make_tmpdir();
+    snprintf(last, sizeof last, "%s/last.ckpt", dir);
+    assert_int_equal(mkdir(last, 0755), 0);
+    o = opts_in(dir);
+    o.save_last = true;
+    o.save_last_link = true;
+    o.enable_version_counter = false;
     em_trainer *t = NULL;
-    assert_ok(fit(&m, config(3), cb, 10, 10, &t));
-    char want_last[4200];
-    snprintf(want_last, sizeof want_last, "%s/last-epoch=2.ckpt", dir);
-    assert_string_equal(em_model_checkpoint_last_model_path(cb), want_last);
-    const char *want[] = {"epoch=0-step=10.ckpt", "epoch=1-step=20.ckpt", "epoch=2-step=30.ckpt", "last-epoch=2.ckpt"};
-    assert_dir(dir, want, 4);
+    assert_int_equal(fit(&m, config(1), em_model_checkpoint(&o), 4, 0, &t), EM_EIO);
+    assert_non_null(strstr(em_trainer_error(t), "last.ckpt is a directory"));
     em_trainer_free(t);
+    em_clear_error();
+    assert_int_equal(lstat(last, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
     boring_free(&m);
     remove_tree(dir);
     free(dir);
@@ -1508,6 +1602,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_kill_during_save, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_resume_last, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_save_weights_only, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_save_last_link, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_resume_old_files_remain, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_two_checkpoints_resume, helper_setup, helper_teardown),
     };
