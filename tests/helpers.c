@@ -1,4 +1,4 @@
-/* helpers.c: assertion helpers shared by the tests. */
+/* helpers.c: assertion helpers and trainer fixtures shared by the tests. */
 #include "helpers.h"
 
 #include <stdio.h>
@@ -43,6 +43,25 @@ void helper_values(const em_tensor *t, float *out, size_t n)
     assert_non_null(t);
     assert_int_equal(em_tensor_numel(t), (int64_t)n);
     assert_int_equal(em_tensor_copy_to(t, out, n * sizeof(float), EM_F32), EM_OK);
+}
+
+em_trainer_config helper_quiet_config(int64_t max_epochs)
+{
+    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
+    cfg.max_epochs = max_epochs;
+    cfg.enable_progress_bar = false;
+    cfg.enable_csv_logger = false;
+    return cfg;
+}
+
+em_loader *helper_ones_loader(int64_t batches, int64_t cols)
+{
+    em_scope_begin();
+    em_tensor *x = em_ones(EM_SHAPE(batches, cols), EM_F32);
+    em_loader *l = em_tensor_loader(&x, 1, &(em_loader_opts){.batch_size = 1});
+    assert_nonnull_em(l);
+    assert_ok(em_scope_end());
+    return l;
 }
 
 int helper_setup(void **state)

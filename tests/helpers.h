@@ -42,6 +42,14 @@ void helper_values(const em_tensor *t, float *out, size_t n);
 #define T(shape_and_ndim, ...) \
     em_tensor_from((const float[]){__VA_ARGS__}, EM_F32, shape_and_ndim, NULL)
 
+/* The trainer fixtures many tests share. A config of EM_TRAINER_CONFIG_INIT with max_epochs and nothing
+ * printed or written (no progress bar, no CSV logger). */
+em_trainer_config helper_quiet_config(int64_t max_epochs);
+
+/* A loader of `batches` rows of ones, [batches, cols], one row per batch (Lightning's BoringModel data,
+ * made constant). The caller frees it with em_loader_free. */
+em_loader *helper_ones_loader(int64_t batches, int64_t cols);
+
 /* CMocka setup/teardown that clear the error slot and check scopes are balanced afterwards. */
 int helper_setup(void **state);
 int helper_teardown(void **state);

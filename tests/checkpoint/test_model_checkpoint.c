@@ -134,24 +134,9 @@ static void boring_free(boring *m)
 }
 
 /* `batches` batches of one row each */
-static em_loader *loader(int64_t batches)
-{
-    em_scope_begin();
-    em_tensor *x = em_ones(EM_SHAPE(batches, 1), EM_F32);
-    em_loader *l = em_tensor_loader(&x, 1, &(em_loader_opts){.batch_size = 1});
-    assert_nonnull_em(l);
-    assert_ok(em_scope_end());
-    return l;
-}
+static em_loader *loader(int64_t batches) { return helper_ones_loader(batches, 1); }
 
-static em_trainer_config config(int64_t max_epochs)
-{
-    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
-    cfg.max_epochs = max_epochs;
-    cfg.enable_progress_bar = false;
-    cfg.enable_csv_logger = false;
-    return cfg;
-}
+static em_trainer_config config(int64_t max_epochs) { return helper_quiet_config(max_epochs); }
 
 /* Fit m with the callback; returns the status (the trainer is freed, the callback stays valid while
  * *t_out is not freed: pass t_out to keep it). */

@@ -150,15 +150,7 @@ static void model_init(model *m, bool manual, opt_kind opt, sched_kind sched)
     m->sched = sched;
 }
 
-static em_loader *loader(int64_t batches)
-{
-    em_scope_begin();
-    em_tensor *x = em_ones(EM_SHAPE(batches, 2), EM_F32);
-    em_loader *l = em_tensor_loader(&x, 1, &(em_loader_opts){.batch_size = 1});
-    assert_nonnull_em(l);
-    assert_ok(em_scope_end());
-    return l;
-}
+static em_loader *loader(int64_t batches) { return helper_ones_loader(batches, 2); }
 
 typedef struct run {
     char dir[64];

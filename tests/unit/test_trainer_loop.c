@@ -427,14 +427,7 @@ static em_loader *loader_ex(int64_t rows, int64_t batch_size, bool shuffle, uint
 
 static em_loader *loader(int64_t rows) { return loader_ex(rows, 1, false, 0); }
 
-static em_trainer_config config(int64_t max_epochs)
-{
-    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
-    cfg.max_epochs = max_epochs;
-    cfg.enable_progress_bar = false;
-    cfg.enable_csv_logger = false;
-    return cfg;
-}
+static em_trainer_config config(int64_t max_epochs) { return helper_quiet_config(max_epochs); }
 
 static em_trainer *trainer(em_trainer_config cfg)
 {

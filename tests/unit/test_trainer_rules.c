@@ -21,14 +21,7 @@
 
 /* ---- shared helpers ---------------------------------------------------------------------------------------- */
 
-static em_trainer_config config(int64_t max_epochs)
-{
-    em_trainer_config cfg = EM_TRAINER_CONFIG_INIT;
-    cfg.max_epochs = max_epochs;
-    cfg.enable_progress_bar = false;
-    cfg.enable_csv_logger = false;
-    return cfg;
-}
+static em_trainer_config config(int64_t max_epochs) { return helper_quiet_config(max_epochs); }
 
 /* rows x[i] = (i + 1) / 4 (one column), or `cols` columns of a fixed pseudo-random pattern with a target y. */
 static em_loader *rows_loader(int64_t rows, int64_t cols, int64_t batch_size, bool with_y)
