@@ -18,7 +18,7 @@
  * plus top-k removal over a sequence of scores, the missing-monitor warning and failure, and the sweep of
  * stale temporary files a killed save leaves.
  */
-#define _XOPEN_SOURCE 700 /* POSIX 2008 with XSI: realpath */
+#define _GNU_SOURCE /* realpath, syscall */
 
 #include "helpers.h"
 
@@ -30,9 +30,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* ---- symbolic links that fail, on demand --------------------------------------------------------------------
+ * This program's own symlink() takes the place of libc's for libember too (an executable's definition comes
+ * first in ELF symbol lookup): with symlink_fails set it fails as on a file system without links (EPERM),
+ * else it makes the link through the system call. */
+static bool symlink_fails;
+
+int symlink(const char *target, const char *linkpath)
+{
+    if (symlink_fails) {
+        errno = EPERM;
+        return -1;
+    }
+    return (int)syscall(SYS_symlinkat, target, AT_FDCWD, linkpath);
+}
 
 /* ---- a BoringModel: Linear(1, 1), loss mean(net(x)), SGD; logs a value per epoch -------------------------- */
 
@@ -1375,6 +1391,48 @@ static void test_resume_last(void **state)
     free(empty);
 }
 
+/* save_last="link" where links cannot be made (Lightning: the OSError fallback, shutil.copy): last.ckpt is a copy
+ * of the newest checkpoint, byte for byte. */
+static void test_save_last_link_copy_fallback(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    boring m;
+    boring_init(&m, LOG_NONE, NULL, NULL, 0);
+    em_model_checkpoint_opts o = opts_in(dir);
+    o.save_last = true;
+    o.save_last_link = true;
+    symlink_fails = true;
+    em_status s = fit(&m, config(2), em_model_checkpoint(&o), 4, 0, NULL);
+    symlink_fails = false;
+    assert_ok(s);
+    const char *want[] = {"epoch=1-step=8.ckpt", "last.ckpt"};
+    assert_dir(dir, want, 2);
+    char last[4300], newest[4300];
+    snprintf(last, sizeof last, "%s/last.ckpt", dir);
+    snprintf(newest, sizeof newest, "%s/epoch=1-step=8.ckpt", dir);
+    struct stat st;
+    assert_int_equal(lstat(last, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    FILE *a = fopen(last, "rb"), *b = fopen(newest, "rb");
+    assert_non_null(a);
+    assert_non_null(b);
+    long n = 0;
+    for (;;) {
+        int ca = fgetc(a), cb = fgetc(b);
+        assert_int_equal(ca, cb);
+        if (ca == EOF)
+            break;
+        n++;
+    }
+    fclose(a);
+    fclose(b);
+    assert_true(n > 0);
+    boring_free(&m);
+    remove_tree(dir);
+    free(dir);
+}
+
 /* Lightning's save_weights_only (checkpoint_connector.dump_checkpoint(weights_only=True)): the files hold the
  * weights and the counters, nothing of the optimizers, generators or callbacks; they load into a layer with
  * em_checkpoint_load and no optimizer; a resume from one is refused with Lightning's KeyError text. A version-1
@@ -1588,6 +1646,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_resume_last, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_save_weights_only, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_save_last_link, helper_setup, helper_teardown),
+        cmocka_unit_test_setup_teardown(test_save_last_link_copy_fallback, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_resume_old_files_remain, helper_setup, helper_teardown),
         cmocka_unit_test_setup_teardown(test_two_checkpoints_resume, helper_setup, helper_teardown),
     };
