@@ -21,29 +21,6 @@
 
 static const char *self_exe = "/proc/self/exe";
 
-struct net_module {
-    em_module base;
-    em_nn *net;
-};
-
-static em_tensor *step(em_module *m, const em_batch *b, int64_t batch_idx)
-{
-    (void)batch_idx;
-    struct net_module *n = (struct net_module *)m;
-    return em_mse_loss(em_nn_forward(n->net, b->t[0]), b->t[1], EM_REDUCTION_MEAN);
-}
-
-static em_status configure(em_module *m, em_optim_setup *setup)
-{
-    struct net_module *n = (struct net_module *)m;
-    em_params *ps = em_nn_parameters(n->net);
-    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.1, .momentum = 0.9});
-    em_params_free(ps);
-    return em_optim_setup_add(setup, opt);
-}
-
-static const em_module_ops ops = {.version = EM_MODULE_OPS_VERSION, .training_step = step,
-                                  .configure_optimizers = configure};
 
 /* One run on CUDA: DDP with `devices` ranks per node and `backend`, or (reference) one process
  * without DDP whose loader shuffles as the DistributedSampler with seed 0 does over the global batch. */
@@ -70,7 +47,7 @@ static void run(bool reference, int64_t devices, em_process_group_backend backen
     out->rank = em_trainer_global_rank(t);
     out->world = em_trainer_world_size(t);
     em_manual_seed(1234 + (uint64_t)out->rank); /* different per rank: rank 0's broadcast makes them equal */
-    struct net_module m = {.base = {.ops = &ops}};
+    mse_module m = {.base = {.ops = &mse_module_ops}, .lr = 0.1, .momentum = 0.9};
     m.net = em_nn_sequential((em_nn *[]){em_nn_linear(4, 8, true), em_nn_tanh(), em_nn_linear(8, 1, true)}, 3);
     m.base.layers = m.net;
     float xs[ROWS * 4], ys[ROWS];

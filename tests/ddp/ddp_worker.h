@@ -190,6 +190,36 @@ static inline void result_take_weights(rank_result *r, em_nn *net, int64_t per_p
     }
 }
 
+/* ---- a module: MSE of net(x) against y, SGD --------------------------------------------------------- */
+
+/* The regression module the multi-rank tests train: batch (x, y), loss mse(net(x), y), one SGD optimizer
+ * at lr with momentum. Set base.ops to &mse_module_ops (or a copy with more hooks) and base.layers = net. */
+typedef struct mse_module {
+    em_module base;
+    em_nn *net;
+    double lr, momentum;
+} mse_module;
+
+static inline em_tensor *mse_module_step(em_module *m, const em_batch *b, int64_t batch_idx)
+{
+    (void)batch_idx;
+    mse_module *mm = (mse_module *)m;
+    return em_mse_loss(em_nn_forward(mm->net, b->t[0]), b->t[1], EM_REDUCTION_MEAN);
+}
+
+static inline em_status mse_module_configure(em_module *m, em_optim_setup *setup)
+{
+    mse_module *mm = (mse_module *)m;
+    em_params *ps = em_nn_parameters(mm->net);
+    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = mm->lr, .momentum = mm->momentum});
+    em_params_free(ps);
+    return em_optim_setup_add(setup, opt);
+}
+
+static const em_module_ops mse_module_ops = {.version = EM_MODULE_OPS_VERSION,
+                                             .training_step = mse_module_step,
+                                             .configure_optimizers = mse_module_configure};
+
 /* ---- two ranks started as torchrun starts them ------------------------------------------------------- */
 
 /* Starts argv[0] twice as `nodes` (1 or 2) x (2 / nodes) processes with torchrun's variables (RANK,

@@ -24,27 +24,6 @@ static const char *self_exe = "/proc/self/exe";
 
 static const double scores[2][3] = {{3, 1, 2}, {3, 4, 2}};
 
-struct net_module {
-    em_module base;
-    em_nn *net;
-};
-
-static em_tensor *training_step(em_module *m, const em_batch *b, int64_t batch_idx)
-{
-    (void)batch_idx;
-    struct net_module *nm = (struct net_module *)m;
-    return em_mse_loss(em_nn_forward(nm->net, b->t[0]), b->t[1], EM_REDUCTION_MEAN);
-}
-
-static em_status configure_optimizers(em_module *m, em_optim_setup *setup)
-{
-    struct net_module *nm = (struct net_module *)m;
-    em_params *ps = em_nn_parameters(nm->net);
-    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.05});
-    em_params_free(ps);
-    return em_optim_setup_add(setup, opt);
-}
-
 /* this rank's score of this epoch, not synced across ranks */
 static em_status on_train_epoch_end(em_module *m)
 {
@@ -55,10 +34,6 @@ static em_status on_train_epoch_end(em_module *m)
     return em_log(m, "score", scores[r][e], 0);
 }
 
-static const em_module_ops ops = {.version = EM_MODULE_OPS_VERSION,
-                                  .training_step = training_step,
-                                  .configure_optimizers = configure_optimizers,
-                                  .on_train_epoch_end = on_train_epoch_end};
 
 /* One rank: 3 epochs of 2 batches, ModelCheckpoint(DIR/ckpt, monitor "score", save_top_k 1, min). */
 static int worker_main(const char *dir)
@@ -87,7 +62,9 @@ static int worker_main(const char *dir)
         o.save_top_k = 1;
         em_trainer_add_callback(t, em_model_checkpoint(&o));
         em_manual_seed(5);
-        struct net_module m = {.base = {.ops = &ops}};
+        em_module_ops ops = mse_module_ops;
+        ops.on_train_epoch_end = on_train_epoch_end;
+        mse_module m = {.base = {.ops = &ops}, .lr = 0.05};
         m.net = em_nn_linear(2, 1, true);
         m.base.layers = m.net;
         em_tensor *x = em_randn(EM_SHAPE(8, 2), NULL);

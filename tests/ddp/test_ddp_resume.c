@@ -12,30 +12,6 @@
 
 static const char *self_exe = "/proc/self/exe";
 
-struct net_module {
-    em_module base;
-    em_nn *net;
-};
-
-static em_tensor *training_step(em_module *m, const em_batch *b, int64_t batch_idx)
-{
-    (void)batch_idx;
-    struct net_module *nm = (struct net_module *)m;
-    return em_mse_loss(em_nn_forward(nm->net, b->t[0]), b->t[1], EM_REDUCTION_MEAN);
-}
-
-static em_status configure_optimizers(em_module *m, em_optim_setup *setup)
-{
-    struct net_module *nm = (struct net_module *)m;
-    em_params *ps = em_nn_parameters(nm->net);
-    em_optimizer *opt = em_sgd(ps, &(em_sgd_opts){.lr = 0.05, .momentum = 0.9});
-    em_params_free(ps);
-    return em_optim_setup_add(setup, opt);
-}
-
-static const em_module_ops ops = {.version = EM_MODULE_OPS_VERSION,
-                                  .training_step = training_step,
-                                  .configure_optimizers = configure_optimizers};
 
 static char ckpt_path[400];
 
@@ -78,7 +54,7 @@ static void run(const char *mode, const char *dir, rank_result *out)
     if (strcmp(mode, "save") == 0)
         em_trainer_add_callback(t, em_callback_new(&saver_ops, NULL));
     em_manual_seed(1234);
-    struct net_module m = {.base = {.ops = &ops}};
+    mse_module m = {.base = {.ops = &mse_module_ops}, .lr = 0.05, .momentum = 0.9};
     m.net = EM_NN_SEQUENTIAL(em_nn_linear(4, 8, true), em_nn_tanh(), em_nn_dropout(0.25), em_nn_linear(8, 1, true));
     m.base.layers = m.net;
     em_manual_seed(99);
