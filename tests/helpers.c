@@ -64,6 +64,14 @@ em_loader *helper_ones_loader(int64_t batches, int64_t cols)
     return l;
 }
 
+void helper_log_capture(void *user, em_log_level level, const char *message)
+{
+    (void)level;
+    helper_log *c = user;
+    size_t len = strlen(c->text);
+    snprintf(c->text + len, sizeof c->text - len, "%s\n", message);
+}
+
 int helper_setup(void **state)
 {
     (void)state;

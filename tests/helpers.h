@@ -50,6 +50,13 @@ em_trainer_config helper_quiet_config(int64_t max_epochs);
  * made constant). The caller frees it with em_loader_free. */
 em_loader *helper_ones_loader(int64_t batches, int64_t cols);
 
+/* Every message ember logs, one per line, for em_set_log_handler(helper_log_capture, &log) with
+ * `helper_log log = {{0}};` (the text is cut at its size). */
+typedef struct helper_log {
+    char text[16384];
+} helper_log;
+void helper_log_capture(void *user, em_log_level level, const char *message);
+
 /* CMocka setup/teardown that clear the error slot and check scopes are balanced afterwards. */
 int helper_setup(void **state);
 int helper_teardown(void **state);

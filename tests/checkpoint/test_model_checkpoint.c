@@ -1054,24 +1054,12 @@ static void test_default_dirpath(void **state)
 
 /* ---- the monitor is missing ------------------------------------------------------------------------------- */
 
-typedef struct captured {
-    char text[8192];
-} captured;
-
-static void capture(void *user, em_log_level level, const char *message)
-{
-    (void)level;
-    captured *c = user;
-    size_t len = strlen(c->text);
-    snprintf(c->text + len, sizeof c->text - len, "%s\n", message);
-}
-
 static void test_missing_monitor(void **state)
 {
     (void)state;
     char *dir = make_tmpdir();
-    captured cap = {{0}};
-    em_set_log_handler(capture, &cap);
+    helper_log cap = {{0}};
+    em_set_log_handler(helper_log_capture, &cap);
     /* no validation: warned (once), nothing saved */
     boring m;
     boring_init(&m, LOG_NONE, NULL, NULL, 0);
@@ -1099,8 +1087,8 @@ static void test_verbose_messages(void **state)
 {
     (void)state;
     char *dir = make_tmpdir();
-    captured cap = {{0}};
-    em_set_log_handler(capture, &cap);
+    helper_log cap = {{0}};
+    em_set_log_handler(helper_log_capture, &cap);
     static const double scores[] = {2, 3};
     boring m;
     boring_init(&m, LOG_VAL_EPOCH_END, "val_loss", scores, 2);
@@ -1346,8 +1334,8 @@ static void test_resume_last(void **state)
     em_clear_error();
 
     /* a ModelCheckpoint with no last file yet: Lightning's warning, a fresh fit */
-    captured cap = {{0}};
-    em_set_log_handler(capture, &cap);
+    helper_log cap = {{0}};
+    em_set_log_handler(helper_log_capture, &cap);
     assert_ok(fit_from(&m, config(1), em_model_checkpoint(&in_empty), 4, "last",
                        &t));
     assert_null(em_trainer_ckpt_path(t));

@@ -121,20 +121,6 @@ static em_trainer_config config(int64_t max_epochs)
     return cfg;
 }
 
-/* ---- the log handler: collects the messages -------------------------------------------------------------- */
-
-typedef struct captured {
-    char text[16384];
-} captured;
-
-static void capture(void *user, em_log_level level, const char *message)
-{
-    (void)level;
-    captured *c = user;
-    size_t len = strlen(c->text);
-    snprintf(c->text + len, sizeof c->text - len, "%s\n", message);
-}
-
 /* ---- checks counter (the on_check observer) ------------------------------------------------------------------ */
 
 typedef struct checks {
@@ -189,8 +175,8 @@ static void test_patience(void **state)
         em_early_stopping_opts o = EM_EARLY_STOPPING_OPTS_INIT;
         o.monitor = "test_val_loss";
         o.patience = patience_cases[c].patience;
-        captured log = {{0}};
-        em_log_handler prev = em_set_log_handler(capture, &log);
+        helper_log log = {{0}};
+        em_log_handler prev = em_set_log_handler(helper_log_capture, &log);
         o.verbose = true;
         em_callback *es = NULL;
         em_trainer *t = fit_one(&m, config(10), o, 2, 1, &es);
@@ -265,8 +251,8 @@ static void test_thresholds(void **state)
         o.stopping_threshold = cases[c].stopping;
         o.divergence_threshold = cases[c].divergence;
         o.verbose = true;
-        captured log = {{0}};
-        em_log_handler prev = em_set_log_handler(capture, &log);
+        helper_log log = {{0}};
+        em_log_handler prev = em_set_log_handler(helper_log_capture, &log);
         em_trainer *t = fit_one(&m, config(20), o, 2, 1, NULL);
         em_set_log_handler(prev, NULL);
         assert_int_equal(em_trainer_current_epoch(t) - 1, cases[c].expected_epoch);
@@ -290,8 +276,8 @@ static void test_non_finite(void **state)
         em_early_stopping_opts o = EM_EARLY_STOPPING_OPTS_INIT;
         o.monitor = "val_loss";
         o.verbose = true;
-        captured log = {{0}};
-        em_log_handler prev = em_set_log_handler(capture, &log);
+        helper_log log = {{0}};
+        em_log_handler prev = em_set_log_handler(helper_log_capture, &log);
         em_callback *es = NULL;
         em_trainer *t = fit_one(&m, config(10), o, 2, 1, &es);
         em_set_log_handler(prev, NULL);
@@ -327,8 +313,8 @@ static void test_min_epochs_min_steps(void **state)
         em_early_stopping_opts o = EM_EARLY_STOPPING_OPTS_INIT;
         o.monitor = "foo";
         o.stopping_threshold = 1e30; /* every check signals stop, as Lightning's mocked criteria do */
-        captured log = {{0}};
-        em_log_handler prev = em_set_log_handler(capture, &log);
+        helper_log log = {{0}};
+        em_log_handler prev = em_set_log_handler(helper_log_capture, &log);
         em_trainer *t = fit_one(&m, cfg, o, batches, 2, NULL);
         em_set_log_handler(prev, NULL);
         int64_t expected_epochs = (min_steps + batches - 1) / batches;

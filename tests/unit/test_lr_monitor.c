@@ -277,18 +277,6 @@ static void test_single_lr_with_momentum(void **state)
     }
 }
 
-typedef struct captured {
-    char text[4096];
-} captured;
-
-static void capture(void *user, em_log_level level, const char *message)
-{
-    (void)level;
-    captured *c = user;
-    size_t len = strlen(c->text);
-    snprintf(c->text + len, sizeof c->text - len, "%s\n", message);
-}
-
 static void test_no_momentum_optimizer(void **state)
 {
     (void)state;
@@ -296,8 +284,8 @@ static void test_no_momentum_optimizer(void **state)
         model m;
         model_init(&m, false, OPT_ADAGRAD, sched ? SCHED_STEP : SCHED_NONE);
         run r;
-        captured log = {{0}};
-        em_log_handler prev = em_set_log_handler(capture, &log);
+        helper_log log = {{0}};
+        em_log_handler prev = em_set_log_handler(helper_log_capture, &log);
         em_status s = fit(&r, &m, (em_lr_monitor_opts){.log_momentum = true}, 1, 5, 1, true, NULL);
         em_set_log_handler(prev, NULL);
         assert_ok(s);
