@@ -761,6 +761,26 @@ em_status em_trainer_broadcast(em_trainer *t, void *buf, size_t size, int64_t ro
     return EM_OK;
 }
 
+em_status emi_dist_share_rank0_status(em_trainer *t, em_status s, const char *who)
+{
+    if (!t->env.distributed || t->env.world <= 1 || !emi_dist_active())
+        return s;
+    int32_t outcome = (int32_t)s;
+    char msg[512] = "";
+    if (t->env.rank == 0 && s != EM_OK)
+        snprintf(msg, sizeof msg, "%s", em_last_error());
+    em_status b = emi_dist_broadcast_bytes(&outcome, sizeof outcome, 0);
+    if (b == EM_OK)
+        b = emi_dist_broadcast_bytes(msg, sizeof msg, 0);
+    if (b != EM_OK)
+        return emi_dist_explain(t, b, who);
+    if (t->env.rank != 0 && outcome != EM_OK) {
+        em_clear_error();
+        return emi_fail((em_status)outcome, "%s: rank 0 failed: %s", who, msg);
+    }
+    return s;
+}
+
 /* Lightning: ParallelStrategy.reduce_boolean_decision: the decisions summed over the ranks (an
  * all-reduce), then == world size (all) or > 0 (any) */
 em_status em_trainer_reduce_boolean_decision(em_trainer *t, bool decision, bool all, bool *out)

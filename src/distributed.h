@@ -22,5 +22,11 @@ void emi_dist_fit_failed(em_trainer *t);
  * them: "rank 1 (pid 123) was killed by signal 9". Returns `s`, re-recording the error.
  */
 em_status emi_dist_explain(em_trainer *t, em_status s, const char *what);
+/**
+ * Collective, for work only global rank 0 does (writing a file): every rank returns rank 0's status `s`.
+ * Under DDP rank 0's status and message are broadcast; another rank records "who: rank 0 failed:
+ * <rank 0's message>" when it failed. Without DDP it returns `s`. A failed broadcast is returned.
+ */
+em_status emi_dist_share_rank0_status(em_trainer *t, em_status s, const char *who);
 
 #endif /* EMBER_DISTRIBUTED_H */

@@ -1,6 +1,7 @@
 /* model_checkpoint.c: Lightning's ModelCheckpoint, a built-in callback written as any user's callback is:
- * on the public API (the trainer's properties, em_trainer_save_checkpoint, em_trainer_broadcast), plus the
- * log handler for its messages and atomic_file.c's sweep of stale temporary files.
+ * on the public API (the trainer's properties, em_trainer_save_checkpoint_ex, em_trainer_broadcast,
+ * em_trainer_reduce_boolean_decision), plus the log handler for its messages, atomic_file.c's sweep of stale
+ * temporary files and its links, and distributed.c's sharing of rank 0's outcome.
  *
  * Lightning: callbacks/model_checkpoint.py (2.2.5). The monitored value is a float32 tensor there
  * (callback_metrics holds tensors), so the top-k comparisons are made in float32, strictly (torch.lt /
@@ -19,8 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "atomic_file.h" /* emi_atomic_remove_stale */
+#include "atomic_file.h" /* emi_atomic_remove_stale, emi_atomic_link */
 #include "model_checkpoint.h"
+#include "distributed.h" /* emi_dist_share_rank0_status */
 #include "backend.h"     /* emi_fail, emi_info, emi_warn */
 #include "ember/io.h"
 #include "ember/trainer.h"
@@ -535,33 +537,22 @@ static char *relative_path(const char *target, const char *dir)
 }
 
 /* Lightning: _link_checkpoint: rank 0 makes `link` a relative symbolic link to `target` (a copy where links
- * cannot be made), then every rank waits for it. */
+ * cannot be made), then every rank waits for it and returns its outcome. */
 static em_status link_checkpoint(em_trainer *t, const char *target, const char *link)
 {
-    int32_t outcome = EM_OK;
-    char msg[512] = "";
+    em_status s = EM_OK;
     if (em_trainer_is_global_zero(t)) {
         char dir[PATH_CAP];
         parent_dir(link, dir, sizeof dir);
         char *rel = NULL;
-        em_status s = make_parent_dirs(link);
+        s = make_parent_dirs(link);
         if (s == EM_OK && (rel = relative_path(target, dir)) == NULL)
             s = emi_fail(EM_ENOMEM, "ModelCheckpoint: out of memory");
         if (s == EM_OK)
             s = emi_atomic_link("ModelCheckpoint", rel, target, link);
         free(rel);
-        outcome = (int32_t)s;
-        if (s != EM_OK)
-            snprintf(msg, sizeof msg, "%s", em_last_error());
     }
-    em_status b = em_trainer_broadcast(t, &outcome, sizeof outcome, 0);
-    if (b == EM_OK)
-        b = em_trainer_broadcast(t, msg, sizeof msg, 0);
-    if (b != EM_OK)
-        return b;
-    if (outcome != EM_OK && !em_trainer_is_global_zero(t))
-        return emi_fail((em_status)outcome, "%s", msg);
-    return (em_status)outcome;
+    return emi_dist_share_rank0_status(t, s, "ModelCheckpoint");
 }
 
 /* Lightning: _should_remove_checkpoint: not the file just written, not the one this fit resumed from, and

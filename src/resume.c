@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "distributed.h"
 #include "hooks.h"
 #include "metrics.h"
 #include "resume.h"
@@ -454,22 +455,7 @@ em_status em_trainer_save_checkpoint_ex(em_trainer *t, const char *path, bool we
     em_scope_begin();
     s = save_body(t, path, phase, weights_only);
     em_scope_end();
-    if (distributed(t)) { /* every rank returns rank 0's outcome */
-        int32_t outcome = (int32_t)s;
-        char msg[512] = "";
-        if (t->env.rank == 0 && s != EM_OK)
-            snprintf(msg, sizeof msg, "%s", em_last_error());
-        em_status b = emi_dist_broadcast_bytes(&outcome, sizeof outcome, 0);
-        if (b == EM_OK)
-            b = emi_dist_broadcast_bytes(msg, sizeof msg, 0);
-        if (b != EM_OK)
-            return b;
-        if (t->env.rank != 0 && outcome != EM_OK) {
-            em_clear_error();
-            return emi_fail((em_status)outcome, WHO_SAVE ": rank 0 could not write the checkpoint: %s", msg);
-        }
-    }
-    return s;
+    return emi_dist_share_rank0_status(t, s, WHO_SAVE); /* every rank returns rank 0's outcome */
 }
 
 /* ---- restoring --------------------------------------------------------------------------------------------- */
